@@ -1,0 +1,82 @@
+// Package bpf loads captrace's kernel program on cap_capable, keeps its cgroup
+// filter map, and reads the capability checks it reports through a ring buffer.
+//
+// It knows cgroup IDs, never pods: pkg/cgmap maps IDs to containers.
+package bpf
+
+import (
+	"errors"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Settings are the per-cgroup options the kernel program applies. They are the
+// value of the filter map, so changing them is one map update.
+type Settings struct {
+	// AuditOnly drops checks the kernel would not audit (CAP_OPT_NOAUDIT).
+	AuditOnly bool
+	// Unique reports a (cgroup, cap, verdict) once; a changed verdict reports again.
+	Unique bool
+}
+
+// Tier names the kernel attach point in use.
+type Tier string
+
+const (
+	TierFexit  Tier = "fexit"  // fexit/cap_capable: opts and return value, exact audit and insetid
+	TierTpBTF  Tier = "tp_btf" // tp_btf/cap_capable: return value; audit derived from the caller
+	TierKprobe Tier = "kprobe" // kprobe+kretprobe on cap_capable: opts and return value
+)
+
+// Options configure Open. Zero values select the documented defaults.
+type Options struct {
+	// MaxTracedCgroups bounds the filter map (config key tracer.max_containers).
+	MaxTracedCgroups int
+	// DedupEntries bounds the LRU map used by Unique (config key tracer.dedup_entries).
+	DedupEntries int
+	// RingBufferBytes is the ring buffer size, a power of two multiple of the page size
+	// (config key tracer.ring_buffer_bytes).
+	RingBufferBytes int
+	// ForceTier, when set, tries only this tier (tests and the kernel matrix).
+	ForceTier Tier
+	// Log receives operational messages: the chosen tier, why others were skipped, losses.
+	Log logrus.FieldLogger
+}
+
+// Event is one capability check, as the kernel reported it. It holds no
+// pointers, so the reader decodes into it without allocating.
+type Event struct {
+	CgroupID uint64
+	// KtimeNs is the kernel's CLOCK_BOOTTIME of the check, in ns; WallTime converts it.
+	KtimeNs uint64
+	Pid     uint32 // host tgid
+	Tid     uint32 // host tid
+	Uid     uint32
+	Gid     uint32
+	Cap     Capability
+	// Syscall is the number of the system call being served, or -1 if none.
+	Syscall int32
+	Capable bool
+	Audit   bool
+	// InSetID is meaningful only when InSetIDKnown (the fexit and kprobe tiers).
+	InSetID      bool
+	InSetIDKnown bool
+	Comm         [16]byte
+}
+
+// Stats are the tracer's counters since Open. Every event the kernel could not
+// deliver is counted in one of them.
+type Stats struct {
+	Tier Tier
+	// Traced is the number of cgroups in the filter map.
+	Traced int
+	// RingLost counts checks dropped because the ring buffer was full.
+	RingLost uint64
+	// DedupUpdateFailed counts failed updates of the unique map (the event is still sent).
+	DedupUpdateFailed uint64
+	// FilterUpdateFailed counts failed updates of the filter map made by the kernel program.
+	FilterUpdateFailed uint64
+}
+
+// ErrClosed is returned by Read after Close.
+var ErrClosed = errors.New("captrace tracer closed")

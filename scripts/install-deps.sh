@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what a target needs on a fresh Debian machine, and nothing twice.
+# Usage: scripts/install-deps.sh <group>...   groups: generate test e2e kernels bench
+set -euo pipefail
+
+need=()
+want() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed' || need+=("$1"); }
+
+for group in "$@"; do
+	case "$group" in
+	generate) want clang; want llvm; want bpftool ;;
+	test) want bpftool ;;
+	e2e) want runc; want bpftool; want busybox-static; want systemd ;;
+	kernels) want qemu-system-x86; want busybox-static; want cpio ;;
+	bench) want bpftrace ;;
+	*) echo "install-deps: unknown group $group" >&2; exit 2 ;;
+	esac
+done
+
+if [ ${#need[@]} -gt 0 ]; then
+	if [ "$(id -u)" != 0 ]; then
+		echo "install-deps: missing Debian packages: ${need[*]}; run as root or: sudo apt-get install ${need[*]}" >&2
+		exit 1
+	fi
+	echo "install-deps: apt-get install ${need[*]}" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
