@@ -38,3 +38,13 @@ func (t *Tracer) Stats() (Stats, error) { return Stats{}, nil }
 
 // Close detaches and unloads everything; Read returns ErrClosed afterwards.
 func (t *Tracer) Close() error { return nil }
+
+// TierProbe is the result of trying one attach tier on the running kernel.
+type TierProbe struct {
+	Tier Tier
+	Err  error // nil: the kernel loads and attaches it; else why not, naming the requirement
+}
+
+// Probe tries every tier in order of preference, loading and detaching each,
+// for `captrace doctor` and for Open's log of skipped tiers.
+func Probe() []TierProbe { return nil }
