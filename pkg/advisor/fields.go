@@ -111,7 +111,7 @@ func (s Summary) pairs() [][3]string {
 func (s Summary) LogFields() logrus.Fields {
 	f := logrus.Fields{}
 	for _, p := range s.pairs() {
-		f[p[0]] = p[1]
+		f[p[0]] = p[2]
 	}
 	f[KeySummary] = true
 	return f

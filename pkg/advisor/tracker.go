@@ -62,12 +62,38 @@ type TrackerStats struct {
 	UntrackedContainers uint64
 }
 
-type tupleKey struct {
-	cap     bpf.Capability
-	syscall int32
-	capable bool
-	audit   bool
-	runtime bool
+// tupleKey packs (syscall, cap, capable, audit, runtime) into one word so the
+// event path hashes a uint64 (the map's fast path) instead of a struct:
+// syscall in the high 32 bits, the capability number in bits 3..31 (the
+// kernel's are below 64), the three flags in bits 0..2.
+type tupleKey uint64
+
+const (
+	keyCapable tupleKey = 1 << iota
+	keyAudit
+	keyRuntime
+)
+
+func makeKey(cap bpf.Capability, syscall int32, capable, audit, runtime bool) tupleKey {
+	k := tupleKey(uint32(syscall))<<32 | tupleKey(uint32(cap)&0x1fffffff)<<3
+	if capable {
+		k |= keyCapable
+	}
+	if audit {
+		k |= keyAudit
+	}
+	if runtime {
+		k |= keyRuntime
+	}
+	return k
+}
+
+func (k tupleKey) cap() bpf.Capability { return bpf.Capability(uint32(k) >> 3) }
+func (k tupleKey) syscall() int32      { return int32(uint32(k >> 32)) }
+
+// folded is k with its syscall replaced by syscallFolded.
+func (k tupleKey) folded() tupleKey {
+	return k&0xffffffff | tupleKey(0x80000000)<<32 // uint32(syscallFolded)
 }
 
 type tupleStats struct {
@@ -145,8 +171,7 @@ func (t *Tracker) Start(c cgmap.Container, at time.Time) {
 // allocate once the container and the tuple are known.
 func (t *Tracker) Observe(c cgmap.Container, ev *bpf.Event, at time.Time) {
 	ns := at.UnixNano()
-	k := tupleKey{cap: ev.Cap, syscall: ev.Syscall, capable: ev.Capable,
-		audit: ev.Audit, runtime: isRuntimeCommBytes(&ev.Comm)}
+	k := makeKey(ev.Cap, ev.Syscall, ev.Capable, ev.Audit, isRuntimeCommBytes(&ev.Comm))
 
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -160,7 +185,7 @@ func (t *Tracker) Observe(c cgmap.Container, ev *bpf.Event, at time.Time) {
 	ts := st.tuples[k]
 	if ts == nil {
 		if len(st.tuples) >= t.limits.MaxTuplesPerContainer || t.tuples >= t.limits.MaxTuples {
-			k.syscall = syscallFolded
+			k = k.folded()
 			st.folded++
 			t.stats.FoldedEvents++
 			ts = st.tuples[k]
@@ -245,11 +270,11 @@ func (st *containerState) summary(at time.Time, minWindow time.Duration) Summary
 	checks := make([]Check, 0, len(st.tuples))
 	for k, ts := range st.tuples {
 		sys := ""
-		if k.syscall != syscallFolded && k.syscall >= 0 {
-			sys = bpf.SyscallName(k.syscall)
+		if nr := k.syscall(); nr != syscallFolded && nr >= 0 {
+			sys = bpf.SyscallName(nr)
 		}
-		checks = append(checks, Check{Cap: kernelCapName(k.cap), Syscall: sys,
-			Capable: k.capable, Audit: k.audit, Runtime: k.runtime, Count: ts.count,
+		checks = append(checks, Check{Cap: kernelCapName(k.cap()), Syscall: sys,
+			Capable: k&keyCapable != 0, Audit: k&keyAudit != 0, Runtime: k&keyRuntime != 0, Count: ts.count,
 			First: unixTime(ts.first), Last: unixTime(ts.last)})
 	}
 	end := at.UTC()
