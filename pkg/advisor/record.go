@@ -204,10 +204,14 @@ func buildRecord(get func(string) (string, bool, error), n names) (Record, error
 		r.Kind = KindOther
 		return r, nil
 	}
-	if r.Container == "" && r.ContainerID == "" {
-		return Record{}, fmt.Errorf("fields %s and %s missing: no container to attribute it to", n.container, n.containerID)
-	}
 	return r, nil
+}
+
+// Attributed reports whether the record names its container. The sinks leave
+// the container fields out (or empty) for checks of a cgroup the registry no
+// longer knew when the event was read.
+func (r Record) Attributed() bool {
+	return r.Container != "" || r.ContainerID != ""
 }
 
 // jsonFieldString reads a field of a JSON record: a string, a number or a bool

@@ -267,7 +267,7 @@ type aggregate struct {
 	since time.Time
 
 	lines, blank, events, nSummaries, other, skipped int
-	filtered, noTime                                 int
+	filtered, noTime, unattributed                   int
 	skipNotes                                        []skipNote
 	groups                                           map[groupKey]*group
 }
@@ -339,6 +339,10 @@ func (a *aggregate) add(line []byte) {
 		a.other++
 		return
 	}
+	if !rec.Attributed() {
+		a.unattributed++
+		return
+	}
 	if (a.f.namespace != "" && rec.Namespace != a.f.namespace) ||
 		(a.f.pod != "" && rec.Pod != a.f.pod) ||
 		(a.f.container != "" && rec.Container != a.f.container) {
@@ -407,6 +411,9 @@ func (a *aggregate) describe(w io.Writer, source string) {
 		a.lines, source, a.events, a.nSummaries)
 	if a.other > 0 {
 		fmt.Fprintf(w, ", %d other records ignored (not capability checks)", a.other)
+	}
+	if a.unattributed > 0 {
+		fmt.Fprintf(w, ", %d more checks left out: they name no container (it was gone when captrace read them)", a.unattributed)
 	}
 	if a.filtered > 0 {
 		fmt.Fprintf(w, ", %d outside --namespace/--pod/--container/--since", a.filtered)
@@ -541,11 +548,14 @@ func writeJSON(w io.Writer, ss []Summary, a *aggregate) error {
 			Other     int `json:"other"`
 			Skipped   int `json:"skipped"`
 			Filtered  int `json:"filtered"`
+			// Unattributed checks name no container (it was gone when read).
+			Unattributed int `json:"unattributed"`
 		} `json:"input"`
 		Containers []jsonSummary `json:"containers"`
 	}{}
 	out.Input.Lines, out.Input.Events, out.Input.Summaries = a.lines, a.events, a.nSummaries
 	out.Input.Other, out.Input.Skipped, out.Input.Filtered = a.other, a.skipped, a.filtered+a.noTime
+	out.Input.Unattributed = a.unattributed
 	for _, s := range ss {
 		out.Containers = append(out.Containers, jsonSummary{Summary: s,
 			ObservedSeconds: s.Window.Duration().Seconds(), MinWindowSeconds: s.MinWindow.Seconds(),

@@ -48,21 +48,24 @@ func setPriority1() []rec {
 	return rs
 }
 
-// logfmtLines writes rs with logrus's TextFormatter, as the logfmt sink does.
+// logfmtLines writes rs with logrus's TextFormatter, as the logfmt sink does
+// (pkg/output: empty values quoted, capable true/false, audit 1/0).
 func logfmtLines(t testing.TB, rs []rec) string {
 	t.Helper()
 	var buf bytes.Buffer
 	log := logrus.New()
 	log.Out = &buf
-	log.Formatter = &logrus.TextFormatter{DisableColors: true, FullTimestamp: true, TimestampFormat: time.RFC3339Nano}
+	log.Formatter = &logrus.TextFormatter{DisableColors: true, FullTimestamp: true,
+		TimestampFormat: time.RFC3339Nano, QuoteEmptyFields: true}
+	digit := map[bool]string{true: "1", false: "0"}
 	for _, r := range rs {
 		log.WithTime(r.at).WithFields(logrus.Fields{
 			output.KeyNamespace: r.ns, output.KeyPod: r.pod, output.KeyPodUID: "uid-" + r.pod,
 			output.KeyContainer: r.container, output.KeyContainerID: r.id, output.KeyComm: r.comm,
 			output.KeyPid: 1234, output.KeyTid: 1234, output.KeyUid: 0, output.KeyGid: 0,
-			output.KeyCapable: r.capable, output.KeyAudit: r.audit, output.KeyInsetid: false,
-			output.KeyCap: r.cap, output.KeySyscall: r.syscall,
-		}).Info("capability check")
+			output.KeyCapable: fmt.Sprint(r.capable), output.KeyAudit: digit[r.audit],
+			output.KeyCap: r.cap, output.KeySyscall: r.syscall, "cgroup_id": 4242,
+		}).Info("cap_check")
 	}
 	return buf.String()
 }
@@ -263,9 +266,10 @@ func TestReportBadInput(t *testing.T) {
 		logfmt[2], // set-priority-0's SYS_NICE
 		"Nov 29 10:00:00 vm captrace[1]: CAP_SYS_ADMIN granted",
 		`{"CAP":"CAP_SYS_ADMIN","CAPABLE":"maybe","AUDIT":"true","K8S_CONTAINER_NAME":"x"}`,
-		`cap=CAP_SYS_ADMIN capable=true audit=true`,              // no container
-		`container=x cap=SYS_ADMIN capable=true audit=true`,      // not a CAP_ name
-		`container=x cap=CAP_SYS_ADMIN capable=true audit="true`, // unterminated quote
+		`cap=CAP_SYS_ADMIN capable=true audit=1 container="" container_id=""`, // container gone: unattributed
+		`container=x cap=CAP_SYS_ADMIN capable=true`,                          // no audit
+		`container=x cap=SYS_ADMIN capable=true audit=true`,                   // not a CAP_ name
+		`container=x cap=CAP_SYS_ADMIN capable=true audit="true`,              // unterminated quote
 		`{"cap":"CAP_SYS_ADMIN","capable":true,"audit":true,"container":"x","namespace":"n","pod":"p","time":"2026-11-29T10:00:00Z"}`,
 		"",
 		good[1],
@@ -284,7 +288,7 @@ func TestReportBadInput(t *testing.T) {
 		!strings.Contains(errs, `line 7: field CAPABLE: want true or false, got "maybe"`) {
 		t.Errorf("stderr:\n%s", errs)
 	}
-	if !strings.Contains(errs, "read 14 lines from stdin: 4 capability checks") {
+	if !strings.Contains(errs, "read 15 lines from stdin: 4 capability checks, 0 summary entries, 1 more checks left out: they name no container") {
 		t.Errorf("stderr:\n%s", errs)
 	}
 	// set-priority-1: only good[0] and good[1] were read (SETUID by runc, SYS_ADMIN probe).
@@ -298,7 +302,7 @@ func TestReportBadInput(t *testing.T) {
 		Input map[string]int `json:"input"`
 	}
 	_ = json.Unmarshal([]byte(out), &j)
-	if j.Input["skipped"] != 9 || j.Input["events"] != 4 || j.Input["lines"] != 14 {
+	if j.Input["skipped"] != 9 || j.Input["events"] != 4 || j.Input["lines"] != 15 || j.Input["unattributed"] != 1 {
 		t.Errorf("input counts: %v", j.Input)
 	}
 
