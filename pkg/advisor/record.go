@@ -38,15 +38,17 @@ type Record struct {
 	Syscall     string
 	Capable     bool
 	Audit       bool
-	// WindowStart and WindowEnd are set on summaries.
+	// WindowStart, WindowEnd and Events are set on summaries: the window the
+	// tracker observed and how many checks it saw in it.
 	WindowStart time.Time
 	WindowEnd   time.Time
+	Events      uint64
 }
 
 // names maps record fields to one naming: logfmt keys or journald fields.
 type names struct {
-	time, namespace, pod, podUID, container, containerID, comm    string
-	cap, capable, audit, syscall, summary, windowStart, windowEnd string
+	time, namespace, pod, podUID, container, containerID, comm            string
+	cap, capable, audit, syscall, summary, windowStart, windowEnd, events string
 }
 
 var logfmtNames = names{
@@ -54,7 +56,7 @@ var logfmtNames = names{
 	podUID: output.KeyPodUID, container: output.KeyContainer,
 	containerID: output.KeyContainerID, comm: output.KeyComm, cap: output.KeyCap,
 	capable: output.KeyCapable, audit: output.KeyAudit, syscall: output.KeySyscall,
-	summary: KeySummary, windowStart: KeyWindowStart, windowEnd: KeyWindowEnd,
+	summary: KeySummary, windowStart: KeyWindowStart, windowEnd: KeyWindowEnd, events: KeyEvents,
 }
 
 var journalNames = names{
@@ -62,7 +64,7 @@ var journalNames = names{
 	podUID: output.FieldPodUID, container: output.FieldContainer,
 	containerID: output.FieldContainerID, comm: output.FieldComm, cap: output.FieldCap,
 	capable: output.FieldCapable, audit: output.FieldAudit, syscall: output.FieldSyscall,
-	summary: FieldSummary, windowStart: FieldWindowStart, windowEnd: FieldWindowEnd,
+	summary: FieldSummary, windowStart: FieldWindowStart, windowEnd: FieldWindowEnd, events: FieldEvents,
 }
 
 // journald's receive time, µs since the epoch, on every `journalctl -o json` entry.
@@ -179,6 +181,11 @@ func buildRecord(get func(string) (string, bool, error), n names) (Record, error
 		}
 		if r.WindowEnd, err = parseTime(n.windowEnd); err != nil {
 			return Record{}, err
+		}
+		if v := str(n.events); v != "" {
+			if r.Events, err = strconv.ParseUint(v, 10, 64); err != nil {
+				return Record{}, fmt.Errorf("field %s: %v", n.events, err)
+			}
 		}
 	case hasCap:
 		r.Kind = KindEvent

@@ -181,7 +181,10 @@ func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env rep
 	}
 
 	agg.describe(stderr, source)
-	summaries := agg.summaries(f.minWindow)
+	summaries, notes := agg.summaries(f.minWindow)
+	for _, n := range notes {
+		fmt.Fprintf(stderr, "captrace report: %s\n", n)
+	}
 	if len(summaries) == 0 {
 		fmt.Fprintln(stderr, "captrace report: no capability checks read that match the filters: no advice")
 		return 1
@@ -250,6 +253,9 @@ type group struct {
 	events      uint64
 	first, last time.Time
 	start, end  time.Time // from summary entries
+	// Per container ID: checks read, and checks its summary entries counted.
+	readByID   map[string]uint64
+	summedByID map[string]uint64
 }
 
 // skipNote is one unreadable line, shown on stderr.
@@ -363,7 +369,8 @@ func (a *aggregate) add(line []byte) {
 	g := a.groups[k]
 	if g == nil {
 		g = &group{ref: ContainerRef{Name: rec.Container, Namespace: rec.Namespace, Pod: rec.Pod, PodUID: rec.PodUID},
-			ids: map[string]bool{}, checks: map[checkKey]*Check{}}
+			ids: map[string]bool{}, checks: map[checkKey]*Check{},
+			readByID: map[string]uint64{}, summedByID: map[string]uint64{}}
 		a.groups[k] = g
 	}
 	if rec.ContainerID != "" {
@@ -371,6 +378,7 @@ func (a *aggregate) add(line []byte) {
 	}
 	if rec.Kind == KindSummary {
 		a.nSummaries++
+		g.summedByID[rec.ContainerID] += rec.Events
 		if !rec.WindowStart.IsZero() && (g.start.IsZero() || rec.WindowStart.Before(g.start)) {
 			g.start = rec.WindowStart
 		}
@@ -381,6 +389,7 @@ func (a *aggregate) add(line []byte) {
 	}
 	a.events++
 	g.events++
+	g.readByID[rec.ContainerID]++
 	ck := checkKey{rec.Cap, rec.Syscall, rec.Capable, rec.Audit, isRuntimeComm(rec.Comm)}
 	c := g.checks[ck]
 	if c == nil {
@@ -436,9 +445,9 @@ func (a *aggregate) describe(w io.Writer, source string) {
 // summaries applies the rules to every container that has checks. A
 // container known only from summary entries gets none: its checks were not
 // read (outside --since, or lost), and advice from them would rest on data
-// this report did not see.
-func (a *aggregate) summaries(minWindow time.Duration) []Summary {
-	var out []Summary
+// this report did not see. The window a summary entry states is used only
+// when every check it counted was read; notes says where that was not so.
+func (a *aggregate) summaries(minWindow time.Duration) (out []Summary, notes []string) {
 	for _, g := range a.groups {
 		if g.events == 0 {
 			continue
@@ -448,18 +457,29 @@ func (a *aggregate) summaries(minWindow time.Duration) []Summary {
 			checks = append(checks, *c)
 		}
 		w := Window{Start: g.first, End: g.last, FirstEvent: g.first, LastEvent: g.last, Events: g.events}
-		if !g.start.IsZero() && g.start.Before(w.Start) {
-			w.Start = g.start
+		complete := true
+		for _, id := range sortedKeys(g.summedByID) {
+			if read, counted := g.readByID[id], g.summedByID[id]; read < counted {
+				complete = false
+				notes = append(notes, fmt.Sprintf("%s/%s/%s: the summary entries of container %s counted %d checks, %d were read "+
+					"(the rest fell outside --since, was dropped by a sink or left the journal); the advice rests on the %d read and their own time span",
+					g.ref.Namespace, g.ref.Pod, g.ref.Name, id, counted, read, read))
+			}
 		}
-		if g.end.After(w.End) {
-			w.End = g.end
+		if complete {
+			if !g.start.IsZero() && g.start.Before(w.Start) {
+				w.Start = g.start
+			}
+			if g.end.After(w.End) {
+				w.End = g.end
+			}
 		}
 		ref := g.ref
 		ref.ID = strings.Join(sortedKeys(g.ids), ",")
 		out = append(out, Summarize(ref, checks, w, minWindow))
 	}
 	sortSummaries(out)
-	return out
+	return out, notes
 }
 
 func writeTable(w io.Writer, ss []Summary) error {

@@ -346,6 +346,18 @@ func TestReportSummaryEntriesExtendTheWindow(t *testing.T) {
 	if code != 0 || len(cs) != 1 || cs[0].Partial || cs[0].ObservedSeconds != 21*60 || !strings.Contains(errs, "9 capability checks, 1 summary entries") {
 		t.Errorf("exit %d: %s %s", code, out, errs)
 	}
+	// A summary counting more checks than were read: its window is not used.
+	jfields := s.JournalFields()
+	jfields[FieldEvents] = "20"
+	short, _ := json.Marshal(jfields)
+	in = journalJSON(t, setPriority1(), func(b bool) string { return fmt.Sprint(b) }) + string(short) + "\n"
+	out, errs, code = report(t, in, "--format", "json", "-")
+	cs = decodeJSONReport(t, out)
+	if code != 0 || len(cs) != 1 || !cs[0].Partial || cs[0].ObservedSeconds != 10.001 ||
+		!strings.Contains(errs, "default/set-priority-1/set-priority-1: the summary entries of container c1 counted 20 checks, 9 were read") {
+		t.Errorf("incomplete read: exit %d: %s %s", code, out, errs)
+	}
+
 	// A summary alone is no data to advise from.
 	_, errs, code = report(t, string(jf)+"\n", "-")
 	if code != 1 || !strings.Contains(errs, "no capability checks read") {
