@@ -150,7 +150,7 @@ func TestReportJournalJSONFromStdin(t *testing.T) {
 			if fmt.Sprint(p1.RuntimeOnly) != "[SETUID]" || p1.Window.Events != 9 || p0.Window.Events != 12 {
 				t.Errorf("runtime %v events %d/%d", p1.RuntimeOnly, p0.Window.Events, p1.Window.Events)
 			}
-			if !p0.Partial || p0.ObservedSeconds != 15.001 || !strings.Contains(p0.Basis, "12 events over 15s") {
+			if !p0.Partial || p0.ObservedSeconds != 15.001 || !strings.Contains(p0.Basis, "12 checks over 15s") {
 				t.Errorf("window: partial=%v observed=%v basis=%q", p0.Partial, p0.ObservedSeconds, p0.Basis)
 			}
 			if !strings.Contains(errs, "read 21 lines from stdin: 21 capability checks") || strings.Contains(errs, "SKIPPED") {
@@ -168,7 +168,7 @@ func TestReportTable(t *testing.T) {
 	}
 	for _, want := range []string{
 		"NAMESPACE default  POD set-priority-0  CONTAINER set-priority-0\n",
-		"based on 12 events over 15s (partial profile: observed for less than 10m0s",
+		"based on 12 checks over 15s (partial profile: observed for less than 10m0s",
 		"CAP        GRANTED  DENIED  SYSCALLS            ADVICE\n",
 		"SYS_NICE   0        4       SYS_SETPRIORITY     denied: add it only if the workload failed without it\n",
 		"SYS_ADMIN  0        8       SYS_BRK,SYS_EXECVE  probe: not audited by the kernel, not a need\n",
@@ -187,7 +187,7 @@ func TestReportYAML(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
 	want := "# pod default/set-priority-1: merge into spec.containers\n" +
-		"# 9 events over 10s (partial profile: observed for less than 10m0s; exercise the workload longer before relying on it)\n" +
+		"# 9 checks over 10s (partial profile: observed for less than 10m0s; exercise the workload longer before relying on it)\n" +
 		"# SYS_ADMIN (granted 0, denied 3): probe: not audited by the kernel, not a need\n" +
 		"# SETUID (granted 3, denied 0): runtime: checked by runc init, not by the workload\n" +
 		"- name: set-priority-1\n" +

@@ -248,7 +248,7 @@ func sortedKeys[V any](m map[string]V) []string {
 // enough to call the profile more than partial.
 func (s Summary) Basis() string {
 	d := s.Window.Duration().Round(time.Second)
-	b := fmt.Sprintf("%d events over %s", s.Window.Events, d)
+	b := fmt.Sprintf("%d checks over %s", s.Window.Events, d)
 	if s.Partial {
 		b += fmt.Sprintf(" (partial profile: observed for less than %s; exercise the workload longer before relying on it)", s.MinWindow)
 	} else {
@@ -261,7 +261,7 @@ func (s Summary) Basis() string {
 		b += "; audit-only mode: probes were not recorded"
 	}
 	if s.Folded > 0 {
-		b += fmt.Sprintf("; %d events lost their syscall detail to the tuple limit", s.Folded)
+		b += fmt.Sprintf("; %d checks lost their syscall detail to the tuple limit", s.Folded)
 	}
 	return b
 }

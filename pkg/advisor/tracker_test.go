@@ -305,7 +305,7 @@ func TestWindowAndPartialProfile(t *testing.T) {
 	if !short.Partial || short.Window.Duration() != 5*time.Second || short.Window.Events != 3 {
 		t.Fatalf("short: partial=%v duration=%v events=%d", short.Partial, short.Window.Duration(), short.Window.Events)
 	}
-	if b := short.Basis(); !strings.Contains(b, "3 events over 5s") || !strings.Contains(b, "partial profile") {
+	if b := short.Basis(); !strings.Contains(b, "3 checks over 5s") || !strings.Contains(b, "partial profile") {
 		t.Errorf("Basis() = %q", b)
 	}
 	if !short.Window.FirstEvent.Equal(t0.Add(time.Second)) || !short.Window.LastEvent.Equal(t0.Add(3*time.Second)) {
@@ -315,7 +315,7 @@ func TestWindowAndPartialProfile(t *testing.T) {
 	if long.Partial || strings.Contains(long.Basis(), "partial") {
 		t.Errorf("observed %v: partial=%v basis=%q", long.Window.Duration(), long.Partial, long.Basis())
 	}
-	if !strings.Contains(long.Basis(), "3 events over 10m1s") {
+	if !strings.Contains(long.Basis(), "3 checks over 10m1s") {
 		t.Errorf("Basis() = %q", long.Basis())
 	}
 }
@@ -366,7 +366,7 @@ func TestTupleLimitFoldsSyscallsKeepsVerdicts(t *testing.T) {
 	if !reflect.DeepEqual(s.Recommended.Add, []string{"CHOWN"}) || !reflect.DeepEqual(s.DeniedOnly, []string{"SYS_NICE"}) {
 		t.Errorf("verdicts lost: add %v denied %v", s.Recommended.Add, s.DeniedOnly)
 	}
-	if s.Folded != 9 || s.Window.Events != 11 || !strings.Contains(s.Basis(), "9 events lost their syscall detail") {
+	if s.Folded != 9 || s.Window.Events != 11 || !strings.Contains(s.Basis(), "9 checks lost their syscall detail") {
 		t.Errorf("folded=%d events=%d basis=%q", s.Folded, s.Window.Events, s.Basis())
 	}
 	if row := findRow(t, s, "CHOWN", ClassAdd); row.Granted != 10 || len(row.Syscalls) != 2 {
