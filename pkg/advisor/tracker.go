@@ -60,6 +60,9 @@ type TrackerStats struct {
 	UntrackedEvents uint64
 	// UntrackedContainers were refused because MaxContainers were tracked.
 	UntrackedContainers uint64
+	// LateEvents arrived for a container already finished (read from the ring
+	// after its StopContainer); they are in the event records, not in its summary.
+	LateEvents uint64
 }
 
 // tupleKey packs (syscall, cap, capable, audit, runtime) into one word so the
@@ -122,11 +125,17 @@ type Tracker struct {
 	containers map[string]*containerState
 	tuples     int
 	stats      TrackerStats
+	// finished remembers the last MaxContainers finished IDs, oldest first in
+	// finishedOrder, so that a late event does not start a new, misleading
+	// summary (one made of a few stray checks) for a stopped container.
+	finished      map[string]struct{}
+	finishedOrder []string
 }
 
 // NewTracker returns an empty tracker bounded by limits.
 func NewTracker(limits Limits) *Tracker {
-	return &Tracker{limits: limits.withDefaults(), containers: map[string]*containerState{}}
+	return &Tracker{limits: limits.withDefaults(), containers: map[string]*containerState{},
+		finished: map[string]struct{}{}}
 }
 
 // Limits are the tracker's limits, defaults filled in.
@@ -158,6 +167,7 @@ func (t *Tracker) Start(c cgmap.Container, at time.Time) {
 	defer t.mu.Unlock()
 	st := t.containers[c.ID]
 	if st == nil {
+		delete(t.finished, c.ID) // started again: a new observation
 		t.newState(c, at)
 		return
 	}
@@ -177,6 +187,10 @@ func (t *Tracker) Observe(c cgmap.Container, ev *bpf.Event, at time.Time) {
 	defer t.mu.Unlock()
 	st := t.containers[c.ID]
 	if st == nil {
+		if _, done := t.finished[c.ID]; done {
+			t.stats.LateEvents++
+			return
+		}
 		if st = t.newState(c, at); st == nil {
 			t.stats.UntrackedEvents++
 			return
@@ -216,21 +230,36 @@ func (t *Tracker) Observe(c cgmap.Container, ev *bpf.Event, at time.Time) {
 }
 
 // Finish ends the observation of containerID at at and returns its summary;
-// false if the container was never started or observed (or already finished).
-// Call it on StopContainer; call it again on RemoveContainer (false, unless
-// events arrived in between), and FinishAll at shutdown.
+// false if the container was never started or observed, or already finished.
+// Call it on StopContainer, again on RemoveContainer (false after a Stop: it
+// covers containers whose Stop was missed), and FinishAll at shutdown. Events
+// of a finished container that arrive later are counted as LateEvents.
 func (t *Tracker) Finish(containerID string, at time.Time) (Summary, bool) {
 	t.mu.Lock()
 	st := t.containers[containerID]
 	if st != nil {
 		delete(t.containers, containerID)
 		t.tuples -= len(st.tuples)
+		t.markFinished(containerID)
 	}
 	t.mu.Unlock()
 	if st == nil {
 		return Summary{}, false
 	}
 	return st.summary(at, t.limits.MinWindow), true
+}
+
+// markFinished must be called with t.mu held.
+func (t *Tracker) markFinished(id string) {
+	if _, ok := t.finished[id]; ok {
+		return
+	}
+	if len(t.finishedOrder) >= t.limits.MaxContainers {
+		delete(t.finished, t.finishedOrder[0])
+		t.finishedOrder = t.finishedOrder[1:]
+	}
+	t.finished[id] = struct{}{}
+	t.finishedOrder = append(t.finishedOrder, id)
 }
 
 // FinishAll finishes every tracked container (daemon shutdown), in the order

@@ -1,6 +1,7 @@
 package advisor
 
 import (
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -340,6 +341,41 @@ func TestStartedContainerWithoutChecks(t *testing.T) {
 	}
 }
 
+// Checks read from the ring after StopContainer do not start a second summary.
+func TestLateEventsAfterFinish(t *testing.T) {
+	tr := NewTracker(Limits{MaxContainers: 2})
+	c := container("stopped")
+	ev := event(step{"app", capChown, sysChown, true, true, 1})
+	tr.Observe(c, &ev, t0)
+	if _, ok := tr.Finish(c.ID, t0.Add(time.Second)); !ok {
+		t.Fatal("no summary at Stop")
+	}
+	tr.Observe(c, &ev, t0.Add(2*time.Second))
+	if _, ok := tr.Finish(c.ID, t0.Add(3*time.Second)); ok {
+		t.Error("a late event made a second summary at Remove")
+	}
+	if st := tr.Stats(); st.LateEvents != 1 || st.Containers != 0 {
+		t.Errorf("Stats = %+v, want 1 late event", st)
+	}
+	// The tombstones are bounded (MaxContainers): the oldest is forgotten.
+	for _, n := range []string{"x", "y"} {
+		tr.Observe(container(n), &ev, t0)
+		tr.Finish(container(n).ID, t0)
+	}
+	if len(tr.finished) != 2 || len(tr.finishedOrder) != 2 {
+		t.Errorf("tombstones: %v", tr.finishedOrder)
+	}
+	tr.Observe(c, &ev, t0.Add(4*time.Second))
+	if tr.Stats().Containers != 1 {
+		t.Error("the oldest tombstone was not forgotten")
+	}
+	// Start after a Finish is a new observation.
+	tr.Start(container("x"), t0)
+	if _, ok := tr.Finish(container("x").ID, t0.Add(time.Second)); !ok {
+		t.Error("no summary after a new Start")
+	}
+}
+
 func TestSettingsAreReported(t *testing.T) {
 	c := container("unique")
 	c.Settings = bpf.Settings{AuditOnly: true, Unique: true}
@@ -542,5 +578,31 @@ func TestTupleKeyRoundTrip(t *testing.T) {
 				t.Errorf("folded(%#x) = %#x", uint64(k), uint64(f))
 			}
 		}
+	}
+}
+
+// The event reader observes while NRI handlers start and finish containers.
+func TestConcurrentObserveAndFinish(t *testing.T) {
+	tr := NewTracker(Limits{MaxTuplesPerContainer: 8})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 20000; i++ {
+			ev := event(step{"app", bpf.Capability(i % 41), int32(i % 300), i%2 == 0, i%3 == 0, 1})
+			tr.Observe(container(fmt.Sprint(i%7)), &ev, t0.Add(time.Duration(i)))
+		}
+	}()
+	var summaries int
+	for i := 0; i < 2000; i++ {
+		if _, ok := tr.Finish(container(fmt.Sprint(i%7)).ID, t0); ok {
+			summaries++
+		}
+		tr.Start(container(fmt.Sprint(i%7)), t0)
+	}
+	<-done
+	summaries += len(tr.FinishAll(t0.Add(time.Hour)))
+	st := tr.Stats()
+	if summaries == 0 || st.Tuples != 0 || st.Containers != 0 {
+		t.Errorf("summaries %d, stats %+v", summaries, st)
 	}
 }
