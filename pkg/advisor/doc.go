@@ -15,7 +15,8 @@
 //	// shutdown, after the last event was read:
 //	for _, s := range tr.FinishAll(time.Now()) { emit(s) }
 //
-// where emit queues s.LogFields() with message s.Message() to the logfmt sink
-// and s.JournalFields() to journald, off the NRI handler's path. Stats()
+// where emit queues, off the NRI handler's path, s.LogFields() with message
+// s.Message() to the logfmt sink and journal.Send(s.Message(), journal.PriInfo,
+// s.JournalFields()) to journald. Stats()
 // counts what did not make it into a summary in full.
 package advisor

@@ -60,7 +60,7 @@ const (
 	FieldAuditOnly     = "AUDIT_ONLY"
 	FieldUnique        = "UNIQUE"
 	FieldPodSpec       = "SECURITY_CONTEXT"
-	FieldMessage       = "MESSAGE"
+	FieldMessage       = "MESSAGE" // Message(), as journal.Send's message argument
 )
 
 func formatTime(t time.Time) string {
@@ -117,14 +117,12 @@ func (s Summary) LogFields() logrus.Fields {
 	return f
 }
 
-// JournalFields are the summary entry's journald fields, MESSAGE and
-// SYSLOG_IDENTIFIER included, ready for journal.Send's vars (the message
-// argument may repeat Message()).
+// JournalFields are the summary entry's journald fields, SYSLOG_IDENTIFIER
+// included, for journal.Send(s.Message(), journal.PriInfo, s.JournalFields()):
+// MESSAGE and PRIORITY are left to Send's arguments (a field given twice is
+// stored twice).
 func (s Summary) JournalFields() map[string]string {
-	f := map[string]string{
-		output.FieldIdentifier: output.Identifier,
-		FieldMessage:           s.Message(),
-	}
+	f := map[string]string{output.FieldIdentifier: output.Identifier}
 	for _, p := range s.pairs() {
 		f[p[1]] = p[2]
 	}

@@ -127,7 +127,9 @@ func TestReportReadsRealJournal(t *testing.T) {
 	c.ID = "c1"
 	tr.Start(c, t0.Add(-time.Minute))
 	sum, _ := tr.Finish(c.ID, t0.Add(time.Minute))
-	entries = append(entries, sum.JournalFields(),
+	sumFields := sum.JournalFields()
+	sumFields["MESSAGE"] = sum.Message()
+	entries = append(entries, sumFields,
 		map[string]string{"MESSAGE": "stats", output.FieldIdentifier: output.Identifier, "TRACED": "2"})
 	entriesFile := filepath.Join(dir, "entries.json")
 	b, _ := json.Marshal(entries)
