@@ -187,6 +187,10 @@ func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env rep
 	}
 	if len(summaries) == 0 {
 		fmt.Fprintln(stderr, "captrace report: no capability checks read that match the filters: no advice")
+		if f.input == "" && agg.lines == 0 && f.unit != "" {
+			fmt.Fprintf(stderr, "  journald has no entries of unit %s; if captrace does not run as that systemd unit, "+
+				"try --unit '' (entries with SYSLOG_IDENTIFIER=captrace) or -D DIR for another journal\n", f.unit)
+		}
 		return 1
 	}
 	var err error

@@ -415,6 +415,10 @@ func TestReportRunsJournalctl(t *testing.T) {
 	if code != 1 || out != "" || !strings.Contains(errs, "journalctl said: Failed to open journal: Permission denied") || !strings.Contains(errs, "no advice printed") {
 		t.Errorf("failing journalctl: exit %d stdout %q stderr %s", code, out, errs)
 	}
+	empty := writeScript(t, dir, "empty", "exit 0\n")
+	if _, errs, code := report(t, "", "--journalctl", empty); code != 1 || !strings.Contains(errs, "journald has no entries of unit captrace; if captrace does not run as that systemd unit, try --unit ''") {
+		t.Errorf("empty journal: exit %d %s", code, errs)
+	}
 	out, errs, code = report(t, "", "--journalctl", filepath.Join(dir, "missing"))
 	if code != 1 || out != "" || !strings.Contains(errs, "journalctl -u captrace -o json | captrace report -") {
 		t.Errorf("missing journalctl: exit %d stdout %q stderr %s", code, out, errs)
