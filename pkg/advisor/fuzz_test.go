@@ -2,6 +2,8 @@ package advisor
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -79,6 +81,37 @@ func FuzzLogfmtRoundTrip(f *testing.F) {
 			ContainerID: "id", Comm: comm, Cap: "CAP_" + cap, Syscall: syscall, Capable: capable, Audit: audit}
 		if r != want {
 			t.Fatalf("ParseRecord(%q)\n= %+v\nwant %+v", line, r, want)
+		}
+	})
+}
+
+// BenchmarkParseRecord: the report's cost per line, against a baseline that
+// only validates the JSON (the least any JSON reader does).
+func BenchmarkParseRecord(b *testing.B) {
+	jsonLine := []byte(strings.SplitN(journalJSON(b, setPriority0(), func(v bool) string { return fmt.Sprint(v) }), "\n", 2)[0])
+	logfmtLine := []byte(strings.SplitN(logfmtLines(b, setPriority0()), "\n", 2)[0])
+	b.Run("journal-json", func(b *testing.B) {
+		b.SetBytes(int64(len(jsonLine)))
+		for i := 0; i < b.N; i++ {
+			if _, err := ParseRecord(jsonLine); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("baseline-json.Valid", func(b *testing.B) {
+		b.SetBytes(int64(len(jsonLine)))
+		for i := 0; i < b.N; i++ {
+			if !json.Valid(jsonLine) {
+				b.Fatal("invalid")
+			}
+		}
+	})
+	b.Run("logfmt", func(b *testing.B) {
+		b.SetBytes(int64(len(logfmtLine)))
+		for i := 0; i < b.N; i++ {
+			if _, err := ParseRecord(logfmtLine); err != nil {
+				b.Fatal(err)
+			}
 		}
 	})
 }
