@@ -44,12 +44,16 @@ type Record struct {
 	WindowStart time.Time
 	WindowEnd   time.Time
 	Events      uint64
+	// Unique and AuditOnly are a summary's tracing settings.
+	Unique    bool
+	AuditOnly bool
 }
 
 // names maps record fields to one naming: logfmt keys or journald fields.
 type names struct {
 	time, namespace, pod, podUID, container, containerID, comm            string
 	cap, capable, audit, syscall, summary, windowStart, windowEnd, events string
+	unique, auditOnly                                                     string
 }
 
 var logfmtNames = names{
@@ -58,6 +62,7 @@ var logfmtNames = names{
 	containerID: output.KeyContainerID, comm: output.KeyComm, cap: output.KeyCap,
 	capable: output.KeyCapable, audit: output.KeyAudit, syscall: output.KeySyscall,
 	summary: KeySummary, windowStart: KeyWindowStart, windowEnd: KeyWindowEnd, events: KeyEvents,
+	unique: KeyUnique, auditOnly: KeyAuditOnly,
 }
 
 var journalNames = names{
@@ -66,6 +71,7 @@ var journalNames = names{
 	containerID: output.FieldContainerID, comm: output.FieldComm, cap: output.FieldCap,
 	capable: output.FieldCapable, audit: output.FieldAudit, syscall: output.FieldSyscall,
 	summary: FieldSummary, windowStart: FieldWindowStart, windowEnd: FieldWindowEnd, events: FieldEvents,
+	unique: FieldUnique, auditOnly: FieldAuditOnly,
 }
 
 // journald's receive time, µs since the epoch, on every `journalctl -o json` entry.
@@ -188,6 +194,16 @@ func buildRecord(get func(string) (string, bool, error), n names) (Record, error
 				return Record{}, fmt.Errorf("field %s: %v", n.events, err)
 			}
 		}
+		for _, b := range []struct {
+			key string
+			dst *bool
+		}{{n.unique, &r.Unique}, {n.auditOnly, &r.AuditOnly}} {
+			if v := str(b.key); v != "" {
+				if *b.dst, err = strconv.ParseBool(v); err != nil {
+					return Record{}, fmt.Errorf("field %s: want true or false, got %q", b.key, v)
+				}
+			}
+		}
 	case hasCap:
 		r.Kind = KindEvent
 		if !strings.HasPrefix(strings.ToUpper(r.Cap), "CAP_") {
@@ -248,7 +264,8 @@ func init() {
 	}
 	for _, n := range []names{journalNames, logfmtNames} {
 		for _, name := range []string{n.time, n.namespace, n.pod, n.podUID, n.container, n.containerID,
-			n.comm, n.cap, n.capable, n.audit, n.syscall, n.summary, n.windowStart, n.windowEnd, n.events} {
+			n.comm, n.cap, n.capable, n.audit, n.syscall, n.summary, n.windowStart, n.windowEnd, n.events,
+			n.unique, n.auditOnly} {
 			add(name)
 		}
 	}

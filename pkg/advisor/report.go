@@ -260,6 +260,9 @@ type group struct {
 	// Per container ID: checks read, and checks its summary entries counted.
 	readByID   map[string]uint64
 	summedByID map[string]uint64
+	// Tracing settings stated by summary entries: any unique, all audit-only.
+	unique, auditOnly bool
+	settingsSeen      bool
 }
 
 // skipNote is one unreadable line, shown on stderr.
@@ -383,6 +386,9 @@ func (a *aggregate) add(line []byte) {
 	if rec.Kind == KindSummary {
 		a.nSummaries++
 		g.summedByID[rec.ContainerID] += rec.Events
+		g.unique = g.unique || rec.Unique
+		g.auditOnly = rec.AuditOnly && (g.auditOnly || !g.settingsSeen)
+		g.settingsSeen = true
 		if !rec.WindowStart.IsZero() && (g.start.IsZero() || rec.WindowStart.Before(g.start)) {
 			g.start = rec.WindowStart
 		}
@@ -480,7 +486,9 @@ func (a *aggregate) summaries(minWindow time.Duration) (out []Summary, notes []s
 		}
 		ref := g.ref
 		ref.ID = strings.Join(sortedKeys(g.ids), ",")
-		out = append(out, Summarize(ref, checks, w, minWindow))
+		s := Summarize(ref, checks, w, minWindow)
+		s.Unique, s.AuditOnly = g.unique, g.auditOnly
+		out = append(out, s)
 	}
 	sortSummaries(out)
 	return out, notes

@@ -346,6 +346,15 @@ func TestReportSummaryEntriesExtendTheWindow(t *testing.T) {
 	if code != 0 || len(cs) != 1 || cs[0].Partial || cs[0].ObservedSeconds != 21*60 || !strings.Contains(errs, "9 capability checks, 1 summary entries") {
 		t.Errorf("exit %d: %s %s", code, out, errs)
 	}
+	// A unique-mode summary makes the report say what unique mode hides.
+	uf := s.JournalFields()
+	uf[FieldUnique] = "true"
+	ub, _ := json.Marshal(uf)
+	out, _, _ = report(t, journalJSON(t, setPriority1(), func(b bool) string { return fmt.Sprint(b) })+string(ub)+"\n", "-")
+	if !strings.Contains(out, "unique mode: counts are first occurrences") {
+		t.Errorf("unique summary not reflected:\n%s", out)
+	}
+
 	// A summary counting more checks than were read: its window is not used.
 	jfields := s.JournalFields()
 	jfields[FieldEvents] = "20"
