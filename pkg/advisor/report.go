@@ -501,7 +501,11 @@ func writeTable(w io.Writer, ss []Summary) error {
 			fmt.Fprintln(bw)
 		}
 		c := s.Container
-		fmt.Fprintf(bw, "NAMESPACE %s  POD %s  CONTAINER %s\n", c.Namespace, c.Pod, c.Name)
+		fmt.Fprintf(bw, "NAMESPACE %s  POD %s  CONTAINER %s", c.Namespace, c.Pod, c.Name)
+		if n := strings.Count(c.ID, ",") + 1; n > 1 {
+			fmt.Fprintf(bw, "  (%d container IDs: restarts add up)", n)
+		}
+		fmt.Fprintln(bw)
 		fmt.Fprintf(bw, "based on %s\n", s.Basis())
 		if !s.Window.FirstEvent.IsZero() {
 			fmt.Fprintf(bw, "checks from %s to %s\n", formatTime(s.Window.FirstEvent), formatTime(s.Window.LastEvent))

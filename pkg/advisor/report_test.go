@@ -180,6 +180,18 @@ func TestReportTable(t *testing.T) {
 	}
 }
 
+func TestReportRestartsAddUp(t *testing.T) {
+	rs := setPriority0()
+	for i := range rs[6:] {
+		rs[6+i].id = "c0-restarted"
+	}
+	out, errs, code := report(t, logfmtLines(t, rs), "-")
+	if code != 0 || !strings.Contains(out, "CONTAINER set-priority-0  (2 container IDs: restarts add up)\n") ||
+		!strings.Contains(out, "based on 12 checks") {
+		t.Errorf("exit %d: %s %s", code, out, errs)
+	}
+}
+
 func TestReportYAML(t *testing.T) {
 	in := logfmtLines(t, append(setPriority1(), setPriority0()...))
 	out, errs, code := report(t, in, "--format=yaml", "--input", "-")
