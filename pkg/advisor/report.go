@@ -528,8 +528,9 @@ func writeTable(w io.Writer, ss []Summary) error {
 	return bw.Flush()
 }
 
-// writeYAML prints, per pod, the containers' securityContext as entries to
-// paste under spec.containers, with what they rest on as comments.
+// writeYAML prints, per pod, one YAML document: the containers'
+// securityContext as entries to merge under spec.containers, with what they
+// rest on as comments.
 func writeYAML(w io.Writer, ss []Summary) error {
 	bw := bufio.NewWriter(w)
 	pod := ""
@@ -537,7 +538,7 @@ func writeYAML(w io.Writer, ss []Summary) error {
 		c := s.Container
 		if p := c.Namespace + "/" + c.Pod; p != pod || pod == "" {
 			if pod != "" {
-				fmt.Fprintln(bw)
+				fmt.Fprintln(bw, "---") // one YAML document per pod
 			}
 			pod = p
 			fmt.Fprintf(bw, "# pod %s: merge into spec.containers\n", p)

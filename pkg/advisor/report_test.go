@@ -207,6 +207,9 @@ func TestReportYAML(t *testing.T) {
 	if !strings.Contains(out, want) {
 		t.Errorf("yaml lacks\n%s\ngot\n%s", want, out)
 	}
+	if !strings.Contains(out, "\n---\n# pod default/set-priority-1: merge into spec.containers\n") {
+		t.Errorf("pods are not separate YAML documents:\n%s", out)
+	}
 }
 
 // logfmt as logrus writes it: quoted values with escapes, bare values, and
