@@ -248,7 +248,11 @@ func sortedKeys[V any](m map[string]V) []string {
 // enough to call the profile more than partial.
 func (s Summary) Basis() string {
 	d := s.Window.Duration().Round(time.Second)
-	b := fmt.Sprintf("%d checks over %s", s.Window.Events, d)
+	noun := "checks"
+	if s.Window.Events == 1 {
+		noun = "check"
+	}
+	b := fmt.Sprintf("%d %s over %s", s.Window.Events, noun, d)
 	if s.Partial {
 		b += fmt.Sprintf(" (partial profile: observed for less than %s; exercise the workload longer before relying on it)", s.MinWindow)
 	} else {
