@@ -1,0 +1,117 @@
+package advisor
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/captrace/captrace/pkg/output"
+)
+
+// FuzzParseRecord: any line either fails to parse or yields a record that
+// keeps the parser's promises; it never panics.
+func FuzzParseRecord(f *testing.F) {
+	for _, seed := range strings.Split(logfmtLines(f, setPriority1())+journalJSON(f, setPriority0(), func(b bool) string {
+		if b {
+			return "1"
+		}
+		return "0"
+	}), "\n") {
+		f.Add([]byte(seed))
+	}
+	for _, seed := range []string{
+		``, `{`, `{"CAP":[67,65,80,95]}`, `{"CAP":["a","b"]}`, `a=`, `a="\x00" b=c`, `=x`, `a=b"c`,
+		`msg="stats" traced=1`, `summary=true window_start=x`, `{"CAPTRACE_SUMMARY":"1","WINDOW_START":"2026-11-29T10:00:00Z","K8S_CONTAINER_NAME":"c"}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		r, err := ParseRecord(line)
+		if err != nil {
+			if r.Kind != KindNone || r.Cap != "" {
+				t.Fatalf("error %v with a record %+v", err, r)
+			}
+			return
+		}
+		switch r.Kind {
+		case KindEvent:
+			if !strings.HasPrefix(strings.ToUpper(r.Cap), "CAP_") {
+				t.Fatalf("event with cap %q", r.Cap)
+			}
+		case KindNone:
+			if len(bytes.TrimSpace(line)) != 0 {
+				t.Fatalf("non-blank line %q read as blank", line)
+			}
+		}
+	})
+}
+
+// FuzzLogfmtRoundTrip: whatever the values, a check logged by logrus's
+// TextFormatter reads back as the same check.
+func FuzzLogfmtRoundTrip(f *testing.F) {
+	f.Add("nice", "set-priority-0", "default", "SYS_NICE", "SYS_SETPRIORITY", true, false)
+	f.Add(`odd "name"\`, "a b=c", "ns\n2", "sys_admin", "", false, true)
+	f.Add("runc:[2:INIT]", "\xff\xfe", "x\ty", "CHOWN", "SYS_=", true, true)
+	f.Fuzz(func(t *testing.T, comm, container, ns, cap, syscall string, capable, audit bool) {
+		var buf bytes.Buffer
+		log := logrus.New()
+		log.Out = &buf
+		log.Formatter = &logrus.TextFormatter{DisableColors: true, FullTimestamp: true, TimestampFormat: time.RFC3339Nano}
+		at := t0.Add(1234567 * time.Nanosecond)
+		log.WithTime(at).WithFields(logrus.Fields{
+			output.KeyNamespace: ns, output.KeyPod: "p", output.KeyContainer: container,
+			output.KeyContainerID: "id", output.KeyComm: comm, output.KeyCapable: capable,
+			output.KeyAudit: audit, output.KeyCap: "CAP_" + cap, output.KeySyscall: syscall,
+		}).Info("capability check")
+		line := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+		if bytes.ContainsAny(line, "\n") {
+			t.Skip("logrus wrote more than one line")
+		}
+		r, err := ParseRecord(line)
+		if err != nil {
+			t.Fatalf("ParseRecord(%q): %v", line, err)
+		}
+		// %q writes invalid UTF-8 as \x escapes: every byte must come back.
+		want := Record{Kind: KindEvent, Time: at, Namespace: ns, Pod: "p", Container: container,
+			ContainerID: "id", Comm: comm, Cap: "CAP_" + cap, Syscall: syscall, Capable: capable, Audit: audit}
+		if r != want {
+			t.Fatalf("ParseRecord(%q)\n= %+v\nwant %+v", line, r, want)
+		}
+	})
+}
+
+// BenchmarkParseRecord: the report's cost per line, against a baseline that
+// only validates the JSON (the least any JSON reader does).
+func BenchmarkParseRecord(b *testing.B) {
+	jsonLine := []byte(strings.SplitN(journalJSON(b, setPriority0(), func(v bool) string { return fmt.Sprint(v) }), "\n", 2)[0])
+	logfmtLine := []byte(strings.SplitN(logfmtLines(b, setPriority0()), "\n", 2)[0])
+	b.Run("journal-json", func(b *testing.B) {
+		b.SetBytes(int64(len(jsonLine)))
+		for i := 0; i < b.N; i++ {
+			if _, err := ParseRecord(jsonLine); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("baseline-json.Valid", func(b *testing.B) {
+		b.SetBytes(int64(len(jsonLine)))
+		for i := 0; i < b.N; i++ {
+			if !json.Valid(jsonLine) {
+				b.Fatal("invalid")
+			}
+		}
+	})
+	b.Run("logfmt", func(b *testing.B) {
+		b.SetBytes(int64(len(logfmtLine)))
+		for i := 0; i < b.N; i++ {
+			if _, err := ParseRecord(logfmtLine); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

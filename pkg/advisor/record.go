@@ -1,0 +1,393 @@
+package advisor
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/captrace/captrace/pkg/output"
+)
+
+// RecordKind says what a parsed line holds.
+type RecordKind int
+
+const (
+	KindNone    RecordKind = iota // a blank line
+	KindOther                     // well-formed, but not a captrace check or summary (e.g. msg="stats")
+	KindEvent                     // one capability check
+	KindSummary                   // a summary entry (CAPTRACE_SUMMARY=1, summary=true)
+)
+
+// Record is one line of captrace output read back.
+type Record struct {
+	Kind RecordKind
+	// Time is the check's wall time (the summary's entry time); zero if the
+	// record carries none.
+	Time        time.Time
+	Namespace   string
+	Pod         string
+	PodUID      string
+	Container   string
+	ContainerID string
+	Comm        string
+	Cap         string // e.g. "CAP_SYS_NICE"
+	Syscall     string
+	Capable     bool
+	Audit       bool
+	// WindowStart, WindowEnd and Events are set on summaries: the window the
+	// tracker observed and how many checks it saw in it.
+	WindowStart time.Time
+	WindowEnd   time.Time
+	Events      uint64
+	// Unique and AuditOnly are a summary's tracing settings.
+	Unique    bool
+	AuditOnly bool
+}
+
+// names maps record fields to one naming: logfmt keys or journald fields.
+type names struct {
+	time, namespace, pod, podUID, container, containerID, comm            string
+	cap, capable, audit, syscall, summary, windowStart, windowEnd, events string
+	unique, auditOnly                                                     string
+}
+
+var logfmtNames = names{
+	time: output.KeyTime, namespace: output.KeyNamespace, pod: output.KeyPod,
+	podUID: output.KeyPodUID, container: output.KeyContainer,
+	containerID: output.KeyContainerID, comm: output.KeyComm, cap: output.KeyCap,
+	capable: output.KeyCapable, audit: output.KeyAudit, syscall: output.KeySyscall,
+	summary: KeySummary, windowStart: KeyWindowStart, windowEnd: KeyWindowEnd, events: KeyEvents,
+	unique: KeyUnique, auditOnly: KeyAuditOnly,
+}
+
+var journalNames = names{
+	time: output.FieldEventTime, namespace: output.FieldNamespace, pod: output.FieldPod,
+	podUID: output.FieldPodUID, container: output.FieldContainer,
+	containerID: output.FieldContainerID, comm: output.FieldComm, cap: output.FieldCap,
+	capable: output.FieldCapable, audit: output.FieldAudit, syscall: output.FieldSyscall,
+	summary: FieldSummary, windowStart: FieldWindowStart, windowEnd: FieldWindowEnd, events: FieldEvents,
+	unique: FieldUnique, auditOnly: FieldAuditOnly,
+}
+
+// journald's receive time, µs since the epoch, on every `journalctl -o json` entry.
+const journalRealtime = "__REALTIME_TIMESTAMP"
+
+// ParseRecord parses one line of captrace output, its format detected from
+// the line itself: a `journalctl -o json` entry, a JSON object with the logfmt
+// key names, or a logfmt line as logrus's TextFormatter writes it. An error
+// means the line cannot be read as any of them, or is a captrace record with a
+// missing or malformed field; nothing of it may be used.
+func ParseRecord(line []byte) (Record, error) {
+	line = bytes.TrimSpace(line)
+	if len(line) == 0 {
+		return Record{Kind: KindNone}, nil
+	}
+	var (
+		get func(string) (string, bool, error)
+		n   names
+	)
+	if line[0] == '{' {
+		obj, err := decodeJSONFields(line)
+		if err != nil {
+			return Record{}, fmt.Errorf("not a JSON object: %v", err)
+		}
+		n = logfmtNames
+		for _, k := range []string{journalRealtime, output.FieldCap, FieldSummary, FieldMessage} {
+			if obj.get(k) != nil {
+				n = journalNames
+			}
+		}
+		get = func(k string) (string, bool, error) {
+			raw := obj.get(k)
+			if raw == nil {
+				return "", false, nil
+			}
+			v, err := jsonFieldString(raw)
+			if err != nil {
+				return "", true, fmt.Errorf("field %s: %v", k, err)
+			}
+			return v, true, nil
+		}
+		if n == journalNames {
+			// A summary or check entry without its own time falls back to
+			// journald's receive time.
+			rec, err := buildRecord(get, n)
+			if err == nil && rec.Time.IsZero() && rec.Kind != KindOther {
+				if us, ok, _ := get(journalRealtime); ok {
+					v, perr := strconv.ParseInt(us, 10, 64)
+					if perr != nil {
+						return Record{}, fmt.Errorf("field %s: %v", journalRealtime, perr)
+					}
+					rec.Time = time.UnixMicro(v).UTC()
+				}
+			}
+			return rec, err
+		}
+		return buildRecord(get, n)
+	}
+	pairs, err := parseLogfmt(line)
+	if err != nil {
+		return Record{}, err
+	}
+	get = func(k string) (string, bool, error) {
+		v, ok := pairs[k]
+		return v, ok, nil
+	}
+	return buildRecord(get, logfmtNames)
+}
+
+func buildRecord(get func(string) (string, bool, error), n names) (Record, error) {
+	var r Record
+	var firstErr error
+	str := func(k string) string {
+		v, _, err := get(k)
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+		return v
+	}
+	r.Namespace, r.Pod, r.PodUID = str(n.namespace), str(n.pod), str(n.podUID)
+	r.Container, r.ContainerID, r.Comm = str(n.container), str(n.containerID), str(n.comm)
+	r.Cap, r.Syscall = str(n.cap), str(n.syscall)
+	if firstErr != nil {
+		return Record{}, firstErr
+	}
+	parseTime := func(k string) (time.Time, error) {
+		v := str(k)
+		if firstErr != nil || v == "" {
+			return time.Time{}, firstErr
+		}
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("field %s: %v", k, err)
+		}
+		return t.UTC(), nil
+	}
+	var err error
+	if r.Time, err = parseTime(n.time); err != nil {
+		return Record{}, err
+	}
+	summary, isSummary, err := get(n.summary)
+	if err != nil {
+		return Record{}, err
+	}
+	_, hasCap, _ := get(n.cap)
+	switch {
+	case isSummary:
+		if ok, err := strconv.ParseBool(summary); err != nil || !ok {
+			return Record{}, fmt.Errorf("field %s: want true or 1, got %q", n.summary, summary)
+		}
+		r.Kind = KindSummary
+		if r.WindowStart, err = parseTime(n.windowStart); err != nil {
+			return Record{}, err
+		}
+		if r.WindowEnd, err = parseTime(n.windowEnd); err != nil {
+			return Record{}, err
+		}
+		if v := str(n.events); v != "" {
+			if r.Events, err = strconv.ParseUint(v, 10, 64); err != nil {
+				return Record{}, fmt.Errorf("field %s: %v", n.events, err)
+			}
+		}
+		for _, b := range []struct {
+			key string
+			dst *bool
+		}{{n.unique, &r.Unique}, {n.auditOnly, &r.AuditOnly}} {
+			if v := str(b.key); v != "" {
+				if *b.dst, err = strconv.ParseBool(v); err != nil {
+					return Record{}, fmt.Errorf("field %s: want true or false, got %q", b.key, v)
+				}
+			}
+		}
+	case hasCap:
+		r.Kind = KindEvent
+		if !strings.HasPrefix(strings.ToUpper(r.Cap), "CAP_") {
+			return Record{}, fmt.Errorf("field %s: %q is no capability name", n.cap, r.Cap)
+		}
+		for _, b := range []struct {
+			key string
+			dst *bool
+		}{{n.capable, &r.Capable}, {n.audit, &r.Audit}} {
+			v, ok, err := get(b.key)
+			if err != nil {
+				return Record{}, err
+			}
+			if !ok {
+				return Record{}, fmt.Errorf("field %s missing", b.key)
+			}
+			if *b.dst, err = strconv.ParseBool(v); err != nil {
+				return Record{}, fmt.Errorf("field %s: want true or false, got %q", b.key, v)
+			}
+		}
+	default:
+		r.Kind = KindOther
+		return r, nil
+	}
+	return r, nil
+}
+
+// Attributed reports whether the record names its container. The sinks leave
+// the container fields out (or empty) for checks of a cgroup the registry no
+// longer knew when the event was read.
+func (r Record) Attributed() bool {
+	return r.Container != "" || r.ContainerID != ""
+}
+
+// jsonFields decodes only the fields a record is read from: a journald entry
+// has some thirty, most of them journald's own, and decoding them all into a
+// map made the report 7× slower than validating the JSON. Its struct type is
+// built once from the two namings, field i holding jsonFieldNames[i].
+var (
+	jsonFieldNames []string
+	jsonFieldIndex = map[string]int{}
+	jsonFieldsType reflect.Type
+)
+
+func init() {
+	var fields []reflect.StructField
+	add := func(name string) {
+		if _, dup := jsonFieldIndex[name]; dup || name == "" {
+			return
+		}
+		jsonFieldIndex[name] = len(jsonFieldNames)
+		fields = append(fields, reflect.StructField{
+			Name: "F" + strconv.Itoa(len(jsonFieldNames)),
+			Type: reflect.TypeFor[json.RawMessage](),
+			Tag:  reflect.StructTag(`json:"` + name + `"`),
+		})
+		jsonFieldNames = append(jsonFieldNames, name)
+	}
+	for _, n := range []names{journalNames, logfmtNames} {
+		for _, name := range []string{n.time, n.namespace, n.pod, n.podUID, n.container, n.containerID,
+			n.comm, n.cap, n.capable, n.audit, n.syscall, n.summary, n.windowStart, n.windowEnd, n.events,
+			n.unique, n.auditOnly} {
+			add(name)
+		}
+	}
+	add(journalRealtime)
+	add(FieldMessage)
+	jsonFieldsType = reflect.StructOf(fields)
+}
+
+type jsonFields struct{ v reflect.Value }
+
+func decodeJSONFields(line []byte) (jsonFields, error) {
+	p := reflect.New(jsonFieldsType)
+	if err := json.Unmarshal(line, p.Interface()); err != nil {
+		return jsonFields{}, err
+	}
+	return jsonFields{p.Elem()}, nil
+}
+
+// get is the raw value of field name; nil when absent.
+func (f jsonFields) get(name string) json.RawMessage {
+	i, ok := jsonFieldIndex[name]
+	if !ok {
+		return nil
+	}
+	return f.v.Field(i).Bytes()
+}
+
+// jsonFieldString reads a field of a JSON record: a string, a number or a bool
+// as its text, or an array of byte values (journald's form for fields that
+// are not valid UTF-8).
+func jsonFieldString(raw json.RawMessage) (string, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return "", errors.New("empty value")
+	}
+	switch raw[0] {
+	case '"':
+		// The decoder has validated raw: without escapes it is the text.
+		if len(raw) >= 2 && bytes.IndexByte(raw, '\\') < 0 {
+			return string(raw[1 : len(raw)-1]), nil
+		}
+		var s string
+		err := json.Unmarshal(raw, &s)
+		return s, err
+	case '[':
+		var b []byte
+		var nums []uint16
+		if err := json.Unmarshal(raw, &nums); err != nil {
+			return "", errors.New("repeated field or array: one value expected")
+		}
+		for _, v := range nums {
+			if v > 255 {
+				return "", errors.New("byte array with a value above 255")
+			}
+			b = append(b, byte(v))
+		}
+		return string(b), nil
+	case '{':
+		return "", errors.New("object: one value expected")
+	case 'n':
+		return "", nil
+	}
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return "", err
+	}
+	return string(raw), nil
+}
+
+// parseLogfmt reads key=value pairs as logrus's TextFormatter writes them:
+// bare values, or values quoted with Go's %q escapes. Any other token makes
+// the whole line unreadable.
+func parseLogfmt(line []byte) (map[string]string, error) {
+	pairs := map[string]string{}
+	s := string(line)
+	i := 0
+	for {
+		for i < len(s) && (s[i] == ' ' || s[i] == '\t') {
+			i++
+		}
+		if i == len(s) {
+			break
+		}
+		start := i
+		for i < len(s) && s[i] != '=' && s[i] != ' ' && s[i] != '"' && s[i] != '\t' {
+			i++
+		}
+		if i == start || i == len(s) || s[i] != '=' {
+			return nil, fmt.Errorf("not logfmt: no key=value at column %d", start+1)
+		}
+		key := s[start:i]
+		i++ // '='
+		var val string
+		if i < len(s) && s[i] == '"' {
+			q, err := strconv.QuotedPrefix(s[i:])
+			if err != nil {
+				return nil, fmt.Errorf("not logfmt: bad quoted value of %s at column %d", key, i+1)
+			}
+			if val, err = strconv.Unquote(q); err != nil {
+				return nil, fmt.Errorf("not logfmt: bad quoted value of %s at column %d", key, i+1)
+			}
+			i += len(q)
+			if i < len(s) && s[i] != ' ' && s[i] != '\t' {
+				return nil, fmt.Errorf("not logfmt: text after the quoted value of %s at column %d", key, i+1)
+			}
+		} else {
+			vs := i
+			for i < len(s) && s[i] != ' ' && s[i] != '\t' {
+				if s[i] == '"' {
+					return nil, fmt.Errorf("not logfmt: quote inside the bare value of %s at column %d", key, i+1)
+				}
+				i++
+			}
+			val = s[vs:i]
+		}
+		if _, dup := pairs[key]; dup {
+			return nil, fmt.Errorf("not logfmt: key %s repeated", key)
+		}
+		pairs[key] = val
+	}
+	if len(pairs) == 0 {
+		return nil, errors.New("not logfmt: no key=value")
+	}
+	return pairs, nil
+}

@@ -1,0 +1,313 @@
+package advisor
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// DefaultMinWindow is how long a container must have been observed before its
+// summary calls the profile complete enough to act on. Shorter observations are
+// marked partial: a workload rarely exercises its rare paths (reloads, backups,
+// log rotation, failover) within its first minutes.
+const DefaultMinWindow = 10 * time.Minute
+
+// ContainerRef names the container a summary is about.
+type ContainerRef struct {
+	ID        string `json:"container_id,omitempty"`
+	Name      string `json:"container"`
+	Namespace string `json:"namespace"`
+	Pod       string `json:"pod"`
+	PodUID    string `json:"pod_uid,omitempty"`
+}
+
+// Check is one distinct capability check of a container: the (cap, verdict,
+// audit, syscall, origin) tuple and how often it was seen.
+type Check struct {
+	Cap     string // kernel name, e.g. "CAP_SYS_NICE"
+	Syscall string // e.g. "SYS_SETPRIORITY"; "" when not in a system call
+	Capable bool   // granted
+	Audit   bool   // the kernel would audit the check (not a CAP_OPT_NOAUDIT probe)
+	Runtime bool   // made by runc's setup processes, not by the workload
+	Count   uint64
+	First   time.Time
+	Last    time.Time
+}
+
+// Class says what a row of the summary means for the recommendation.
+type Class string
+
+const (
+	// ClassAdd: audited checks by the workload, granted at least once: a need.
+	ClassAdd Class = "add"
+	// ClassDenied: audited checks by the workload, never granted.
+	ClassDenied Class = "denied"
+	// ClassProbe: checks the kernel does not audit (e.g. cap_vm_enough_memory's
+	// CAP_SYS_ADMIN during exec, mmap and brk): probes, not needs.
+	ClassProbe Class = "probe"
+	// ClassRuntime: checks made by runc while it set up the container or an exec.
+	ClassRuntime Class = "runtime"
+	// ClassUnknown: a capability number this version does not know.
+	ClassUnknown Class = "unknown"
+)
+
+// Advice is the one-line explanation of each class, as printed.
+var Advice = map[Class]string{
+	ClassAdd:     "add: granted in audited checks by the workload",
+	ClassDenied:  "denied: add it only if the workload failed without it",
+	ClassProbe:   "probe: not audited by the kernel, not a need",
+	ClassRuntime: "runtime: checked by runc init, not by the workload",
+	ClassUnknown: "unknown capability: not recommended",
+}
+
+// Row is one capability in one class, with its checks added up.
+type Row struct {
+	Cap      string   `json:"cap"` // Kubernetes name, e.g. "SYS_NICE"
+	Class    Class    `json:"class"`
+	Granted  uint64   `json:"granted"`
+	Denied   uint64   `json:"denied"`
+	Syscalls []string `json:"syscalls"`
+}
+
+// Window is the time a summary rests on.
+type Window struct {
+	// Start and End bound the observation: tracing start (or the first event)
+	// to the container's stop (or the last event, for records read back).
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"`
+	// FirstEvent and LastEvent are zero when no check was seen.
+	FirstEvent time.Time `json:"first_event"`
+	LastEvent  time.Time `json:"last_event"`
+	Events     uint64    `json:"events"`
+}
+
+// Duration is how long the container was observed.
+func (w Window) Duration() time.Duration {
+	if w.Start.IsZero() || w.End.Before(w.Start) {
+		return 0
+	}
+	return w.End.Sub(w.Start)
+}
+
+// Capabilities is the recommended securityContext.capabilities.
+type Capabilities struct {
+	Drop []string `json:"drop"`
+	Add  []string `json:"add"`
+}
+
+// Summary is the least-privilege verdict for one container.
+type Summary struct {
+	Container ContainerRef `json:"container"`
+	Window    Window       `json:"window"`
+	// MinWindow is the observation time below which the profile is partial.
+	MinWindow time.Duration `json:"-"`
+	// Partial: observed for less than MinWindow; the advice may miss needs.
+	Partial bool `json:"partial"`
+	// AuditOnly and Unique are the tracing settings: with AuditOnly the kernel
+	// dropped probes; with Unique counts are first occurrences, not totals.
+	AuditOnly bool `json:"audit_only"`
+	Unique    bool `json:"unique"`
+	// Folded counts events whose syscall detail was dropped because the
+	// tracker's tuple limit was reached; their verdicts are still counted.
+	Folded uint64 `json:"folded_events"`
+
+	Rows []Row `json:"rows"`
+	// Granted and Denied are the plain facts: every capability granted (denied)
+	// at least once, whoever asked and whether audited or not.
+	Granted []string `json:"granted"`
+	Denied  []string `json:"denied"`
+	// Recommended is drop ALL and add the ClassAdd capabilities.
+	Recommended Capabilities `json:"recommended"`
+	// DeniedOnly lists ClassDenied capabilities: add only if the workload failed.
+	DeniedOnly []string `json:"denied_only"`
+	// Probed lists capabilities seen only in non-audited checks by the workload.
+	Probed []string `json:"probed"`
+	// RuntimeOnly lists capabilities checked by runc init and not by the workload.
+	RuntimeOnly []string `json:"runtime_only"`
+}
+
+// Summarize applies the rules (README, "Capability advice") to the checks of
+// one container.
+func Summarize(ref ContainerRef, checks []Check, w Window, minWindow time.Duration) Summary {
+	s := Summary{Container: ref, Window: w, MinWindow: minWindow}
+	s.Partial = w.Duration() < minWindow
+
+	type rowKey struct {
+		cap   string
+		class Class
+	}
+	rows := map[rowKey]*Row{}
+	syscalls := map[rowKey]map[string]bool{}
+	grantedAudited := map[string]bool{} // by the workload
+	granted, denied := map[string]bool{}, map[string]bool{}
+	classes := map[string]map[Class]bool{}
+
+	for _, c := range checks {
+		kube, known := KubeCapName(c.Cap)
+		if c.Capable {
+			granted[kube] = true
+		} else {
+			denied[kube] = true
+		}
+		if c.Audit && !c.Runtime && c.Capable && known {
+			grantedAudited[kube] = true
+		}
+	}
+	for _, c := range checks {
+		kube, known := KubeCapName(c.Cap)
+		var class Class
+		switch {
+		case c.Runtime:
+			class = ClassRuntime
+		case !c.Audit:
+			class = ClassProbe
+		case !known:
+			class = ClassUnknown
+		case grantedAudited[kube]:
+			class = ClassAdd
+		default:
+			class = ClassDenied
+		}
+		k := rowKey{kube, class}
+		r := rows[k]
+		if r == nil {
+			r = &Row{Cap: kube, Class: class}
+			rows[k] = r
+			syscalls[k] = map[string]bool{}
+		}
+		if c.Capable {
+			r.Granted += c.Count
+		} else {
+			r.Denied += c.Count
+		}
+		if c.Syscall != "" {
+			syscalls[k][c.Syscall] = true
+		}
+		if classes[kube] == nil {
+			classes[kube] = map[Class]bool{}
+		}
+		classes[kube][class] = true
+	}
+	for k, r := range rows {
+		r.Syscalls = sortedKeys(syscalls[k])
+		s.Rows = append(s.Rows, *r)
+	}
+	sort.Slice(s.Rows, func(i, j int) bool {
+		a, b := s.Rows[i], s.Rows[j]
+		if classOrder(a.Class) != classOrder(b.Class) {
+			return classOrder(a.Class) < classOrder(b.Class)
+		}
+		return a.Cap < b.Cap
+	})
+
+	s.Granted = sortedKeys(granted)
+	s.Denied = sortedKeys(denied)
+	s.Recommended = Capabilities{Drop: []string{"ALL"}, Add: []string{}}
+	s.DeniedOnly, s.Probed, s.RuntimeOnly = []string{}, []string{}, []string{}
+	for _, cap := range sortedKeys(classes) {
+		cl := classes[cap]
+		switch {
+		case cl[ClassAdd]:
+			s.Recommended.Add = append(s.Recommended.Add, cap)
+		case cl[ClassDenied]:
+			s.DeniedOnly = append(s.DeniedOnly, cap)
+		case cl[ClassProbe]:
+			s.Probed = append(s.Probed, cap)
+		case cl[ClassRuntime]:
+			s.RuntimeOnly = append(s.RuntimeOnly, cap)
+		}
+	}
+	return s
+}
+
+func classOrder(c Class) int {
+	switch c {
+	case ClassAdd:
+		return 0
+	case ClassDenied:
+		return 1
+	case ClassProbe:
+		return 2
+	case ClassRuntime:
+		return 3
+	}
+	return 4
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Basis says what the advice rests on: events, time, and whether that is
+// enough to call the profile more than partial.
+func (s Summary) Basis() string {
+	d := s.Window.Duration().Round(time.Second)
+	noun := "checks"
+	if s.Window.Events == 1 {
+		noun = "check"
+	}
+	b := fmt.Sprintf("%d %s over %s", s.Window.Events, noun, d)
+	if s.Partial {
+		b += fmt.Sprintf(" (partial profile: observed for less than %s; exercise the workload longer before relying on it)", s.MinWindow)
+	} else {
+		b += fmt.Sprintf(" (observed for at least %s; paths the workload did not take are still not covered)", s.MinWindow)
+	}
+	if s.Unique {
+		// The kernel dedups on (cap, verdict): the first check of a pair
+		// hides the later ones, whatever their audit flag or process.
+		hider := "a non-audited probe or runc's setup"
+		if s.AuditOnly {
+			hider = "runc's setup"
+		}
+		b += "; unique mode: counts are first occurrences, and a capability first checked by " + hider +
+			" hides the workload's later checks with the same verdict, so needs may be missing: trace without unique for advice"
+	}
+	if s.AuditOnly {
+		b += "; audit-only mode: probes were not recorded"
+	}
+	if s.Folded > 0 {
+		b += fmt.Sprintf("; %d checks lost their syscall detail to the tuple limit", s.Folded)
+	}
+	return b
+}
+
+// Message is the human-readable line of the summary entry.
+func (s Summary) Message() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "capability summary %s/%s/%s: recommended drop [ALL] add [%s]",
+		s.Container.Namespace, s.Container.Pod, s.Container.Name, strings.Join(s.Recommended.Add, " "))
+	if len(s.DeniedOnly) > 0 {
+		fmt.Fprintf(&b, "; denied [%s]: add it only if the workload failed without it", strings.Join(s.DeniedOnly, " "))
+	}
+	fmt.Fprintf(&b, "; %s", s.Basis())
+	return b.String()
+}
+
+// SecurityContext is the ready-to-paste Kubernetes snippet, at indent spaces,
+// with the denied capabilities as a comment.
+func (s Summary) SecurityContext(indent int) string {
+	p := strings.Repeat(" ", indent)
+	var b strings.Builder
+	fmt.Fprintf(&b, "%ssecurityContext:\n%s  capabilities:\n%s    drop:\n", p, p, p)
+	for _, c := range s.Recommended.Drop {
+		fmt.Fprintf(&b, "%s    - %s\n", p, c)
+	}
+	if len(s.Recommended.Add) == 0 {
+		fmt.Fprintf(&b, "%s    add: []\n", p)
+	} else {
+		fmt.Fprintf(&b, "%s    add:\n", p)
+		for _, c := range s.Recommended.Add {
+			fmt.Fprintf(&b, "%s    - %s\n", p, c)
+		}
+	}
+	if len(s.DeniedOnly) > 0 {
+		fmt.Fprintf(&b, "%s    # denied, add only if the workload failed without it: %s\n", p, strings.Join(s.DeniedOnly, ", "))
+	}
+	return b.String()
+}

@@ -1,0 +1,335 @@
+package advisor
+
+import (
+	"math"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/captrace/captrace/bpf"
+	"github.com/captrace/captrace/pkg/cgmap"
+)
+
+// Limits bound the tracker's memory. Zero values select the defaults.
+type Limits struct {
+	// MaxContainers bounds the containers tracked at once (default 4096, the
+	// default of tracer.max_containers). Events of further containers are
+	// counted in Stats.UntrackedEvents and get no summary.
+	MaxContainers int
+	// MaxTuplesPerContainer bounds the distinct (cap, verdict, audit, syscall,
+	// origin) tuples kept per container (default 256).
+	MaxTuplesPerContainer int
+	// MaxTuples bounds the tuples of all containers together (default 65536).
+	MaxTuples int
+	// MinWindow is the observation time below which a summary is partial
+	// (default DefaultMinWindow).
+	MinWindow time.Duration
+}
+
+// Past either tuple limit, a new tuple is folded into its syscall-less twin
+// (syscall = syscallFolded): the verdicts stay exact, only the syscall detail
+// is lost, and the events are counted as folded. Folded tuples are at most
+// 2 verdicts × 2 audit × 2 origins per capability, so a container never holds
+// more than MaxTuplesPerContainer + 8 × (capabilities seen) tuples.
+const syscallFolded int32 = math.MinInt32
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxContainers <= 0 {
+		l.MaxContainers = 4096
+	}
+	if l.MaxTuplesPerContainer <= 0 {
+		l.MaxTuplesPerContainer = 256
+	}
+	if l.MaxTuples <= 0 {
+		l.MaxTuples = 65536
+	}
+	if l.MinWindow <= 0 {
+		l.MinWindow = DefaultMinWindow
+	}
+	return l
+}
+
+// TrackerStats are the tracker's counters; every event that did not make it
+// into a summary in full is counted here.
+type TrackerStats struct {
+	Containers int // tracked now
+	Tuples     int // held now, all containers
+	// FoldedEvents lost their syscall detail to a tuple limit (verdicts kept).
+	FoldedEvents uint64
+	// UntrackedEvents belonged to containers beyond MaxContainers: no summary.
+	UntrackedEvents uint64
+	// UntrackedContainers were refused because MaxContainers were tracked.
+	UntrackedContainers uint64
+	// LateEvents arrived for a container already finished (read from the ring
+	// after its StopContainer); they are in the event records, not in its summary.
+	LateEvents uint64
+}
+
+// tupleKey packs (syscall, cap, capable, audit, runtime) into one word so the
+// event path hashes a uint64 (the map's fast path) instead of a struct:
+// syscall in the high 32 bits, the capability number in bits 3..31 (the
+// kernel's are below 64), the three flags in bits 0..2.
+type tupleKey uint64
+
+const (
+	keyCapable tupleKey = 1 << iota
+	keyAudit
+	keyRuntime
+)
+
+func makeKey(cap bpf.Capability, syscall int32, capable, audit, runtime bool) tupleKey {
+	k := tupleKey(uint32(syscall))<<32 | tupleKey(uint32(cap)&0x1fffffff)<<3
+	if capable {
+		k |= keyCapable
+	}
+	if audit {
+		k |= keyAudit
+	}
+	if runtime {
+		k |= keyRuntime
+	}
+	return k
+}
+
+func (k tupleKey) cap() bpf.Capability { return bpf.Capability(uint32(k) >> 3) }
+func (k tupleKey) syscall() int32      { return int32(uint32(k >> 32)) }
+
+// folded is k with its syscall replaced by syscallFolded.
+func (k tupleKey) folded() tupleKey {
+	return k&0xffffffff | tupleKey(0x80000000)<<32 // uint32(syscallFolded)
+}
+
+type tupleStats struct {
+	count       uint64
+	first, last int64 // unix ns
+}
+
+type containerState struct {
+	ref         ContainerRef
+	settings    bpf.Settings
+	start       int64 // unix ns: Start, or the first event
+	first, last int64 // unix ns; 0 before the first event
+	events      uint64
+	folded      uint64
+	tuples      map[tupleKey]*tupleStats
+}
+
+// Tracker keeps, for every traced container, the distinct capability checks
+// with counts and first/last seen, in bounded memory. It is safe for
+// concurrent use: the event reader calls Observe, the NRI handlers Start and
+// Finish.
+type Tracker struct {
+	limits Limits
+
+	mu         sync.Mutex
+	containers map[string]*containerState
+	tuples     int
+	stats      TrackerStats
+	// finished remembers the last MaxContainers finished IDs, oldest first in
+	// finishedOrder, so that a late event does not start a new, misleading
+	// summary (one made of a few stray checks) for a stopped container.
+	finished      map[string]struct{}
+	finishedOrder []string
+}
+
+// NewTracker returns an empty tracker bounded by limits.
+func NewTracker(limits Limits) *Tracker {
+	return &Tracker{limits: limits.withDefaults(), containers: map[string]*containerState{},
+		finished: map[string]struct{}{}}
+}
+
+// Limits are the tracker's limits, defaults filled in.
+func (t *Tracker) Limits() Limits { return t.limits }
+
+// newState must be called with t.mu held; nil when MaxContainers are tracked.
+func (t *Tracker) newState(c cgmap.Container, at time.Time) *containerState {
+	if len(t.containers) >= t.limits.MaxContainers {
+		t.stats.UntrackedContainers++
+		return nil
+	}
+	st := &containerState{
+		ref: ContainerRef{ID: c.ID, Name: c.Name, Namespace: c.Namespace,
+			Pod: c.Pod, PodUID: c.PodUID},
+		settings: c.Settings,
+		start:    at.UnixNano(),
+		tuples:   make(map[tupleKey]*tupleStats, 8),
+	}
+	t.containers[c.ID] = st
+	return st
+}
+
+// Start begins the observation window of c at at (call it when tracing of the
+// container starts, e.g. on StartContainer), so that a container that checks
+// no capability still gets a summary, and its window covers its whole life.
+// Without Start the window begins at the container's first event.
+func (t *Tracker) Start(c cgmap.Container, at time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st := t.containers[c.ID]
+	if st == nil {
+		delete(t.finished, c.ID) // started again: a new observation
+		t.newState(c, at)
+		return
+	}
+	st.settings = c.Settings
+	if ns := at.UnixNano(); ns < st.start {
+		st.start = ns
+	}
+}
+
+// Observe records one capability check of container c made at at. It does not
+// allocate once the container and the tuple are known.
+func (t *Tracker) Observe(c cgmap.Container, ev *bpf.Event, at time.Time) {
+	ns := at.UnixNano()
+	k := makeKey(ev.Cap, ev.Syscall, ev.Capable, ev.Audit, isRuntimeCommBytes(&ev.Comm))
+
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st := t.containers[c.ID]
+	if st == nil {
+		if _, done := t.finished[c.ID]; done {
+			t.stats.LateEvents++
+			return
+		}
+		if st = t.newState(c, at); st == nil {
+			t.stats.UntrackedEvents++
+			return
+		}
+	}
+	ts := st.tuples[k]
+	if ts == nil {
+		if len(st.tuples) >= t.limits.MaxTuplesPerContainer || t.tuples >= t.limits.MaxTuples {
+			k = k.folded()
+			st.folded++
+			t.stats.FoldedEvents++
+			ts = st.tuples[k]
+		}
+		if ts == nil {
+			ts = &tupleStats{first: ns}
+			st.tuples[k] = ts
+			t.tuples++
+		}
+	}
+	ts.count++
+	if ns < ts.first {
+		ts.first = ns
+	}
+	if ns > ts.last {
+		ts.last = ns
+	}
+	st.events++
+	if st.first == 0 || ns < st.first {
+		st.first = ns
+	}
+	if ns > st.last {
+		st.last = ns
+	}
+	if ns < st.start {
+		st.start = ns
+	}
+}
+
+// Finish ends the observation of containerID at at and returns its summary;
+// false if the container was never started or observed, or already finished.
+// Call it on StopContainer, again on RemoveContainer (false after a Stop: it
+// covers containers whose Stop was missed), and FinishAll at shutdown. Events
+// of a finished container that arrive later are counted as LateEvents.
+func (t *Tracker) Finish(containerID string, at time.Time) (Summary, bool) {
+	t.mu.Lock()
+	st := t.containers[containerID]
+	if st != nil {
+		delete(t.containers, containerID)
+		t.tuples -= len(st.tuples)
+		t.markFinished(containerID)
+	}
+	t.mu.Unlock()
+	if st == nil {
+		return Summary{}, false
+	}
+	return st.summary(at, t.limits.MinWindow), true
+}
+
+// markFinished must be called with t.mu held.
+func (t *Tracker) markFinished(id string) {
+	if _, ok := t.finished[id]; ok {
+		return
+	}
+	if len(t.finishedOrder) >= t.limits.MaxContainers {
+		delete(t.finished, t.finishedOrder[0])
+		t.finishedOrder = t.finishedOrder[1:]
+	}
+	t.finished[id] = struct{}{}
+	t.finishedOrder = append(t.finishedOrder, id)
+}
+
+// FinishAll finishes every tracked container (daemon shutdown), in the order
+// namespace, pod, container.
+func (t *Tracker) FinishAll(at time.Time) []Summary {
+	t.mu.Lock()
+	states := t.containers
+	t.containers = map[string]*containerState{}
+	t.tuples = 0
+	t.mu.Unlock()
+	out := make([]Summary, 0, len(states))
+	for _, st := range states {
+		out = append(out, st.summary(at, t.limits.MinWindow))
+	}
+	sortSummaries(out)
+	return out
+}
+
+// Stats returns the tracker's counters.
+func (t *Tracker) Stats() TrackerStats {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.stats
+	s.Containers = len(t.containers)
+	s.Tuples = t.tuples
+	return s
+}
+
+func unixTime(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns).UTC()
+}
+
+func (st *containerState) summary(at time.Time, minWindow time.Duration) Summary {
+	checks := make([]Check, 0, len(st.tuples))
+	for k, ts := range st.tuples {
+		sys := ""
+		if nr := k.syscall(); nr != syscallFolded && nr >= 0 {
+			sys = bpf.SyscallName(nr)
+		}
+		checks = append(checks, Check{Cap: kernelCapName(k.cap()), Syscall: sys,
+			Capable: k&keyCapable != 0, Audit: k&keyAudit != 0, Runtime: k&keyRuntime != 0, Count: ts.count,
+			First: unixTime(ts.first), Last: unixTime(ts.last)})
+	}
+	end := at.UTC()
+	if ns := at.UnixNano(); ns < st.last {
+		end = unixTime(st.last)
+	}
+	w := Window{Start: unixTime(st.start), End: end,
+		FirstEvent: unixTime(st.first), LastEvent: unixTime(st.last), Events: st.events}
+	s := Summarize(st.ref, checks, w, minWindow)
+	s.AuditOnly, s.Unique = st.settings.AuditOnly, st.settings.Unique
+	s.Folded = st.folded
+	return s
+}
+
+func sortSummaries(s []Summary) {
+	sort.Slice(s, func(i, j int) bool {
+		a, b := s[i].Container, s[j].Container
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		if a.Pod != b.Pod {
+			return a.Pod < b.Pod
+		}
+		if a.Name != b.Name {
+			return a.Name < b.Name
+		}
+		return a.ID < b.ID
+	})
+}
