@@ -58,6 +58,28 @@ func TestUnit(t *testing.T) {
 	}
 }
 
+// systemd-analyze verify knows every directive of the installed systemd
+// version: a misspelt one is reported (and would be ignored by systemd).
+func TestUnitVerifies(t *testing.T) {
+	if _, err := exec.LookPath("systemd-analyze"); err != nil {
+		t.Skip("systemd-analyze not installed")
+	}
+	exe, err := os.Executable() // any existing executable stands in for the binary
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit, err := os.ReadFile("captrace.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "captrace.service")
+	os.WriteFile(path, []byte(strings.ReplaceAll(string(unit), "/usr/local/bin/captrace", exe)), 0o644)
+	out, err := exec.Command("systemd-analyze", "verify", path).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "captrace.service") {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
 func TestContainerdDropIn(t *testing.T) {
 	var dropIn struct {
 		Version int                       `toml:"version"`
