@@ -1,10 +1,10 @@
 package output
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"sync"
 
 	"github.com/sirupsen/logrus"
@@ -34,24 +34,30 @@ var keyRank = func() map[string]int {
 }()
 
 // sortKeys puts the documented keys first in KeyOrder, then the rest sorted.
+// It looks each key's rank up once and insertion-sorts: lines have ~20 keys,
+// and this runs for every event.
 func sortKeys(keys []string) {
-	slices.SortStableFunc(keys, func(a, b string) int {
-		ra, oka := keyRank[a]
-		rb, okb := keyRank[b]
-		switch {
-		case oka && okb:
-			return ra - rb
-		case oka:
-			return -1
-		case okb:
-			return 1
-		case a < b:
-			return -1
-		case a > b:
-			return 1
+	var stack [32]int
+	ranks := stack[:0]
+	for _, k := range keys {
+		r, ok := keyRank[k]
+		if !ok {
+			r = len(KeyOrder)
 		}
-		return 0
-	})
+		ranks = append(ranks, r)
+	}
+	less := func(i, j int) bool {
+		if ranks[i] != ranks[j] {
+			return ranks[i] < ranks[j]
+		}
+		return keys[i] < keys[j]
+	}
+	for i := 1; i < len(keys); i++ {
+		for j := i; j > 0 && less(j, j-1); j-- {
+			keys[j], keys[j-1] = keys[j-1], keys[j]
+			ranks[j], ranks[j-1] = ranks[j-1], ranks[j]
+		}
+	}
 }
 
 // NewLogger returns the operational logger: the same format as event lines,
@@ -70,6 +76,7 @@ func NewLogger(w io.Writer, level logrus.Level) *logrus.Logger {
 type Logfmt struct {
 	name      string
 	w         io.Writer
+	buf       bytes.Buffer   // reused by Write, which one goroutine calls at a time
 	logger    *logrus.Logger // carries no output; the formatter needs an entry's logger
 	formatter *logrus.TextFormatter
 }
@@ -87,7 +94,12 @@ func (s *Logfmt) Name() string { return s.name }
 
 // Format renders r as one logfmt line ending in '\n'.
 func (s *Logfmt) Format(r *Record) ([]byte, error) {
+	return s.format(r, nil)
+}
+
+func (s *Logfmt) format(r *Record, buf *bytes.Buffer) ([]byte, error) {
 	entry := &logrus.Entry{
+		Buffer:  buf,
 		Logger:  s.logger,
 		Data:    r.LogFields(),
 		Time:    r.Time.UTC(),
@@ -100,7 +112,8 @@ func (s *Logfmt) Format(r *Record) ([]byte, error) {
 // Write formats r and writes it. Unlike a logrus.Logger, it returns the
 // writer's error so that the queue can count it.
 func (s *Logfmt) Write(r *Record) error {
-	line, err := s.Format(r)
+	s.buf.Reset()
+	line, err := s.format(r, &s.buf)
 	if err != nil {
 		return err
 	}

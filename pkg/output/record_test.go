@@ -266,3 +266,12 @@ func checkJournalNames(t *testing.T, fields map[string]string) {
 		}
 	}
 }
+
+func TestSortKeys(t *testing.T) {
+	keys := []string{"zeta", "cap", "msg", "alpha", "time", "pod", "level", "cgroup_id", "namespace"}
+	sortKeys(keys)
+	want := []string{"time", "level", "msg", "namespace", "pod", "cap", "cgroup_id", "alpha", "zeta"}
+	if !reflect.DeepEqual(keys, want) {
+		t.Errorf("sortKeys = %v, want %v", keys, want)
+	}
+}
