@@ -50,9 +50,10 @@ func BenchmarkJournalFields(b *testing.B) {
 
 type discardSink struct{}
 
-func (discardSink) Name() string        { return "discard" }
-func (discardSink) Write(*Record) error { return nil }
-func (discardSink) Close() error        { return nil }
+func (discardSink) Name() string            { return "discard" }
+func (discardSink) Write(*Record) error     { return nil }
+func (discardSink) WriteEntry(*Entry) error { return nil }
+func (discardSink) Close() error            { return nil }
 
 // BenchmarkBaselineChannelSend is a bare non-blocking send of a Record to a
 // buffered channel drained by a goroutine, counting what does not fit.

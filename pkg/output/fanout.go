@@ -11,10 +11,12 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// Sink writes records somewhere. Write is called from one goroutine at a time.
+// Sink writes records somewhere. Write and WriteEntry are called from one
+// goroutine at a time.
 type Sink interface {
 	Name() string
 	Write(r *Record) error
+	WriteEntry(e *Entry) error
 	Close() error
 }
 
@@ -45,7 +47,7 @@ type Fanout struct {
 
 type queue struct {
 	sink    Sink
-	records chan Record
+	records chan item
 	abandon atomic.Bool // set when Close gives up waiting: count, don't write
 	written atomic.Uint64
 	dropped atomic.Uint64
@@ -54,6 +56,12 @@ type queue struct {
 	// failure logging, at most once per errorLogInterval per sink
 	lastLogged   time.Time
 	failedLogged uint64
+}
+
+// item is one queued event or entry.
+type item struct {
+	rec   Record
+	entry *Entry // set for an Entry; rec is then unused
 }
 
 // errorLogInterval bounds how often a failing sink is logged.
@@ -67,7 +75,7 @@ func NewFanout(sinks []Sink, size int, log logrus.FieldLogger) *Fanout {
 	}
 	f := &Fanout{log: log}
 	for _, s := range sinks {
-		q := &queue{sink: s, records: make(chan Record, size)}
+		q := &queue{sink: s, records: make(chan item, size)}
 		f.queues = append(f.queues, q)
 		f.wg.Add(1)
 		go f.drain(q)
@@ -76,7 +84,12 @@ func NewFanout(sinks []Sink, size int, log logrus.FieldLogger) *Fanout {
 }
 
 // Send queues r for every sink without blocking.
-func (f *Fanout) Send(r *Record) {
+func (f *Fanout) Send(r *Record) { f.send(item{rec: *r}) }
+
+// SendEntry queues e for every sink without blocking; e must not change afterwards.
+func (f *Fanout) SendEntry(e *Entry) { f.send(item{entry: e}) }
+
+func (f *Fanout) send(it item) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	for _, q := range f.queues {
@@ -85,7 +98,7 @@ func (f *Fanout) Send(r *Record) {
 			continue
 		}
 		select {
-		case q.records <- *r:
+		case q.records <- it:
 		default:
 			q.dropped.Add(1)
 		}
@@ -94,12 +107,18 @@ func (f *Fanout) Send(r *Record) {
 
 func (f *Fanout) drain(q *queue) {
 	defer f.wg.Done()
-	for r := range q.records {
+	for it := range q.records {
 		if q.abandon.Load() {
 			q.dropped.Add(1)
 			continue
 		}
-		if err := q.sink.Write(&r); err != nil {
+		var err error
+		if it.entry != nil {
+			err = q.sink.WriteEntry(it.entry)
+		} else {
+			err = q.sink.Write(&it.rec)
+		}
+		if err != nil {
 			q.failed.Add(1)
 			f.logFailure(q, err)
 			continue

@@ -32,16 +32,18 @@ func (s *gatedSink) Write(r *Record) error {
 	s.written = append(s.written, r.Event.Pid)
 	return nil
 }
-func (s *gatedSink) Close() error { s.mu.Lock(); s.closed = true; s.mu.Unlock(); return nil }
+func (s *gatedSink) WriteEntry(e *Entry) error { <-s.gate; return nil }
+func (s *gatedSink) Close() error              { s.mu.Lock(); s.closed = true; s.mu.Unlock(); return nil }
 
 type countingSink struct {
 	mu sync.Mutex
 	n  int
 }
 
-func (s *countingSink) Name() string          { return "fast" }
-func (s *countingSink) Write(r *Record) error { s.mu.Lock(); s.n++; s.mu.Unlock(); return nil }
-func (s *countingSink) Close() error          { return nil }
+func (s *countingSink) Name() string            { return "fast" }
+func (s *countingSink) Write(r *Record) error   { s.mu.Lock(); s.n++; s.mu.Unlock(); return nil }
+func (s *countingSink) WriteEntry(*Entry) error { s.mu.Lock(); s.n++; s.mu.Unlock(); return nil }
+func (s *countingSink) Close() error            { return nil }
 
 func quietLog() *logrus.Logger { return NewLogger(io.Discard, logrus.InfoLevel) }
 
@@ -122,9 +124,10 @@ func TestFanoutCloseGivesUpAtDeadline(t *testing.T) {
 
 type failingSink struct{}
 
-func (failingSink) Name() string        { return "broken" }
-func (failingSink) Write(*Record) error { return errors.New("disk full") }
-func (failingSink) Close() error        { return nil }
+func (failingSink) Name() string            { return "broken" }
+func (failingSink) Write(*Record) error     { return errors.New("disk full") }
+func (failingSink) WriteEntry(*Entry) error { return errors.New("disk full") }
+func (failingSink) Close() error            { return nil }
 
 func TestFanoutCountsAndLogsFailuresAtALowRate(t *testing.T) {
 	var logBuf syncBuffer
@@ -228,4 +231,25 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Entries (e.g. advisor summaries) share the queues and the line format.
+func TestFanoutEntry(t *testing.T) {
+	var out syncBuffer
+	f := NewFanout([]Sink{NewLogfmt("stdout", &out)}, 4, quietLog())
+	r := seedRecord(t)
+	f.Send(&r)
+	f.SendEntry(&Entry{
+		Time:      r.Time,
+		Message:   "container summary",
+		LogFields: logrus.Fields{KeyPod: "set-priority", KeyNamespace: "default", "needed": "CAP_SYS_NICE"},
+	})
+	if err := f.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	want := `time="` + seedTimeRFC3339 + `" level=info msg="container summary" namespace=default pod=set-priority needed=CAP_SYS_NICE`
+	if len(lines) != 2 || !strings.Contains(lines[0], "msg=cap_check") || lines[1] != want {
+		t.Errorf("lines:\n%s\nwant the event, then\n%s", out.String(), want)
+	}
 }

@@ -31,5 +31,18 @@ func (*Journald) Write(r *Record) error {
 	return journal.Send(r.Message(), r.Priority(), r.JournalFields())
 }
 
+// WriteEntry sends e to journald with SYSLOG_IDENTIFIER=captrace unless e sets it.
+func (*Journald) WriteEntry(e *Entry) error {
+	fields := e.JournalFields
+	if _, ok := fields[FieldIdentifier]; !ok {
+		fields = make(map[string]string, len(e.JournalFields)+1)
+		for k, v := range e.JournalFields {
+			fields[k] = v
+		}
+		fields[FieldIdentifier] = Identifier
+	}
+	return journal.Send(e.Message, e.Priority, fields)
+}
+
 // Close does nothing: the journal socket is shared by the process.
 func (*Journald) Close() error { return nil }

@@ -121,6 +121,24 @@ func (s *Logfmt) Write(r *Record) error {
 	return err
 }
 
+// WriteEntry writes e as one logfmt line with msg=e.Message.
+func (s *Logfmt) WriteEntry(e *Entry) error {
+	s.buf.Reset()
+	line, err := s.formatter.Format(&logrus.Entry{
+		Buffer:  &s.buf,
+		Logger:  s.logger,
+		Data:    e.LogFields,
+		Time:    e.Time.UTC(),
+		Level:   logrus.InfoLevel,
+		Message: e.Message,
+	})
+	if err != nil {
+		return err
+	}
+	_, err = s.w.Write(line)
+	return err
+}
+
 // Close does nothing: the writer belongs to the caller.
 func (s *Logfmt) Close() error { return nil }
 
