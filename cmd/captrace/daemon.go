@@ -235,7 +235,14 @@ loop:
 	// holds, write every queued event, and only then detach from the kernel.
 	log.Info("shutting down")
 	stopPlugin()
-	background.Wait()
+	pluginDone := make(chan struct{})
+	go func() { background.Wait(); close(pluginDone) }()
+	select {
+	case <-pluginDone:
+	case <-time.After(deps.sinkDrainMax):
+		// Do not let a stuck NRI connection cost the queued events.
+		log.Warn("the NRI plugin did not stop in time; shutting down without it")
+	}
 	d.waitRingQuiet()
 	sinkCtx, cancel := context.WithTimeout(context.Background(), deps.sinkDrainMax)
 	defer cancel()
