@@ -9,7 +9,7 @@ want() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok ins
 for group in "$@"; do
 	case "$group" in
 	generate) want clang; want llvm; want bpftool ;;
-	test) want bpftool ;;
+	test) want bpftool; want systemd ;;
 	e2e) want runc; want bpftool; want busybox-static; want systemd ;;
 	kernels) want qemu-system-x86; want busybox-static; want cpio ;;
 	bench) want bpftrace ;;
