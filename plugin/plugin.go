@@ -50,6 +50,11 @@ type Options struct {
 	Log         logrus.FieldLogger
 	// OnRemove, if set, is called (outside containerd's critical path as far as
 	// possible) with each container that stops being traced.
+	//
+	// Calls come one at a time from a goroutine of Run, in order, after the
+	// handler that removed the container has returned; none is dropped. On
+	// return Run waits for the calls still queued, so OnRemove must not block
+	// forever.
 	OnRemove func(cgmap.Container)
 	// Resolver, if set, replaces the resolver of the host's cgroup2 mount
 	// (cgmap.NewResolver).
