@@ -87,6 +87,7 @@ type Plugin struct {
 	resolve Resolver
 	handler *handler
 
+	running        atomic.Bool
 	connected      atomic.Bool
 	connects       atomic.Uint64
 	cgroupMisses   atomic.Uint64
@@ -180,6 +181,10 @@ func (p *Plugin) newStub() (stub.Stub, error) {
 // registry is left as it is: running containers stay traced, and the
 // Synchronize of the next connection drops what ended meanwhile.
 func (p *Plugin) Run(ctx context.Context) error {
+	if !p.running.CompareAndSwap(false, true) {
+		return errors.New("plugin: Run is already running")
+	}
+	defer p.running.Store(false)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

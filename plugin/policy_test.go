@@ -241,3 +241,35 @@ func TestHandlerCgroupMiss(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+type fullFilter struct{ nopFilter }
+
+func (fullFilter) Trace(uint64, bpf.Settings) error { return errors.New("map full") }
+
+// The filter refusing a container is counted and logged; the pod still starts.
+func TestHandlerTraceFailed(t *testing.T) {
+	log, hook := test.NewNullLogger()
+	reg := cgmap.NewRegistry(fullFilter{}, log)
+	p, err := New(reg, Options{Log: log, Resolver: fakeResolver{pids: map[uint32]uint64{7: 70}, paths: map[string]uint64{"/a": 71}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ctr("app")
+	c.Pid = 7
+	pd := pod("ns", map[string]string{AnnotationEnabled: "true"})
+	if err := p.handler.StartContainer(context.Background(), pd, c); err != nil {
+		t.Fatalf("StartContainer failed the pod: %v", err)
+	}
+	if e := hook.LastEntry(); e == nil || e.Level != logrus.ErrorLevel || !strings.Contains(e.Data["error"].(error).Error(), "map full") {
+		t.Fatalf("no error logged: %v", e)
+	}
+	c2 := ctr("other")
+	c2.PodSandboxId = pd.Id
+	c2.Linux = &api.LinuxContainer{CgroupsPath: "/a"}
+	if _, err := p.handler.Synchronize(context.Background(), []*api.PodSandbox{pd}, []*api.Container{c2}); err != nil {
+		t.Fatalf("Synchronize failed: %v", err)
+	}
+	if s := p.Stats(); s.TraceFailed != 2 || s.Traced != 0 || s.CgroupMisses != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
