@@ -239,11 +239,7 @@ func (p *Plugin) Run(ctx context.Context) error {
 func connectHint(err error, socket string) string {
 	switch {
 	case errors.Is(err, syscall.ENOENT):
-		return fmt.Sprintf("%s does not exist: NRI is disabled in containerd or uses another socket. "+
-			"Enable it with a drop-in /etc/containerd/conf.d/nri.toml containing "+
-			"`version = 3` `[plugins.'io.containerd.nri.v1.nri']` `disable = false` `socket_path = %q` "+
-			"(containerd 1.7: the same section, with double quotes, in /etc/containerd/config.toml), "+
-			"then restart containerd; or point nri.socket at the socket in use", socket, socket)
+		return fmt.Sprintf("%s does not exist: NRI is disabled in containerd or uses another socket. ", socket) + EnableNRIHint(socket)
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "nothing listens on the socket: containerd is not running or is restarting"
 	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
@@ -251,6 +247,15 @@ func connectHint(err error, socket string) string {
 	default:
 		return "containerd refused or dropped the registration"
 	}
+}
+
+// EnableNRIHint says how to give captrace an NRI socket at socket; the
+// plugin logs it while the socket is missing and captrace doctor prints it.
+func EnableNRIHint(socket string) string {
+	return fmt.Sprintf("enable NRI in containerd: install deploy/containerd-nri.toml as "+
+		"/etc/containerd/conf.d/captrace-nri.toml (make install does; its section [plugins.'io.containerd.nri.v1.nri'] sets disable = false and socket_path = %q) and restart containerd "+
+		"(containerd >= 2.0 imports conf.d; 1.7 needs imports = [\"/etc/containerd/conf.d/*.toml\"] in its config.toml), "+
+		"or point nri.socket at the socket in use", socket)
 }
 
 // notifier calls OnRemove on its own goroutine, so that the advisor's work

@@ -22,11 +22,6 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// nriFix says how to give captrace an NRI socket; logged while it is missing.
-const nriFix = "enable NRI in containerd: install deploy/containerd-nri.toml as " +
-	"/etc/containerd/conf.d/captrace-nri.toml (make install does) and restart containerd " +
-	"(containerd >= 2.0 imports conf.d; 1.7 needs imports = [\"/etc/containerd/conf.d/*.toml\"] in its config.toml)"
-
 // tracer is what the daemon needs of *bpf.Tracer.
 type tracer interface {
 	cgmap.Filter
@@ -51,12 +46,11 @@ type daemonDeps struct {
 	journaldExists func() bool
 	wallTime       func(ktimeNs uint64) time.Time
 
-	statsEvery    time.Duration // stats line period (30 s)
-	nriCheckEvery time.Duration // how often the NRI socket's presence is checked
-	nriRemind     time.Duration // how often a missing NRI socket is logged again
-	quiet         time.Duration // shutdown: the ring counts as drained after this long without an event
-	drainMax      time.Duration // shutdown: longest wait for the ring to drain
-	sinkDrainMax  time.Duration // shutdown: longest wait for the sinks to write their queues
+	statsEvery   time.Duration // stats line period (30 s)
+	nriRemind    time.Duration // how often a stopped NRI plugin is logged again
+	quiet        time.Duration // shutdown: the ring counts as drained after this long without an event
+	drainMax     time.Duration // shutdown: longest wait for the ring to drain
+	sinkDrainMax time.Duration // shutdown: longest wait for the sinks to write their queues
 }
 
 func hostDeps(stdout io.Writer) daemonDeps {
@@ -79,7 +73,6 @@ func hostDeps(stdout io.Writer) daemonDeps {
 		journaldExists: output.JournaldAvailable,
 		wallTime:       wallTime,
 		statsEvery:     30 * time.Second,
-		nriCheckEvery:  2 * time.Second,
 		nriRemind:      5 * time.Minute,
 		quiet:          100 * time.Millisecond,
 		drainMax:       2 * time.Second,
@@ -209,9 +202,10 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 
 	pluginCtx, stopPlugin := context.WithCancel(context.Background())
 	var background sync.WaitGroup
-	background.Add(2)
+	// The plugin logs a missing NRI socket itself: once, then at most once a
+	// minute, with the fix (plugin.EnableNRIHint).
+	background.Add(1)
 	go func() { defer background.Done(); d.runPlugin(pluginCtx, p) }()
-	go func() { defer background.Done(); d.watchNRISocket(pluginCtx) }()
 
 	ticker := time.NewTicker(deps.statsEvery)
 	defer ticker.Stop()
@@ -350,48 +344,6 @@ func (d *daemon) runPlugin(ctx context.Context, p nriPlugin) {
 		}
 		backoff = min(2*backoff, 30*time.Second)
 	}
-}
-
-// watchNRISocket logs once when the NRI socket is missing, then again at a
-// low rate while it stays missing, and when it appears or disappears.
-func (d *daemon) watchNRISocket(ctx context.Context) {
-	path := d.cfg.NRI.Socket
-	present := socketExists(path)
-	var missingSince, lastLog time.Time
-	if present {
-		d.log.WithField("socket", path).Info("NRI socket present; the NRI plugin registers with containerd")
-	} else {
-		missingSince, lastLog = time.Now(), time.Now()
-		d.log.WithFields(logrus.Fields{"socket": path, "fix": nriFix}).
-			Warn("NRI socket missing; waiting for containerd with NRI enabled")
-	}
-	ticker := time.NewTicker(d.deps.nriCheckEvery)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-ticker.C:
-		}
-		now := socketExists(path)
-		switch {
-		case now && !present:
-			d.log.WithField("socket", path).Info("NRI socket appeared")
-		case !now && present:
-			missingSince, lastLog = time.Now(), time.Now()
-			d.log.WithFields(logrus.Fields{"socket": path, "fix": nriFix}).Warn("NRI socket disappeared; waiting for containerd")
-		case !now && time.Since(lastLog) >= d.deps.nriRemind:
-			lastLog = time.Now()
-			d.log.WithFields(logrus.Fields{"socket": path, "waited": time.Since(missingSince).Round(time.Second), "fix": nriFix}).
-				Warn("still waiting for the NRI socket")
-		}
-		present = now
-	}
-}
-
-func socketExists(path string) bool {
-	fi, err := os.Stat(path)
-	return err == nil && fi.Mode()&os.ModeSocket != 0
 }
 
 // logStats writes the msg=stats line: totals since start, at warning level

@@ -141,7 +141,6 @@ func testDeps(t *testing.T, stdout *syncBuffer, j *journal) (daemonDeps, *fakeTr
 	deps.journaldExists = func() bool { return false }
 	deps.wallTime = func(k uint64) time.Time { return time.Unix(0, int64(k)).UTC() }
 	deps.statsEvery = 40 * time.Millisecond
-	deps.nriCheckEvery = 10 * time.Millisecond
 	deps.quiet = 30 * time.Millisecond
 	return deps, ft, plugins
 }
@@ -243,8 +242,6 @@ func TestDaemonPipelineStatsAndShutdownOrder(t *testing.T) {
 	for _, want := range []string{
 		`level=info msg="output sinks open" file=` + cfg.Output.File + ` queue_size=8192 sinks="stdout,file"`,
 		"level=info msg=\"tracer attached\" tier=tp_btf",
-		"level=warning msg=\"NRI socket missing; waiting for containerd with NRI enabled\"",
-		"deploy/containerd-nri.toml",
 		"ring_lost=5 ring_lost_delta=5",
 		"level=info msg=\"shutting down\"",
 		"events=5",
@@ -256,9 +253,6 @@ func TestDaemonPipelineStatsAndShutdownOrder(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %q:\n%s", want, out)
 		}
-	}
-	if n := strings.Count(out, "NRI socket missing"); n != 1 {
-		t.Errorf("missing NRI socket logged %d times, want once (then every %v)", n, deps.nriRemind)
 	}
 	if strings.Contains(out, "cap_check") {
 		t.Errorf("an operational line looks like an event:\n%s", out)

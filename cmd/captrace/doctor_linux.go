@@ -13,6 +13,7 @@ import (
 
 	"github.com/captrace/captrace/bpf"
 	"github.com/captrace/captrace/pkg/output"
+	"github.com/captrace/captrace/plugin"
 	"golang.org/x/sys/unix"
 )
 
@@ -200,7 +201,7 @@ func checkNRISocket(path string) finding {
 	conn, err := net.DialTimeout("unix", path, time.Second)
 	if err != nil {
 		f.detail = fmt.Sprintf("%s not reachable: %v", path, err)
-		f.fix = nriFix
+		f.fix = plugin.EnableNRIHint(path)
 		return f
 	}
 	conn.Close()
