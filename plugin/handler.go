@@ -48,7 +48,14 @@ func (h *handler) Synchronize(_ context.Context, pods []*api.PodSandbox, ctrs []
 		p.log.WithError(err).Error("some opted-in containers could not be traced after synchronizing with containerd")
 	}
 	for _, c := range removed {
-		p.removals.push(c)
+		p.changes.removed(c)
+	}
+	for _, c := range traced {
+		// Also the ones traced before: OnTrace must be idempotent (the
+		// advisor's Start is). Those the filter refused are not traced.
+		if got, ok := p.reg.Get(c.ID); ok {
+			p.changes.traced(got)
+		}
 	}
 	p.pruneWarned(pods)
 	p.connects.Add(1)
@@ -70,7 +77,9 @@ func (h *handler) StartContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 	if err := p.reg.Add(c); err != nil {
 		p.traceFailed.Add(1)
 		p.containerLog(pod, ctr).WithError(err).Error("container opts in to tracing but could not be traced")
+		return nil
 	}
+	p.changes.traced(c)
 	return nil
 }
 
@@ -95,7 +104,7 @@ func (h *handler) RemoveContainer(_ context.Context, _ *api.PodSandbox, ctr *api
 
 func (p *Plugin) forget(ctr *api.Container) {
 	if c, ok := p.reg.Remove(ctr.GetId()); ok {
-		p.removals.push(c)
+		p.changes.removed(c)
 	}
 }
 

@@ -288,6 +288,7 @@ type runningPlugin struct {
 	cancel  context.CancelFunc
 	done    chan error
 	removed chan cgmap.Container
+	traced  chan cgmap.Container
 }
 
 func startPlugin(t testing.TB, socket string, reg *cgmap.Registry, policy Policy) *runningPlugin {
@@ -297,10 +298,16 @@ func startPlugin(t testing.TB, socket string, reg *cgmap.Registry, policy Policy
 	if testing.Verbose() {
 		log.SetLevel(logrus.InfoLevel)
 	}
-	rp := &runningPlugin{done: make(chan error, 1), removed: make(chan cgmap.Container, 4096)}
+	rp := &runningPlugin{done: make(chan error, 1), removed: make(chan cgmap.Container, 4096), traced: make(chan cgmap.Container, 4096)}
 	p, err := New(reg, Options{
 		SocketPath: socket, PluginIndex: "10", Policy: policy, Log: log,
 		OnRemove: func(c cgmap.Container) { rp.removed <- c },
+		OnTrace: func(c cgmap.Container) {
+			select {
+			case rp.traced <- c:
+			default: // a test that does not read them must not block Run
+			}
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -432,6 +439,18 @@ func TestNRILifecycle(t *testing.T) {
 	rt.startContainer(plain, quiet.ctr)
 	if got, want := filter.ids(), sortedIDs(app.id, sidecar.id); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("filter holds %v, want %v (app, sidecar)", got, want)
+	}
+
+	// The advisor is told of each traced container, once, and of no other.
+	for _, want := range []uint64{app.id, sidecar.id} {
+		if got := <-pl.traced; got.CgroupID != want {
+			t.Fatalf("OnTrace got %+v, want cgroup %d", got, want)
+		}
+	}
+	select {
+	case c := <-pl.traced:
+		t.Fatalf("OnTrace called for an untraced container %+v", c)
+	case <-time.After(50 * time.Millisecond):
 	}
 
 	// RemoveContainer: gone, and the advisor is told.

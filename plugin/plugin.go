@@ -56,6 +56,10 @@ type Options struct {
 	// return Run waits for the calls still queued, so OnRemove must not block
 	// forever.
 	OnRemove func(cgmap.Container)
+	// OnTrace, if set, is called like OnRemove with each container that
+	// starts being traced (StartContainer, or found running at Synchronize),
+	// before any OnRemove of the same container.
+	OnTrace func(cgmap.Container)
 	// Resolver, if set, replaces the resolver of the host's cgroup2 mount
 	// (cgmap.NewResolver).
 	Resolver Resolver
@@ -100,7 +104,7 @@ type Plugin struct {
 	warnedMu sync.Mutex
 	warned   map[warnKey]struct{}
 
-	removals notifier
+	changes notifier
 }
 
 type warnKey struct{ podUID, key, value, problem string }
@@ -129,7 +133,7 @@ func New(reg *cgmap.Registry, opts Options) (*Plugin, error) {
 		resolve: opts.Resolver,
 		warned:  make(map[warnKey]struct{}),
 	}
-	p.removals.fn = opts.OnRemove
+	p.changes.onTrace, p.changes.onRemove = opts.OnTrace, opts.OnRemove
 	p.handler = &handler{p: p}
 	if p.resolve == nil {
 		r, err := cgmap.NewResolver()
@@ -188,7 +192,7 @@ func (p *Plugin) Run(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		p.removals.run(ctx)
+		p.changes.run(ctx)
 	}()
 	defer func() { <-done }()
 
@@ -258,26 +262,36 @@ func EnableNRIHint(socket string) string {
 		"or point nri.socket at the socket in use", socket)
 }
 
-// notifier calls OnRemove on its own goroutine, so that the advisor's work
-// never runs under containerd's lock. Its queue grows only with container
+// notifier calls OnTrace and OnRemove on its own goroutine, in the order the
+// handlers changed the registry, so that the advisor's work never runs under
+// containerd's lock. Its queue grows only with container starts and
 // removals, so it needs no bound and drops nothing.
 type notifier struct {
-	fn   func(cgmap.Container)
-	mu   sync.Mutex
-	q    []cgmap.Container
-	wake chan struct{}
-	once sync.Once
+	onTrace, onRemove func(cgmap.Container)
+	mu                sync.Mutex
+	q                 []change
+	wake              chan struct{}
+	once              sync.Once
+}
+
+// change is one container that started (traced) or stopped being traced.
+type change struct {
+	c      cgmap.Container
+	traced bool
 }
 
 func (n *notifier) init() { n.once.Do(func() { n.wake = make(chan struct{}, 1) }) }
 
-func (n *notifier) push(c cgmap.Container) {
-	if n.fn == nil {
+func (n *notifier) traced(c cgmap.Container)  { n.push(change{c: c, traced: true}, n.onTrace) }
+func (n *notifier) removed(c cgmap.Container) { n.push(change{c: c}, n.onRemove) }
+
+func (n *notifier) push(ch change, fn func(cgmap.Container)) {
+	if fn == nil {
 		return
 	}
 	n.init()
 	n.mu.Lock()
-	n.q = append(n.q, c)
+	n.q = append(n.q, ch)
 	n.mu.Unlock()
 	select {
 	case n.wake <- struct{}{}:
@@ -285,33 +299,35 @@ func (n *notifier) push(c cgmap.Container) {
 	}
 }
 
+func (n *notifier) deliver() int {
+	n.mu.Lock()
+	q := n.q
+	n.q = nil
+	n.mu.Unlock()
+	for _, ch := range q {
+		if ch.traced {
+			n.onTrace(ch.c)
+		} else {
+			n.onRemove(ch.c)
+		}
+	}
+	return len(q)
+}
+
 // run delivers until ctx is done, then delivers what is left.
 func (n *notifier) run(ctx context.Context) {
-	if n.fn == nil {
+	if n.onTrace == nil && n.onRemove == nil {
 		return
 	}
 	n.init()
 	for {
-		n.mu.Lock()
-		q := n.q
-		n.q = nil
-		n.mu.Unlock()
-		for _, c := range q {
-			n.fn(c)
-		}
-		if len(q) > 0 {
+		if n.deliver() > 0 {
 			continue
 		}
 		select {
 		case <-n.wake:
 		case <-ctx.Done():
-			n.mu.Lock()
-			q := n.q
-			n.q = nil
-			n.mu.Unlock()
-			for _, c := range q {
-				n.fn(c)
-			}
+			n.deliver()
 			return
 		}
 	}

@@ -16,9 +16,11 @@ import (
 
 	"github.com/captrace/captrace/bpf"
 	"github.com/captrace/captrace/config"
+	"github.com/captrace/captrace/pkg/advisor"
 	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/output"
 	"github.com/captrace/captrace/plugin"
+	sdjournal "github.com/coreos/go-systemd/v22/journal"
 	"github.com/sirupsen/logrus"
 )
 
@@ -132,6 +134,9 @@ type daemon struct {
 	tracer tracer
 	reg    *cgmap.Registry
 	fanout *output.Fanout
+	// advice collects each traced container's checks into the summary
+	// written when it stops (pkg/advisor).
+	advice *advisor.Tracker
 
 	events        atomic.Uint64 // read from the ring
 	unknown       atomic.Uint64 // whose cgroup the registry did not know (sent anyway)
@@ -151,7 +156,8 @@ type lossCounters struct {
 // before registering with NRI, whose handlers must find it ready), then the
 // registry and the NRI plugin, then the ring reader. hup reopens the file sink.
 func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <-chan os.Signal, deps daemonDeps) error {
-	d := &daemon{cfg: cfg, log: log, deps: deps, started: time.Now()}
+	d := &daemon{cfg: cfg, log: log, deps: deps, started: time.Now(),
+		advice: advisor.NewTracker(advisor.Limits{MaxContainers: cfg.Tracer.MaxContainers})}
 
 	sinks, err := openSinks(cfg, deps)
 	if err != nil {
@@ -190,6 +196,13 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 			DenyNamespaces:  cfg.Trace.DenyNamespaces,
 		},
 		Log: log.WithField("component", "nri"),
+		// Both run on the plugin's own goroutine, never under containerd's lock.
+		OnTrace: func(c cgmap.Container) { d.advice.Start(c, time.Now()) },
+		OnRemove: func(c cgmap.Container) {
+			if s, ok := d.advice.Finish(c.ID, time.Now()); ok {
+				d.sendSummary(s)
+			}
+		},
 	})
 	if err != nil {
 		_ = d.fanout.Close(context.Background())
@@ -238,6 +251,10 @@ loop:
 		log.Warn("the NRI plugin did not stop in time; shutting down without it")
 	}
 	d.waitRingQuiet()
+	// Containers still running get their summary now, from every event read.
+	for _, s := range d.advice.FinishAll(time.Now()) {
+		d.sendSummary(s)
+	}
 	sinkCtx, cancel := context.WithTimeout(context.Background(), deps.sinkDrainMax)
 	defer cancel()
 	var errs []error
@@ -302,12 +319,21 @@ func (d *daemon) readLoop() {
 		d.events.Add(1)
 		d.lastReadNanos.Store(int64(time.Since(d.started)))
 		c, known := d.reg.Lookup(ev.CgroupID)
-		if !known {
+		at := d.deps.wallTime(ev.KtimeNs)
+		if known {
+			d.advice.Observe(c, &ev, at)
+		} else {
 			d.unknown.Add(1)
 		}
-		rec := output.Record{Time: d.deps.wallTime(ev.KtimeNs), Event: ev, Container: c, Known: known}
+		rec := output.Record{Time: at, Event: ev, Container: c, Known: known}
 		d.fanout.Send(&rec)
 	}
+}
+
+// sendSummary queues a container's advice to every sink, like an event.
+func (d *daemon) sendSummary(s advisor.Summary) {
+	d.fanout.SendEntry(&output.Entry{Time: time.Now(), Message: s.Message(), Priority: sdjournal.PriInfo,
+		LogFields: s.LogFields(), JournalFields: s.JournalFields()})
 }
 
 // waitRingQuiet waits until the reader has seen no event for deps.quiet (the
@@ -376,6 +402,11 @@ func (d *daemon) logStats(final bool) {
 	fields["ring_lost"] = now.ringLost
 	fields["dedup_update_failed"] = now.dedupFailed
 	fields["filter_update_failed"] = now.filterFailed
+	adv := d.advice.Stats()
+	fields["advisor_containers"] = adv.Containers
+	fields["advisor_folded_events"] = adv.FoldedEvents
+	fields["advisor_untracked_events"] = adv.UntrackedEvents
+	fields["advisor_late_events"] = adv.LateEvents
 	fields["sink_dropped"] = now.sinkDropped
 	fields["sink_failed"] = now.sinkFailed
 	if final {

@@ -219,9 +219,16 @@ func TestDaemonPipelineStatsAndShutdownOrder(t *testing.T) {
 		t.Errorf("shutdown order %q, want %q", got, want)
 	}
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-	if len(lines) != 5 {
-		t.Fatalf("stdout has %d lines, want 5:\n%s", len(lines), stdout.String())
+	if len(lines) != 6 {
+		t.Fatalf("stdout has %d lines, want 5 events and the summary of the container still running:\n%s", len(lines), stdout.String())
 	}
+	// Shutdown summarizes what the known container checked: 4 audited, granted
+	// CAP_SYS_ADMIN checks (the unknown cgroup's event has no container).
+	if sum := lines[5]; !strings.Contains(sum, "summary=true") || !strings.Contains(sum, "recommend_add=SYS_ADMIN") ||
+		!strings.Contains(sum, "events=4") || !strings.Contains(sum, "pod=web-0") {
+		t.Errorf("summary line: %s", sum)
+	}
+	lines = lines[:5]
 	if registered {
 		if !strings.Contains(lines[0], "namespace=default pod=web-0 container=app container_id=c0ffee") {
 			t.Errorf("event not enriched from the registry: %s", lines[0])
@@ -234,8 +241,8 @@ func TestDaemonPipelineStatsAndShutdownOrder(t *testing.T) {
 	}
 	rotated, _ := os.ReadFile(cfg.Output.File + ".1")
 	current, _ := os.ReadFile(cfg.Output.File)
-	if n, m := bytes.Count(rotated, []byte("\n")), bytes.Count(current, []byte("\n")); n != 3 || m != 2 {
-		t.Errorf("file sink: %d lines before SIGHUP, %d after; want 3 and 2", n, m)
+	if n, m := bytes.Count(rotated, []byte("\n")), bytes.Count(current, []byte("\n")); n != 3 || m != 3 {
+		t.Errorf("file sink: %d lines before SIGHUP, %d after; want 3, and 2 events plus the summary", n, m)
 	}
 
 	out := logs.String()
