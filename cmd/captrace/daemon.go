@@ -36,6 +36,7 @@ type tracer interface {
 // nriPlugin is what the daemon needs of *plugin.Plugin.
 type nriPlugin interface {
 	Run(ctx context.Context) error
+	Stats() plugin.Stats
 }
 
 // daemonDeps are the daemon's connections to the kernel, containerd and the
@@ -132,6 +133,7 @@ type daemon struct {
 	log    *logrus.Logger
 	deps   daemonDeps
 	tracer tracer
+	plugin nriPlugin
 	reg    *cgmap.Registry
 	fanout *output.Fanout
 	// advice collects each traced container's checks into the summary
@@ -150,6 +152,8 @@ type daemon struct {
 // lossCounters are everything that is lost or failed on an event's path.
 type lossCounters struct {
 	ringLost, dedupFailed, filterFailed, sinkDropped, sinkFailed, readErrors uint64
+	// opted-in containers not traced: cgroup not found, or the filter refused them
+	cgroupMisses, traceFailed uint64
 }
 
 // runDaemon runs captrace until ctx is done: sinks, then the tracer (loaded
@@ -210,6 +214,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 		return fmt.Errorf("create the NRI plugin: %w", err)
 	}
 
+	d.plugin = p
 	readerDone := make(chan struct{})
 	go func() { defer close(readerDone); d.readLoop() }()
 
@@ -402,6 +407,13 @@ func (d *daemon) logStats(final bool) {
 	fields["ring_lost"] = now.ringLost
 	fields["dedup_update_failed"] = now.dedupFailed
 	fields["filter_update_failed"] = now.filterFailed
+	ps := d.plugin.Stats()
+	fields["nri_connected"] = ps.Connected
+	fields["nri_connects"] = ps.Connects
+	fields["cgroup_misses"] = ps.CgroupMisses
+	fields["trace_failed"] = ps.TraceFailed
+	now.cgroupMisses, now.traceFailed = ps.CgroupMisses, ps.TraceFailed
+	fields["policy_warnings"] = ps.PolicyWarnings
 	adv := d.advice.Stats()
 	fields["advisor_containers"] = adv.Containers
 	fields["advisor_folded_events"] = adv.FoldedEvents
@@ -424,6 +436,8 @@ func (d *daemon) logStats(final bool) {
 		{"sink_dropped_delta", now.sinkDropped, d.last.sinkDropped},
 		{"sink_failed_delta", now.sinkFailed, d.last.sinkFailed},
 		{"read_errors_delta", now.readErrors, d.last.readErrors},
+		{"cgroup_misses_delta", now.cgroupMisses, d.last.cgroupMisses},
+		{"trace_failed_delta", now.traceFailed, d.last.traceFailed},
 	} {
 		if c.now > c.last {
 			fields[c.key] = c.now - c.last

@@ -115,6 +115,8 @@ type fakePlugin struct {
 	added   chan bool
 }
 
+func (p *fakePlugin) Stats() plugin.Stats { return plugin.Stats{Traced: p.reg.Len()} }
+
 func (p *fakePlugin) Run(ctx context.Context) error {
 	err := p.reg.Add(cgmap.Container{ID: "c0ffee", Name: "app", Namespace: "default", Pod: "web-0", PodUID: "u1", CgroupID: 77})
 	p.added <- err == nil
