@@ -22,6 +22,7 @@ var capNames = [...]string{
 const (
 	capSetgid    Capability = 6
 	capSetuid    Capability = 7
+	capSetpcap   Capability = 8
 	capNetAdmin  Capability = 12
 	capNetRaw    Capability = 13
 	capSysRawio  Capability = 17

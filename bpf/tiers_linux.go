@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -116,6 +117,11 @@ func precheck(tier Tier, kernel *btf.Spec) error {
 			return fmt.Errorf("kernel has no capability:cap_capable tracepoint (BTF type btf_trace_cap_capable absent; added in Linux 6.14): %w", ebpf.ErrNotSupported)
 		}
 	case TierFexit, TierKprobe:
+		if tier == TierKprobe {
+			if _, err := os.Stat("/sys/bus/event_source/devices/kprobe/type"); err != nil {
+				return fmt.Errorf("kernel has no kprobe PMU (/sys/bus/event_source/devices/kprobe: needs CONFIG_KPROBES=y, Linux >= 4.17): %w", ebpf.ErrNotSupported)
+			}
+		}
 		var fn *btf.Func
 		if err := kernel.TypeByName("cap_capable", &fn); err != nil {
 			return fmt.Errorf("kernel BTF has no function cap_capable: %w", ebpf.ErrNotSupported)
@@ -216,10 +222,23 @@ func explainLoad(tier Tier, err error) error {
 	if tier == TierFexit && errors.Is(err, unix.EPERM) {
 		// cilium/ebpf suggests raising MEMLOCK here; with memcg accounting
 		// the real cause is a kernel that refuses BPF trampolines.
-		return fmt.Errorf("kernel refused the BPF trampoline for fexit/cap_capable (EPERM: trampolines disabled or unsupported on this kernel): %w", err)
+		return &explained{
+			msg: "kernel refused the BPF trampoline for fexit/cap_capable (EPERM: trampolines disabled or unsupported on this kernel; not a memlock limit): " +
+				strings.Replace(err.Error(), " (MEMLOCK may be too low, consider rlimit.RemoveMemlock)", "", 1),
+			err: err,
+		}
 	}
 	return fmt.Errorf("loading: %w", err)
 }
+
+// explained rewords a wrapped error whose own text misleads, keeping it for errors.Is.
+type explained struct {
+	msg string
+	err error
+}
+
+func (e *explained) Error() string { return e.msg }
+func (e *explained) Unwrap() error { return e.err }
 
 func explainAttach(tier Tier, err error) error {
 	if tier == TierKprobe && (errors.Is(err, os.ErrNotExist) || errors.Is(err, ebpf.ErrNotSupported)) {

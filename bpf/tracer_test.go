@@ -1,0 +1,396 @@
+package bpf
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// niceEvents keeps the CAP_SYS_NICE checks and fails on anything else that
+// is not memory accounting.
+func niceEvents(t *testing.T, evs []Event) []Event {
+	t.Helper()
+	var out []Event
+	for _, ev := range evs {
+		switch {
+		case ev.Cap == capSysNice:
+			out = append(out, ev)
+		case memoryAccounting(ev):
+		case ev.Cap == capSetpcap && SyscallName(ev.Syscall) == "SYS_CAPSET": // the test's own capset
+		default:
+			t.Errorf("unexpected event:%s", describe([]Event{ev}))
+		}
+	}
+	return out
+}
+
+func TestSetpriorityVerdict(t *testing.T) {
+	tr := openTracer(t, Options{})
+	col := collect(t, tr)
+	traced, untraced := newCgroup(t), newCgroup(t)
+
+	for _, keep := range []bool{false, true} {
+		c := startChild(t, traced)
+		other := startChild(t, untraced)
+		if !keep {
+			if got := c.do("drop"); got != "<nil>" {
+				t.Fatalf("drop CAP_SYS_NICE: %s", got)
+			}
+		}
+		other.do("drop")
+		if err := tr.Trace(traced.id, Settings{}); err != nil {
+			t.Fatal(err)
+		}
+		// The untraced cgroup checks at the same time.
+		done := make(chan string)
+		go func() { done <- other.do("nice 1000") }()
+		got := c.do("nice 1")
+		<-done
+		wantErr := map[bool]string{false: "permission denied", true: "<nil>"}[keep]
+		if got != wantErr {
+			t.Fatalf("setpriority(-5) with CAP_SYS_NICE kept=%v: %s", keep, got)
+		}
+		if err := tr.Untrace(traced.id); err != nil {
+			t.Fatal(err)
+		}
+		settle()
+
+		evs := niceEvents(t, col.of(traced.id))
+		if len(evs) != 1 {
+			t.Fatalf("kept=%v: want exactly one CAP_SYS_NICE event, got %d:%s", keep, len(evs), describe(evs))
+		}
+		ev := evs[0]
+		if ev.Capable != keep || SyscallName(ev.Syscall) != "SYS_SETPRIORITY" || !ev.Audit ||
+			int(ev.Pid) != c.pid || int(ev.Tid) != c.tid || ev.Uid != c.uid || ev.Gid != c.gid ||
+			commString(ev.Comm) != c.comm {
+			t.Errorf("kept=%v: event%s\nwant capable=%v SYS_SETPRIORITY audit=true pid=%d tid=%d uid=%d gid=%d comm=%s",
+				keep, describe(evs), keep, c.pid, c.tid, c.uid, c.gid, c.comm)
+		}
+		if wall := WallTime(ev.KtimeNs); time.Since(wall) > 10*time.Second || time.Since(wall) < 0 {
+			t.Errorf("WallTime(%d) = %v, not within the last seconds", ev.KtimeNs, wall)
+		}
+		if ev.InSetIDKnown != (tr.Tier() != TierTpBTF) {
+			t.Errorf("InSetIDKnown=%v on tier %s", ev.InSetIDKnown, tr.Tier())
+		}
+		if evs := col.of(untraced.id); len(evs) != 0 {
+			t.Errorf("untraced cgroup produced %d events:%s", len(evs), describe(evs))
+		}
+		c.stop()
+		other.stop()
+		col.mu.Lock()
+		col.events = nil
+		col.mu.Unlock()
+	}
+}
+
+func TestUnique(t *testing.T) {
+	tr := openTracer(t, Options{})
+	col := collect(t, tr)
+	cg := newCgroup(t)
+	c := startChild(t, cg)
+	c.do("drop")
+
+	// The other syscall does check CAP_SYS_NICE: see it without unique first.
+	if err := tr.Trace(cg.id, Settings{}); err != nil {
+		t.Fatal(err)
+	}
+	c.do("sched")
+	settle()
+	evs := niceEvents(t, col.of(cg.id))
+	if len(evs) != 1 || SyscallName(evs[0].Syscall) != "SYS_SCHED_SETSCHEDULER" || evs[0].Capable {
+		t.Fatalf("sched_setscheduler without unique: want one denied CAP_SYS_NICE, got%s", describe(evs))
+	}
+	if err := tr.Untrace(cg.id); err != nil {
+		t.Fatal(err)
+	}
+	settle()
+	col.mu.Lock()
+	col.events = nil
+	col.mu.Unlock()
+
+	if err := tr.Trace(cg.id, Settings{Unique: true}); err != nil {
+		t.Fatal(err)
+	}
+	c.do("nice 10000") // 10,000 identical denied checks
+	c.do("sched")      // same cap and verdict, other syscall
+	c.do("raise")
+	c.do("nice 1") // the verdict changes
+	settle()
+	evs = niceEvents(t, col.of(cg.id))
+	if len(evs) != 2 ||
+		evs[0].Capable || SyscallName(evs[0].Syscall) != "SYS_SETPRIORITY" ||
+		!evs[1].Capable || SyscallName(evs[1].Syscall) != "SYS_SETPRIORITY" {
+		t.Fatalf("unique: want denied then allowed CAP_SYS_NICE in SYS_SETPRIORITY, got%s", describe(evs))
+	}
+	st, err := tr.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.DedupUpdateFailed != 0 || st.RingLost != 0 {
+		t.Errorf("losses: %+v", st)
+	}
+
+	// Untrace forgets the cgroup's entries: tracing again reports again.
+	if err := tr.Untrace(cg.id); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Trace(cg.id, Settings{Unique: true}); err != nil {
+		t.Fatal(err)
+	}
+	c.do("renice0") // back to nice 0, so lowering it checks again
+	c.do("drop")
+	c.do("nice 3")
+	settle()
+	if evs := niceEvents(t, col.of(cg.id)); len(evs) != 3 {
+		t.Fatalf("after Untrace and Trace: want one more event, got%s", describe(evs))
+	}
+}
+
+func TestAuditOnly(t *testing.T) {
+	tr := openTracer(t, Options{})
+	col := collect(t, tr)
+
+	run := func(auditOnly bool) []Event {
+		cg := newCgroup(t)
+		// Traced from exec on: memory accounting during exec and mmap shows.
+		if err := tr.Trace(cg.id, Settings{AuditOnly: auditOnly}); err != nil {
+			t.Fatal(err)
+		}
+		c := startChild(t, cg)
+		if got := c.do("seccomp"); got != "<nil>" {
+			t.Fatalf("seccomp: %s", got)
+		}
+		c.do("drop")
+		c.do("nice 1")
+		c.stop()
+		settle()
+		return col.of(cg.id)
+	}
+
+	all := run(false)
+	var seccomp, memory, nice int
+	for _, ev := range all {
+		name := SyscallName(ev.Syscall)
+		switch {
+		case ev.Cap == capSysAdmin && name == "SYS_PRCTL":
+			// seccomp_prepare_filter's ns_capable_noaudit, then the BPF JIT's own noaudit checks.
+			seccomp++
+			if ev.Audit {
+				t.Errorf("seccomp's non-audited check reads audit=true:%s", describe([]Event{ev}))
+			}
+		case ev.Cap == capSysAdmin && !ev.Audit && name != "SYS_PRCTL":
+			memory++
+		case ev.Cap == capSysNice:
+			nice++
+			if !ev.Audit {
+				t.Errorf("setpriority's capable() check reads audit=false")
+			}
+		}
+	}
+	if seccomp == 0 || nice != 1 {
+		t.Fatalf("audit_only=false: want the seccomp and setpriority checks, got%s", describe(all))
+	}
+	// On 6.1/6.12 cap_vm_enough_memory inlines cap_capable: fexit and kprobe can't see it.
+	if tr.Tier() == TierTpBTF && memory == 0 {
+		t.Errorf("tp_btf: no non-audited memory-accounting CAP_SYS_ADMIN check seen during exec:%s", describe(all))
+	}
+	t.Logf("audit_only=false: %d events, %d memory accounting (non-audited)", len(all), memory)
+
+	kept := run(true)
+	nice = 0
+	for _, ev := range kept {
+		if !ev.Audit {
+			t.Errorf("audit_only kept a non-audited check:%s", describe([]Event{ev}))
+		}
+		if ev.Cap == capSysNice && ev.Audit && SyscallName(ev.Syscall) == "SYS_SETPRIORITY" {
+			nice++
+		}
+		if ev.Cap == capSysAdmin && SyscallName(ev.Syscall) == "SYS_PRCTL" {
+			t.Errorf("audit_only kept seccomp's non-audited check:%s", describe([]Event{ev}))
+		}
+	}
+	if nice != 1 {
+		t.Errorf("audit_only dropped the audited setpriority check:%s", describe(kept))
+	}
+}
+
+func TestUntraceStopsAtOnce(t *testing.T) {
+	tr := openTracer(t, Options{})
+	col := collect(t, tr)
+	cg := newCgroup(t)
+	c := startChild(t, cg)
+	c.do("drop")
+	if err := tr.Trace(cg.id, Settings{}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan string)
+	go func() { done <- c.do("nicefor 600") }()
+	time.Sleep(200 * time.Millisecond)
+	if err := tr.Untrace(cg.id); err != nil {
+		t.Fatal(err)
+	}
+	untraced := boottimeNs()
+	<-done
+	settle()
+	var before, after int
+	for _, ev := range col.of(cg.id) {
+		if ev.KtimeNs > untraced {
+			after++
+		} else if ev.Cap == capSysNice {
+			before++
+		}
+	}
+	if before < 20 || after != 0 {
+		t.Fatalf("want events before Untrace and none after: %d before, %d after", before, after)
+	}
+}
+
+func TestFilterFull(t *testing.T) {
+	tr := openTracer(t, Options{MaxTracedCgroups: 2})
+	for id := uint64(1000); id < 1002; id++ {
+		if err := tr.Trace(id, Settings{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := tr.Trace(1002, Settings{})
+	if err == nil || !strings.Contains(err.Error(), "tracer.max_containers") || !strings.Contains(err.Error(), "2 cgroups") {
+		t.Fatalf("Trace beyond the limit: %v", err)
+	}
+	var v uint32
+	if err := tr.lt.maps.Filter.Lookup(uint64(1002), &v); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("refused cgroup is in the filter map: %v", err)
+	}
+	// Updating a traced cgroup's settings still works when full.
+	if err := tr.Trace(1001, Settings{Unique: true}); err != nil {
+		t.Errorf("updating settings when full: %v", err)
+	}
+	if st, _ := tr.Stats(); st.Traced != 2 {
+		t.Errorf("Traced = %d, want 2", st.Traced)
+	}
+}
+
+func TestRingOverflowCounted(t *testing.T) {
+	// One page of ring holds a few dozen events; nobody reads during the flood.
+	tr := openTracer(t, Options{RingBufferBytes: 4096})
+	cg := newCgroup(t)
+	c := startChild(t, cg)
+	c.do("drop")
+	// audit_only keeps stray memory-accounting checks out of the count.
+	if err := tr.Trace(cg.id, Settings{AuditOnly: true}); err != nil {
+		t.Fatal(err)
+	}
+	const checks = 10000
+	c.do("nice 10000")
+	if err := tr.Untrace(cg.id); err != nil {
+		t.Fatal(err)
+	}
+	st, err := tr.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var perCPU []uint64
+	if err := tr.lt.maps.Losses.Lookup(uint32(lossRing), &perCPU); err != nil {
+		t.Fatal(err)
+	}
+	var kernel uint64
+	for _, v := range perCPU {
+		kernel += v
+	}
+	read := 0
+	tr.reader.SetDeadline(time.Now().Add(50 * time.Millisecond))
+	for tr.reader.AvailableBytes() > 0 {
+		var ev Event
+		if err := tr.Read(&ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.CgroupID == cg.id && ev.Cap == capSysNice {
+			read++
+		}
+	}
+	t.Logf("%d checks: %d delivered, %d lost (kernel count %d)", checks, read, st.RingLost, kernel)
+	if st.RingLost != kernel || st.RingLost == 0 || uint64(read)+st.RingLost != checks {
+		t.Fatalf("Stats().RingLost=%d, kernel=%d, delivered=%d: want lost = kernel > 0 and delivered+lost = %d", st.RingLost, kernel, read, checks)
+	}
+	rep, err := tr.ReportLosses()
+	if err != nil || rep.RingLost != kernel {
+		t.Fatalf("ReportLosses: %+v %v", rep, err)
+	}
+}
+
+func TestCloseUnloadsEverything(t *testing.T) {
+	tr := openTracer(t, Options{})
+	ids := tr.lt.programIDs()
+	if len(ids) == 0 {
+		t.Fatal("no program IDs")
+	}
+	for _, id := range ids {
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			t.Fatalf("program %d not loaded while open: %v", id, err)
+		}
+		info, _ := p.Info()
+		p.Close()
+		if !strings.HasPrefix(info.Name, "captrace_") {
+			t.Errorf("program %d is named %q, want captrace_*", id, info.Name)
+		}
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var ev Event
+	if err := tr.Read(&ev); !errors.Is(err, ErrClosed) {
+		t.Errorf("Read after Close: %v", err)
+	}
+	// The kernel frees a detached program after a workqueue run and an RCU grace period.
+	for _, id := range ids {
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			p, err := ebpf.NewProgramFromID(id)
+			if err != nil {
+				break
+			}
+			p.Close()
+			if time.Now().After(deadline) {
+				t.Errorf("program %d still loaded 2 s after Close", id)
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// Any other captrace program belongs to another process (a daemon, a parallel test).
+	for id := ebpf.ProgramID(0); ; {
+		next, err := ebpf.ProgramGetNextID(id)
+		if err != nil {
+			break
+		}
+		id = next
+		if p, err := ebpf.NewProgramFromID(id); err == nil {
+			if info, err := p.Info(); err == nil && strings.HasPrefix(info.Name, "captrace_") {
+				t.Logf("program %d %s loaded by another process", id, info.Name)
+			}
+			p.Close()
+		}
+	}
+}
+
+func TestProbeAndNames(t *testing.T) {
+	tr := openTracer(t, Options{})
+	chosen := tr.Tier()
+	tr.Close()
+	var ok bool
+	for _, p := range Probe() {
+		t.Logf("probe %s: %v", p.Tier, p.Err)
+		if p.Tier == chosen && p.Err == nil {
+			ok = true
+		}
+	}
+	if !ok {
+		t.Errorf("Probe does not report the chosen tier %s as working", chosen)
+	}
+	if _, err := Open(Options{ForceTier: "bogus"}); err == nil || !strings.Contains(err.Error(), "BTF") {
+		t.Errorf("Open with an unknown tier: %v", err)
+	}
+}
