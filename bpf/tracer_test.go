@@ -386,6 +386,13 @@ func TestProbeAndNames(t *testing.T) {
 		if p.Tier == chosen && p.Err == nil {
 			ok = true
 		}
+		if p.Err != nil {
+			// A refused tier, forced: one error naming the tier and the kernel requirement.
+			_, err := Open(Options{ForceTier: p.Tier})
+			if err == nil || !strings.Contains(err.Error(), string(p.Tier)+": ") || !strings.Contains(err.Error(), "kernel with BTF") {
+				t.Errorf("Open forcing refused tier %s: %v", p.Tier, err)
+			}
+		}
 	}
 	if !ok {
 		t.Errorf("Probe does not report the chosen tier %s as working", chosen)
