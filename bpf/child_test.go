@@ -74,6 +74,14 @@ func childMain() int {
 			reply("%v", e)
 		case "seccomp": // non-audited CAP_SYS_ADMIN: a filter without no_new_privs
 			reply("%v", allowAllSeccomp())
+		case "privatemounts": // a mount namespace of its own, before the mount step
+			err := unix.Unshare(unix.CLONE_NEWNS)
+			if err == nil {
+				err = unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, "")
+			}
+			reply("%v", err)
+		case "chown", "chmod", "chroot", "mount", "unshare", "setns":
+			reply("%v", igGuideStep(f[0], f[1:]))
 		case "exit":
 			return 0
 		default:
@@ -119,6 +127,45 @@ func allowAllSeccomp() error {
 	filter := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW}}
 	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
 	_, _, e := unix.RawSyscall6(unix.SYS_PRCTL, unix.PR_SET_SECCOMP, unix.SECCOMP_MODE_FILTER, uintptr(unsafe.Pointer(&prog)), 0, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+var savedIPCNamespace = -1
+
+// igGuideStep makes the system call the seed's ig guide makes with a
+// busybox command of the same name (x86_64 syscalls as the seed prints them).
+func igGuideStep(step string, args []string) error {
+	path := ""
+	if len(args) > 0 {
+		path = args[0]
+	}
+	p, err := unix.BytePtrFromString(path)
+	if err != nil {
+		return err
+	}
+	var e unix.Errno
+	switch step {
+	case "chown":
+		e = chownPath(p)
+	case "chmod":
+		e = chmodPath(p)
+	case "chroot":
+		_, _, e = unix.RawSyscall(unix.SYS_CHROOT, uintptr(unsafe.Pointer(p)), 0, 0)
+	case "mount":
+		return unix.Mount("tmpfs", path, "tmpfs", 0, "")
+	case "unshare":
+		fd, err := unix.Open("/proc/thread-self/ns/ipc", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		savedIPCNamespace = fd
+		return unix.Unshare(unix.CLONE_NEWIPC)
+	case "setns":
+		return unix.Setns(savedIPCNamespace, unix.CLONE_NEWIPC)
+	}
 	if e != 0 {
 		return e
 	}

@@ -2,7 +2,10 @@ package bpf
 
 import (
 	"errors"
+	"maps"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -400,4 +403,70 @@ func TestProbeAndNames(t *testing.T) {
 	if _, err := Open(Options{ForceTier: "bogus"}); err == nil || !strings.Contains(err.Error(), "BTF") {
 		t.Errorf("Open with an unknown tier: %v", err)
 	}
+}
+
+// TestIgGuide replays the seed's ig guide as plain processes in a cgroup:
+// the checks counted with cred == real_cred are exactly the seed's table.
+func TestIgGuide(t *testing.T) {
+	tr := openTracer(t, Options{})
+	col := collect(t, tr)
+	cg := newCgroup(t)
+	dir := t.TempDir()
+	file, mnt := dir+"/aaa", dir+"/mnt"
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := startChild(t, cg)
+	if got := c.do("privatemounts"); got != "<nil>" {
+		t.Fatalf("private mount namespace: %s", got)
+	}
+	if err := tr.Trace(cg.id, Settings{}); err != nil {
+		t.Fatal(err)
+	}
+	type check struct {
+		cap     Capability
+		syscall string
+	}
+	steps := []struct {
+		cmd  string
+		want map[check]int
+	}{
+		{"chown " + file, map[check]int{{0, igGuideSyscalls["chown"]}: 2}},
+		// setattr_prepare and setattr_copy each ask CAP_FSETID; in a container the
+		// second runs under overlayfs's mounter creds and is skipped (seed: ×1).
+		{"chmod " + file, map[check]int{{3, igGuideSyscalls["chmod"]}: 1, {4, igGuideSyscalls["chmod"]}: 2}},
+		{"chroot /", map[check]int{{18, "SYS_CHROOT"}: 1}},
+		{"mount " + mnt, map[check]int{{capSysAdmin, "SYS_MOUNT"}: 2}},
+		{"unshare", map[check]int{{capSysAdmin, "SYS_UNSHARE"}: 1}},
+		{"setns", map[check]int{{capSysAdmin, "SYS_SETNS"}: 2}},
+	}
+	for _, step := range steps {
+		col.mu.Lock()
+		col.events = nil
+		col.mu.Unlock()
+		if got := c.do(step.cmd); got != "<nil>" {
+			t.Fatalf("%s: %s", step.cmd, got)
+		}
+		settle()
+		got := map[check]int{}
+		var evs []Event
+		for _, ev := range col.of(cg.id) {
+			if memoryAccounting(ev) {
+				continue
+			}
+			evs = append(evs, ev)
+			got[check{ev.Cap, SyscallName(ev.Syscall)}]++
+			if !ev.Capable || !ev.Audit || int(ev.Pid) != c.pid {
+				t.Errorf("%s: want capable, audited checks of pid %d:%s", step.cmd, c.pid, describe([]Event{ev}))
+			}
+		}
+		if !maps.Equal(got, step.want) {
+			t.Errorf("%s: got%s\nwant %v", strings.Fields(step.cmd)[0], describe(evs), step.want)
+		}
+	}
+	c.stop()
+	syscall.Unmount(mnt, syscall.MNT_DETACH) // only mounted in the child's namespace; harmless
 }
