@@ -119,7 +119,7 @@ func moveSelf(b *testing.B, cgroupPath string) {
 // ratio of the fastest chunks (x-bare-min). A last state chunk runs with the
 // kernel's BPF run-time statistics on and reports the program's own cost per
 // run (bpf-ns/run). on/off switch the state outside the timed loops.
-func compare(b *testing.B, tr *Tracer, loop func(int) time.Duration, on, off func()) {
+func compare(b *testing.B, tr *Tracer, loop func(int) time.Duration, on, off func()) (stateNs float64) {
 	withoutSysNice(b)
 	chunk := max(b.N/benchRounds, 1)
 	var bare, state []float64
@@ -139,6 +139,7 @@ func compare(b *testing.B, tr *Tracer, loop func(int) time.Duration, on, off fun
 	}
 	off()
 	reportRatios(b, bare, state)
+	return median(state)
 }
 
 func reportRatios(b *testing.B, bare, state []float64) {
@@ -218,23 +219,19 @@ func BenchmarkCapCheck(b *testing.B) {
 	b.Run("every-event", func(b *testing.B) {
 		before, _ := tr.Stats()
 		sent := 0
-		var stateTime float64
-		chunk := max(b.N/benchRounds, 1)
-		measured := func(n int) time.Duration {
-			d := capCheckLoop(n)
-			if n == chunk && tr.lt.links != nil {
+		counted := func(n int) time.Duration {
+			if tr.lt.links != nil {
 				sent += n
-				stateTime += float64(d.Nanoseconds())
 			}
-			return d
+			return capCheckLoop(n)
 		}
 		start := env.delivered.Load()
-		compare(b, tr, measured, attach(&Settings{}), detach)
+		ns := compare(b, tr, counted, attach(&Settings{}), detach)
 		settle()
 		after, _ := tr.Stats()
 		lost := after.RingLost - before.RingLost
 		got := env.delivered.Load() - start
-		b.ReportMetric(float64(sent)/(stateTime/1e9), "events/s")
+		b.ReportMetric(1e9/ns, "events/s")
 		b.ReportMetric(float64(lost), "lost")
 		if lost != 0 || got < uint64(sent) {
 			b.Errorf("every event: %d sent, %d delivered, %d lost in the ring", sent, got, lost)
