@@ -216,6 +216,25 @@ func collect(t testing.TB, tr *Tracer) *collector {
 // settle waits until the reader has had time to drain what the kernel queued.
 func settle() { time.Sleep(6 * readerPoll) }
 
+// waitFor waits up to 5 s (slow emulated guests) until cgroupID has at
+// least n events that match keep, then settles for stragglers.
+func (c *collector) waitFor(cgroupID uint64, n int, keep func(Event) bool) {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		got := 0
+		for _, ev := range c.of(cgroupID) {
+			if keep(ev) {
+				got++
+			}
+		}
+		if got >= n {
+			break
+		}
+		time.Sleep(readerPoll)
+	}
+	settle()
+}
+
 // of returns the events of one cgroup collected so far.
 func (c *collector) of(cgroupID uint64) []Event {
 	c.mu.Lock()

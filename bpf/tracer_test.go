@@ -59,7 +59,7 @@ func TestSetpriorityVerdict(t *testing.T) {
 		if err := tr.Untrace(traced.id); err != nil {
 			t.Fatal(err)
 		}
-		settle()
+		col.waitFor(traced.id, 1, func(ev Event) bool { return ev.Cap == capSysNice })
 
 		evs := niceEvents(t, col.of(traced.id))
 		if len(evs) != 1 {
@@ -101,7 +101,7 @@ func TestUnique(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.do("sched")
-	settle()
+	col.waitFor(cg.id, 1, func(ev Event) bool { return ev.Cap == capSysNice })
 	evs := niceEvents(t, col.of(cg.id))
 	if len(evs) != 1 || SyscallName(evs[0].Syscall) != "SYS_SCHED_SETSCHEDULER" || evs[0].Capable {
 		t.Fatalf("sched_setscheduler without unique: want one denied CAP_SYS_NICE, got%s", describe(evs))
@@ -121,7 +121,7 @@ func TestUnique(t *testing.T) {
 	c.do("sched")      // same cap and verdict, other syscall
 	c.do("raise")
 	c.do("nice 1") // the verdict changes
-	settle()
+	col.waitFor(cg.id, 2, func(ev Event) bool { return ev.Cap == capSysNice })
 	evs = niceEvents(t, col.of(cg.id))
 	if len(evs) != 2 ||
 		evs[0].Capable || SyscallName(evs[0].Syscall) != "SYS_SETPRIORITY" ||
@@ -146,7 +146,7 @@ func TestUnique(t *testing.T) {
 	c.do("renice0") // back to nice 0, so lowering it checks again
 	c.do("drop")
 	c.do("nice 3")
-	settle()
+	col.waitFor(cg.id, 3, func(ev Event) bool { return ev.Cap == capSysNice })
 	if evs := niceEvents(t, col.of(cg.id)); len(evs) != 3 {
 		t.Fatalf("after Untrace and Trace: want one more event, got%s", describe(evs))
 	}
@@ -169,7 +169,7 @@ func TestAuditOnly(t *testing.T) {
 		c.do("drop")
 		c.do("nice 1")
 		c.stop()
-		settle()
+		col.waitFor(cg.id, 1, func(ev Event) bool { return ev.Cap == capSysNice })
 		return col.of(cg.id)
 	}
 
@@ -237,7 +237,7 @@ func TestUntraceStopsAtOnce(t *testing.T) {
 	}
 	untraced := boottimeNs()
 	<-done
-	settle()
+	col.waitFor(cg.id, 20, func(ev Event) bool { return ev.Cap == capSysNice })
 	var before, after int
 	for _, ev := range col.of(cg.id) {
 		if ev.KtimeNs > untraced {
@@ -450,7 +450,11 @@ func TestIgGuide(t *testing.T) {
 		if got := c.do(step.cmd); got != "<nil>" {
 			t.Fatalf("%s: %s", step.cmd, got)
 		}
-		settle()
+		n := 0
+		for _, k := range step.want {
+			n += k
+		}
+		col.waitFor(cg.id, n, func(ev Event) bool { return !memoryAccounting(ev) })
 		got := map[check]int{}
 		var evs []Event
 		for _, ev := range col.of(cg.id) {
