@@ -191,8 +191,37 @@ func ioprioLoop(n int) time.Duration {
 	return time.Since(start)
 }
 
+// foreignPrograms lists tracing and kprobe programs loaded by others: one on
+// cap_capable runs in the bare state too and lowers every ratio.
+func foreignPrograms(tr *Tracer) []string {
+	ours := map[ebpf.ProgramID]bool{}
+	for _, id := range tr.lt.programIDs() {
+		ours[id] = true
+	}
+	var out []string
+	for id := ebpf.ProgramID(0); ; {
+		next, err := ebpf.ProgramGetNextID(id)
+		if err != nil {
+			return out
+		}
+		id = next
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue
+		}
+		if info, err := p.Info(); err == nil && !ours[id] &&
+			(info.Type == ebpf.Tracing || info.Type == ebpf.Kprobe || info.Type == ebpf.RawTracepoint) {
+			out = append(out, fmt.Sprintf("%d:%s(%s)", id, info.Name, info.Type))
+		}
+		p.Close()
+	}
+}
+
 func BenchmarkCapCheck(b *testing.B) {
 	env := setupBench(b)
+	if others := foreignPrograms(env.tr); len(others) > 0 {
+		b.Logf("other tracing programs are loaded (if on cap_capable, they run in every state): %s", strings.Join(others, " "))
+	}
 	tr, cg := env.tr, env.cg
 	detach := func() { tr.lt.detach(); tr.Untrace(cg.id) }
 	attach := func(s *Settings) func() {
