@@ -21,6 +21,12 @@ type captraceAuditRange struct {
 	Pad   uint32
 }
 
+type captraceClockCache struct {
+	_       structs.HostLayout
+	Jiffies uint64
+	BootNs  uint64
+}
+
 type captraceDedupKey struct {
 	_        structs.HostLayout
 	CgroupId uint64
@@ -44,6 +50,7 @@ type captraceSettings struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	captraceMapCapClock        = "cap_clock"
 	captraceMapCapDedup        = "cap_dedup"
 	captraceMapCapEvents       = "cap_events"
 	captraceMapCapLosses       = "cap_losses"
@@ -111,6 +118,7 @@ type captraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captraceMapSpecs struct {
+	CapClock     *ebpf.MapSpec `ebpf:"cap_clock"`
 	CapDedup     *ebpf.MapSpec `ebpf:"cap_dedup"`
 	CapEvents    *ebpf.MapSpec `ebpf:"cap_events"`
 	CapLosses    *ebpf.MapSpec `ebpf:"cap_losses"`
@@ -148,6 +156,7 @@ func (o *captraceObjects) Close() error {
 //
 // It can be passed to loadCaptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captraceMaps struct {
+	CapClock     *ebpf.Map `ebpf:"cap_clock"`
 	CapDedup     *ebpf.Map `ebpf:"cap_dedup"`
 	CapEvents    *ebpf.Map `ebpf:"cap_events"`
 	CapLosses    *ebpf.Map `ebpf:"cap_losses"`
@@ -157,6 +166,7 @@ type captraceMaps struct {
 
 func (m *captraceMaps) Close() error {
 	return _CaptraceClose(
+		m.CapClock,
 		m.CapDedup,
 		m.CapEvents,
 		m.CapLosses,

@@ -28,6 +28,7 @@ type sharedMaps struct {
 	Dedup  *ebpf.Map `ebpf:"cap_dedup"`
 	Events *ebpf.Map `ebpf:"cap_events"`
 	Losses *ebpf.Map `ebpf:"cap_losses"`
+	Clock  *ebpf.Map `ebpf:"cap_clock"`
 }
 
 type fexitObjects struct {
@@ -172,7 +173,7 @@ func loadTier(tier Tier, cfg loadConfig) (lt *loadedTier, err error) {
 			return nil, explainLoad(tier, err)
 		}
 		lt.maps, lt.progs = o.sharedMaps, []*ebpf.Program{o.Prog}
-		lt.closers = []io.Closer{o.Prog, o.Filter, o.Dedup, o.Events, o.Losses}
+		lt.closers = []io.Closer{o.Prog, o.Filter, o.Dedup, o.Events, o.Losses, o.Clock}
 		lt.attachFn = func() ([]link.Link, error) {
 			l, err := link.AttachTracing(link.TracingOptions{Program: o.Prog})
 			return []link.Link{l}, err
@@ -183,7 +184,7 @@ func loadTier(tier Tier, cfg loadConfig) (lt *loadedTier, err error) {
 			return nil, explainLoad(tier, err)
 		}
 		lt.maps, lt.progs = o.sharedMaps, []*ebpf.Program{o.Prog}
-		lt.closers = []io.Closer{o.Prog, o.Filter, o.Dedup, o.Events, o.Losses}
+		lt.closers = []io.Closer{o.Prog, o.Filter, o.Dedup, o.Events, o.Losses, o.Clock}
 		lt.attachFn = func() ([]link.Link, error) {
 			l, err := link.AttachTracing(link.TracingOptions{Program: o.Prog})
 			return []link.Link{l}, err
@@ -194,7 +195,7 @@ func loadTier(tier Tier, cfg loadConfig) (lt *loadedTier, err error) {
 			return nil, explainLoad(tier, err)
 		}
 		lt.maps, lt.progs = o.sharedMaps, []*ebpf.Program{o.Entry, o.Return}
-		lt.closers = []io.Closer{o.Entry, o.Return, o.Pending, o.Filter, o.Dedup, o.Events, o.Losses}
+		lt.closers = []io.Closer{o.Entry, o.Return, o.Pending, o.Filter, o.Dedup, o.Events, o.Losses, o.Clock}
 		lt.attachFn = func() ([]link.Link, error) {
 			// Return probe first: an entry without its return would leave pending state.
 			ret, err := link.Kretprobe("cap_capable", o.Return, nil)

@@ -48,6 +48,8 @@ type Options struct {
 type Event struct {
 	CgroupID uint64
 	// KtimeNs is the kernel's CLOCK_BOOTTIME of the check, in ns; WallTime converts it.
+	// Under a flood, checks on one CPU within one scheduler tick share the tick's
+	// first reading (at most one tick early): reading the clock costs a third of an event.
 	KtimeNs uint64
 	Pid     uint32 // host tgid
 	Tid     uint32 // host tid
