@@ -346,3 +346,18 @@ func startBpftrace(cgroupID uint64) (stop func(), err error) {
 	time.Sleep(300 * time.Millisecond) // "Attaching" is printed just before the attach
 	return stop, nil
 }
+
+// BenchmarkTraceUntrace is the map work an NRI handler pays per container
+// (Trace of a new cgroup forgets stale unique entries, Untrace forgets its own).
+func BenchmarkTraceUntrace(b *testing.B) {
+	tr := openTracer(b, Options{})
+	for i := 0; i < b.N; i++ {
+		id := uint64(1<<40 + i)
+		if err := tr.Trace(id, Settings{Unique: true}); err != nil {
+			b.Fatal(err)
+		}
+		if err := tr.Untrace(id); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

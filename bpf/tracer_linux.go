@@ -26,8 +26,6 @@ const (
 	// readerPoll bounds how long an event can wait in the ring when fewer
 	// than wakeupBytes are queued.
 	readerPoll = 5 * time.Millisecond
-	// maxCap bounds the caps Untrace forgets (the kernel knows 0..40 today).
-	maxCap = 64
 	// eventSize is sizeof(struct cap_event).
 	eventSize = 64
 )
@@ -162,13 +160,11 @@ func settingsValue(s Settings) uint32 {
 func (t *Tracer) Trace(cgroupID uint64, s Settings) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	_, known := t.traced[cgroupID]
-	if !known {
-		if len(t.traced) >= t.maxTraced {
-			return t.fullError(cgroupID)
-		}
-		// A reused cgroup ID must not inherit a predecessor's unique entries.
-		t.forget(cgroupID)
+	// A new cgroup needs no forgetting: cgroup v2 IDs are not reused on
+	// 64-bit kernels (kernfs adds a generation in the high 32 bits), and
+	// Untrace forgot this ID's entries if it was traced before.
+	if _, known := t.traced[cgroupID]; !known && len(t.traced) >= t.maxTraced {
+		return t.fullError(cgroupID)
 	}
 	if err := t.lt.maps.Filter.Update(cgroupID, settingsValue(s), ebpf.UpdateAny); err != nil {
 		if errors.Is(err, unix.E2BIG) {
@@ -203,10 +199,11 @@ type dedupKey struct {
 	Capable  uint32
 }
 
-// forget deletes cgroupID's unique entries: every (cap, verdict) pair, so no
-// iteration over a map the kernel keeps changing.
+// forget deletes cgroupID's unique entries: every (cap, verdict) pair of the
+// caps the kernel knows (0..40), so no iteration over a map the kernel keeps
+// changing. Entries of a cap added after 40 would age out of the LRU.
 func (t *Tracer) forget(cgroupID uint64) {
-	for c := int32(0); c < maxCap; c++ {
+	for c := int32(0); c < int32(len(capNames)); c++ {
 		for v := uint32(0); v < 2; v++ {
 			t.lt.maps.Dedup.Delete(dedupKey{cgroupID, c, v})
 		}
