@@ -235,6 +235,19 @@ func (c *collector) waitFor(cgroupID uint64, n int, keep func(Event) bool) {
 	settle()
 }
 
+// quiet waits until no new event of cgroupID has arrived for 10 polls (5 s at most).
+func (c *collector) quiet(cgroupID uint64) {
+	last, still := -1, 0
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && still < 10; {
+		time.Sleep(readerPoll)
+		if n := len(c.of(cgroupID)); n == last {
+			still++
+		} else {
+			last, still = n, 0
+		}
+	}
+}
+
 // of returns the events of one cgroup collected so far.
 func (c *collector) of(cgroupID uint64) []Event {
 	c.mu.Lock()
