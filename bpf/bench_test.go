@@ -23,6 +23,8 @@ import (
 
 	"github.com/captrace/captrace/internal/privtest"
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -238,6 +240,33 @@ func BenchmarkCapCheck(b *testing.B) {
 	}
 	b.Run("bare", func(b *testing.B) {
 		compare(b, tr, capCheckLoop, detach, detach)
+	})
+	b.Run("empty-program", func(b *testing.B) {
+		// The floor of any design on this attach point: a program that returns at once.
+		if tr.Tier() != TierTpBTF {
+			b.Skipf("reference measured on the tp_btf tier only (tier %s)", tr.Tier())
+		}
+		empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+			Name: "captrace_empty", Type: ebpf.Tracing, AttachType: ebpf.AttachTraceRawTp,
+			AttachTo: "cap_capable", License: "GPL",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer empty.Close()
+		var l link.Link
+		compare(b, tr, capCheckLoop, func() {
+			if l, err = link.AttachTracing(link.TracingOptions{Program: empty}); err != nil {
+				b.Fatal(err)
+			}
+		}, func() {
+			detach()
+			if l != nil {
+				l.Close()
+				l = nil
+			}
+		})
 	})
 	b.Run("untraced", func(b *testing.B) {
 		compare(b, tr, capCheckLoop, attach(nil), detach)
