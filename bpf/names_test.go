@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -50,5 +51,14 @@ func TestDecodeEvent(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(100, func() { decodeEvent(b, &ev) }); n != 0 {
 		t.Errorf("decodeEvent allocates %v times", n)
+	}
+}
+
+func TestRingSizeValidated(t *testing.T) {
+	for _, size := range []int{1000, 4096 + 4096/2, 12288} {
+		_, err := Open(Options{RingBufferBytes: size})
+		if err == nil || !strings.Contains(err.Error(), "tracer.ring_buffer_bytes") {
+			t.Errorf("RingBufferBytes=%d: %v", size, err)
+		}
 	}
 }
