@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -79,6 +80,9 @@ func Open(opts Options) (*Tracer, error) {
 
 	tiers := tierOrder
 	if opts.ForceTier != "" {
+		if !slices.Contains(tierOrder, opts.ForceTier) {
+			return nil, fmt.Errorf("tracer.tier = %q: want \"\" (probe), fexit, tp_btf or kprobe", opts.ForceTier)
+		}
 		tiers = []Tier{opts.ForceTier}
 	}
 	var skipped []string

@@ -406,7 +406,7 @@ func TestProbeAndNames(t *testing.T) {
 	if !ok {
 		t.Errorf("Probe does not report the chosen tier %s as working", chosen)
 	}
-	if _, err := Open(Options{ForceTier: "bogus"}); err == nil || !strings.Contains(err.Error(), "BTF") {
+	if _, err := Open(Options{ForceTier: "bogus"}); err == nil || !strings.Contains(err.Error(), "tracer.tier") {
 		t.Errorf("Open with an unknown tier: %v", err)
 	}
 }
