@@ -16,6 +16,7 @@ const (
 	kindNoauditWrapper  = 3 // calls security_capable with CAP_OPT_NOAUDIT
 	kindVMEnough        = 4 // calls cap_capable with CAP_OPT_NOAUDIT
 	kindTransparent     = 5 // out-of-line helper between wrapper and security_capable
+	kindSetidWrapper    = 6 // calls security_capable with CAP_OPT_INSETID
 )
 
 // auditSymbols are the functions whose frames decide the audit flag on the
@@ -34,6 +35,7 @@ var auditSymbols = []struct {
 	{"has_ns_capability_noaudit", kindNoauditWrapper, false},
 	{"has_capability_noaudit", kindNoauditWrapper, false},
 	{"ptracer_capable", kindNoauditWrapper, false},
+	{"ns_capable_setid", kindSetidWrapper, true},
 	{"security_vm_enough_memory_mm", kindVMEnough, false},
 	{"cap_vm_enough_memory", kindVMEnough, false},
 	{"__vm_enough_memory", kindVMEnough, false},
@@ -42,8 +44,9 @@ var auditSymbols = []struct {
 
 // auditWalkCaps are the capabilities some kernel code checks without audit
 // (found in the kernel source: seccomp, sysctl, ptrace, oom, IMA, kallsyms,
-// the BPF JIT, xfs, vsock, listmount). Only their checks pay for the stack
-// walk; every other capability is reported as audited.
+// the BPF JIT, xfs, vsock, listmount) or in setid (ns_capable_setid: SETUID,
+// SETGID). Only their checks pay for the stack walk; every other capability
+// is reported audited and not in setid.
 var auditWalkCaps = []Capability{capSetgid, capSetuid, capNetAdmin, capNetRaw, capSysRawio,
 	capSysPtrace, capSysAdmin, capSysRes, capSyslog, capPerfmon, capBPF}
 

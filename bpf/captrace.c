@@ -39,6 +39,12 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define KIND_NOAUDIT_WRAPPER 3  // a caller of security_capable that passes CAP_OPT_NOAUDIT
 #define KIND_VM_ENOUGH 4        // a caller of cap_capable that passes CAP_OPT_NOAUDIT
 #define KIND_TRANSPARENT 5      // an out-of-line helper between the two (ns_capable_common)
+#define KIND_SETID_WRAPPER 6    // a caller of security_capable that passes CAP_OPT_INSETID
+
+// What the stack says about a check's opts.
+#define STACK_AUDIT 0
+#define STACK_NOAUDIT 1
+#define STACK_INSETID 2
 
 struct settings {
 	__u32 flags;
@@ -133,7 +139,9 @@ struct {
 volatile const __u64 wakeup_bytes = 64 << 10;    // force a wakeup once this much is queued
 volatile const __u64 audit_walk_caps = 0;        // caps that have non-audited callers (bit n = cap n)
 volatile const __u32 audit_nranges = 0;          // used entries of audit_ranges
-volatile const struct audit_range audit_ranges[AUDIT_RANGES] = {};
+// Writable data, not .rodata: with constant bounds the verifier would track
+// every frame's range against each one and explode; unknown bounds keep it small.
+struct audit_range audit_ranges[AUDIT_RANGES] = {};
 
 static __always_inline void count_loss(__u32 slot)
 {
@@ -186,16 +194,16 @@ static __always_inline __u32 range_kind(__u64 ip)
 	return KIND_NONE;
 }
 
-// stack_says_noaudit walks the first frames above the program: the frame
-// after security_capable is the capability wrapper, the frame after
-// cap_capable its direct caller. Either being a known non-audited caller
-// means the kernel passed CAP_OPT_NOAUDIT.
-static __always_inline bool stack_says_noaudit(void *ctx)
+// stack_opts walks the first frames above the program: the frame after
+// security_capable is the capability wrapper, the frame after cap_capable its
+// direct caller. A known non-audited caller means the kernel passed
+// CAP_OPT_NOAUDIT; ns_capable_setid means CAP_OPT_INSETID.
+static __always_inline int stack_opts(void *ctx)
 {
 	__u64 frames[AUDIT_FRAMES] = {};
 	long n = bpf_get_stack(ctx, frames, sizeof(frames), 0);
 	if (n <= 0)
-		return false;
+		return STACK_AUDIT;
 	__u32 prev = KIND_NONE;
 	for (__u32 i = 0; i < AUDIT_FRAMES; i++) {
 		if (i * sizeof(__u64) >= (__u64)n)
@@ -203,13 +211,16 @@ static __always_inline bool stack_says_noaudit(void *ctx)
 		__u32 kind = range_kind(frames[i]);
 		if (kind == KIND_TRANSPARENT)
 			continue;
-		if (prev == KIND_SECURITY_CAPABLE)
-			return kind == KIND_NOAUDIT_WRAPPER;
+		if (prev == KIND_SECURITY_CAPABLE) {
+			if (kind == KIND_NOAUDIT_WRAPPER)
+				return STACK_NOAUDIT;
+			return kind == KIND_SETID_WRAPPER ? STACK_INSETID : STACK_AUDIT;
+		}
 		if (prev == KIND_CAP_CAPABLE && kind == KIND_VM_ENOUGH)
-			return true;
+			return STACK_NOAUDIT;
 		prev = kind;
 	}
-	return false;
+	return STACK_AUDIT;
 }
 
 // report_check is the core shared by every tier. The caller has already
@@ -227,12 +238,12 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, const struct
 
 	__u32 flags = s->flags;
 	bool capable = ret == 0;
-	bool audit_known = opts_known;
-	bool audit = !(opts & CAP_OPT_NOAUDIT);
+	bool walk = false;
 	if (!opts_known) {
-		audit = true;
-		// Only caps with non-audited callers need the (costly) walk.
-		audit_known = cap < 0 || cap > 63 || !(audit_walk_caps & (1ULL << cap));
+		// Only caps with non-audited or setid callers need the (costly) walk;
+		// the others are audited and not in setid.
+		walk = cap >= 0 && cap <= 63 && (audit_walk_caps & (1ULL << cap));
+		opts = 0;
 	}
 
 	struct dedup_key key = {};
@@ -244,8 +255,11 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, const struct
 			return 0;
 	}
 
-	if (!audit_known)
-		audit = !stack_says_noaudit(ctx);
+	if (walk) {
+		int found = stack_opts(ctx);
+		opts = found == STACK_NOAUDIT ? CAP_OPT_NOAUDIT : found == STACK_INSETID ? CAP_OPT_INSETID : 0;
+	}
+	bool audit = !(opts & CAP_OPT_NOAUDIT);
 	if ((flags & SETTING_AUDIT_ONLY) && !audit)
 		return 0;
 
@@ -279,8 +293,9 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, const struct
 	e->syscall = current_syscall(task);
 	e->capable = capable;
 	e->audit = audit;
-	e->insetid = opts_known && (opts & CAP_OPT_INSETID);
-	e->insetid_known = opts_known;
+	e->insetid = !!(opts & CAP_OPT_INSETID);
+	// Without opts, insetid is known when the stack ranges were resolved.
+	e->insetid_known = opts_known || audit_nranges > 0;
 	e->pad = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 

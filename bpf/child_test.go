@@ -72,6 +72,12 @@ func childMain() int {
 			param := struct{ prio int32 }{1}
 			_, _, e := unix.Syscall(unix.SYS_SCHED_SETSCHEDULER, 0, 1 /* SCHED_FIFO */, uintptr(unsafe.Pointer(&param)))
 			reply("%v", e)
+		case "setsuid": // CAP_SETUID in setid (ns_capable_setid): saved uid to arg and back
+			_, _, e := unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), ^uintptr(0), uintptr(arg))
+			if e == 0 {
+				_, _, e = unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), ^uintptr(0), 0)
+			}
+			reply("%v", e)
 		case "seccomp": // non-audited CAP_SYS_ADMIN: a filter without no_new_privs
 			reply("%v", allowAllSeccomp())
 		case "privatemounts": // a mount namespace of its own, before the mount step

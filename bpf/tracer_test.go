@@ -75,8 +75,8 @@ func TestSetpriorityVerdict(t *testing.T) {
 		if wall := WallTime(ev.KtimeNs); time.Since(wall) > 10*time.Second || time.Since(wall) < 0 {
 			t.Errorf("WallTime(%d) = %v, not within the last seconds", ev.KtimeNs, wall)
 		}
-		if ev.InSetIDKnown != (tr.Tier() != TierTpBTF) {
-			t.Errorf("InSetIDKnown=%v on tier %s", ev.InSetIDKnown, tr.Tier())
+		if !ev.InSetIDKnown || ev.InSetID {
+			t.Errorf("setpriority: InSetIDKnown=%v InSetID=%v on tier %s, want known and false", ev.InSetIDKnown, ev.InSetID, tr.Tier())
 		}
 		if evs := col.of(untraced.id); len(evs) != 0 {
 			t.Errorf("untraced cgroup produced %d events:%s", len(evs), describe(evs))
@@ -479,4 +479,36 @@ func TestIgGuide(t *testing.T) {
 	}
 	c.stop()
 	syscall.Unmount(mnt, syscall.MNT_DETACH) // only mounted in the child's namespace; harmless
+}
+
+// TestInSetID: set*id syscalls check CAP_SETUID through ns_capable_setid
+// (CAP_OPT_INSETID); every tier reports it, tp_btf from the stack.
+func TestInSetID(t *testing.T) {
+	tr := openTracer(t, Options{})
+	col := collect(t, tr)
+	cg := newCgroup(t)
+	c := startChild(t, cg)
+	if err := tr.Trace(cg.id, Settings{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.do("setsuid 1000"); got != "errno 0" {
+		t.Fatalf("setresuid: %s", got)
+	}
+	// Setting the saved uid to 1000 is a change (one check); back to 0, it
+	// equals the real uid and is not.
+	col.waitFor(cg.id, 1, func(ev Event) bool { return ev.Cap == capSetuid })
+	var setuid []Event
+	for _, ev := range col.of(cg.id) {
+		if ev.Cap == capSetuid {
+			setuid = append(setuid, ev)
+		}
+	}
+	if len(setuid) != 1 {
+		t.Fatalf("want one CAP_SETUID check, got%s", describe(col.of(cg.id)))
+	}
+	for _, ev := range setuid {
+		if !ev.InSetID || !ev.InSetIDKnown || !ev.Audit || !ev.Capable || SyscallName(ev.Syscall) != "SYS_SETRESUID" {
+			t.Errorf("want capable, audited, in setid, SYS_SETRESUID: insetid=%v known=%v%s", ev.InSetID, ev.InSetIDKnown, describe([]Event{ev}))
+		}
+	}
 }
