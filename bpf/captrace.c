@@ -229,13 +229,6 @@ static __always_inline int stack_opts(void *ctx)
 static __always_inline int report_check(void *ctx, __u64 cgroup_id, const struct settings *s,
 					__u64 cred, __s32 cap, int ret, bool opts_known, __u32 opts)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
-
-	// Checks made under borrowed credentials (overlayfs copy-up, xattrs
-	// read with the mounter's creds) say nothing about the task's needs.
-	if (cred != (__u64)task->real_cred)
-		return 0;
-
 	__u32 flags = s->flags;
 	bool capable = ret == 0;
 	bool walk = false;
@@ -254,6 +247,13 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, const struct
 		if (bpf_map_lookup_elem(&cap_dedup, &key))
 			return 0;
 	}
+
+	// Checks made under borrowed credentials (overlayfs copy-up, xattrs
+	// read with the mounter's creds) say nothing about the task's needs.
+	// (After dedup: a hit drops the check either way, and skips this read.)
+	struct task_struct *task = bpf_get_current_task_btf();
+	if (cred != (__u64)task->real_cred)
+		return 0;
 
 	if (walk) {
 		int found = stack_opts(ctx);
