@@ -34,6 +34,13 @@ type captraceDedupKey struct {
 	Capable  uint32
 }
 
+type captraceFilterSlot struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Flags    uint32
+	State    uint32
+}
+
 type captracePendingCheck struct {
 	_    structs.HostLayout
 	Cred uint64
@@ -50,20 +57,21 @@ type captraceSettings struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	captraceMapCapClock        = "cap_clock"
-	captraceMapCapDedup        = "cap_dedup"
-	captraceMapCapEvents       = "cap_events"
-	captraceMapCapLosses       = "cap_losses"
-	captraceMapCapPending      = "cap_pending"
-	captraceMapCgroupFilter    = "cgroup_filter"
-	captraceProgCaptraceFexit  = "captrace_fexit"
-	captraceProgCaptraceKprobe = "captrace_kprobe"
-	captraceProgCaptraceKret   = "captrace_kret"
-	captraceProgCaptraceTpBtf  = "captrace_tp_btf"
-	captraceVarAuditNranges    = "audit_nranges"
-	captraceVarAuditRanges     = "audit_ranges"
-	captraceVarAuditWalkCaps   = "audit_walk_caps"
-	captraceVarWakeupBytes     = "wakeup_bytes"
+	captraceMapCapClock          = "cap_clock"
+	captraceMapCapDedup          = "cap_dedup"
+	captraceMapCapEvents         = "cap_events"
+	captraceMapCapLosses         = "cap_losses"
+	captraceMapCapPending        = "cap_pending"
+	captraceMapCgroupFilter      = "cgroup_filter"
+	captraceMapCgroupFilterSlots = "cgroup_filter_slots"
+	captraceProgCaptraceFexit    = "captrace_fexit"
+	captraceProgCaptraceKprobe   = "captrace_kprobe"
+	captraceProgCaptraceKret     = "captrace_kret"
+	captraceProgCaptraceTpBtf    = "captrace_tp_btf"
+	captraceVarAuditNranges      = "audit_nranges"
+	captraceVarAuditRanges       = "audit_ranges"
+	captraceVarAuditWalkCaps     = "audit_walk_caps"
+	captraceVarWakeupBytes       = "wakeup_bytes"
 )
 
 // loadCaptrace returns the embedded CollectionSpec for captrace.
@@ -118,12 +126,13 @@ type captraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captraceMapSpecs struct {
-	CapClock     *ebpf.MapSpec `ebpf:"cap_clock"`
-	CapDedup     *ebpf.MapSpec `ebpf:"cap_dedup"`
-	CapEvents    *ebpf.MapSpec `ebpf:"cap_events"`
-	CapLosses    *ebpf.MapSpec `ebpf:"cap_losses"`
-	CapPending   *ebpf.MapSpec `ebpf:"cap_pending"`
-	CgroupFilter *ebpf.MapSpec `ebpf:"cgroup_filter"`
+	CapClock          *ebpf.MapSpec `ebpf:"cap_clock"`
+	CapDedup          *ebpf.MapSpec `ebpf:"cap_dedup"`
+	CapEvents         *ebpf.MapSpec `ebpf:"cap_events"`
+	CapLosses         *ebpf.MapSpec `ebpf:"cap_losses"`
+	CapPending        *ebpf.MapSpec `ebpf:"cap_pending"`
+	CgroupFilter      *ebpf.MapSpec `ebpf:"cgroup_filter"`
+	CgroupFilterSlots *ebpf.MapSpec `ebpf:"cgroup_filter_slots"`
 }
 
 // captraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -156,12 +165,13 @@ func (o *captraceObjects) Close() error {
 //
 // It can be passed to loadCaptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captraceMaps struct {
-	CapClock     *ebpf.Map `ebpf:"cap_clock"`
-	CapDedup     *ebpf.Map `ebpf:"cap_dedup"`
-	CapEvents    *ebpf.Map `ebpf:"cap_events"`
-	CapLosses    *ebpf.Map `ebpf:"cap_losses"`
-	CapPending   *ebpf.Map `ebpf:"cap_pending"`
-	CgroupFilter *ebpf.Map `ebpf:"cgroup_filter"`
+	CapClock          *ebpf.Map `ebpf:"cap_clock"`
+	CapDedup          *ebpf.Map `ebpf:"cap_dedup"`
+	CapEvents         *ebpf.Map `ebpf:"cap_events"`
+	CapLosses         *ebpf.Map `ebpf:"cap_losses"`
+	CapPending        *ebpf.Map `ebpf:"cap_pending"`
+	CgroupFilter      *ebpf.Map `ebpf:"cgroup_filter"`
+	CgroupFilterSlots *ebpf.Map `ebpf:"cgroup_filter_slots"`
 }
 
 func (m *captraceMaps) Close() error {
@@ -172,6 +182,7 @@ func (m *captraceMaps) Close() error {
 		m.CapLosses,
 		m.CapPending,
 		m.CgroupFilter,
+		m.CgroupFilterSlots,
 	)
 }
 

@@ -25,6 +25,7 @@ const kernelRequirement = "captrace needs a kernel with BTF (CONFIG_DEBUG_INFO_B
 // sharedMaps are the maps every tier uses.
 type sharedMaps struct {
 	Filter *ebpf.Map `ebpf:"cgroup_filter"`
+	Slots  *ebpf.Map `ebpf:"cgroup_filter_slots"`
 	Dedup  *ebpf.Map `ebpf:"cap_dedup"`
 	Events *ebpf.Map `ebpf:"cap_events"`
 	Losses *ebpf.Map `ebpf:"cap_losses"`
@@ -173,7 +174,7 @@ func loadTier(tier Tier, cfg loadConfig) (lt *loadedTier, err error) {
 			return nil, explainLoad(tier, err)
 		}
 		lt.maps, lt.progs = o.sharedMaps, []*ebpf.Program{o.Prog}
-		lt.closers = []io.Closer{o.Prog, o.Filter, o.Dedup, o.Events, o.Losses, o.Clock}
+		lt.closers = []io.Closer{o.Prog, o.Filter, o.Slots, o.Dedup, o.Events, o.Losses, o.Clock}
 		lt.attachFn = func() ([]link.Link, error) {
 			l, err := link.AttachTracing(link.TracingOptions{Program: o.Prog})
 			return []link.Link{l}, err
@@ -184,7 +185,7 @@ func loadTier(tier Tier, cfg loadConfig) (lt *loadedTier, err error) {
 			return nil, explainLoad(tier, err)
 		}
 		lt.maps, lt.progs = o.sharedMaps, []*ebpf.Program{o.Prog}
-		lt.closers = []io.Closer{o.Prog, o.Filter, o.Dedup, o.Events, o.Losses, o.Clock}
+		lt.closers = []io.Closer{o.Prog, o.Filter, o.Slots, o.Dedup, o.Events, o.Losses, o.Clock}
 		lt.attachFn = func() ([]link.Link, error) {
 			l, err := link.AttachTracing(link.TracingOptions{Program: o.Prog})
 			return []link.Link{l}, err
@@ -195,7 +196,7 @@ func loadTier(tier Tier, cfg loadConfig) (lt *loadedTier, err error) {
 			return nil, explainLoad(tier, err)
 		}
 		lt.maps, lt.progs = o.sharedMaps, []*ebpf.Program{o.Entry, o.Return}
-		lt.closers = []io.Closer{o.Entry, o.Return, o.Pending, o.Filter, o.Dedup, o.Events, o.Losses, o.Clock}
+		lt.closers = []io.Closer{o.Entry, o.Return, o.Pending, o.Filter, o.Slots, o.Dedup, o.Events, o.Losses, o.Clock}
 		lt.attachFn = func() ([]link.Link, error) {
 			// Return probe first: an entry without its return would leave pending state.
 			ret, err := link.Kretprobe("cap_capable", o.Return, nil)

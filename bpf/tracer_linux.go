@@ -29,7 +29,23 @@ const (
 	readerPoll = 5 * time.Millisecond
 	// eventSize is sizeof(struct cap_event).
 	eventSize = 64
+	// filterSlots is FILTER_SLOTS, the size of cgroup_filter_slots.
+	filterSlots = 32768
 )
+
+// Slot states of cgroup_filter_slots (SLOT_* in captrace.c).
+const (
+	slotEmpty = iota
+	slotOne
+	slotShared
+)
+
+// filterSlot is struct filter_slot.
+type filterSlot struct {
+	CgroupID uint64
+	Flags    uint32
+	State    uint32
+}
 
 // Loss counter slots of cap_losses (LOSS_* in captrace.c).
 const (
@@ -50,6 +66,7 @@ type Tracer struct {
 
 	mu     sync.Mutex
 	traced map[uint64]Settings
+	slots  map[uint32][]uint64 // traced cgroups per slot of cgroup_filter_slots
 
 	lossMu   sync.Mutex
 	reported Stats // counts at the last ReportLosses
@@ -124,6 +141,7 @@ func Open(opts Options) (*Tracer, error) {
 		reader:    rd,
 		maxTraced: int(cfg.maxTraced),
 		traced:    map[uint64]Settings{},
+		slots:     map[uint32][]uint64{},
 	}, nil
 }
 
@@ -176,7 +194,39 @@ func (t *Tracer) Trace(cgroupID uint64, s Settings) error {
 		}
 		return fmt.Errorf("tracing cgroup %d: %w", cgroupID, err)
 	}
+	_, known := t.traced[cgroupID]
 	t.traced[cgroupID] = s
+	slot := uint32(cgroupID % filterSlots)
+	if !known {
+		t.slots[slot] = append(t.slots[slot], cgroupID)
+	}
+	// The hash entry exists before the slot names it: the kernel never
+	// finds a slot without its hash entry.
+	if err := t.writeSlot(slot); err != nil {
+		if !known {
+			t.dropMember(slot, cgroupID)
+			delete(t.traced, cgroupID)
+			t.lt.maps.Filter.Delete(cgroupID)
+		}
+		return fmt.Errorf("tracing cgroup %d: %w", cgroupID, err)
+	}
+	return nil
+}
+
+// writeSlot writes what the kernel needs to know about one slot: empty, the
+// one traced cgroup with its settings, or shared (look in the hash).
+func (t *Tracer) writeSlot(slot uint32) error {
+	v := filterSlot{State: slotEmpty}
+	switch members := t.slots[slot]; len(members) {
+	case 0:
+	case 1:
+		v = filterSlot{CgroupID: members[0], Flags: settingsValue(t.traced[members[0]]), State: slotOne}
+	default:
+		v = filterSlot{State: slotShared}
+	}
+	if err := t.lt.maps.Slots.Update(slot, v, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("updating cgroup_filter_slots: %w", err)
+	}
 	return nil
 }
 
@@ -184,10 +234,28 @@ func (t *Tracer) fullError(cgroupID uint64) error {
 	return fmt.Errorf("cannot trace cgroup %d: the filter map is full (%d cgroups traced, the limit); raise tracer.max_containers in the config", cgroupID, t.maxTraced)
 }
 
+func (t *Tracer) dropMember(slot uint32, cgroupID uint64) {
+	members := slices.DeleteFunc(t.slots[slot], func(id uint64) bool { return id == cgroupID })
+	if len(members) == 0 {
+		delete(t.slots, slot)
+	} else {
+		t.slots[slot] = members
+	}
+}
+
 // Untrace removes cgroupID from the filter map and forgets its unique entries.
 func (t *Tracer) Untrace(cgroupID uint64) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if _, known := t.traced[cgroupID]; known {
+		// The slot forgets the cgroup before the hash does.
+		slot := uint32(cgroupID % filterSlots)
+		t.dropMember(slot, cgroupID)
+		if err := t.writeSlot(slot); err != nil {
+			t.slots[slot] = append(t.slots[slot], cgroupID)
+			return fmt.Errorf("untracing cgroup %d: %w", cgroupID, err)
+		}
+	}
 	err := t.lt.maps.Filter.Delete(cgroupID)
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("untracing cgroup %d: %w", cgroupID, err)

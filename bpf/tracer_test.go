@@ -519,3 +519,56 @@ func TestInSetID(t *testing.T) {
 		}
 	}
 }
+
+// TestFilterSlotsShared: the filter's direct-mapped first stage. A slot
+// names its one traced cgroup (with settings) or defers to the hash when
+// shared; checks of a cgroup on a shared slot still arrive.
+func TestFilterSlotsShared(t *testing.T) {
+	tr := openTracer(t, Options{})
+	col := collect(t, tr)
+	cg := newCgroup(t)
+	other := cg.id + filterSlots // same slot, not a real cgroup
+	slot := uint32(cg.id % filterSlots)
+	want := func(state uint32, id uint64, s Settings) {
+		t.Helper()
+		var v filterSlot
+		if err := tr.lt.maps.Slots.Lookup(slot, &v); err != nil {
+			t.Fatal(err)
+		}
+		if v.State != state || (state == slotOne && (v.CgroupID != id || v.Flags != settingsValue(s))) {
+			t.Fatalf("slot %+v, want state %d cgroup %d settings %+v", v, state, id, s)
+		}
+	}
+	trace := func(id uint64, s Settings) {
+		t.Helper()
+		if err := tr.Trace(id, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	untrace := func(id uint64) {
+		t.Helper()
+		if err := tr.Untrace(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	trace(other, Settings{})
+	want(slotOne, other, Settings{})
+	trace(other, Settings{Unique: true}) // a settings change reaches the slot
+	want(slotOne, other, Settings{Unique: true})
+	trace(cg.id, Settings{})
+	want(slotShared, 0, Settings{})
+
+	c := startChild(t, cg)
+	c.do("drop")
+	c.do("nice 1")
+	col.waitFor(cg.id, 1, func(ev Event) bool { return ev.Cap == capSysNice })
+	if evs := niceEvents(t, col.of(cg.id)); len(evs) != 1 {
+		t.Fatalf("cgroup on a shared slot: want one CAP_SYS_NICE event, got%s", describe(evs))
+	}
+
+	untrace(other)
+	want(slotOne, cg.id, Settings{})
+	untrace(cg.id)
+	want(slotEmpty, 0, Settings{})
+	untrace(cg.id) // untracing twice is harmless
+}
