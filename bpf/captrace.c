@@ -7,8 +7,8 @@
 //   kprobe+kretprobe cap_capable entry saves the arguments, return reports
 // User space loads exactly one of them, each in its own collection.
 //
-// Every program starts with the cgroup filter lookup; a check from a cgroup
-// that is not traced costs that one lookup and nothing else.
+// Every program starts with the cgroup filter (traced()); a check from a
+// cgroup that is not traced costs that and nothing else.
 
 //go:build ignore
 
@@ -20,7 +20,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define CAP_OPT_NOAUDIT (1U << 1)
 #define CAP_OPT_INSETID (1U << 2)
 
-// Settings flags (value of cgroup_filter), mirrored in Go.
+// Settings flags (value of cgroup_filter, flags of a filter slot), mirrored in Go.
 #define SETTING_AUDIT_ONLY (1U << 0)
 #define SETTING_UNIQUE (1U << 1)
 
