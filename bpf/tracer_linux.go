@@ -289,7 +289,7 @@ func (t *Tracer) Read(ev *Event) error {
 		err := t.reader.ReadInto(&t.rec)
 		if err == nil {
 			if len(t.rec.RawSample) < eventSize {
-				continue
+				return fmt.Errorf("ring record of %d bytes, want %d: the BPF object and the decoder disagree (rebuild with make generate)", len(t.rec.RawSample), eventSize)
 			}
 			decodeEvent(t.rec.RawSample, ev)
 			return nil
