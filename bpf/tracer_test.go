@@ -342,6 +342,15 @@ func TestCloseUnloadsEverything(t *testing.T) {
 	if len(ids) == 0 {
 		t.Fatal("no program IDs")
 	}
+	var mapIDs []ebpf.MapID
+	for _, m := range []*ebpf.Map{tr.lt.maps.Filter, tr.lt.maps.Slots, tr.lt.maps.Dedup, tr.lt.maps.Events, tr.lt.maps.Losses} {
+		info, err := m.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		mapIDs = append(mapIDs, id)
+	}
 	for _, id := range ids {
 		p, err := ebpf.NewProgramFromID(id)
 		if err != nil {
@@ -371,6 +380,21 @@ func TestCloseUnloadsEverything(t *testing.T) {
 			p.Close()
 			if time.Now().After(deadline) {
 				t.Errorf("program %d still loaded 2 s after Close", id)
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	for _, id := range mapIDs {
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			m, err := ebpf.NewMapFromID(id)
+			if err != nil {
+				break
+			}
+			m.Close()
+			if time.Now().After(deadline) {
+				t.Errorf("map %d still exists 2 s after Close", id)
 				break
 			}
 			time.Sleep(10 * time.Millisecond)
