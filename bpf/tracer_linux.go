@@ -68,9 +68,6 @@ type Tracer struct {
 	traced map[uint64]Settings
 	slots  map[uint32][]uint64 // traced cgroups per slot of cgroup_filter_slots
 
-	lossMu   sync.Mutex
-	reported Stats // counts at the last ReportLosses
-
 	closeOnce sync.Once
 }
 
@@ -348,32 +345,6 @@ func (t *Tracer) Stats() (Stats, error) {
 	}
 	if st.FilterUpdateFailed, err = sum(lossFilter); err != nil {
 		return st, err
-	}
-	return st, nil
-}
-
-// ReportLosses reads Stats and logs one warning with the losses since the
-// previous call, if there were any. The daemon calls it periodically.
-func (t *Tracer) ReportLosses() (Stats, error) {
-	st, err := t.Stats()
-	if err != nil {
-		return st, err
-	}
-	t.lossMu.Lock()
-	prev := t.reported
-	t.reported = st
-	t.lossMu.Unlock()
-	d := Stats{
-		RingLost:           st.RingLost - prev.RingLost,
-		DedupUpdateFailed:  st.DedupUpdateFailed - prev.DedupUpdateFailed,
-		FilterUpdateFailed: st.FilterUpdateFailed - prev.FilterUpdateFailed,
-	}
-	if d.RingLost+d.DedupUpdateFailed+d.FilterUpdateFailed > 0 {
-		t.log.WithFields(logrus.Fields{
-			"ring_lost":            d.RingLost,
-			"dedup_update_failed":  d.DedupUpdateFailed,
-			"filter_update_failed": d.FilterUpdateFailed,
-		}).Warn("capability checks lost in the kernel since the last report (raise tracer.ring_buffer_bytes or tracer.dedup_entries)")
 	}
 	return st, nil
 }

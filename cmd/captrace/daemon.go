@@ -74,7 +74,7 @@ func hostDeps(stdout io.Writer) daemonDeps {
 		},
 		stdout:         stdout,
 		journaldExists: output.JournaldAvailable,
-		wallTime:       wallTime,
+		wallTime:       bpf.WallTime,
 		statsEvery:     30 * time.Second,
 		nriRemind:      5 * time.Minute,
 		quiet:          100 * time.Millisecond,
@@ -447,7 +447,9 @@ func (d *daemon) logStats(final bool) {
 	d.last = now
 	entry := d.log.WithFields(fields)
 	if lost {
-		entry.Warn("stats")
+		entry.WithField("fix", "ring_lost: raise tracer.ring_buffer_bytes or trace busy pods with unique; "+
+			"sink_dropped: raise output.queue_size or use a faster sink; dedup_update_failed: raise tracer.dedup_entries").
+			Warn("stats")
 	} else {
 		entry.Info("stats")
 	}

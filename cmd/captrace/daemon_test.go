@@ -18,7 +18,6 @@ import (
 	"github.com/captrace/captrace/pkg/output"
 	"github.com/captrace/captrace/plugin"
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
 )
 
 // The daemon's wiring with the kernel and containerd replaced by fakes: the
@@ -296,17 +295,5 @@ func TestDaemonJournaldSinkNeedsItsSocket(t *testing.T) {
 	err := runDaemon(context.Background(), cfg, output.NewLogger(&stdout, logrus.InfoLevel), nil, deps)
 	if err == nil || !strings.Contains(err.Error(), "output.sinks lists journald but /run/systemd/journal/socket does not exist") {
 		t.Errorf("runDaemon = %v", err)
-	}
-}
-
-func TestWallTimeFromBootTime(t *testing.T) {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
-		t.Fatal(err)
-	}
-	boot := uint64(ts.Nano())
-	got := bootTimeToWall(boot - uint64(time.Second))
-	if d := time.Since(got); d < time.Second || d > 2*time.Second {
-		t.Errorf("an event 1 s old on the boot clock converts to %v ago", d)
 	}
 }
