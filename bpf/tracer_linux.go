@@ -262,19 +262,25 @@ func (t *Tracer) Untrace(cgroupID uint64) error {
 	return nil
 }
 
+// dedupKey mirrors struct dedup_key: unique reports once per
+// (cgroup, cap, verdict, audit).
 type dedupKey struct {
 	CgroupID uint64
 	Cap      int32
-	Capable  uint32
+	Capable  uint8
+	Audit    uint8
+	Pad      uint16
 }
 
-// forget deletes cgroupID's unique entries: every (cap, verdict) pair of the
-// caps the kernel knows (0..40), so no iteration over a map the kernel keeps
-// changing. Entries of a cap added after 40 would age out of the LRU.
+// forget deletes cgroupID's unique entries: every (cap, verdict, audit) of
+// the caps the kernel knows (0..40), 164 keys, so no iteration over a map the
+// kernel keeps changing. Entries of a cap added after 40 would age out of the LRU.
 func (t *Tracer) forget(cgroupID uint64) {
 	for c := int32(0); c < int32(len(capNames)); c++ {
-		for v := uint32(0); v < 2; v++ {
-			t.lt.maps.Dedup.Delete(dedupKey{cgroupID, c, v})
+		for v := uint8(0); v < 2; v++ {
+			for a := uint8(0); a < 2; a++ {
+				t.lt.maps.Dedup.Delete(dedupKey{CgroupID: cgroupID, Cap: c, Capable: v, Audit: a})
+			}
 		}
 	}
 }
