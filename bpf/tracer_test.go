@@ -228,6 +228,49 @@ func TestUniqueKeepsAudit(t *testing.T) {
 	}
 }
 
+// TestUntraceForgetsEveryKey: every unique key the kernel can write for a
+// cgroup (caps 0..40 × verdict × audit; on tp_btf audit=false only for the
+// walked caps) is gone after Untrace, other cgroups' keys stay.
+func TestUntraceForgetsEveryKey(t *testing.T) {
+	tr := openTracer(t, Options{})
+	const id, other = 1 << 41, 1<<41 + 1
+	if err := tr.Trace(id, Settings{Unique: true}); err != nil {
+		t.Fatal(err)
+	}
+	put := func(k dedupKey) {
+		if err := tr.lt.maps.Dedup.Put(k, uint8(1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	for c := int32(0); c < int32(len(capNames)); c++ {
+		for v := uint8(0); v < 2; v++ {
+			for a := uint8(0); a < 2; a++ {
+				if a == 0 && tr.Tier() == TierTpBTF && walkCapMask()&(1<<c) == 0 {
+					continue // audited by construction: the program writes no such key
+				}
+				put(dedupKey{CgroupID: id, Cap: c, Capable: v, Audit: a})
+				n++
+			}
+		}
+	}
+	put(dedupKey{CgroupID: other, Cap: int32(capSysAdmin), Capable: 1, Audit: 0})
+	if got := len(dedupKeysOf(t, tr, id)); got != n {
+		t.Fatalf("put %d keys, map holds %d", n, got)
+	}
+	start := time.Now()
+	if err := tr.Untrace(id); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: Untrace deleted %d unique keys in %v", tr.Tier(), n, time.Since(start))
+	if keys := dedupKeysOf(t, tr, id); len(keys) != 0 {
+		t.Errorf("after Untrace, cap_dedup still holds %v", keys)
+	}
+	if len(dedupKeysOf(t, tr, other)) != 1 {
+		t.Errorf("Untrace of %d deleted another cgroup's key", uint64(id))
+	}
+}
+
 // dedupKeysOf lists the unique map's keys of one cgroup.
 func dedupKeysOf(t *testing.T, tr *Tracer, cgroupID uint64) map[dedupKey]bool {
 	t.Helper()
