@@ -303,6 +303,30 @@ func BenchmarkCapCheck(b *testing.B) {
 		// CAP_SYS_ADMIN has non-audited callers: on tp_btf each event walks the stack.
 		compare(b, tr, ioprioLoop, attach(&Settings{}), detach)
 	})
+	// unique with a cap that walks on tp_btf (ioprio_set: audited CAP_SYS_ADMIN, repeated).
+	withKey := func(s Settings, audit uint8) func() {
+		return func() {
+			attach(&s)()
+			k := dedupKey{CgroupID: cg.id, Cap: int32(capSysAdmin), Capable: 1, Audit: audit}
+			if err := tr.lt.maps.Dedup.Put(k, uint8(1)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.Run("unique-walk-cap-both-seen", func(b *testing.B) {
+		// The non-audited key is there too (in a container: memory accounting
+		// at its first exec): two lookups, no walk.
+		compare(b, tr, ioprioLoop, withKey(Settings{Unique: true}, 0), detach)
+	})
+	b.Run("unique-walk-cap-audited-seen", func(b *testing.B) {
+		// No non-audited CAP_SYS_ADMIN check reported yet: tp_btf must walk
+		// to know this check is the audited one (then drops it).
+		compare(b, tr, ioprioLoop, withKey(Settings{Unique: true}, 1), detach)
+	})
+	b.Run("audit-only-unique-walk-cap", func(b *testing.B) {
+		// audit_only: the audited key alone decides, one lookup, no walk.
+		compare(b, tr, ioprioLoop, withKey(Settings{Unique: true, AuditOnly: true}, 1), detach)
+	})
 	b.Run("bpftrace", func(b *testing.B) {
 		withoutSysNice(b)
 		detach()

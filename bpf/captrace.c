@@ -50,10 +50,15 @@ struct settings {
 	__u32 flags;
 };
 
+// unique remembers a check per (cgroup, cap, verdict, audit): a non-audited
+// probe (memory accounting, seccomp) must not hide a later audited check of
+// the same cap and verdict (mount, unshare), the one an operator acts on.
 struct dedup_key {
 	__u64 cgroup_id;
 	__s32 cap;
-	__u32 capable;
+	__u8 capable;
+	__u8 audit;
+	__u16 pad;
 };
 
 struct pending_check {
@@ -245,15 +250,31 @@ static __always_inline int stack_opts(void *ctx)
 	return STACK_AUDIT;
 }
 
+// seen says whether unique already reported this (cgroup, cap, verdict, audit).
+static __always_inline bool seen(struct dedup_key *key, bool audit)
+{
+	key->audit = audit;
+	return bpf_map_lookup_elem(&cap_dedup, key) != NULL;
+}
+
 // report_check is the core shared by every tier. The caller has already
-// found the cgroup in the filter, with its settings flags. opts_known says whether opts is real
-// (fexit, kprobe); without it the audit flag comes from the stack.
+// found the cgroup in the filter, with its settings flags. opts_known says
+// whether opts is real (fexit, kprobe); without it the audit flag comes from
+// the stack, walked only when nothing cheaper decides the check's fate.
 static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
 					__u64 cred, __s32 cap, int ret, bool opts_known, __u32 opts)
 {
 	bool capable = ret == 0;
+	bool unique = flags & SETTING_UNIQUE;
+	bool audit_only = flags & SETTING_AUDIT_ONLY;
 	bool walk = false;
-	if (!opts_known) {
+	bool audit = true;
+	bool seen_audit = false;
+	if (opts_known) {
+		audit = !(opts & CAP_OPT_NOAUDIT);
+		if (audit_only && !audit)
+			return 0;
+	} else {
 		// Only caps with non-audited or setid callers need the (costly) walk;
 		// the others are audited and not in setid.
 		walk = cap >= 0 && cap <= 63 && (audit_walk_caps & (1ULL << cap));
@@ -261,12 +282,22 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
 	}
 
 	struct dedup_key key = {};
-	if (flags & SETTING_UNIQUE) {
+	if (unique) {
 		key.cgroup_id = cgroup_id;
 		key.cap = cap;
 		key.capable = capable;
-		if (bpf_map_lookup_elem(&cap_dedup, &key))
-			return 0;
+		if (!walk) {
+			// audit is known: one lookup of the exact key.
+			if (seen(&key, audit))
+				return 0;
+		} else {
+			// Drop without walking when every audit value that could be
+			// reported is: the audited one under audit_only (a non-audited
+			// check is dropped anyway), else both.
+			seen_audit = seen(&key, true);
+			if (seen_audit && (audit_only || seen(&key, false)))
+				return 0;
+		}
 	}
 
 	// Checks made under borrowed credentials (overlayfs copy-up, xattrs
@@ -279,10 +310,16 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
 	if (walk) {
 		int found = stack_opts(ctx);
 		opts = found == STACK_NOAUDIT ? CAP_OPT_NOAUDIT : found == STACK_INSETID ? CAP_OPT_INSETID : 0;
+		audit = !(opts & CAP_OPT_NOAUDIT);
+		if (audit_only && !audit)
+			return 0;
+		if (unique) {
+			// Now dedup on the exact key.
+			if (audit ? seen_audit : seen(&key, false))
+				return 0;
+			key.audit = audit;
+		}
 	}
-	bool audit = !(opts & CAP_OPT_NOAUDIT);
-	if ((flags & SETTING_AUDIT_ONLY) && !audit)
-		return 0;
 
 	struct cap_event *e = bpf_ringbuf_reserve(&cap_events, sizeof(*e), 0);
 	if (!e) {
@@ -291,7 +328,7 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
 		return 0;
 	}
 
-	if (flags & SETTING_UNIQUE) {
+	if (unique) {
 		__u8 one = 1;
 		long err = bpf_map_update_elem(&cap_dedup, &key, &one, BPF_NOEXIST);
 		if (err == -17 /* EEXIST: another CPU reported it */) {

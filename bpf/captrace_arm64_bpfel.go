@@ -31,7 +31,9 @@ type captraceDedupKey struct {
 	_        structs.HostLayout
 	CgroupId uint64
 	Cap      int32
-	Capable  uint32
+	Capable  uint8
+	Audit    uint8
+	Pad      uint16
 }
 
 type captraceFilterSlot struct {

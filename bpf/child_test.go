@@ -80,6 +80,8 @@ func childMain() int {
 			reply("%v", e)
 		case "seccomp": // non-audited CAP_SYS_ADMIN: a filter without no_new_privs
 			reply("%v", allowAllSeccomp())
+		case "adminpair": // arg × (non-audited CAP_SYS_ADMIN in seccomp, audited CAP_SYS_ADMIN in unshare)
+			reply("%v", adminPairs(arg))
 		case "privatemounts": // a mount namespace of its own, before the mount step
 			err := unix.Unshare(unix.CLONE_NEWNS)
 			if err == nil {
@@ -135,6 +137,22 @@ func allowAllSeccomp() error {
 	_, _, e := unix.RawSyscall6(unix.SYS_PRCTL, unix.PR_SET_SECCOMP, unix.SECCOMP_MODE_FILTER, uintptr(unsafe.Pointer(&prog)), 0, 0, 0)
 	if e != 0 {
 		return e
+	}
+	return nil
+}
+
+// adminPairs makes n times a non-audited CAP_SYS_ADMIN check (a seccomp
+// filter without no_new_privs: ns_capable_noaudit, seen by every tier), then
+// an audited one (unshare(CLONE_NEWUTS): ns_capable). Each round adds one
+// allow-all filter (1,000 stay far below the kernel's 32 k instruction limit).
+func adminPairs(n int) error {
+	for i := 0; i < n; i++ {
+		if err := allowAllSeccomp(); err != nil {
+			return fmt.Errorf("seccomp: %w", err)
+		}
+		if err := unix.Unshare(unix.CLONE_NEWUTS); err != nil {
+			return fmt.Errorf("unshare: %w", err)
+		}
 	}
 	return nil
 }

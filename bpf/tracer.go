@@ -15,7 +15,11 @@ import (
 type Settings struct {
 	// AuditOnly drops checks the kernel would not audit (CAP_OPT_NOAUDIT).
 	AuditOnly bool
-	// Unique reports a (cgroup, cap, verdict) once; a changed verdict reports again.
+	// Unique reports a (cgroup, cap, verdict, audit) once: a changed verdict
+	// reports again, and so does the first audited check of a cap whose
+	// non-audited probe (memory accounting, seccomp) was already reported.
+	// The kernel remembers them in an LRU map (tracer.dedup_entries); Untrace
+	// forgets the cgroup's entries.
 	Unique bool
 }
 
@@ -59,7 +63,11 @@ type Event struct {
 	// Syscall is the number of the system call being served, or -1 if none.
 	Syscall int32
 	Capable bool
-	Audit   bool
+	// Audit is false for checks the kernel makes without auditing them
+	// (CAP_OPT_NOAUDIT: memory accounting, *_noaudit wrappers): probes that
+	// do not by themselves mean the container needs the capability. With
+	// Settings.Unique, each (cap, verdict) is reported once per audit value.
+	Audit bool
 	// InSetID is meaningful only when InSetIDKnown (the fexit and kprobe tiers).
 	InSetID      bool
 	InSetIDKnown bool

@@ -63,6 +63,9 @@ type Tracer struct {
 	rec    ringbuf.Record // reused by Read
 
 	maxTraced int
+	// noauditCaps are the caps that can have non-audited unique entries
+	// (bit n = cap n): all on fexit and kprobe, the walked caps on tp_btf.
+	noauditCaps uint64
 
 	mu     sync.Mutex
 	traced map[uint64]Settings
@@ -101,6 +104,7 @@ func Open(opts Options) (*Tracer, error) {
 	}
 	var skipped []string
 	var lt *loadedTier
+	var noauditCaps uint64
 	for _, tier := range tiers {
 		c := cfg
 		if tier == TierTpBTF {
@@ -112,6 +116,10 @@ func Open(opts Options) (*Tracer, error) {
 			continue
 		}
 		lt = l
+		noauditCaps = ^uint64(0)
+		if tier == TierTpBTF {
+			noauditCaps = c.walkCaps
+		}
 		break
 	}
 	if lt == nil {
@@ -133,12 +141,13 @@ func Open(opts Options) (*Tracer, error) {
 	}
 	rd.SetDeadline(time.Now().Add(readerPoll))
 	return &Tracer{
-		log:       log,
-		lt:        lt,
-		reader:    rd,
-		maxTraced: int(cfg.maxTraced),
-		traced:    map[uint64]Settings{},
-		slots:     map[uint32][]uint64{},
+		log:         log,
+		lt:          lt,
+		reader:      rd,
+		maxTraced:   int(cfg.maxTraced),
+		noauditCaps: noauditCaps,
+		traced:      map[uint64]Settings{},
+		slots:       map[uint32][]uint64{},
 	}, nil
 }
 
@@ -262,19 +271,29 @@ func (t *Tracer) Untrace(cgroupID uint64) error {
 	return nil
 }
 
+// dedupKey mirrors struct dedup_key: unique reports once per
+// (cgroup, cap, verdict, audit).
 type dedupKey struct {
 	CgroupID uint64
 	Cap      int32
-	Capable  uint32
+	Capable  uint8
+	Audit    uint8
+	Pad      uint16
 }
 
-// forget deletes cgroupID's unique entries: every (cap, verdict) pair of the
-// caps the kernel knows (0..40), so no iteration over a map the kernel keeps
-// changing. Entries of a cap added after 40 would age out of the LRU.
+// forget deletes cgroupID's unique entries: every (cap, verdict, audit) of
+// the caps the kernel knows (0..40), so no iteration over a map the kernel
+// keeps changing: 164 keys, 104 on tp_btf, whose non-walked caps are always
+// audited. Entries of a cap added after 40 would age out of the LRU.
 func (t *Tracer) forget(cgroupID uint64) {
 	for c := int32(0); c < int32(len(capNames)); c++ {
-		for v := uint32(0); v < 2; v++ {
-			t.lt.maps.Dedup.Delete(dedupKey{cgroupID, c, v})
+		for v := uint8(0); v < 2; v++ {
+			for a := uint8(0); a < 2; a++ {
+				if a == 0 && t.noauditCaps&(1<<c) == 0 {
+					continue
+				}
+				t.lt.maps.Dedup.Delete(dedupKey{CgroupID: cgroupID, Cap: c, Capable: v, Audit: a})
+			}
 		}
 	}
 }
