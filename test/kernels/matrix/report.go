@@ -114,24 +114,25 @@ func report(w io.Writer, cols []*column, kernels []kernel) bool {
 		if !c.Result.Done {
 			fmt.Fprintln(w, "no done marker: /init did not finish")
 		}
-		tail := false
+		// The log's tail, unless a hung test's excerpt already ends with it.
+		tail := !c.Result.Done
 		for _, b := range c.Result.Binaries {
 			if b.Problem == "" {
 				continue
 			}
 			fmt.Fprintf(w, "-- %s: %s\n", b.Name, b.Problem)
-			if !b.Exited {
-				tail = true
-			}
 			for _, t := range b.Tests {
 				if (t.Outcome != outcomeFail && t.Outcome != outcomeNoResult) || strings.Contains(t.Name, "/") {
 					continue
 				}
 				fmt.Fprintf(w, "---- %s %s:\n", t.Name, t.Outcome)
 				printLines(w, t.Output, excerptLines)
+				if t.Outcome == outcomeNoResult {
+					tail = false
+				}
 			}
 		}
-		if tail || !c.Result.Done {
+		if tail {
 			log, _ := os.ReadFile(c.LogPath)
 			fmt.Fprintf(w, "---- last %d lines of %s:\n", tailLines, c.LogPath)
 			printLines(w, strings.Split(strings.TrimRight(strings.ReplaceAll(string(log), "\r", ""), "\n"), "\n"), tailLines)
