@@ -139,9 +139,21 @@ func fetchKernel(ctx context.Context, cacheDir, want string) (kernel, error) {
 	}
 	deb := cachedDeb(debDir, pkg)
 	if deb == "" {
-		cmd := exec.CommandContext(ctx, "apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", pkg)
-		cmd.Dir = debDir
-		out, err := cmd.CombinedOutput()
+		out, err := download(ctx, debDir, pkg)
+		if err != nil && series != "" {
+			// Stale lists name a package the mirror has dropped: refresh once.
+			logf("apt-get download %s failed (%v); running apt-get update", pkg, err)
+			if uout, uerr := exec.CommandContext(ctx, "apt-get", "update", "-qq").CombinedOutput(); uerr != nil {
+				logf("apt-get update: %v\n%s", uerr, uout)
+			} else if newest, rerr := newestOffered(ctx, series); rerr == nil {
+				pkg = newest
+				if deb = cachedDeb(debDir, pkg); deb == "" {
+					out, err = download(ctx, debDir, pkg)
+				} else {
+					err = nil
+				}
+			}
+		}
 		deb = cachedDeb(debDir, pkg)
 		if err != nil || deb == "" {
 			fallback := ""
@@ -173,6 +185,13 @@ func fetchKernel(ctx context.Context, cacheDir, want string) (kernel, error) {
 		}
 	}
 	return kernel{Package: pkg, Label: label(pkg), Vmlinuz: vmlinuz, Note: note}, nil
+}
+
+func download(ctx context.Context, debDir, pkg string) ([]byte, error) {
+	// As root, apt's _apt sandbox user could not write the cache directory.
+	cmd := exec.CommandContext(ctx, "apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", pkg)
+	cmd.Dir = debDir
+	return cmd.CombinedOutput()
 }
 
 // pruneSeries deletes older cached packages of series once a newer one arrived.
