@@ -118,7 +118,7 @@ func (c *cpioWriter) close() error {
 // testBinary is one `go test -c` binary for the guest, with its package's
 // testdata directory (go test runs a binary in its package directory).
 type testBinary struct {
-	Name     string // e.g. "bpf": the binary is /tests/bpf/bpf.test in the guest
+	Name     string // e.g. "bpf": the second binary is /tests/02-bpf/bpf.test in the guest
 	Path     string
 	Testdata string // "" if the package has none
 }
@@ -146,8 +146,9 @@ func writeInitramfs(path string, bins []testBinary) error {
 	c.bytes("init", 0o755, initScript)
 	c.bytes("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"))
 	c.bytes("etc/group", 0o644, []byte("root:x:0:\nnogroup:x:65534:\n"))
-	for _, b := range bins {
-		dir := "tests/" + b.Name
+	for i, b := range bins {
+		// /init runs /tests/*/*.test in glob order: number them to keep ours.
+		dir := fmt.Sprintf("tests/%02d-%s", i+1, b.Name)
 		c.dir(dir)
 		c.file(dir+"/"+b.Name+".test", 0o755, b.Path)
 		if b.Testdata != "" {
