@@ -74,7 +74,7 @@ func main() {
 	kernelsFlag := flag.String("kernels", envOr("CAPTRACE_KERNELS", "6.1,6.12"), "kernel series (newest signed cloud image apt offers) or full package names, comma-separated; env CAPTRACE_KERNELS")
 	runsFlag := flag.String("runs", envOr("CAPTRACE_KERNEL_RUNS", "probe,kprobe"), "boots per kernel: probe (assert probing picks -expect) or a tier to force; env CAPTRACE_KERNEL_RUNS")
 	expect := flag.String("expect", "fexit", "tier probing must choose in the guests")
-	pkgsFlag := flag.String("pkgs", envOr("CAPTRACE_KERNEL_PKGS", "./test/kernels/guestcheck,./bpf"), "Go packages whose tests run in the guests, in order; env CAPTRACE_KERNEL_PKGS")
+	pkgsFlag := flag.String("pkgs", envOr("CAPTRACE_KERNEL_PKGS", "./test/kernels/guestcheck,./bpf,./test/kernels/seedcheck"), "Go packages whose tests run in the guests, in order; env CAPTRACE_KERNEL_PKGS")
 	testRun := flag.String("run", os.Getenv("CAPTRACE_KERNEL_TEST_RUN"), "only tests matching this -test.run `regexp` (no spaces); env CAPTRACE_KERNEL_TEST_RUN")
 	timeout := flag.Duration("timeout", 8*time.Minute, "per boot: qemu is killed after this")
 	jobs := flag.Int("j", 1, "boots at a time (each qemu uses up to 2 host cores)")
