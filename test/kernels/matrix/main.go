@@ -77,7 +77,7 @@ func main() {
 	pkgsFlag := flag.String("pkgs", envOr("CAPTRACE_KERNEL_PKGS", "./test/kernels/guestcheck,./bpf,./test/kernels/seedcheck"), "Go packages whose tests run in the guests, in order; env CAPTRACE_KERNEL_PKGS")
 	testRun := flag.String("run", os.Getenv("CAPTRACE_KERNEL_TEST_RUN"), "only tests matching this -test.run `regexp` (no spaces); env CAPTRACE_KERNEL_TEST_RUN")
 	timeout := flag.Duration("timeout", 8*time.Minute, "per boot: qemu is killed after this")
-	jobs := flag.Int("j", 1, "boots at a time (each qemu uses up to 2 host cores)")
+	jobs := flag.Int("j", 2, "boots at a time (guests mostly wait in the tests; each qemu uses up to 2 host cores)")
 	host := flag.Bool("host", false, "also run the test binaries directly on the host kernel (make test-unit covers that already)")
 	hostExpect := flag.String("host-expect", "tp_btf", "with -host: tier probing must choose on the host")
 	flag.Parse()
