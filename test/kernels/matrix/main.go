@@ -80,6 +80,7 @@ func main() {
 	jobs := flag.Int("j", 2, "boots at a time (guests mostly wait in the tests; each qemu uses up to 2 host cores)")
 	host := flag.Bool("host", false, "also run the test binaries directly on the host kernel (make test-unit covers that already)")
 	hostExpect := flag.String("host-expect", "tp_btf", "with -host: tier probing must choose on the host")
+	appendArgs := flag.String("append", "", "extra kernel command line `words` for every boot, e.g. \"lockdown=integrity\"")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -88,13 +89,13 @@ func main() {
 	os.Exit(run(ctx, options{
 		cacheDir: *cacheDir, kernels: splitList(*kernelsFlag), runs: splitList(*runsFlag), expect: *expect,
 		pkgs: splitList(*pkgsFlag), testRun: *testRun, timeout: *timeout, jobs: *jobs,
-		host: *host, hostExpect: *hostExpect, start: start,
+		host: *host, hostExpect: *hostExpect, appendArgs: strings.Fields(*appendArgs), start: start,
 	}))
 }
 
 type options struct {
 	cacheDir, expect, testRun, hostExpect string
-	kernels, runs, pkgs                   []string
+	kernels, runs, pkgs, appendArgs       []string
 	timeout                               time.Duration
 	jobs                                  int
 	host                                  bool
@@ -165,6 +166,7 @@ func run(ctx context.Context, o options) int {
 	if o.testRun != "" {
 		env = append(env, "CAPTRACE_TEST_RUN="+o.testRun)
 	}
+	env = append(env, o.appendArgs...)
 
 	var cols []*column
 	for _, k := range kernels {
