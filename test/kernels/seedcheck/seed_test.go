@@ -144,6 +144,12 @@ func newCgroup(t *testing.T) cgroup {
 // run starts argv in cg (clone3 CLONE_INTO_CGROUP) as root without the
 // capabilities in drop, waits for it, and returns its PID and exit error.
 func run(t *testing.T, cg cgroup, drop []int, argv ...string) (int, error) {
+	return runIn(t, cg, drop, 0, argv...)
+}
+
+// runIn is run with unshare flags applied before exec, so their own checks
+// carry the test binary's comm, not the applet's.
+func runIn(t *testing.T, cg cgroup, drop []int, unshare uintptr, argv ...string) (int, error) {
 	t.Helper()
 	var cmd *exec.Cmd
 	if drop != nil {
@@ -156,7 +162,7 @@ func run(t *testing.T, cg cgroup, drop []int, argv ...string) (int, error) {
 	} else {
 		cmd = exec.Command(argv[0], argv[1:]...)
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cg.fd}
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cg.fd, Unshareflags: unshare}
 	out, err := cmd.CombinedOutput()
 	pid := 0
 	if cmd.Process != nil {
@@ -319,28 +325,32 @@ func TestIGGuideAuditedPairs(t *testing.T) {
 	if err := os.Mkdir(mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
 
-	steps := [][]string{
-		{"touch", file},
-		{"chown", "1:1", file},
-		{"chmod", "400", file},
-		{"chroot", "/", filepath.Join(bin, "true")},
-		{"mount", "-t", "tmpfs", "tmpfs", mnt},
+	steps := []struct {
+		unshare uintptr
+		argv    []string
+	}{
+		{0, []string{"touch", file}},
+		{0, []string{"chown", "1:1", file}},
+		{0, []string{"chmod", "400", file}},
+		{0, []string{"chroot", "/", filepath.Join(bin, "true")}},
+		// In a private mount namespace of its own (Go makes / private): the
+		// tmpfs goes away with the process.
+		{syscall.CLONE_NEWNS, []string{"mount", "-t", "tmpfs", "tmpfs", mnt}},
 		// The guide's `unshare -i sh -c "nsenter -i -t $PPID echo OK"`, without the shell.
-		{"unshare", "-i", filepath.Join(bin, "nsenter"), "-i", "-t", strconv.Itoa(os.Getpid()), filepath.Join(bin, "true")},
+		{0, []string{"unshare", "-i", filepath.Join(bin, "nsenter"), "-i", "-t", strconv.Itoa(os.Getpid()), filepath.Join(bin, "true")}},
 	}
 	for _, s := range steps {
-		if _, err := run(t, cg, nil, append([]string{filepath.Join(bin, s[0])}, s[1:]...)...); err != nil {
-			t.Fatalf("%s: %v", strings.Join(s, " "), err)
+		if _, err := runIn(t, cg, nil, s.unshare, append([]string{filepath.Join(bin, s.argv[0])}, s.argv[1:]...)...); err != nil {
+			t.Fatalf("%s: %v", strings.Join(s.argv, " "), err)
 		}
 	}
 
-	// comm → "CAP SYSCALL" → how many audited, allowed checks it makes. The
-	// guide's table shows nsenter's CAP_SYS_ADMIN and chmod's CAP_FSETID once;
-	// 6.1, 6.12 and 6.18 check both twice (setns checks the target's and the
-	// caller's user namespace; chmod checks CAP_FSETID in setattr_prepare and
-	// again when the mode is applied), on tmpfs and ext4 alike.
+	// comm → "CAP SYSCALL" → how many audited, allowed checks it makes.
+	// chmod asks CAP_FSETID in setattr_prepare and again in setattr_copy; in
+	// the guide's container the second runs under overlayfs's mounter
+	// credentials, so its table shows one. setns asks CAP_SYS_ADMIN in the
+	// target's and in the caller's user namespace.
 	want := map[string]map[string]int{
 		"chown":   {"CAP_CHOWN SYS_CHOWN": 2},
 		"chmod":   {"CAP_FOWNER SYS_CHMOD": 1, "CAP_FSETID SYS_CHMOD": 2},
