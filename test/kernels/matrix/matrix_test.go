@@ -91,6 +91,8 @@ func TestParseSerialVerdicts(t *testing.T) {
 		{"binary never started", pass, []string{"x", "y"}, true},
 		{"unexpected binary", pass, nil, true},
 		{"empty log", "", []string{"x"}, true},
+		{"kernel warning", strings.Replace(pass, "--- PASS", "[    3.123456] ------------[ cut here ]------------\n[    3.123457] WARNING: CPU: 0 PID: 1 at kernel/x.c:1 f+0x1/0x2\n--- PASS", 1), []string{"x"}, true},
+		{"harmless kernel notice", strings.Replace(pass, "--- PASS", "[    4.468315] Unstable clock detected, switching default tracing clock to \"global\"\n--- PASS", 1), []string{"x"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := parseSerial(tc.log, tc.expected).Failed(); got != tc.failed {

@@ -29,7 +29,8 @@ func boot(ctx context.Context, vmlinuz, initramfs, logPath string, env []string,
 
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmdline := append([]string{"console=ttyS0", "panic=-1", "quiet"}, env...)
+	// loglevel=5 shows KERN_WARNING and worse, so WARN() splats reach the log.
+	cmdline := append([]string{"console=ttyS0", "panic=-1", "loglevel=5"}, env...)
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64",
 		"-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2",
 		"-nographic", "-no-reboot", "-nic", "none", "-monitor", "none",

@@ -114,6 +114,10 @@ func report(w io.Writer, cols []*column, kernels []kernel) bool {
 		if !c.Result.Done {
 			fmt.Fprintln(w, "no done marker: /init did not finish")
 		}
+		for _, p := range c.Result.KernelProblems {
+			fmt.Fprintln(w, "-- the kernel reported a problem:")
+			printLines(w, p, len(p))
+		}
 		// The log's tail, unless a hung test's excerpt already ends with it.
 		tail := !c.Result.Done
 		for _, b := range c.Result.Binaries {

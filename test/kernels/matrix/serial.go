@@ -47,10 +47,13 @@ type runResult struct {
 	Kernel   string // uname -r as the guest printed it
 	Done     bool
 	Binaries []binaryResult
+	// KernelProblems are excerpts of the kernel's warnings, BUGs, oopses and
+	// panics: a tracer can break the kernel while every test passes.
+	KernelProblems [][]string
 }
 
 func (r runResult) Failed() bool {
-	if !r.Done {
+	if !r.Done || len(r.KernelProblems) > 0 {
 		return true
 	}
 	for _, b := range r.Binaries {
@@ -65,7 +68,12 @@ var (
 	resultLine = regexp.MustCompile(`^(\s*)--- (PASS|FAIL|SKIP): (\S+) \(`)
 	runLine    = regexp.MustCompile(`^=== (RUN|CONT|PAUSE|NAME)\s+(\S+)`)
 	exitLine   = regexp.MustCompile(`^` + markExit + ` (\S+) status=(-?\d+)(?: uptime=(\S+))?`)
+	// Kernel messages that mean the kernel itself went wrong.
+	kernelProblem = regexp.MustCompile(`^\[\s*\d+\.\d+\] (-+\[ cut here \]-+|WARNING: |BUG: |kernel BUG at |Oops|general protection fault|Kernel panic|watchdog: |INFO: task .* blocked|rcu: INFO: |UBSAN: |KASAN: )`)
 )
+
+// kernelProblemLines is how much of a splat the report keeps.
+const kernelProblemLines = 30
 
 // parseSerial reads a serial log. expected lists the binaries /init should
 // have run; a binary with no exit marker, a non-zero status, a failed test or
@@ -84,8 +92,17 @@ func parseSerial(log string, expected []string) runResult {
 	var block []string          // output of the current top-level test so far
 	var lastBlock []string      // output of the last finished top-level test
 	running := map[string]int{} // test name → index in cur.Tests of its NORESULT placeholder
-	for _, line := range strings.Split(log, "\n") {
+	lines := strings.Split(log, "\n")
+	for n, line := range lines {
 		line = strings.TrimRight(line, "\r")
+		if kernelProblem.MatchString(line) {
+			end := min(n+kernelProblemLines, len(lines))
+			excerpt := make([]string, 0, end-n)
+			for _, l := range lines[n:end] {
+				excerpt = append(excerpt, strings.TrimRight(l, "\r"))
+			}
+			r.KernelProblems = append(r.KernelProblems, excerpt)
+		}
 		// A marker may follow kernel output or a test's unterminated line.
 		for _, m := range []string{markBooted, markBegin, markExit, markDone} {
 			if i := strings.Index(line, m); i > 0 {
