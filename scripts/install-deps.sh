@@ -11,7 +11,7 @@ for group in "$@"; do
 	generate) want clang; want llvm; want bpftool ;;
 	test) want bpftool; want systemd ;;
 	e2e) want runc; want bpftool; want busybox-static; want systemd ;;
-	kernels) want qemu-system-x86; want busybox-static; want cpio ;;
+	kernels) want qemu-system-x86; want busybox-static ;; # apt-get download and dpkg-deb fetch the kernels
 	bench) want bpftrace ;;
 	*) echo "install-deps: unknown group $group" >&2; exit 2 ;;
 	esac

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Kernel matrix: boots Debian's 6.1 and 6.12 cloud kernels under qemu and runs
+# captrace's privileged tests there (probing must pick fexit; forced kprobe
+# must pass too). Flags and environment: `test/kernels/run.sh -h`.
+# Cached downloads, kernels, serial logs: test/kernels/cache/ (git-ignored).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+mkdir -p test/kernels/cache
+go build -o test/kernels/cache/matrix ./test/kernels/matrix
+exec test/kernels/cache/matrix "$@"
