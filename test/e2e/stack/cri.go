@@ -163,7 +163,14 @@ func (s *Stack) ContainerLogs(ctx context.Context, id string) (string, error) {
 
 // RemoveContainer stops and removes one container.
 func (s *Stack) RemoveContainer(ctx context.Context, id string) error {
-	_, err := s.Crictl(ctx, "rm", "-f", id)
+	if _, err := s.Crictl(ctx, "stop", "--timeout", "0", id); err != nil {
+		return err
+	}
+	// CRI may report the container running for a moment after stop returns.
+	if _, err := s.WaitExited(ctx, id, 30*time.Second); err != nil {
+		return err
+	}
+	_, err := s.Crictl(ctx, "rm", id)
 	return err
 }
 

@@ -256,6 +256,10 @@ func (s *Stack) inNamespace(argv ...string) []string {
 	return append([]string{s.Tools.Nsenter, fmt.Sprintf("--mount=/proc/%d/ns/mnt", s.holder.pid()), "--"}, argv...)
 }
 
+// HolderPID is the PID of the process holding the private mount namespace
+// in which journald and captrace run.
+func (s *Stack) HolderPID() int { return s.holder.pid() }
+
 // JournalctlArgs returns the journalctl command line (from the host's shell)
 // that reads the stack's private journal, followed by args.
 func (s *Stack) JournalctlArgs(args ...string) []string {
