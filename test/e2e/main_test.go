@@ -64,7 +64,15 @@ func TestMain(m *testing.M) {
 	if code != 0 {
 		log.Printf("log tails at the end of the run:\n%s", s.LogTails(40))
 	}
+	fp := s.Footprint()
+	t0 = time.Now()
 	s.Stop()
+	if left := fp.Leftovers(); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: teardown left behind:\n%s", joinLines(left))
+		code = 1
+	} else {
+		log.Printf("stack torn down in %v, nothing left behind", time.Since(t0).Round(time.Millisecond))
+	}
 	os.Exit(code)
 }
 

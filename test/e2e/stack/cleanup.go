@@ -2,6 +2,7 @@ package stack
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -100,6 +101,19 @@ func teardownDir(dir string) []string {
 		}
 	}
 
+	// Shims whose bundle is already gone but which still serve this stack's
+	// containerd (a pod removed just before containerd stopped): found by the
+	// unique -address argument, killed by PID.
+	for _, pid := range processesWithArg("-address", filepath.Join(dir, "containerd.sock")) {
+		if start, err := procStartTime(pid); err == nil {
+			sockets := shimSocketsOf(pid)
+			killPID(pid, start)
+			for _, sock := range sockets {
+				os.Remove(sock)
+			}
+		}
+	}
+
 	// Mounts below dir (rootfs overlays, sandbox shm), deepest first.
 	for _, m := range mountsBelow(dir) {
 		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) {
@@ -126,6 +140,62 @@ func teardownDir(dir string) []string {
 		problems = append(problems, err.Error())
 	}
 	return problems
+}
+
+// processesWithArg returns the PIDs of processes whose command line holds
+// flag immediately followed by value.
+func processesWithArg(flag, value string) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(data), "\x00")
+		for i := 0; i+1 < len(args); i++ {
+			if args[i] == flag && args[i+1] == value {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids
+}
+
+// shimSocketsOf returns the sockets a running shim serves, computed as
+// containerd's shim.SocketAddress does: sha256 of <address>/<namespace>/<id>
+// (and of .../debug) under /run/containerd/s.
+func shimSocketsOf(pid int) []string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return nil
+	}
+	args := strings.Split(string(data), "\x00")
+	arg := func(flag string) string {
+		for i := 0; i+1 < len(args); i++ {
+			if args[i] == flag {
+				return args[i+1]
+			}
+		}
+		return ""
+	}
+	address, ns, id := arg("-address"), arg("-namespace"), arg("-id")
+	if address == "" || ns == "" || id == "" {
+		return nil
+	}
+	var socks []string
+	for _, p := range []string{filepath.Join(address, ns, id), filepath.Join(address, ns, id, "debug")} {
+		socks = append(socks, filepath.Join(shimSocketDir, fmt.Sprintf("%x", sha256.Sum256([]byte(p)))))
+	}
+	return socks
 }
 
 // shimSockets returns the sockets under /run/containerd/s named in a bundle's
@@ -267,4 +337,91 @@ func removeCgroupTree(root string) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return lastErr
+}
+
+// Footprint is what a stack puts on the machine outside its directory,
+// captured while it runs so that its removal can be checked afterwards.
+type Footprint struct {
+	Dir         string
+	ShimSockets []string
+	Processes   []RecordedProcess
+}
+
+// RecordedProcess is a process the stack started, named for good by PID and start time.
+type RecordedProcess struct {
+	Name  string
+	PID   int
+	Start uint64
+}
+
+// Footprint captures the stack's footprint now.
+func (s *Stack) Footprint() Footprint {
+	f := Footprint{Dir: s.Dir}
+	for _, pid := range processesWithArg("-address", s.ContainerdSocket()) {
+		for _, sock := range shimSocketsOf(pid) {
+			if _, err := os.Lstat(sock); err == nil {
+				f.ShimSockets = append(f.ShimSockets, sock)
+			}
+		}
+	}
+	data, _ := os.ReadFile(filepath.Join(s.Dir, "pids"))
+	for _, line := range strings.Split(string(data), "\n") {
+		var r RecordedProcess
+		if n, _ := fmt.Sscanf(line, "%s %d %d", &r.Name, &r.PID, &r.Start); n == 3 {
+			f.Processes = append(f.Processes, r)
+		}
+	}
+	return f
+}
+
+// Leftovers lists what of the footprint is still on the machine: its
+// recorded processes, any process naming its directory (shims, …), mounts
+// below it, its cgroups (so no container process either), its shim sockets
+// and the directory itself. Empty means clean.
+func (f Footprint) Leftovers() []string {
+	var left []string
+	for _, r := range f.Processes {
+		if start, err := procStartTime(r.PID); err == nil && start == r.Start {
+			left = append(left, fmt.Sprintf("process %s (pid %d)", r.Name, r.PID))
+		}
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(data), f.Dir+"/") {
+			left = append(left, fmt.Sprintf("process %s: %s", e.Name(), strings.ReplaceAll(strings.TrimRight(string(data), "\x00"), "\x00", " ")))
+		}
+	}
+	for _, m := range mountsBelow(f.Dir) {
+		left = append(left, "mount "+m)
+	}
+	for _, mnt := range cgroupMounts() {
+		cg := filepath.Join(mnt, "captrace-e2e-"+filepath.Base(f.Dir))
+		if _, err := os.Stat(cg); err == nil {
+			left = append(left, "cgroup "+cg)
+		}
+	}
+	for _, s := range f.ShimSockets {
+		if _, err := os.Lstat(s); err == nil {
+			left = append(left, "shim socket "+s)
+		}
+	}
+	if _, err := os.Stat(f.Dir); err == nil {
+		left = append(left, "directory "+f.Dir)
+	}
+	return left
+}
+
+// Abandon releases the stack's lock and forgets it without stopping
+// anything, as a crash of the test process would: everything keeps running
+// until CleanupStale (a later run) removes it. For tests of that cleanup.
+func (s *Stack) Abandon() {
+	if s.lock != nil {
+		s.lock.Close()
+		s.lock = nil
+	}
+	s.Dir = ""
 }

@@ -150,6 +150,20 @@ func eventFromFields(f map[string]string, logfmt bool, raw string) (Event, error
 	return e, nil
 }
 
+// ParseEventLine parses one line of captrace's logfmt output; ok is false for
+// lines that are not capability events.
+func ParseEventLine(line string) (e Event, ok bool, err error) {
+	kv, err := ParseLogfmt(line)
+	if err != nil {
+		return Event{}, false, err
+	}
+	if _, has := kv[output.KeyCap]; !has {
+		return Event{}, false, nil
+	}
+	e, err = eventFromFields(kv, true, line)
+	return e, err == nil, err
+}
+
 // ParseEventFile reads captrace's logfmt output. Lines without a cap key
 // (operational messages, if any) are skipped; malformed event lines are errors.
 func ParseEventFile(data []byte) ([]Event, error) {

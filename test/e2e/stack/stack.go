@@ -462,7 +462,9 @@ func (s *Stack) Stop() {
 	}
 	if s.containerd != nil && !s.containerd.exited() {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		s.RemoveAllPods(ctx)
+		if err := s.RemoveAllPods(ctx); err != nil {
+			s.logf("teardown: %v", err)
+		}
 		cancel()
 	}
 	s.StopCaptrace()

@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -24,8 +25,10 @@ func main() {
 	duration := flag.Duration("duration", 60*time.Second, "how long to play the demo before tearing it down (Ctrl-C ends it earlier)")
 	period := flag.Duration("period", 5*time.Second, "pause between two priority raises in each pod (the seed's sleep 5)")
 	captraceBin := flag.String("captrace", "", "a prebuilt captrace daemon (default: go build ./cmd/captrace)")
+	all := flag.Bool("all", false, "trace non-audited checks too (memory accounting's CAP_SYS_ADMIN on every exec and brk); default: the pods ask for captrace.io/audit-only=true")
+	raw := flag.Bool("raw", false, "print captrace's logfmt lines as they are instead of a table")
 	flag.Parse()
-	if err := run(*duration, *period, *captraceBin); err != nil {
+	if err := run(*duration, *period, *captraceBin, *all, *raw); err != nil {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		os.Exit(1)
 	}
@@ -35,7 +38,7 @@ func say(format string, args ...any) {
 	fmt.Printf("demo | "+format+"\n", args...)
 }
 
-func run(duration, period time.Duration, captraceBin string) error {
+func run(duration, period time.Duration, captraceBin string, all, raw bool) error {
 	if os.Geteuid() != 0 {
 		return errors.New("the demo runs containerd, runc and an eBPF program: run it as root (sudo make demo)")
 	}
@@ -65,14 +68,23 @@ func run(duration, period time.Duration, captraceBin string) error {
 		{"set-priority-0", nil, nil, "default capabilities: renice is denied CAP_SYS_NICE"},
 		{"set-priority-1", []string{"SYS_NICE"}, []string{"ALL"}, "capabilities add [SYS_NICE], drop [ALL]: renice is allowed"},
 	} {
-		pod, err := s.RunPod(ctx, stack.Pod{Name: p.name, Namespace: "default", Annotations: stack.Annotated()})
+		annotations := stack.Annotated("captrace.io/audit-only=true")
+		if all {
+			annotations = stack.Annotated()
+		}
+		pod, err := s.RunPod(ctx, stack.Pod{Name: p.name, Namespace: "default", Annotations: annotations})
 		if err != nil {
 			return s.Fail("run pod "+p.name, err)
 		}
 		if _, err := s.RunContainer(ctx, pod, stack.Container{Name: p.name, Command: loop, CapAdd: p.add, CapDrop: p.drop}); err != nil {
 			return s.Fail("run container "+p.name, err)
 		}
-		say("pod default/%s (annotation captrace.io/enabled=true): %s", p.name, p.note)
+		var kv []string
+		for k, v := range annotations {
+			kv = append(kv, k+"="+v)
+		}
+		sort.Strings(kv)
+		say("pod default/%s (%s): %s", p.name, strings.Join(kv, ", "), p.note)
 	}
 
 	say("")
@@ -86,7 +98,7 @@ func run(duration, period time.Duration, captraceBin string) error {
 
 	ctx, cancel := context.WithTimeout(ctx, duration)
 	defer cancel()
-	lines, err := follow(ctx, s.EventFile)
+	lines, err := follow(ctx, s.EventFile, raw)
 	if err != nil {
 		return err
 	}
@@ -94,8 +106,27 @@ func run(duration, period time.Duration, captraceBin string) error {
 	return nil
 }
 
+const rowFormat = "%-10s %-15s %-15s %-8s %7s %-7s %-5s %-14s %-16s %s\n"
+
+// printLine prints one of captrace's lines, as a row of the seed's table unless raw.
+func printLine(line string, raw bool) {
+	e, ok, err := stack.ParseEventLine(strings.TrimRight(line, "\n"))
+	if raw || err != nil || !ok {
+		fmt.Print(line)
+		return
+	}
+	audit := "0"
+	if e.Audit {
+		audit = "1"
+	}
+	fmt.Printf(rowFormat, e.Namespace, e.Pod, e.Container, e.Comm, fmt.Sprint(e.Pid), fmt.Sprint(e.Capable), audit, e.Cap, e.Syscall, e.Time.Local().Format("15:04:05.000000"))
+}
+
 // follow prints lines appended to path until ctx ends and returns how many it printed.
-func follow(ctx context.Context, path string) (int, error) {
+func follow(ctx context.Context, path string, raw bool) (int, error) {
+	if !raw {
+		fmt.Printf(rowFormat, "NAMESPACE", "POD", "CONTAINER", "COMM", "PID", "CAPABLE", "AUDIT", "CAP", "SYSCALL", "TIME")
+	}
 	var f *os.File
 	for f == nil {
 		var err error
@@ -118,7 +149,7 @@ func follow(ctx context.Context, path string) (int, error) {
 		line, err := r.ReadString('\n')
 		partial += line
 		if err == nil {
-			fmt.Print(partial)
+			printLine(partial, raw)
 			partial = ""
 			n++
 			continue
