@@ -50,6 +50,19 @@ func TestSeedKubectlGuide(t *testing.T) {
 					}
 				}
 			}
+			// The journal query a user types: by unit and pod.
+			byPod, err := st.JournalEvents(ctx, "K8S_POD_NAME="+tc.name)
+			if err != nil {
+				t.Fatal(st.Fail("journalctl -u captrace K8S_POD_NAME="+tc.name, err))
+			}
+			if len(byPod) < 3 {
+				t.Errorf("journalctl -u captrace K8S_POD_NAME=%s -o json: %d events, want ≥ 3", tc.name, len(byPod))
+			}
+			for _, e := range byPod {
+				if e.Pod != tc.name {
+					t.Errorf("journalctl K8S_POD_NAME=%s returned %v", tc.name, e)
+				}
+			}
 			t.Logf("%d CAP_SYS_NICE checks, e.g. %s", len(b.Logfmt), b.Logfmt[0].Raw)
 		})
 	}
