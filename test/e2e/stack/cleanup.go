@@ -33,15 +33,29 @@ func CleanupStale(logf func(string, ...any)) error {
 	}
 	for _, e := range entries {
 		if !e.IsDir() {
+			// A lock without its directory: a run that died between the two.
+			if dir, ok := strings.CutSuffix(filepath.Join(BaseDir, e.Name()), ".lock"); ok {
+				if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+					if lock, err := os.OpenFile(lockPath(dir), os.O_RDWR, 0); err == nil {
+						if syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+							os.Remove(lockPath(dir))
+						}
+						lock.Close()
+					}
+				}
+			}
 			continue
 		}
 		dir := filepath.Join(BaseDir, e.Name())
-		lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR, 0)
-		if err == nil {
-			if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-				lock.Close()
-				continue // a live stack
-			}
+		// The lock file exists before the directory (see start), so a
+		// directory whose lock we can take belongs to no live run.
+		lock, err := os.OpenFile(lockPath(dir), os.O_CREATE|os.O_RDWR, 0o644)
+		if err != nil {
+			return err
+		}
+		if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			lock.Close()
+			continue // a live stack
 		}
 		if logf != nil {
 			logf("removing stale stack %s", dir)
@@ -51,12 +65,14 @@ func CleanupStale(logf func(string, ...any)) error {
 				logf("stale stack %s: %s", dir, problem)
 			}
 		}
-		if lock != nil {
-			lock.Close()
-		}
+		os.Remove(lockPath(dir))
+		lock.Close()
 	}
 	return nil
 }
+
+// lockPath is the file a live stack in dir holds an flock on.
+func lockPath(dir string) string { return dir + ".lock" }
 
 // teardownDir removes everything a stack in dir may have left: its
 // processes, runc containers, shims and their sockets, mounts, cgroups and
@@ -133,6 +149,13 @@ func teardownDir(dir string) []string {
 		}
 		if made, err := os.ReadFile(filepath.Join(dir, "made-system-slice")); err == nil {
 			os.Remove(string(made)) // fails, harmlessly, while another stack's service cgroup is in it
+		}
+	}
+
+	// Host mount points the stack had to create (only where they were missing).
+	if made, err := os.ReadFile(filepath.Join(dir, "made-dirs")); err == nil {
+		for _, d := range strings.Fields(string(made)) {
+			os.Remove(d) // fails, harmlessly, if something else uses it now
 		}
 	}
 
@@ -411,6 +434,9 @@ func (f Footprint) Leftovers() []string {
 	}
 	if _, err := os.Stat(f.Dir); err == nil {
 		left = append(left, "directory "+f.Dir)
+	}
+	if _, err := os.Stat(lockPath(f.Dir)); err == nil {
+		left = append(left, "lock file "+lockPath(f.Dir))
 	}
 	return left
 }

@@ -132,12 +132,12 @@ func New(ctx context.Context, opts Options) (*Stack, error) {
 }
 
 func (s *Stack) start(ctx context.Context) error {
-	for _, d := range []string{"logs", "runlog", "images", "pods", "bin", "nri/plugins", "nri/conf.d"} {
-		if err := os.MkdirAll(filepath.Join(s.Dir, d), 0o755); err != nil {
-			return &StepError{Step: "create " + s.Dir, Err: err}
-		}
+	// Lock first, then create the directory: CleanupStale in another run
+	// never sees the directory of a live stack unlocked.
+	if err := os.MkdirAll(BaseDir, 0o755); err != nil {
+		return &StepError{Step: "create " + BaseDir, Err: err}
 	}
-	lock, err := os.OpenFile(filepath.Join(s.Dir, "lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	lock, err := os.OpenFile(lockPath(s.Dir), os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return &StepError{Step: "lock " + s.Dir, Err: err}
 	}
@@ -145,6 +145,12 @@ func (s *Stack) start(ctx context.Context) error {
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		lock.Close()
 		return &StepError{Step: "lock " + s.Dir, Err: err}
+	}
+	for _, d := range []string{"logs", "runlog", "images", "pods", "bin", "nri/plugins", "nri/conf.d"} {
+		if err := os.MkdirAll(filepath.Join(s.Dir, d), 0o755); err != nil {
+			lock.Close()
+			return &StepError{Step: "create " + s.Dir, Err: err}
+		}
 	}
 	s.lock = lock
 
@@ -230,9 +236,22 @@ mount --bind %q /run/log
 mount --bind %q /etc/systemd/journald.conf
 touch %q
 exec sleep infinity`, filepath.Dir(s.JournalDir), conf, ready)
-	for _, d := range []string{"/run/systemd", "/run/log", "/etc/systemd/journald.conf"} {
-		if _, err := os.Stat(d); err != nil {
-			return fmt.Errorf("%s must exist on the host as a mount point for the private journald: %w", d, err)
+	if _, err := os.Stat("/etc/systemd/journald.conf"); err != nil {
+		return fmt.Errorf("/etc/systemd/journald.conf is the mount point of the private journald's config (Debian package systemd): %w", err)
+	}
+	// Mount points on the host; made (empty, and removed at teardown) where a
+	// machine without systemd running lacks them.
+	for _, d := range []string{"/run/systemd", "/run/log"} {
+		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
+			if err := os.Mkdir(d, 0o755); err != nil {
+				return fmt.Errorf("create mount point %s for the private journald: %w", d, err)
+			}
+			f, err := os.OpenFile(filepath.Join(s.Dir, "made-dirs"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(f, d)
+			f.Close()
 		}
 	}
 	holder, err := s.spawn("holder", []string{s.Tools.Unshare, "--mount", "--propagation", "private", "/bin/sh", "-c", script}, spawnOpts{})
@@ -481,6 +500,7 @@ func (s *Stack) Stop() {
 		s.logf("teardown: %s", problem)
 	}
 	if s.lock != nil {
+		os.Remove(lockPath(s.Dir))
 		s.lock.Close()
 		s.lock = nil
 	}
