@@ -330,3 +330,25 @@ func DiffSinks(b Both) []string {
 	sort.Strings(diffs)
 	return diffs
 }
+
+// CaptraceStats returns the fields of the last `msg=stats` line in the
+// daemon's own log (it logs one every 30 s and at shutdown).
+func (s *Stack) CaptraceStats() (map[string]string, error) {
+	data, err := os.ReadFile(s.CaptraceLog())
+	if err != nil {
+		return nil, err
+	}
+	var last map[string]string
+	for _, line := range strings.Split(string(data), "\n") {
+		if !strings.Contains(line, "msg=stats") {
+			continue
+		}
+		if kv, err := ParseLogfmt(line); err == nil && kv["msg"] == "stats" {
+			last = kv
+		}
+	}
+	if last == nil {
+		return nil, fmt.Errorf("no msg=stats line in %s", s.CaptraceLog())
+	}
+	return last, nil
+}
