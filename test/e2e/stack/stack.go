@@ -84,9 +84,14 @@ func (s *Stack) Fail(step string, err error) error {
 func (s *Stack) LogTails(n int) string {
 	var b strings.Builder
 	for _, name := range []string{"containerd", "captrace", "journald", "holder"} {
-		fmt.Fprintf(&b, "--- %s log (%s), last %d lines:\n%s\n", name, filepath.Join(s.Dir, "logs", name+".log"), n, tailFile(filepath.Join(s.Dir, "logs", name+".log"), n))
+		path := filepath.Join(s.Dir, "logs", name+".log")
+		if !allExist(path) {
+			fmt.Fprintf(&b, "--- %s: not started\n", name)
+			continue
+		}
+		fmt.Fprintf(&b, "--- %s log (%s), last %d lines:\n%s\n", name, path, n, tailFile(path, n))
 	}
-	if !s.opts.NoCaptrace {
+	if !s.opts.NoCaptrace && allExist(s.EventFile) {
 		fmt.Fprintf(&b, "--- captrace event file (%s), last %d lines:\n%s\n", s.EventFile, n, tailFile(s.EventFile, n))
 	}
 	return b.String()
