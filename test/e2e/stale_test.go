@@ -3,6 +3,10 @@
 package e2e
 
 import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,5 +52,37 @@ func TestStaleStackIsRemoved(t *testing.T) {
 	}
 	if st.CaptracePID() == 0 {
 		t.Errorf("the live shared stack's captrace is gone")
+	}
+}
+
+// TestFailedStepIsReported starts a stack whose daemon exits at once: New
+// must name the step, carry the daemon's and containerd's log tails, and
+// leave nothing behind.
+func TestFailedStepIsReported(t *testing.T) {
+	ctx := testCtx(t)
+	broken := filepath.Join(t.TempDir(), "captrace")
+	script := "#!/bin/sh\necho 'captrace: simulated failure: cannot load the BPF program' >&2\nexit 1\n"
+	if err := os.WriteFile(broken, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s, err := stack.New(ctx, stack.Options{CaptraceBin: broken, Logf: t.Logf})
+	if err == nil {
+		s.Stop()
+		t.Fatal("a stack whose daemon exits at once came up")
+	}
+	var se *stack.StepError
+	if !errors.As(err, &se) {
+		t.Fatalf("error is not a *stack.StepError: %v", err)
+	}
+	if se.Step != "start captrace" {
+		t.Errorf("failed step %q, want \"start captrace\"", se.Step)
+	}
+	for _, want := range []string{"simulated failure: cannot load the BPF program", "--- containerd log", "containerd successfully booted", "--- journald log"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the report lacks %q:\n%v", want, err)
+		}
+	}
+	if left := (stack.Footprint{Dir: se.Dir}).Leftovers(); len(left) > 0 {
+		t.Errorf("the failed setup left:\n%s", joinLines(left))
 	}
 }

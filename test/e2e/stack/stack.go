@@ -63,6 +63,7 @@ type StepError struct {
 	Step  string
 	Err   error
 	Tails string
+	Dir   string // the stack's directory (removed again by New on failure)
 }
 
 func (e *StepError) Error() string {
@@ -76,7 +77,7 @@ func (s *Stack) Fail(step string, err error) error {
 	if err == nil {
 		return nil
 	}
-	return &StepError{Step: step, Err: err, Tails: s.LogTails(25)}
+	return &StepError{Step: step, Err: err, Tails: s.LogTails(25), Dir: s.Dir}
 }
 
 // LogTails returns the last n lines of containerd's, captrace's and
