@@ -62,6 +62,10 @@ func TestRestarts(t *testing.T) {
 		}
 		eventsAfter(t, ctx, ns, name, time.Now(), "the pod's checks after containerd restarted")
 		requireTraced(t, ctx)
+		// A pod started after the restart is traced too: NRI events flow again.
+		fresh := runPod(t, ctx, stack.Pod{Name: "after-containerd-restart", Namespace: ns, Annotations: stack.Annotated()})
+		runContainer(t, ctx, fresh, stack.Container{Name: "after-containerd-restart", Command: SetPriorityLoop("0.3")})
+		eventsAfter(t, ctx, ns, "after-containerd-restart", time.Now(), "checks of a pod started after containerd restarted")
 	})
 }
 
