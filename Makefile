@@ -49,11 +49,44 @@ demo:
 	$(GO) build -o .cache/bin/demo ./test/e2e/cmd/demo
 	$(PRIV_EXEC) .cache/bin/demo $(DEMO_FLAGS)
 
-install:
-	@echo "install: see deploy/ (added by the daemon issue)"; exit 1
+# Install layout. DESTDIR stages a package; the config lives in /etc whatever PREFIX is.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
+CONFDIR = $(SYSCONFDIR)/captrace
+NRIDROPIN = $(SYSCONFDIR)/containerd/conf.d/captrace-nri.toml
 
+# Installs the binary (built first if missing), the unit (pointing at BINDIR),
+# the containerd NRI drop-in and the example config; an existing
+# $(CONFDIR)/config.toml is never overwritten.
+install:
+	test -x bin/captrace || $(MAKE) build
+	install -D -m 0755 bin/captrace $(DESTDIR)$(BINDIR)/captrace
+	install -d -m 0755 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(CONFDIR)
+	sed 's|/usr/local/bin/captrace|$(BINDIR)/captrace|' deploy/captrace.service > $(DESTDIR)$(UNITDIR)/captrace.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/captrace.service
+	install -D -m 0644 deploy/containerd-nri.toml $(DESTDIR)$(NRIDROPIN)
+	install -m 0644 deploy/config.toml $(DESTDIR)$(CONFDIR)/config.toml.example
+	@if [ -e $(DESTDIR)$(CONFDIR)/config.toml ]; then \
+		echo "install: keeping the existing $(CONFDIR)/config.toml (the new example is config.toml.example)"; \
+	else \
+		install -m 0644 deploy/config.toml $(DESTDIR)$(CONFDIR)/config.toml; \
+	fi
+	@echo "next: systemctl daemon-reload && systemctl restart containerd && systemctl enable --now captrace"
+
+# Removes what install put in place; a config.toml that differs from the
+# example (edited by you) is kept.
 uninstall:
-	@echo "uninstall: see deploy/"; exit 1
+	rm -f $(DESTDIR)$(BINDIR)/captrace $(DESTDIR)$(UNITDIR)/captrace.service $(DESTDIR)$(NRIDROPIN)
+	@if [ -e $(DESTDIR)$(CONFDIR)/config.toml ] && ! cmp -s deploy/config.toml $(DESTDIR)$(CONFDIR)/config.toml; then \
+		echo "uninstall: keeping your edited $(CONFDIR)/config.toml"; \
+	else \
+		rm -f $(DESTDIR)$(CONFDIR)/config.toml; \
+	fi
+	rm -f $(DESTDIR)$(CONFDIR)/config.toml.example
+	-rmdir $(DESTDIR)$(CONFDIR) 2>/dev/null
+	@echo "next: systemctl daemon-reload && systemctl restart containerd"
 
 clean:
 	rm -rf bin .cache

@@ -48,6 +48,8 @@ type Options struct {
 type Event struct {
 	CgroupID uint64
 	// KtimeNs is the kernel's CLOCK_BOOTTIME of the check, in ns; WallTime converts it.
+	// Under a flood, checks on one CPU within one scheduler tick share the tick's
+	// first reading (at most one tick early): reading the clock costs a third of an event.
 	KtimeNs uint64
 	Pid     uint32 // host tgid
 	Tid     uint32 // host tid
@@ -74,9 +76,17 @@ type Stats struct {
 	RingLost uint64
 	// DedupUpdateFailed counts failed updates of the unique map (the event is still sent).
 	DedupUpdateFailed uint64
-	// FilterUpdateFailed counts failed updates of the filter map made by the kernel program.
+	// FilterUpdateFailed counts failed kernel-side updates of the per-task state kept
+	// for a traced cgroup (the kprobe tier's pending-arguments map); the check is lost.
+	// The filter map itself is written only by Trace, which returns its errors.
 	FilterUpdateFailed uint64
 }
 
 // ErrClosed is returned by Read after Close.
 var ErrClosed = errors.New("captrace tracer closed")
+
+// TierProbe is the result of trying one attach tier on the running kernel.
+type TierProbe struct {
+	Tier Tier
+	Err  error // nil: the kernel loads and attaches it; else why not, naming the requirement
+}

@@ -3,7 +3,10 @@
 // shared by every sink and by the advisor's reader.
 package output
 
-// logfmt keys.
+// logfmt keys. Values are written as the seed's columns: cap "CAP_SYS_NICE",
+// syscall "SYS_SETPRIORITY" ("" when the check was made outside a system call),
+// capable "true"/"false", audit and insetid "1"/"0", time RFC 3339 in UTC with
+// nanoseconds. journald fields carry the same values.
 const (
 	KeyTime        = "time"
 	KeyNamespace   = "namespace"
@@ -21,7 +24,29 @@ const (
 	KeyInsetid     = "insetid"
 	KeyCap         = "cap"
 	KeySyscall     = "syscall"
+	KeyCgroupID    = "cgroup_id" // cgroup v2 ID of the container (inode of its cgroup directory)
 )
+
+// Keys of every logfmt line that logrus sets itself.
+const (
+	KeyLevel = "level"
+	KeyMsg   = "msg"
+)
+
+// EventMessage is the msg of every event line (msg=cap_check). Operational
+// lines (start-up, tier, NRI connection, stats, losses) never use it, so
+// `grep msg=cap_check` or a logfmt reader keeps events only.
+const EventMessage = "cap_check"
+
+// KeyOrder is the order of keys in every logfmt line: these first, in this
+// order, then any other key alphabetically. insetid appears only where the
+// attach tier knows it (fexit, kprobe).
+var KeyOrder = []string{
+	KeyTime, KeyLevel, KeyMsg,
+	KeyNamespace, KeyPod, KeyContainer, KeyContainerID, KeyPodUID,
+	KeyComm, KeyPid, KeyTid, KeyUid, KeyGid,
+	KeyCap, KeyCapable, KeyAudit, KeyInsetid, KeySyscall, KeyCgroupID,
+}
 
 // journald fields. Names starting with '_' belong to journald and are never set.
 const (
@@ -42,6 +67,10 @@ const (
 	FieldUid         = "PROC_UID"
 	FieldGid         = "PROC_GID"
 	FieldEventTime   = "CAPTRACE_TIME" // wall time of the check, RFC 3339 with ns
+	FieldCgroupID    = "CAPTRACE_CGROUP_ID"
+	// MESSAGE and PRIORITY are set by every entry too (journal.Send's arguments).
+	FieldMessage  = "MESSAGE"
+	FieldPriority = "PRIORITY"
 )
 
 // Identifier is the SYSLOG_IDENTIFIER of every captrace journal entry.

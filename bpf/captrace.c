@@ -1,0 +1,421 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// captrace: report the capability checks (cap_capable) of traced cgroups.
+//
+// Three attach points share one core (report_check):
+//   fexit/cap_capable            opts and return value in one program
+//   tp_btf/cap_capable           return value, no opts: audit from the caller's stack
+//   kprobe+kretprobe cap_capable entry saves the arguments, return reports
+// User space loads exactly one of them, each in its own collection.
+//
+// Every program starts with the cgroup filter (traced()); a check from a
+// cgroup that is not traced costs that and nothing else.
+
+//go:build ignore
+
+#include "vmlinux.h"
+#include "bpf_helpers.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+#define CAP_OPT_NOAUDIT (1U << 1)
+#define CAP_OPT_INSETID (1U << 2)
+
+// Settings flags (value of cgroup_filter, flags of a filter slot), mirrored in Go.
+#define SETTING_AUDIT_ONLY (1U << 0)
+#define SETTING_UNIQUE (1U << 1)
+
+// Loss counter slots (cap_losses), mirrored in Go.
+#define LOSS_RING 0
+#define LOSS_DEDUP 1
+#define LOSS_FILTER 2
+#define LOSS_SLOTS 4
+
+// Stack matching for the audit flag on the tracepoint tier.
+#define AUDIT_FRAMES 8
+#define AUDIT_RANGES 16
+#define KIND_NONE 0
+#define KIND_SECURITY_CAPABLE 1 // security_capable
+#define KIND_CAP_CAPABLE 2      // cap_capable
+#define KIND_NOAUDIT_WRAPPER 3  // a caller of security_capable that passes CAP_OPT_NOAUDIT
+#define KIND_VM_ENOUGH 4        // a caller of cap_capable that passes CAP_OPT_NOAUDIT
+#define KIND_TRANSPARENT 5      // an out-of-line helper between the two (ns_capable_common)
+#define KIND_SETID_WRAPPER 6    // a caller of security_capable that passes CAP_OPT_INSETID
+
+// What the stack says about a check's opts.
+#define STACK_AUDIT 0
+#define STACK_NOAUDIT 1
+#define STACK_INSETID 2
+
+struct settings {
+	__u32 flags;
+};
+
+struct dedup_key {
+	__u64 cgroup_id;
+	__s32 cap;
+	__u32 capable;
+};
+
+struct pending_check {
+	__u64 cred;
+	__s32 cap;
+	__u32 opts;
+};
+
+struct audit_range {
+	__u64 start;
+	__u64 end;
+	__u32 kind;
+	__u32 pad;
+};
+
+// One event; the Go decoder reads this layout by hand (64 bytes).
+struct cap_event {
+	__u64 cgroup_id;
+	__u64 ktime_ns;
+	__u32 pid;
+	__u32 tid;
+	__u32 uid;
+	__u32 gid;
+	__s32 cap;
+	__s32 syscall;
+	__u8 capable;
+	__u8 audit;
+	__u8 insetid;
+	__u8 insetid_known;
+	char comm[16];
+	__u32 pad;
+};
+
+// max_entries of the hash maps and the ring are set by user space before load.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct settings);
+} cgroup_filter SEC(".maps");
+
+// The filter's first stage, direct-mapped by cgroup ID mod FILTER_SLOTS: an
+// array lookup the verifier inlines. A slot holding one traced cgroup gives
+// its settings without a hash lookup (~50-80 ns here); an empty slot rejects
+// an untraced cgroup as cheaply; a slot shared by several traced cgroups
+// defers to cgroup_filter, which always holds every traced cgroup.
+#define FILTER_SLOTS 32768
+#define SLOT_EMPTY 0
+#define SLOT_ONE 1
+#define SLOT_SHARED 2
+struct filter_slot {
+	__u64 cgroup_id;
+	__u32 flags;
+	__u32 state;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FILTER_SLOTS);
+	__type(key, __u32);
+	__type(value, struct filter_slot);
+} cgroup_filter_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct dedup_key);
+	__type(value, __u8);
+} cap_dedup SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} cap_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LOSS_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} cap_losses SEC(".maps");
+
+// kprobe tier: the arguments of a cap_capable call in flight, per task.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct pending_check);
+} cap_pending SEC(".maps");
+
+// Per CPU: the scheduler tick (jiffies) of the last timestamp and its value.
+struct clock_cache {
+	__u64 jiffies;
+	__u64 boot_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct clock_cache);
+} cap_clock SEC(".maps");
+
+// Set by user space before load.
+volatile const __u64 wakeup_bytes = 64 << 10;    // force a wakeup once this much is queued
+volatile const __u64 audit_walk_caps = 0;        // caps that have non-audited callers (bit n = cap n)
+volatile const __u32 audit_nranges = 0;          // used entries of audit_ranges
+// Writable data, not .rodata: with constant bounds the verifier would track
+// every frame's range against each one and explode; unknown bounds keep it small.
+struct audit_range audit_ranges[AUDIT_RANGES] = {};
+
+static __always_inline void count_loss(__u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&cap_losses, &slot);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+// event_time returns CLOCK_BOOTTIME. Reading the clock costs ~100 ns on this
+// kind of VM, a third of an event: within one scheduler tick a CPU reuses
+// the tick's first reading. An isolated check gets its exact time; under a
+// flood, checks share a timestamp at most one tick (1-4 ms) early.
+static __always_inline __u64 event_time(void)
+{
+	__u32 zero = 0;
+	struct clock_cache *c = bpf_map_lookup_elem(&cap_clock, &zero);
+	if (!c)
+		return bpf_ktime_get_boot_ns();
+	__u64 now = bpf_jiffies64();
+	if (c->jiffies != now) {
+		c->jiffies = now;
+		c->boot_ns = bpf_ktime_get_boot_ns();
+	}
+	return c->boot_ns;
+}
+
+static __always_inline __s32 current_syscall(struct task_struct *task)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (!regs)
+		return -1;
+#if defined(__TARGET_ARCH_arm64)
+	struct pt_regs___arm64 {
+		int syscallno;
+	} __attribute__((preserve_access_index)) *r = (void *)regs;
+	return r->syscallno;
+#else
+	return (__s32)regs->orig_ax;
+#endif
+}
+
+static __always_inline __u32 range_kind(__u64 ip)
+{
+	for (__u32 j = 0; j < AUDIT_RANGES; j++) {
+		if (j >= audit_nranges)
+			break;
+		if (ip >= audit_ranges[j].start && ip < audit_ranges[j].end)
+			return audit_ranges[j].kind;
+	}
+	return KIND_NONE;
+}
+
+// stack_opts walks the first frames above the program: the frame after
+// security_capable is the capability wrapper, the frame after cap_capable its
+// direct caller. A known non-audited caller means the kernel passed
+// CAP_OPT_NOAUDIT; ns_capable_setid means CAP_OPT_INSETID.
+static __always_inline int stack_opts(void *ctx)
+{
+	__u64 frames[AUDIT_FRAMES] = {};
+	long n = bpf_get_stack(ctx, frames, sizeof(frames), 0);
+	if (n <= 0)
+		return STACK_AUDIT;
+	__u32 prev = KIND_NONE;
+	for (__u32 i = 0; i < AUDIT_FRAMES; i++) {
+		if (i * sizeof(__u64) >= (__u64)n)
+			break;
+		__u32 kind = range_kind(frames[i]);
+		if (kind == KIND_TRANSPARENT)
+			continue;
+		if (prev == KIND_SECURITY_CAPABLE) {
+			if (kind == KIND_NOAUDIT_WRAPPER)
+				return STACK_NOAUDIT;
+			return kind == KIND_SETID_WRAPPER ? STACK_INSETID : STACK_AUDIT;
+		}
+		if (prev == KIND_CAP_CAPABLE && kind == KIND_VM_ENOUGH)
+			return STACK_NOAUDIT;
+		prev = kind;
+	}
+	return STACK_AUDIT;
+}
+
+// report_check is the core shared by every tier. The caller has already
+// found the cgroup in the filter, with its settings flags. opts_known says whether opts is real
+// (fexit, kprobe); without it the audit flag comes from the stack.
+static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
+					__u64 cred, __s32 cap, int ret, bool opts_known, __u32 opts)
+{
+	bool capable = ret == 0;
+	bool walk = false;
+	if (!opts_known) {
+		// Only caps with non-audited or setid callers need the (costly) walk;
+		// the others are audited and not in setid.
+		walk = cap >= 0 && cap <= 63 && (audit_walk_caps & (1ULL << cap));
+		opts = 0;
+	}
+
+	struct dedup_key key = {};
+	if (flags & SETTING_UNIQUE) {
+		key.cgroup_id = cgroup_id;
+		key.cap = cap;
+		key.capable = capable;
+		if (bpf_map_lookup_elem(&cap_dedup, &key))
+			return 0;
+	}
+
+	// Checks made under borrowed credentials (overlayfs copy-up, xattrs
+	// read with the mounter's creds) say nothing about the task's needs.
+	// (After dedup: a hit drops the check either way, and skips this read.)
+	struct task_struct *task = bpf_get_current_task_btf();
+	if (cred != (__u64)task->real_cred)
+		return 0;
+
+	if (walk) {
+		int found = stack_opts(ctx);
+		opts = found == STACK_NOAUDIT ? CAP_OPT_NOAUDIT : found == STACK_INSETID ? CAP_OPT_INSETID : 0;
+	}
+	bool audit = !(opts & CAP_OPT_NOAUDIT);
+	if ((flags & SETTING_AUDIT_ONLY) && !audit)
+		return 0;
+
+	struct cap_event *e = bpf_ringbuf_reserve(&cap_events, sizeof(*e), 0);
+	if (!e) {
+		// Not remembered in dedup: the next identical check tries again.
+		count_loss(LOSS_RING);
+		return 0;
+	}
+
+	if (flags & SETTING_UNIQUE) {
+		__u8 one = 1;
+		long err = bpf_map_update_elem(&cap_dedup, &key, &one, BPF_NOEXIST);
+		if (err == -17 /* EEXIST: another CPU reported it */) {
+			bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+			return 0;
+		}
+		if (err)
+			count_loss(LOSS_DEDUP); // still reported; a later check may repeat it
+	}
+
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+	e->cgroup_id = cgroup_id;
+	e->ktime_ns = event_time();
+	e->pid = pid_tgid >> 32;
+	e->tid = (__u32)pid_tgid;
+	e->uid = (__u32)uid_gid;
+	e->gid = uid_gid >> 32;
+	e->cap = cap;
+	e->syscall = current_syscall(task);
+	e->capable = capable;
+	e->audit = audit;
+	e->insetid = !!(opts & CAP_OPT_INSETID);
+	// Without opts, insetid is known when the stack ranges were resolved.
+	e->insetid_known = opts_known || audit_nranges > 0;
+	e->pad = 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+
+	__u64 queued = bpf_ringbuf_query(&cap_events, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(e, queued >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+// traced is the cgroup filter: the slot, then the hash if the slot is shared.
+// It stores the settings flags in *flags.
+static __always_inline bool traced(__u64 *cgroup_id, __u32 *flags)
+{
+	__u64 id = bpf_get_current_cgroup_id();
+	__u32 slot = id & (FILTER_SLOTS - 1);
+	struct filter_slot *fs = bpf_map_lookup_elem(&cgroup_filter_slots, &slot);
+	if (!fs || fs->state == SLOT_EMPTY)
+		return false;
+	if (fs->state == SLOT_ONE) {
+		if (fs->cgroup_id != id)
+			return false;
+		*cgroup_id = id;
+		*flags = fs->flags;
+		return true;
+	}
+	*cgroup_id = id;
+	const struct settings *s = bpf_map_lookup_elem(&cgroup_filter, cgroup_id);
+	if (!s)
+		return false;
+	*flags = s->flags;
+	return true;
+}
+
+// cap_capable(const struct cred *cred, struct user_namespace *targ_ns, int cap, unsigned int opts)
+SEC("fexit/cap_capable")
+int captrace_fexit(__u64 *ctx)
+{
+	__u64 cgroup_id;
+	__u32 flags;
+	if (!traced(&cgroup_id, &flags))
+		return 0;
+	return report_check(ctx, cgroup_id, flags, ctx[0], (__s32)ctx[2], (int)ctx[4], true, (__u32)ctx[3]);
+}
+
+// trace_cap_capable(const struct cred *cred, struct user_namespace *target_ns,
+//                   const struct user_namespace *capable_ns, int cap, int ret)
+SEC("tp_btf/cap_capable")
+int captrace_tp_btf(__u64 *ctx)
+{
+	__u64 cgroup_id;
+	__u32 flags;
+	if (!traced(&cgroup_id, &flags))
+		return 0;
+	return report_check(ctx, cgroup_id, flags, ctx[0], (__s32)ctx[3], (int)ctx[4], false, 0);
+}
+
+#if defined(__TARGET_ARCH_arm64)
+struct captrace_user_pt_regs {
+	__u64 regs[31];
+	__u64 sp;
+	__u64 pc;
+	__u64 pstate;
+};
+#define KPROBE_ARG(ctx, n) (((struct captrace_user_pt_regs *)(ctx))->regs[n])
+#define KPROBE_RET(ctx) (((struct captrace_user_pt_regs *)(ctx))->regs[0])
+#else
+#define KPROBE_ARG(ctx, n) ((n) == 0 ? (ctx)->di : (n) == 1 ? (ctx)->si : (n) == 2 ? (ctx)->dx : (ctx)->cx)
+#define KPROBE_RET(ctx) ((ctx)->ax)
+#endif
+
+SEC("kprobe/cap_capable")
+int captrace_kprobe(struct pt_regs *ctx)
+{
+	__u64 cgroup_id;
+	__u32 flags;
+	if (!traced(&cgroup_id, &flags))
+		return 0;
+	struct pending_check p = {
+		.cred = KPROBE_ARG(ctx, 0),
+		.cap = (__s32)KPROBE_ARG(ctx, 2),
+		.opts = (__u32)KPROBE_ARG(ctx, 3),
+	};
+	__u64 id = bpf_get_current_pid_tgid();
+	if (bpf_map_update_elem(&cap_pending, &id, &p, BPF_ANY))
+		count_loss(LOSS_FILTER);
+	return 0;
+}
+
+SEC("kretprobe/cap_capable")
+int captrace_kret(struct pt_regs *ctx)
+{
+	__u64 cgroup_id;
+	__u32 flags;
+	if (!traced(&cgroup_id, &flags))
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	struct pending_check *pp = bpf_map_lookup_elem(&cap_pending, &id);
+	if (!pp)
+		return 0;
+	struct pending_check p = *pp;
+	bpf_map_delete_elem(&cap_pending, &id);
+	return report_check(ctx, cgroup_id, flags, p.cred, p.cap, (int)KPROBE_RET(ctx), true, p.opts);
+}

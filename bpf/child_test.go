@@ -1,0 +1,179 @@
+package bpf
+
+// The test binary doubles as the traced workload: with CAPTRACE_TEST_CHILD=1
+// it runs childMain instead of the tests. The child locks its main thread
+// (so pid == tid, and per-thread capsets apply to the checks) and executes
+// one command per stdin line, answering one line per command.
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+const childEnv = "CAPTRACE_TEST_CHILD"
+
+func init() {
+	if os.Getenv(childEnv) != "" {
+		runtime.LockOSThread()
+	}
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(childMain())
+	}
+	os.Exit(m.Run())
+}
+
+func childMain() int {
+	in := bufio.NewScanner(os.Stdin)
+	out := bufio.NewWriter(os.Stdout)
+	reply := func(format string, args ...any) {
+		fmt.Fprintf(out, format+"\n", args...)
+		out.Flush()
+	}
+	for in.Scan() {
+		f := strings.Fields(in.Text())
+		if len(f) == 0 {
+			continue
+		}
+		arg := 0
+		if len(f) > 1 {
+			arg, _ = strconv.Atoi(f[1])
+		}
+		switch f[0] {
+		case "id":
+			comm, _ := os.ReadFile("/proc/self/comm")
+			reply("%d %d %d %d %s", unix.Getpid(), unix.Gettid(), unix.Getuid(), unix.Getgid(), strings.TrimSpace(string(comm)))
+		case "drop", "raise":
+			reply("%v", setEffective(capSysNice, f[0] == "raise"))
+		case "nice": // arg checks of CAP_SYS_NICE in setpriority
+			reply("%v", niceLoop(arg))
+		case "renice0":
+			_, _, e := unix.RawSyscall(unix.SYS_SETPRIORITY, unix.PRIO_PROCESS, 0, 0)
+			reply("%v", e)
+		case "nicefor": // one check per millisecond for arg ms
+			end := time.Now().Add(time.Duration(arg) * time.Millisecond)
+			for time.Now().Before(end) {
+				niceLoop(1)
+				time.Sleep(time.Millisecond)
+			}
+			reply("done")
+		case "sched": // CAP_SYS_NICE in sched_setscheduler
+			param := struct{ prio int32 }{1}
+			_, _, e := unix.Syscall(unix.SYS_SCHED_SETSCHEDULER, 0, 1 /* SCHED_FIFO */, uintptr(unsafe.Pointer(&param)))
+			reply("%v", e)
+		case "setsuid": // CAP_SETUID in setid (ns_capable_setid): saved uid to arg and back
+			_, _, e := unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), ^uintptr(0), uintptr(arg))
+			if e == 0 {
+				_, _, e = unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), ^uintptr(0), 0)
+			}
+			reply("%v", e)
+		case "seccomp": // non-audited CAP_SYS_ADMIN: a filter without no_new_privs
+			reply("%v", allowAllSeccomp())
+		case "privatemounts": // a mount namespace of its own, before the mount step
+			err := unix.Unshare(unix.CLONE_NEWNS)
+			if err == nil {
+				err = unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, "")
+			}
+			reply("%v", err)
+		case "chown", "chmod", "chroot", "mount", "unshare", "setns":
+			reply("%v", igGuideStep(f[0], f[1:]))
+		case "exit":
+			return 0
+		default:
+			reply("unknown command %q", f[0])
+		}
+	}
+	return 0
+}
+
+// niceLoop asks n times to lower this thread's nice value to -5; without
+// CAP_SYS_NICE every call makes one capability check.
+func niceLoop(n int) error {
+	var err error
+	for i := 0; i < n; i++ {
+		_, _, e := unix.RawSyscall(unix.SYS_SETPRIORITY, unix.PRIO_PROCESS, 0, uintptr(^uint64(4))) // -5
+		if e != 0 {
+			err = e
+		} else {
+			err = nil
+		}
+	}
+	return err
+}
+
+// setEffective adds or removes cap from this thread's effective set,
+// keeping it permitted so it can come back.
+func setEffective(c Capability, on bool) error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return err
+	}
+	bit := uint32(1) << (uint(c) % 32)
+	if on {
+		data[c/32].Effective |= bit
+	} else {
+		data[c/32].Effective &^= bit
+	}
+	return unix.Capset(&hdr, &data[0])
+}
+
+func allowAllSeccomp() error {
+	filter := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW}}
+	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+	_, _, e := unix.RawSyscall6(unix.SYS_PRCTL, unix.PR_SET_SECCOMP, unix.SECCOMP_MODE_FILTER, uintptr(unsafe.Pointer(&prog)), 0, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+var savedIPCNamespace = -1
+
+// igGuideStep makes the system call the seed's ig guide makes with a
+// busybox command of the same name (x86_64 syscalls as the seed prints them).
+func igGuideStep(step string, args []string) error {
+	path := ""
+	if len(args) > 0 {
+		path = args[0]
+	}
+	p, err := unix.BytePtrFromString(path)
+	if err != nil {
+		return err
+	}
+	var e unix.Errno
+	switch step {
+	case "chown":
+		e = chownPath(p)
+	case "chmod":
+		e = chmodPath(p)
+	case "chroot":
+		_, _, e = unix.RawSyscall(unix.SYS_CHROOT, uintptr(unsafe.Pointer(p)), 0, 0)
+	case "mount":
+		return unix.Mount("tmpfs", path, "tmpfs", 0, "")
+	case "unshare":
+		fd, err := unix.Open("/proc/thread-self/ns/ipc", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		savedIPCNamespace = fd
+		return unix.Unshare(unix.CLONE_NEWIPC)
+	case "setns":
+		return unix.Setns(savedIPCNamespace, unix.CLONE_NEWIPC)
+	}
+	if e != 0 {
+		return e
+	}
+	return nil
+}

@@ -1,0 +1,268 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// tierOrder is the order of preference: exact audit first, then the
+// tracepoint, then kprobes.
+var tierOrder = []Tier{TierFexit, TierTpBTF, TierKprobe}
+
+// kernelRequirement is what a kernel needs for at least one tier to load.
+const kernelRequirement = "captrace needs a kernel with BTF (CONFIG_DEBUG_INFO_BTF=y, /sys/kernel/btf/vmlinux) " +
+	"and one of: BPF trampolines for fexit/cap_capable (Linux >= 5.5 on x86_64/arm64), " +
+	"the capability:cap_capable tracepoint (Linux >= 6.14) for tp_btf, or CONFIG_KPROBES=y for kprobe"
+
+// sharedMaps are the maps every tier uses.
+type sharedMaps struct {
+	Filter *ebpf.Map `ebpf:"cgroup_filter"`
+	Slots  *ebpf.Map `ebpf:"cgroup_filter_slots"`
+	Dedup  *ebpf.Map `ebpf:"cap_dedup"`
+	Events *ebpf.Map `ebpf:"cap_events"`
+	Losses *ebpf.Map `ebpf:"cap_losses"`
+	Clock  *ebpf.Map `ebpf:"cap_clock"`
+}
+
+type fexitObjects struct {
+	sharedMaps
+	Prog *ebpf.Program `ebpf:"captrace_fexit"`
+}
+
+type tpBTFObjects struct {
+	sharedMaps
+	Prog *ebpf.Program `ebpf:"captrace_tp_btf"`
+}
+
+type kprobeObjects struct {
+	sharedMaps
+	Pending *ebpf.Map     `ebpf:"cap_pending"`
+	Entry   *ebpf.Program `ebpf:"captrace_kprobe"`
+	Return  *ebpf.Program `ebpf:"captrace_kret"`
+}
+
+// loadConfig is what a tier's load needs from Options.
+type loadConfig struct {
+	maxTraced   uint32
+	dedup       uint32
+	ringBytes   uint32
+	wakeupBytes uint64
+	walkCaps    uint64
+	ranges      []auditRange
+}
+
+// loadedTier is one tier's kernel objects, attached.
+type loadedTier struct {
+	tier     Tier
+	maps     sharedMaps
+	progs    []*ebpf.Program
+	closers  []io.Closer // maps and programs, closed after the links
+	links    []link.Link
+	attachFn func() ([]link.Link, error)
+}
+
+func (l *loadedTier) detach() {
+	for _, lk := range l.links {
+		lk.Close()
+	}
+	l.links = nil
+}
+
+func (l *loadedTier) attach() error {
+	lks, err := l.attachFn()
+	if err != nil {
+		return err
+	}
+	l.links = lks
+	return nil
+}
+
+func (l *loadedTier) Close() error {
+	l.detach()
+	var errs []error
+	for _, c := range l.closers {
+		if c != nil {
+			errs = append(errs, c.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (l *loadedTier) programIDs() []ebpf.ProgramID {
+	var ids []ebpf.ProgramID
+	for _, p := range l.progs {
+		if info, err := p.Info(); err == nil {
+			if id, ok := info.ID(); ok {
+				ids = append(ids, id)
+			}
+		}
+	}
+	return ids
+}
+
+// precheck refuses a tier the kernel cannot have, before loading anything:
+// some refusals (a classic tracepoint missing on 6.1) only show as a
+// confusing CO-RE error at load.
+func precheck(tier Tier, kernel *btf.Spec) error {
+	switch tier {
+	case TierTpBTF:
+		var td *btf.Typedef
+		if err := kernel.TypeByName("btf_trace_cap_capable", &td); err != nil {
+			return fmt.Errorf("kernel has no capability:cap_capable tracepoint (BTF type btf_trace_cap_capable absent; added in Linux 6.14): %w", ebpf.ErrNotSupported)
+		}
+	case TierFexit, TierKprobe:
+		if tier == TierKprobe {
+			if _, err := os.Stat("/sys/bus/event_source/devices/kprobe/type"); err != nil {
+				return fmt.Errorf("kernel has no kprobe PMU (/sys/bus/event_source/devices/kprobe: needs CONFIG_KPROBES=y, Linux >= 4.17): %w", ebpf.ErrNotSupported)
+			}
+		}
+		var fn *btf.Func
+		if err := kernel.TypeByName("cap_capable", &fn); err != nil {
+			return fmt.Errorf("kernel BTF has no function cap_capable: %w", ebpf.ErrNotSupported)
+		}
+	}
+	return nil
+}
+
+func loadTier(tier Tier, cfg loadConfig) (lt *loadedTier, err error) {
+	kernel, err := btf.LoadKernelSpec()
+	if err != nil {
+		return nil, fmt.Errorf("reading kernel BTF: %w", err)
+	}
+	if err := precheck(tier, kernel); err != nil {
+		return nil, err
+	}
+
+	spec, err := loadCaptrace()
+	if err != nil {
+		return nil, err
+	}
+	spec.Maps["cgroup_filter"].MaxEntries = cfg.maxTraced
+	spec.Maps["cap_dedup"].MaxEntries = cfg.dedup
+	spec.Maps["cap_events"].MaxEntries = cfg.ringBytes
+	set := func(name string, v any) {
+		if err == nil {
+			if e := spec.Variables[name].Set(v); e != nil {
+				err = fmt.Errorf("setting %s: %w", name, e)
+			}
+		}
+	}
+	ranges := make([]auditRange, 16)
+	copy(ranges, cfg.ranges)
+	set("wakeup_bytes", cfg.wakeupBytes)
+	set("audit_walk_caps", cfg.walkCaps)
+	set("audit_nranges", uint32(min(len(cfg.ranges), 16)))
+	set("audit_ranges", ranges)
+	if err != nil {
+		return nil, err
+	}
+
+	opts := &ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{KernelTypes: kernel}}
+	lt = &loadedTier{tier: tier}
+	switch tier {
+	case TierFexit:
+		var o fexitObjects
+		if err := spec.LoadAndAssign(&o, opts); err != nil {
+			return nil, explainLoad(tier, err)
+		}
+		lt.maps, lt.progs = o.sharedMaps, []*ebpf.Program{o.Prog}
+		lt.closers = []io.Closer{o.Prog, o.Filter, o.Slots, o.Dedup, o.Events, o.Losses, o.Clock}
+		lt.attachFn = func() ([]link.Link, error) {
+			l, err := link.AttachTracing(link.TracingOptions{Program: o.Prog})
+			return []link.Link{l}, err
+		}
+	case TierTpBTF:
+		var o tpBTFObjects
+		if err := spec.LoadAndAssign(&o, opts); err != nil {
+			return nil, explainLoad(tier, err)
+		}
+		lt.maps, lt.progs = o.sharedMaps, []*ebpf.Program{o.Prog}
+		lt.closers = []io.Closer{o.Prog, o.Filter, o.Slots, o.Dedup, o.Events, o.Losses, o.Clock}
+		lt.attachFn = func() ([]link.Link, error) {
+			l, err := link.AttachTracing(link.TracingOptions{Program: o.Prog})
+			return []link.Link{l}, err
+		}
+	case TierKprobe:
+		var o kprobeObjects
+		if err := spec.LoadAndAssign(&o, opts); err != nil {
+			return nil, explainLoad(tier, err)
+		}
+		lt.maps, lt.progs = o.sharedMaps, []*ebpf.Program{o.Entry, o.Return}
+		lt.closers = []io.Closer{o.Entry, o.Return, o.Pending, o.Filter, o.Slots, o.Dedup, o.Events, o.Losses, o.Clock}
+		lt.attachFn = func() ([]link.Link, error) {
+			// Return probe first: an entry without its return would leave pending state.
+			ret, err := link.Kretprobe("cap_capable", o.Return, nil)
+			if err != nil {
+				return nil, err
+			}
+			ent, err := link.Kprobe("cap_capable", o.Entry, nil)
+			if err != nil {
+				ret.Close()
+				return nil, err
+			}
+			return []link.Link{ret, ent}, nil
+		}
+	default:
+		return nil, fmt.Errorf("unknown tier %q (want fexit, tp_btf or kprobe)", tier)
+	}
+	if err := lt.attach(); err != nil {
+		lt.Close()
+		return nil, fmt.Errorf("attaching: %w", explainAttach(tier, err))
+	}
+	return lt, nil
+}
+
+func explainLoad(tier Tier, err error) error {
+	if tier == TierFexit && errors.Is(err, unix.EPERM) {
+		// cilium/ebpf suggests raising MEMLOCK here; with memcg accounting
+		// the real cause is a kernel that refuses BPF trampolines.
+		return &explained{
+			msg: "kernel refused the BPF trampoline for fexit/cap_capable (EPERM: trampolines disabled or unsupported on this kernel; not a memlock limit): " +
+				strings.Replace(err.Error(), " (MEMLOCK may be too low, consider rlimit.RemoveMemlock)", "", 1),
+			err: err,
+		}
+	}
+	return fmt.Errorf("loading: %w", err)
+}
+
+// explained rewords a wrapped error whose own text misleads, keeping it for errors.Is.
+type explained struct {
+	msg string
+	err error
+}
+
+func (e *explained) Error() string { return e.msg }
+func (e *explained) Unwrap() error { return e.err }
+
+func explainAttach(tier Tier, err error) error {
+	if tier == TierKprobe && (errors.Is(err, os.ErrNotExist) || errors.Is(err, ebpf.ErrNotSupported)) {
+		return fmt.Errorf("kprobes unavailable (kernel without CONFIG_KPROBES, or cap_capable not probeable): %w", err)
+	}
+	return err
+}
+
+// Probe tries every tier in order of preference, loading and detaching each,
+// for `captrace doctor` and for Open's log of skipped tiers.
+func Probe() []TierProbe {
+	var out []TierProbe
+	for _, tier := range tierOrder {
+		lt, err := loadTier(tier, probeConfig())
+		if err == nil {
+			lt.Close()
+		}
+		out = append(out, TierProbe{Tier: tier, Err: err})
+	}
+	return out
+}
+
+func probeConfig() loadConfig {
+	return loadConfig{maxTraced: 1, dedup: 1, ringBytes: uint32(os.Getpagesize()), wakeupBytes: 1}
+}

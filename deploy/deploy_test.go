@@ -1,0 +1,168 @@
+// Package deploy holds captrace's systemd unit, containerd drop-in and example
+// config; its tests check them and `make install`/`make uninstall`.
+package deploy
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/BurntSushi/toml"
+	"github.com/captrace/captrace/config"
+)
+
+// unitSettings reads key=value lines of a systemd unit (last one wins).
+func unitSettings(t *testing.T, path string) map[string]string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	settings := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' || line[0] == '[' {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			t.Errorf("%s: not key=value: %q", path, line)
+			continue
+		}
+		settings[k] = v
+	}
+	return settings
+}
+
+func TestUnit(t *testing.T) {
+	s := unitSettings(t, "captrace.service")
+	for key, want := range map[string]string{
+		"Restart":                 "on-failure",
+		"After":                   "containerd.service",
+		"ExecStart":               "/usr/local/bin/captrace --config " + config.DefaultPath,
+		"LogRateLimitIntervalSec": "30s",
+		"LogRateLimitBurst":       "50000",
+		"KillSignal":              "SIGTERM",
+		"ExecReload":              "/bin/kill -HUP $MAINPID",
+		"SyslogIdentifier":        "captrace",
+	} {
+		if s[key] != want {
+			t.Errorf("captrace.service %s=%q, want %q", key, s[key], want)
+		}
+	}
+}
+
+// systemd-analyze verify knows every directive of the installed systemd
+// version: a misspelt one is reported (and would be ignored by systemd).
+func TestUnitVerifies(t *testing.T) {
+	if _, err := exec.LookPath("systemd-analyze"); err != nil {
+		t.Skip("systemd-analyze not installed")
+	}
+	exe, err := os.Executable() // any existing executable stands in for the binary
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit, err := os.ReadFile("captrace.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "captrace.service")
+	os.WriteFile(path, []byte(strings.ReplaceAll(string(unit), "/usr/local/bin/captrace", exe)), 0o644)
+	out, err := exec.Command("systemd-analyze", "verify", path).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "captrace.service") {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+func TestContainerdDropIn(t *testing.T) {
+	var dropIn struct {
+		Version int                       `toml:"version"`
+		Plugins map[string]map[string]any `toml:"plugins"`
+	}
+	md, err := toml.DecodeFile("containerd-nri.toml", &dropIn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := md.Undecoded(); len(u) > 0 {
+		t.Errorf("unexpected keys %v", u)
+	}
+	nri := dropIn.Plugins["io.containerd.nri.v1.nri"]
+	if dropIn.Version != 3 || nri == nil || nri["disable"] != false || nri["disable_connections"] != false ||
+		nri["socket_path"] != config.Defaults().NRI.Socket {
+		t.Errorf("drop-in: version %d, nri %v; want version 3, NRI enabled on %s", dropIn.Version, nri, config.Defaults().NRI.Socket)
+	}
+}
+
+func listFiles(t *testing.T, root string) []string {
+	t.Helper()
+	var files []string
+	filepath.Walk(root, func(path string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() {
+			rel, _ := filepath.Rel(root, path)
+			files = append(files, rel)
+		}
+		return nil
+	})
+	sort.Strings(files)
+	return files
+}
+
+func TestMakeInstallAndUninstall(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("make not installed")
+	}
+	dest := t.TempDir()
+	mk := func(target string) string {
+		t.Helper()
+		cmd := exec.Command("make", "-s", "-C", "..", target, "DESTDIR="+dest, "PREFIX=/opt/captrace")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("make %s: %v\n%s", target, err, out)
+		}
+		return string(out)
+	}
+	mk("install")
+	want := []string{
+		"etc/captrace/config.toml",
+		"etc/captrace/config.toml.example",
+		"etc/containerd/conf.d/captrace-nri.toml",
+		"opt/captrace/bin/captrace",
+		"opt/captrace/lib/systemd/system/captrace.service",
+	}
+	if got := listFiles(t, dest); strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("installed %v, want %v", got, want)
+	}
+	if s := unitSettings(t, filepath.Join(dest, "opt/captrace/lib/systemd/system/captrace.service")); s["ExecStart"] != "/opt/captrace/bin/captrace --config /etc/captrace/config.toml" {
+		t.Errorf("installed unit runs %q", s["ExecStart"])
+	}
+
+	// An edited config survives install and uninstall.
+	cfgPath := filepath.Join(dest, "etc/captrace/config.toml")
+	edited := []byte("[trace]\nunique = true\n")
+	if err := os.WriteFile(cfgPath, edited, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := mk("install"); !strings.Contains(out, "keeping the existing /etc/captrace/config.toml") {
+		t.Errorf("second install did not say it kept the config: %s", out)
+	}
+	mk("uninstall")
+	if got := listFiles(t, dest); strings.Join(got, " ") != "etc/captrace/config.toml" {
+		t.Errorf("after uninstall: %v, want only the edited config", got)
+	}
+	if data, _ := os.ReadFile(cfgPath); string(data) != string(edited) {
+		t.Errorf("edited config changed: %q", data)
+	}
+	// An unedited config goes with uninstall.
+	os.Remove(cfgPath)
+	mk("install")
+	mk("uninstall")
+	if got := listFiles(t, dest); len(got) != 0 {
+		t.Errorf("after install+uninstall: %v left", got)
+	}
+}

@@ -1,0 +1,208 @@
+package output
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	"github.com/sirupsen/logrus"
+)
+
+// NewTextFormatter is the one logfmt format of captrace, for event lines and
+// operational lines alike: logrus's TextFormatter without colours, full
+// RFC 3339 timestamps, empty values as "", and keys in KeyOrder. Values that
+// hold anything but [A-Za-z0-9-._/@^+] are Go-quoted, so no value can start
+// a key or a line of its own.
+func NewTextFormatter() *logrus.TextFormatter {
+	return &logrus.TextFormatter{
+		DisableColors:    true,
+		FullTimestamp:    true,
+		TimestampFormat:  TimeFormat,
+		QuoteEmptyFields: true,
+		SortingFunc:      sortKeys,
+	}
+}
+
+var keyRank = func() map[string]int {
+	m := make(map[string]int, len(KeyOrder))
+	for i, k := range KeyOrder {
+		m[k] = i
+	}
+	return m
+}()
+
+// sortKeys puts the documented keys first in KeyOrder, then the rest sorted.
+// It looks each key's rank up once and insertion-sorts: lines have ~20 keys,
+// and this runs for every event.
+func sortKeys(keys []string) {
+	var stack [32]int
+	ranks := stack[:0]
+	for _, k := range keys {
+		r, ok := keyRank[k]
+		if !ok {
+			r = len(KeyOrder)
+		}
+		ranks = append(ranks, r)
+	}
+	less := func(i, j int) bool {
+		if ranks[i] != ranks[j] {
+			return ranks[i] < ranks[j]
+		}
+		return keys[i] < keys[j]
+	}
+	for i := 1; i < len(keys); i++ {
+		for j := i; j > 0 && less(j, j-1); j-- {
+			keys[j], keys[j-1] = keys[j-1], keys[j]
+			ranks[j], ranks[j-1] = ranks[j-1], ranks[j]
+		}
+	}
+}
+
+// NewLogger returns the operational logger: the same format as event lines,
+// written to w. Its lines never have msg=cap_check.
+func NewLogger(w io.Writer, level logrus.Level) *logrus.Logger {
+	return &logrus.Logger{
+		Out:       w,
+		Formatter: NewTextFormatter(),
+		Hooks:     make(logrus.LevelHooks),
+		Level:     level,
+		ExitFunc:  os.Exit,
+	}
+}
+
+// Logfmt writes one logfmt line per record to a writer.
+type Logfmt struct {
+	name      string
+	w         io.Writer
+	buf       bytes.Buffer   // reused by Write, which one goroutine calls at a time
+	logger    *logrus.Logger // carries no output; the formatter needs an entry's logger
+	formatter *logrus.TextFormatter
+}
+
+// NewLogfmt returns a sink named name that writes to w (e.g. os.Stdout).
+// Each line is written with one Write call.
+func NewLogfmt(name string, w io.Writer) *Logfmt {
+	logger := logrus.New()
+	logger.Out = io.Discard
+	return &Logfmt{name: name, w: w, logger: logger, formatter: NewTextFormatter()}
+}
+
+// Name is the sink's name in stats and logs.
+func (s *Logfmt) Name() string { return s.name }
+
+// Format renders r as one logfmt line ending in '\n'.
+func (s *Logfmt) Format(r *Record) ([]byte, error) {
+	return s.format(r, nil)
+}
+
+func (s *Logfmt) format(r *Record, buf *bytes.Buffer) ([]byte, error) {
+	entry := &logrus.Entry{
+		Buffer:  buf,
+		Logger:  s.logger,
+		Data:    r.LogFields(),
+		Time:    r.Time.UTC(),
+		Level:   logrus.InfoLevel,
+		Message: EventMessage,
+	}
+	return s.formatter.Format(entry)
+}
+
+// Write formats r and writes it. Unlike a logrus.Logger, it returns the
+// writer's error so that the queue can count it.
+func (s *Logfmt) Write(r *Record) error {
+	s.buf.Reset()
+	line, err := s.format(r, &s.buf)
+	if err != nil {
+		return err
+	}
+	_, err = s.w.Write(line)
+	return err
+}
+
+// WriteEntry writes e as one logfmt line with msg=e.Message.
+func (s *Logfmt) WriteEntry(e *Entry) error {
+	s.buf.Reset()
+	line, err := s.formatter.Format(&logrus.Entry{
+		Buffer:  &s.buf,
+		Logger:  s.logger,
+		Data:    e.LogFields,
+		Time:    e.Time.UTC(),
+		Level:   logrus.InfoLevel,
+		Message: e.Message,
+	})
+	if err != nil {
+		return err
+	}
+	_, err = s.w.Write(line)
+	return err
+}
+
+// Close does nothing: the writer belongs to the caller.
+func (s *Logfmt) Close() error { return nil }
+
+// File is the "file" sink: logfmt lines appended to a file that Reopen
+// reopens by path, so logrotate can move it away and send SIGHUP.
+type File struct {
+	path string
+	*Logfmt
+	file *reopenable
+}
+
+// OpenFile opens (creating, mode 0640) path for appending.
+func OpenFile(path string) (*File, error) {
+	f := &reopenable{path: path}
+	if err := f.Reopen(); err != nil {
+		return nil, err
+	}
+	return &File{path: path, Logfmt: NewLogfmt("file", f), file: f}, nil
+}
+
+// Reopen closes the file and opens path again.
+func (s *File) Reopen() error { return s.file.Reopen() }
+
+// Close closes the file.
+func (s *File) Close() error { return s.file.Close() }
+
+// reopenable is a file that can be swapped under concurrent writes.
+type reopenable struct {
+	path string
+	mu   sync.Mutex
+	f    *os.File
+}
+
+func (r *reopenable) Reopen() error {
+	f, err := os.OpenFile(r.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return fmt.Errorf("open output file: %w (create its directory or fix output.file / --log-file)", err)
+	}
+	r.mu.Lock()
+	old := r.f
+	r.f = f
+	r.mu.Unlock()
+	if old != nil {
+		return old.Close()
+	}
+	return nil
+}
+
+func (r *reopenable) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.f == nil {
+		return 0, os.ErrClosed
+	}
+	return r.f.Write(p)
+}
+
+func (r *reopenable) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.f == nil {
+		return nil
+	}
+	err := r.f.Close()
+	r.f = nil
+	return err
+}

@@ -1,0 +1,224 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+
+	"github.com/captrace/captrace/pkg/cgmap"
+	"github.com/containerd/nri/pkg/api"
+	"github.com/sirupsen/logrus"
+)
+
+// handler is what the NRI stub calls. The stub subscribes the plugin to the
+// events whose methods it has: Synchronize, StartContainer, StopContainer and
+// RemoveContainer, nothing else.
+//
+// Every event holds containerd's runtime-wide lock, so each method does O(1)
+// work: a map lookup or two, at most one read of /proc/PID/cgroup and one
+// stat. None returns an error: a pod must never fail because of tracing.
+type handler struct{ p *Plugin }
+
+// Synchronize makes the registry hold exactly the running containers that
+// opt in. It comes at every (re)connection, so whatever ended while captrace
+// was away is dropped here.
+func (h *handler) Synchronize(_ context.Context, pods []*api.PodSandbox, ctrs []*api.Container) ([]*api.ContainerUpdate, error) {
+	p := h.p
+	byID := make(map[string]*api.PodSandbox, len(pods))
+	for _, pod := range pods {
+		byID[pod.GetId()] = pod
+	}
+	var traced []cgmap.Container
+	for _, ctr := range ctrs {
+		switch ctr.GetState() {
+		case api.ContainerState_CONTAINER_RUNNING, api.ContainerState_CONTAINER_PAUSED:
+		default:
+			continue // created ones come back with StartContainer; stopped ones are done
+		}
+		pod := byID[ctr.GetPodSandboxId()]
+		if pod == nil {
+			continue
+		}
+		if c, ok := p.admit(pod, ctr, false); ok {
+			traced = append(traced, c)
+		}
+	}
+	removed, err := p.reg.Reconcile(traced)
+	if err != nil {
+		p.traceFailed.Add(uint64(countJoined(err)))
+		p.log.WithError(err).Error("some opted-in containers could not be traced after synchronizing with containerd")
+	}
+	for _, c := range removed {
+		p.removals.push(c)
+	}
+	p.pruneWarned(pods)
+	p.connects.Add(1)
+	p.connected.Store(true)
+	p.log.WithFields(logrus.Fields{"pods": len(pods), "containers": len(ctrs), "traced": p.reg.Len(), "dropped": len(removed)}).
+		Info("synchronized with containerd")
+	return nil, nil
+}
+
+// StartContainer traces an opted-in container before its entrypoint runs:
+// containerd calls it after runc created the cgroup and the init process,
+// and waits for it.
+func (h *handler) StartContainer(_ context.Context, pod *api.PodSandbox, ctr *api.Container) error {
+	p := h.p
+	c, ok := p.admit(pod, ctr, true)
+	if !ok {
+		return nil
+	}
+	if err := p.reg.Add(c); err != nil {
+		p.traceFailed.Add(1)
+		p.containerLog(pod, ctr).WithError(err).Error("container opts in to tracing but could not be traced")
+	}
+	return nil
+}
+
+// StopContainer stops tracing a container: containerd sends it once the
+// container's processes are dead, so nothing more can be seen in its
+// cgroup. Waiting for RemoveContainer instead would keep exited containers
+// in the filter map and the advisor waiting (OnRemove) for as long as the
+// kubelet keeps them: init containers until their pod is deleted, completed
+// Jobs until garbage collection, a crash-looping container's last instance
+// until its next restart.
+func (h *handler) StopContainer(_ context.Context, _ *api.PodSandbox, ctr *api.Container) ([]*api.ContainerUpdate, error) {
+	h.p.forget(ctr)
+	return nil, nil
+}
+
+// RemoveContainer stops tracing a container, for those whose StopContainer
+// captrace missed (it was disconnected, or containerd restarted).
+func (h *handler) RemoveContainer(_ context.Context, _ *api.PodSandbox, ctr *api.Container) error {
+	h.p.forget(ctr)
+	return nil
+}
+
+func (p *Plugin) forget(ctr *api.Container) {
+	if c, ok := p.reg.Remove(ctr.GetId()); ok {
+		p.removals.push(c)
+	}
+}
+
+// admit applies the policy and resolves the cgroup of a container that opts
+// in. preferPID resolves from the PID first (StartContainer), else from the
+// cgroups path (Synchronize); each falls back to the other.
+func (p *Plugin) admit(pod *api.PodSandbox, ctr *api.Container, preferPID bool) (cgmap.Container, bool) {
+	d := p.opts.Policy.decide(pod, ctr)
+	if d.problem != "" {
+		p.warnOnce(pod, d)
+	}
+	if !d.trace {
+		return cgmap.Container{}, false
+	}
+	id, tried, err := p.resolveCgroup(ctr, preferPID)
+	if err != nil {
+		p.cgroupMisses.Add(1)
+		p.containerLog(pod, ctr).WithError(err).WithFields(logrus.Fields{
+			"tried": tried, "pid": ctr.GetPid(), "cgroups_path": ctr.GetLinux().GetCgroupsPath(),
+		}).Error("container opts in to tracing but its cgroup v2 directory was not found; not traced")
+		return cgmap.Container{}, false
+	}
+	return cgmap.Container{
+		ID:        ctr.GetId(),
+		Name:      ctr.GetName(),
+		Namespace: pod.GetNamespace(),
+		Pod:       pod.GetName(),
+		PodUID:    pod.GetUid(),
+		CgroupID:  id,
+		Settings:  d.settings,
+	}, true
+}
+
+// resolveCgroup returns the cgroup ID, or the paths tried and why they failed.
+func (p *Plugin) resolveCgroup(ctr *api.Container, preferPID bool) (uint64, []string, error) {
+	pid, cgPath := ctr.GetPid(), ctr.GetLinux().GetCgroupsPath()
+	var tried []string
+	var errs []error
+	try := func(byPID bool) (uint64, bool) {
+		var id uint64
+		var path string
+		var err error
+		if byPID {
+			if pid == 0 {
+				return 0, false
+			}
+			id, path, err = p.resolve.FromPID(pid)
+		} else {
+			if cgPath == "" {
+				return 0, false
+			}
+			id, path, err = p.resolve.FromCgroupsPath(cgPath)
+		}
+		if err == nil {
+			return id, true
+		}
+		if path != "" {
+			tried = append(tried, path)
+		}
+		errs = append(errs, err)
+		return 0, false
+	}
+	if id, ok := try(preferPID); ok {
+		return id, nil, nil
+	}
+	if id, ok := try(!preferPID); ok {
+		return id, nil, nil
+	}
+	if len(errs) == 0 {
+		return 0, nil, errors.New("NRI gave neither a PID nor a cgroups path")
+	}
+	return 0, tried, errors.Join(errs...)
+}
+
+// warnOnce logs a pod's policy problem the first time it is seen.
+func (p *Plugin) warnOnce(pod *api.PodSandbox, d decision) {
+	k := warnKey{podUID: pod.GetUid(), key: d.key, value: d.value, problem: d.problem}
+	p.warnedMu.Lock()
+	_, seen := p.warned[k]
+	if !seen {
+		// Bound the memory: a node never holds this many pods at once,
+		// and the next Synchronize prunes to the live ones anyway.
+		if len(p.warned) >= 65536 {
+			clear(p.warned)
+		}
+		p.warned[k] = struct{}{}
+	}
+	p.warnedMu.Unlock()
+	if seen {
+		return
+	}
+	p.policyWarnings.Add(1)
+	l := p.log.WithFields(logrus.Fields{"namespace": pod.GetNamespace(), "pod": pod.GetName(), "pod_uid": pod.GetUid()})
+	if d.key != "" {
+		l = l.WithFields(logrus.Fields{"annotation": d.key, "value": d.value})
+	}
+	l.Warn(d.problem)
+}
+
+func (p *Plugin) pruneWarned(pods []*api.PodSandbox) {
+	live := make(map[string]struct{}, len(pods))
+	for _, pod := range pods {
+		live[pod.GetUid()] = struct{}{}
+	}
+	p.warnedMu.Lock()
+	defer p.warnedMu.Unlock()
+	for k := range p.warned {
+		if _, ok := live[k.podUID]; !ok {
+			delete(p.warned, k)
+		}
+	}
+}
+
+func (p *Plugin) containerLog(pod *api.PodSandbox, ctr *api.Container) logrus.FieldLogger {
+	return p.log.WithFields(logrus.Fields{
+		"namespace": pod.GetNamespace(), "pod": pod.GetName(), "container": ctr.GetName(), "container_id": ctr.GetId(),
+	})
+}
+
+// countJoined counts the errors in an errors.Join.
+func countJoined(err error) int {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return len(j.Unwrap())
+	}
+	return 1
+}

@@ -1,0 +1,322 @@
+// Package plugin is captrace's NRI plugin: it learns from containerd which
+// containers to trace and keeps pkg/cgmap's registry in step.
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/captrace/captrace/pkg/cgmap"
+	"github.com/containerd/nri/pkg/api"
+	"github.com/containerd/nri/pkg/stub"
+	"github.com/sirupsen/logrus"
+)
+
+// Defaults of Options.
+const (
+	DefaultSocketPath  = api.DefaultSocketPath // /var/run/nri/nri.sock
+	DefaultPluginName  = "captrace"
+	DefaultPluginIndex = "10"
+)
+
+// Reconnection backoff: quick after a containerd restart, then capped so a
+// node without NRI costs one dial every few seconds.
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
+	// retryLogEvery bounds the rate of "still cannot connect" lines.
+	retryLogEvery = time.Minute
+)
+
+// Resolver finds a container's cgroup v2 ID. *cgmap.Resolver is the real
+// one; both methods return the path they tried, for error messages.
+type Resolver interface {
+	FromPID(pid uint32) (cgroupID uint64, tried string, err error)
+	FromCgroupsPath(cgroupsPath string) (cgroupID uint64, tried string, err error)
+}
+
+// Options configure the plugin's connection to containerd.
+type Options struct {
+	SocketPath  string // default /var/run/nri/nri.sock
+	PluginName  string // default "captrace"
+	PluginIndex string // default "10"
+	Policy      Policy
+	Log         logrus.FieldLogger
+	// OnRemove, if set, is called (outside containerd's critical path as far as
+	// possible) with each container that stops being traced.
+	//
+	// Calls come one at a time from a goroutine of Run, in order, after the
+	// handler that removed the container has returned; none is dropped. On
+	// return Run waits for the calls still queued, so OnRemove must not block
+	// forever.
+	OnRemove func(cgmap.Container)
+	// Resolver, if set, replaces the resolver of the host's cgroup2 mount
+	// (cgmap.NewResolver).
+	Resolver Resolver
+}
+
+// Stats are the plugin's counters since New. Every opted-in container that
+// is not traced is counted in one of them.
+type Stats struct {
+	// Traced is the number of traced containers.
+	Traced int
+	// Connected tells whether the plugin is registered with containerd now.
+	Connected bool
+	// Connects counts registrations with containerd: 1, plus one per reconnection.
+	Connects uint64
+	// CgroupMisses counts opted-in containers whose cgroup was not found.
+	CgroupMisses uint64
+	// TraceFailed counts opted-in containers the filter map refused (full, or an update error).
+	TraceFailed uint64
+	// PolicyWarnings counts pods not traced because of a bad annotation value or a
+	// namespace the config keeps out (one per pod and problem).
+	PolicyWarnings uint64
+}
+
+// Plugin connects to containerd's NRI socket and keeps reg in step with it.
+type Plugin struct {
+	reg     *cgmap.Registry
+	opts    Options
+	log     logrus.FieldLogger
+	resolve Resolver
+	handler *handler
+
+	running        atomic.Bool
+	connected      atomic.Bool
+	connects       atomic.Uint64
+	cgroupMisses   atomic.Uint64
+	traceFailed    atomic.Uint64
+	policyWarnings atomic.Uint64
+
+	// warned holds pod UID + problem for the pods already warned about, so a
+	// pod with a bad annotation is named once, not at every container and
+	// every Synchronize. Pruned at each Synchronize to the live pods.
+	warnedMu sync.Mutex
+	warned   map[warnKey]struct{}
+
+	removals notifier
+}
+
+type warnKey struct{ podUID, key, value, problem string }
+
+// New returns a plugin that maintains reg.
+func New(reg *cgmap.Registry, opts Options) (*Plugin, error) {
+	if reg == nil {
+		return nil, errors.New("plugin: nil registry")
+	}
+	if opts.SocketPath == "" {
+		opts.SocketPath = DefaultSocketPath
+	}
+	if opts.PluginName == "" {
+		opts.PluginName = DefaultPluginName
+	}
+	if opts.PluginIndex == "" {
+		opts.PluginIndex = DefaultPluginIndex
+	}
+	if opts.Log == nil {
+		opts.Log = logrus.StandardLogger()
+	}
+	p := &Plugin{
+		reg:     reg,
+		opts:    opts,
+		log:     opts.Log.WithField("component", "nri"),
+		resolve: opts.Resolver,
+		warned:  make(map[warnKey]struct{}),
+	}
+	p.removals.fn = opts.OnRemove
+	p.handler = &handler{p: p}
+	if p.resolve == nil {
+		r, err := cgmap.NewResolver()
+		if err != nil {
+			return nil, fmt.Errorf("plugin: %w", err)
+		}
+		p.resolve = r
+	}
+	// Check name and index now: a bad one is a configuration error, not
+	// something to retry.
+	if _, err := p.newStub(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Stats returns the plugin's counters.
+func (p *Plugin) Stats() Stats {
+	return Stats{
+		Traced:         p.reg.Len(),
+		Connected:      p.connected.Load(),
+		Connects:       p.connects.Load(),
+		CgroupMisses:   p.cgroupMisses.Load(),
+		TraceFailed:    p.traceFailed.Load(),
+		PolicyWarnings: p.policyWarnings.Load(),
+	}
+}
+
+func (p *Plugin) newStub() (stub.Stub, error) {
+	opts := []stub.Option{
+		stub.WithSocketPath(p.opts.SocketPath),
+		stub.WithPluginName(p.opts.PluginName),
+		stub.WithLogger(nriLogger{p.log}),
+	}
+	// containerd sets the index in the environment of plugins it launches;
+	// the stub refuses a second one.
+	if os.Getenv(api.PluginIdxEnvVar) == "" {
+		opts = append(opts, stub.WithPluginIdx(p.opts.PluginIndex))
+	}
+	s, err := stub.New(p.handler, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("plugin: NRI plugin %s-%s: %w", p.opts.PluginIndex, p.opts.PluginName, err)
+	}
+	return s, nil
+}
+
+// Run connects, serves events and reconnects with backoff whenever containerd
+// goes away, until ctx is done; it then returns nil. While disconnected the
+// registry is left as it is: running containers stay traced, and the
+// Synchronize of the next connection drops what ended meanwhile.
+func (p *Plugin) Run(ctx context.Context) error {
+	if !p.running.CompareAndSwap(false, true) {
+		return errors.New("plugin: Run is already running")
+	}
+	defer p.running.Store(false)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.removals.run(ctx)
+	}()
+	defer func() { <-done }()
+
+	backoff := minBackoff
+	var (
+		failures   int
+		lastLogged time.Time
+		lastErr    string
+	)
+	for {
+		s, err := p.newStub()
+		if err != nil {
+			return err
+		}
+		connectsBefore := p.connects.Load()
+		err = s.Run(ctx)
+		p.connected.Store(false)
+		if ctx.Err() != nil {
+			p.log.Info("NRI plugin stopped")
+			return nil
+		}
+		if p.connects.Load() != connectsBefore {
+			// We were registered: containerd went away (restart, upgrade).
+			p.log.WithError(err).WithField("socket", p.opts.SocketPath).
+				Warn("lost the NRI connection (containerd restarted?); running containers stay traced; reconnecting")
+			backoff, failures, lastErr = minBackoff, 0, ""
+		} else {
+			failures++
+			msg := connectHint(err, p.opts.SocketPath)
+			if failures == 1 || msg != lastErr || time.Since(lastLogged) >= retryLogEvery {
+				p.log.WithError(err).WithFields(logrus.Fields{"socket": p.opts.SocketPath, "attempts": failures}).
+					Error("cannot connect to containerd's NRI socket; retrying: " + msg)
+				lastLogged, lastErr = time.Now(), msg
+			}
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// connectHint says what to do about a failed connection.
+func connectHint(err error, socket string) string {
+	switch {
+	case errors.Is(err, syscall.ENOENT):
+		return fmt.Sprintf("%s does not exist: NRI is disabled in containerd or uses another socket. "+
+			"Enable it with a drop-in /etc/containerd/conf.d/nri.toml containing "+
+			"`version = 3` `[plugins.'io.containerd.nri.v1.nri']` `disable = false` `socket_path = %q` "+
+			"(containerd 1.7: the same section, with double quotes, in /etc/containerd/config.toml), "+
+			"then restart containerd; or point nri.socket at the socket in use", socket, socket)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "nothing listens on the socket: containerd is not running or is restarting"
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return "permission denied: run captrace as root"
+	default:
+		return "containerd refused or dropped the registration"
+	}
+}
+
+// notifier calls OnRemove on its own goroutine, so that the advisor's work
+// never runs under containerd's lock. Its queue grows only with container
+// removals, so it needs no bound and drops nothing.
+type notifier struct {
+	fn   func(cgmap.Container)
+	mu   sync.Mutex
+	q    []cgmap.Container
+	wake chan struct{}
+	once sync.Once
+}
+
+func (n *notifier) init() { n.once.Do(func() { n.wake = make(chan struct{}, 1) }) }
+
+func (n *notifier) push(c cgmap.Container) {
+	if n.fn == nil {
+		return
+	}
+	n.init()
+	n.mu.Lock()
+	n.q = append(n.q, c)
+	n.mu.Unlock()
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run delivers until ctx is done, then delivers what is left.
+func (n *notifier) run(ctx context.Context) {
+	if n.fn == nil {
+		return
+	}
+	n.init()
+	for {
+		n.mu.Lock()
+		q := n.q
+		n.q = nil
+		n.mu.Unlock()
+		for _, c := range q {
+			n.fn(c)
+		}
+		if len(q) > 0 {
+			continue
+		}
+		select {
+		case <-n.wake:
+		case <-ctx.Done():
+			n.mu.Lock()
+			q := n.q
+			n.q = nil
+			n.mu.Unlock()
+			for _, c := range q {
+				n.fn(c)
+			}
+			return
+		}
+	}
+}
+
+// nriLogger passes the stub's messages to logrus. The stub narrates every
+// (re)connection at info level; that is debug for captrace.
+type nriLogger struct{ l logrus.FieldLogger }
+
+func (n nriLogger) Debugf(_ context.Context, f string, a ...any) { n.l.Debugf(f, a...) }
+func (n nriLogger) Infof(_ context.Context, f string, a ...any)  { n.l.Debugf(f, a...) }
+func (n nriLogger) Warnf(_ context.Context, f string, a ...any)  { n.l.Warnf(f, a...) }
+func (n nriLogger) Errorf(_ context.Context, f string, a ...any) { n.l.Errorf(f, a...) }

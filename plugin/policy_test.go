@@ -1,0 +1,275 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/captrace/captrace/bpf"
+	"github.com/captrace/captrace/pkg/cgmap"
+	"github.com/containerd/nri/pkg/api"
+	"github.com/sirupsen/logrus"
+	"github.com/sirupsen/logrus/hooks/test"
+)
+
+func pod(ns string, ann map[string]string) *api.PodSandbox {
+	return &api.PodSandbox{Id: "sb-" + ns, Name: "web", Uid: "uid-" + ns, Namespace: ns, Annotations: ann}
+}
+
+func ctr(name string) *api.Container {
+	return &api.Container{Id: "id-" + name, PodSandboxId: "sb", Name: name, State: api.ContainerState_CONTAINER_RUNNING}
+}
+
+func TestPolicyEnabledValues(t *testing.T) {
+	for _, tc := range []struct {
+		value       string
+		present     bool
+		trace, warn bool
+	}{
+		{present: false},
+		{value: "true", present: true, trace: true},
+		{value: "TRUE", present: true, trace: true},
+		{value: "True", present: true, trace: true},
+		{value: "false", present: true},
+		{value: "FALSE", present: true},
+		{value: "", present: true, warn: true},
+		{value: "yes", present: true, warn: true},
+		{value: "1", present: true, warn: true},
+		{value: " true", present: true, warn: true},
+		{value: "garbage\x00", present: true, warn: true},
+	} {
+		ann := map[string]string{}
+		if tc.present {
+			ann[AnnotationEnabled] = tc.value
+		}
+		var p Policy
+		d := p.decide(pod("ns", ann), ctr("app"))
+		if d.trace != tc.trace || (d.problem != "") != tc.warn {
+			t.Errorf("enabled=%q (present %v): trace %v, problem %q; want trace %v, warn %v", tc.value, tc.present, d.trace, d.problem, tc.trace, tc.warn)
+		}
+		if tc.warn && (d.key != AnnotationEnabled || d.value != tc.value) {
+			t.Errorf("enabled=%q: warning names %q=%q", tc.value, d.key, d.value)
+		}
+	}
+}
+
+func TestPolicySettings(t *testing.T) {
+	defaults := bpf.Settings{AuditOnly: true, Unique: false}
+	for _, tc := range []struct {
+		name  string
+		ann   map[string]string
+		trace bool
+		want  bpf.Settings
+		warn  string // annotation named in the warning
+	}{
+		{name: "defaults", ann: map[string]string{}, trace: true, want: defaults},
+		{name: "audit-only false", ann: map[string]string{AnnotationAuditOnly: "false"}, trace: true, want: bpf.Settings{}},
+		{name: "audit-only TRUE unique true", ann: map[string]string{AnnotationAuditOnly: "TRUE", AnnotationUnique: "true"}, trace: true, want: bpf.Settings{AuditOnly: true, Unique: true}},
+		{name: "unique FALSE", ann: map[string]string{AnnotationUnique: "FALSE"}, trace: true, want: defaults},
+		{name: "audit-only yes", ann: map[string]string{AnnotationAuditOnly: "yes"}, warn: AnnotationAuditOnly},
+		{name: "audit-only empty", ann: map[string]string{AnnotationAuditOnly: ""}, warn: AnnotationAuditOnly},
+		{name: "unique garbage", ann: map[string]string{AnnotationUnique: "garbage"}, warn: AnnotationUnique},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.ann[AnnotationEnabled] = "true"
+			p := Policy{Defaults: defaults}
+			d := p.decide(pod("ns", tc.ann), ctr("app"))
+			if d.trace != tc.trace || d.key != tc.warn || (d.problem != "") != (tc.warn != "") {
+				t.Fatalf("got %+v", d)
+			}
+			if d.trace && d.settings != tc.want {
+				t.Fatalf("settings %+v, want %+v", d.settings, tc.want)
+			}
+		})
+	}
+}
+
+func TestPolicyContainers(t *testing.T) {
+	for _, tc := range []struct {
+		list, name  string
+		trace, warn bool
+	}{
+		{list: "app,sidecar", name: "app", trace: true},
+		{list: "app,sidecar", name: "sidecar", trace: true},
+		{list: "app,sidecar", name: "init"},
+		{list: " app , sidecar ", name: "sidecar", trace: true},
+		{list: "app", name: "app", trace: true},
+		{list: "app", name: "ap"},
+		{list: "application", name: "app"},
+		{list: "app,,", name: "app", trace: true},
+		{list: "", name: "app", warn: true},
+		{list: " , ", name: "app", warn: true},
+	} {
+		p := Policy{}
+		d := p.decide(pod("ns", map[string]string{AnnotationEnabled: "true", AnnotationContainers: tc.list}), ctr(tc.name))
+		if d.trace != tc.trace || (d.problem != "") != tc.warn {
+			t.Errorf("containers=%q name %q: got %+v; want trace %v warn %v", tc.list, tc.name, d, tc.trace, tc.warn)
+		}
+	}
+}
+
+func TestPolicyNamespaces(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		allow, deny  []string
+		ns           string
+		trace, warn  bool
+		notAnnotated bool
+	}{
+		{name: "no lists", ns: "team-a", trace: true},
+		{name: "allowed", allow: []string{"team-a", "team-b"}, ns: "team-b", trace: true},
+		{name: "not in allow list", allow: []string{"team-a"}, ns: "team-c", warn: true},
+		{name: "denied", deny: []string{"kube-system"}, ns: "kube-system", warn: true},
+		{name: "deny wins over allow", allow: []string{"kube-system"}, deny: []string{"kube-system"}, ns: "kube-system", warn: true},
+		{name: "deny list only", deny: []string{"kube-system"}, ns: "team-a", trace: true},
+		{name: "denied but not opted in: silent", deny: []string{"kube-system"}, ns: "kube-system", notAnnotated: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := Policy{AllowNamespaces: tc.allow, DenyNamespaces: tc.deny}
+			ann := map[string]string{AnnotationEnabled: "true"}
+			if tc.notAnnotated {
+				ann = nil
+			}
+			d := p.decide(pod(tc.ns, ann), ctr("app"))
+			if d.trace != tc.trace || (d.problem != "") != tc.warn {
+				t.Fatalf("got %+v", d)
+			}
+		})
+	}
+}
+
+func TestPolicyDecideDoesNotAllocate(t *testing.T) {
+	p := Policy{DenyNamespaces: []string{"kube-system"}}
+	pd := pod("ns", map[string]string{AnnotationEnabled: "True", AnnotationUnique: "true", AnnotationContainers: "sidecar, app"})
+	c := ctr("app")
+	if n := testing.AllocsPerRun(100, func() { p.decide(pd, c) }); n != 0 {
+		t.Fatalf("decide allocates %v times", n)
+	}
+}
+
+// fakeResolver maps PIDs and cgroups paths to IDs.
+type fakeResolver struct {
+	pids  map[uint32]uint64
+	paths map[string]uint64
+}
+
+func (f fakeResolver) FromPID(pid uint32) (uint64, string, error) {
+	if id, ok := f.pids[pid]; ok {
+		return id, "", nil
+	}
+	return 0, "/proc/x/cgroup", errors.New("no such process")
+}
+
+func (f fakeResolver) FromCgroupsPath(p string) (uint64, string, error) {
+	if id, ok := f.paths[p]; ok {
+		return id, "", nil
+	}
+	return 0, "/sys/fs/cgroup" + p, errors.New("no such directory")
+}
+
+type nopFilter struct{}
+
+func (nopFilter) Trace(uint64, bpf.Settings) error { return nil }
+func (nopFilter) Untrace(uint64) error             { return nil }
+
+// A pod with a bad value is named once, however many containers and
+// synchronizations it goes through.
+func TestHandlerWarnsOncePerPod(t *testing.T) {
+	log, hook := test.NewNullLogger()
+	reg := cgmap.NewRegistry(nopFilter{}, log)
+	p, err := New(reg, Options{Log: log, Resolver: fakeResolver{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := pod("ns", map[string]string{AnnotationEnabled: "yes"})
+	for _, name := range []string{"app", "sidecar", "app"} {
+		c := ctr(name)
+		c.Pid = 1
+		if err := p.handler.StartContainer(context.Background(), bad, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := ctr("app")
+	c.PodSandboxId = bad.Id
+	for i := 0; i < 2; i++ {
+		if _, err := p.handler.Synchronize(context.Background(), []*api.PodSandbox{bad}, []*api.Container{c}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var warnings []*logrus.Entry
+	for _, e := range hook.AllEntries() {
+		if e.Level == logrus.WarnLevel {
+			warnings = append(warnings, e)
+		}
+	}
+	if len(warnings) != 1 {
+		t.Fatalf("%d warnings, want 1: %v", len(warnings), warnings)
+	}
+	w := warnings[0]
+	if w.Data["pod"] != "web" || w.Data["namespace"] != "ns" || w.Data["value"] != "yes" || w.Data["annotation"] != AnnotationEnabled {
+		t.Fatalf("warning does not name pod and value: %v", w.Data)
+	}
+	if s := p.Stats(); s.PolicyWarnings != 1 || s.Traced != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+// cgroup not found: an error naming the path tried, a counted miss, and
+// success for containerd.
+func TestHandlerCgroupMiss(t *testing.T) {
+	log, hook := test.NewNullLogger()
+	reg := cgmap.NewRegistry(nopFilter{}, log)
+	p, err := New(reg, Options{Log: log, Resolver: fakeResolver{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ctr("app")
+	c.Pid = 4242
+	c.Linux = &api.LinuxContainer{CgroupsPath: "/kubepods/podx/abc"}
+	if err := p.handler.StartContainer(context.Background(), pod("ns", map[string]string{AnnotationEnabled: "true"}), c); err != nil {
+		t.Fatalf("StartContainer failed the pod: %v", err)
+	}
+	e := hook.LastEntry()
+	if e == nil || e.Level != logrus.ErrorLevel {
+		t.Fatalf("no error logged: %v", e)
+	}
+	if tried := e.Data["tried"]; !strings.Contains(strings.Join(tried.([]string), " "), "/sys/fs/cgroup/kubepods/podx/abc") {
+		t.Fatalf("error does not name the path tried: %v", e.Data)
+	}
+	if s := p.Stats(); s.CgroupMisses != 1 || s.Traced != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+type fullFilter struct{ nopFilter }
+
+func (fullFilter) Trace(uint64, bpf.Settings) error { return errors.New("map full") }
+
+// The filter refusing a container is counted and logged; the pod still starts.
+func TestHandlerTraceFailed(t *testing.T) {
+	log, hook := test.NewNullLogger()
+	reg := cgmap.NewRegistry(fullFilter{}, log)
+	p, err := New(reg, Options{Log: log, Resolver: fakeResolver{pids: map[uint32]uint64{7: 70}, paths: map[string]uint64{"/a": 71}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ctr("app")
+	c.Pid = 7
+	pd := pod("ns", map[string]string{AnnotationEnabled: "true"})
+	if err := p.handler.StartContainer(context.Background(), pd, c); err != nil {
+		t.Fatalf("StartContainer failed the pod: %v", err)
+	}
+	if e := hook.LastEntry(); e == nil || e.Level != logrus.ErrorLevel || !strings.Contains(e.Data["error"].(error).Error(), "map full") {
+		t.Fatalf("no error logged: %v", e)
+	}
+	c2 := ctr("other")
+	c2.PodSandboxId = pd.Id
+	c2.Linux = &api.LinuxContainer{CgroupsPath: "/a"}
+	if _, err := p.handler.Synchronize(context.Background(), []*api.PodSandbox{pd}, []*api.Container{c2}); err != nil {
+		t.Fatalf("Synchronize failed: %v", err)
+	}
+	if s := p.Stats(); s.TraceFailed != 2 || s.Traced != 0 || s.CgroupMisses != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
