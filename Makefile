@@ -25,9 +25,14 @@ test-unit:
 	$(GO) vet ./...
 	$(GOTEST) -count=1 ./...
 
+# The seed's scenarios on a private containerd 2.4 + runc + NRI + journald with
+# the real daemon, then the container start latency with and without captrace.
+# containerd, its shim, ctr and crictl are built once into .cache/tools/bin.
+# CAPTRACE_E2E_BIN=path runs a prebuilt daemon instead of ./cmd/captrace.
+E2E_BENCH ?= -bench ContainerStart -benchtime 20x
 e2e:
 	scripts/install-deps.sh e2e
-	$(GOTEST) -count=1 -tags e2e -timeout 40m -v ./test/e2e/
+	$(GOTEST) -count=1 -tags e2e -timeout 40m -v $(E2E_BENCH) ./test/e2e/
 
 # The privileged tests of ./bpf (and test/kernels/guestcheck) on Debian's 6.1
 # and 6.12 cloud kernels under qemu: probing must pick fexit, forced kprobe must
@@ -41,9 +46,12 @@ bench:
 	scripts/install-deps.sh bench
 	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./bpf/ ./plugin/
 
+# The seed's set-priority guide on a private stack; Ctrl-C or DEMO_FLAGS=-duration=… ends it.
+DEMO_FLAGS ?=
 demo:
 	scripts/install-deps.sh e2e
-	$(GO) run -tags e2e ./test/e2e/cmd/demo
+	$(GO) build -o .cache/bin/demo ./test/e2e/cmd/demo
+	$(PRIV_EXEC) .cache/bin/demo $(DEMO_FLAGS)
 
 # Install layout. DESTDIR stages a package; the config lives in /etc whatever PREFIX is.
 PREFIX ?= /usr/local

@@ -1,0 +1,116 @@
+package stack
+
+import (
+	"fmt"
+	"strings"
+)
+
+// containerdConfig renders a containerd config (version 3) whose every path,
+// socket and port is private to the stack in dir, so it runs beside any other
+// containerd on the machine.
+func containerdConfig(dir string, t Tools) string {
+	q := func(s string) string { return fmt.Sprintf("%q", s) }
+	return strings.NewReplacer(
+		"@DIR@", dir,
+		"@RUNC@", q(t.Runc),
+		"@PAUSE@", q(PauseImage),
+	).Replace(`version = 3
+# No drop-ins from /etc/containerd/conf.d: this containerd is the test's alone.
+imports = []
+root = "@DIR@/root"
+state = "@DIR@/state"
+
+[grpc]
+  address = "@DIR@/containerd.sock"
+
+[ttrpc]
+  address = "@DIR@/containerd.sock.ttrpc"
+
+[debug]
+  address = "@DIR@/debug.sock"
+  level = "info"
+
+[plugins.'io.containerd.internal.v1.opt']
+  path = "@DIR@/opt"
+
+[plugins.'io.containerd.grpc.v1.cri']
+  # A random port, so that stacks never collide on the default 10010.
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = @PAUSE@
+
+[plugins.'io.containerd.cri.v1.runtime']
+  enable_selinux = false
+  # This VM's root lacks CAP_SYS_RESOURCE: without this every sandbox fails
+  # with "can't get final child's PID from pipe".
+  restrict_oom_score_adj = true
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      pod_annotations = ['captrace.io/*']
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = @RUNC@
+        Root = "@DIR@/runc"
+        SystemdCgroup = false
+
+[plugins.'io.containerd.nri.v1.nri']
+  disable = false
+  socket_path = "@DIR@/nri.sock"
+  plugin_path = "@DIR@/nri/plugins"
+  plugin_config_path = "@DIR@/nri/conf.d"
+`)
+}
+
+// journaldConfig keeps the private journald's files in the runtime directory
+// (which the stack binds to a host directory) and never rate-limits or
+// forwards, so every captrace entry is stored and nothing leaks to the host.
+const journaldConfig = `[Journal]
+Storage=volatile
+RateLimitIntervalSec=0
+RateLimitBurst=0
+ReadKMSG=no
+ForwardToSyslog=no
+ForwardToKMsg=no
+ForwardToConsole=no
+ForwardToWall=no
+RuntimeMaxUse=64M
+`
+
+// CaptraceConfig is what the stack writes into captrace's TOML file.
+type CaptraceConfig struct {
+	NRISocket string
+	EventFile string
+	AuditOnly bool
+	Unique    bool
+}
+
+func (c CaptraceConfig) render() string {
+	return fmt.Sprintf(`# Written by captrace's e2e stack.
+[nri]
+socket = %q
+plugin_name = "captrace"
+plugin_index = "10"
+
+[trace]
+audit_only = %t
+unique = %t
+
+[output]
+sinks = ["journald", "file"]
+file = %q
+`, c.NRISocket, c.AuditOnly, c.Unique, c.EventFile)
+}
+
+func crictlConfig(sock string) string {
+	return fmt.Sprintf(`runtime-endpoint: unix://%s
+image-endpoint: unix://%s
+timeout: 60
+debug: false
+pull-image-on-create: false
+`, sock, sock)
+}

@@ -1,0 +1,354 @@
+package stack
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/captrace/captrace/pkg/output"
+)
+
+// Event is one capability check as captrace reported it, read back from the
+// logfmt file or the journal, using the field names of pkg/output.
+type Event struct {
+	Source      string // "logfmt" or "journald"
+	Time        time.Time
+	Namespace   string
+	Pod         string
+	PodUID      string
+	Container   string
+	ContainerID string
+	Comm        string
+	Pid         int
+	Cap         string
+	Syscall     string
+	Capable     bool
+	Audit       bool
+	Raw         string // the line or the JSON entry, for failure messages
+}
+
+// String is a compact form for test failure messages.
+func (e Event) String() string {
+	return fmt.Sprintf("%s/%s/%s comm=%s pid=%d cap=%s syscall=%s capable=%t audit=%t", e.Namespace, e.Pod, e.Container, e.Comm, e.Pid, e.Cap, e.Syscall, e.Capable, e.Audit)
+}
+
+// ParseLogfmt splits one logfmt line into its keys and values. Values may be
+// bare or double-quoted with Go-style escapes (as logrus writes them).
+func ParseLogfmt(line string) (map[string]string, error) {
+	kv := map[string]string{}
+	i := 0
+	for i < len(line) {
+		for i < len(line) && line[i] == ' ' {
+			i++
+		}
+		if i >= len(line) {
+			break
+		}
+		start := i
+		for i < len(line) && line[i] != '=' && line[i] != ' ' {
+			i++
+		}
+		key := line[start:i]
+		if key == "" {
+			return nil, fmt.Errorf("empty key at byte %d", start)
+		}
+		if i >= len(line) || line[i] == ' ' {
+			kv[key] = "" // a bare key
+			continue
+		}
+		i++ // '='
+		if i < len(line) && line[i] == '"' {
+			j := i + 1
+			for j < len(line) && line[j] != '"' {
+				if line[j] == '\\' {
+					j++
+				}
+				j++
+			}
+			if j >= len(line) {
+				return nil, fmt.Errorf("unterminated quoted value of %q", key)
+			}
+			v, err := strconv.Unquote(line[i : j+1])
+			if err != nil {
+				return nil, fmt.Errorf("value of %q: %w", key, err)
+			}
+			kv[key] = v
+			i = j + 1
+			continue
+		}
+		start = i
+		for i < len(line) && line[i] != ' ' {
+			i++
+		}
+		kv[key] = line[start:i]
+	}
+	return kv, nil
+}
+
+// parseFlag reads a capable/audit value: true/false or 1/0.
+func parseFlag(v string) (bool, error) {
+	switch strings.ToLower(v) {
+	case "1", "true":
+		return true, nil
+	case "0", "false":
+		return false, nil
+	}
+	return false, fmt.Errorf("not a boolean: %q", v)
+}
+
+// eventFromFields builds an Event from logfmt keys (logfmt=true) or journald fields.
+func eventFromFields(f map[string]string, logfmt bool, raw string) (Event, error) {
+	key := func(logfmtKey, journalField string) string {
+		if logfmt {
+			return f[logfmtKey]
+		}
+		return f[journalField]
+	}
+	e := Event{
+		Raw:         raw,
+		Namespace:   key(output.KeyNamespace, output.FieldNamespace),
+		Pod:         key(output.KeyPod, output.FieldPod),
+		PodUID:      key(output.KeyPodUID, output.FieldPodUID),
+		Container:   key(output.KeyContainer, output.FieldContainer),
+		ContainerID: key(output.KeyContainerID, output.FieldContainerID),
+		Comm:        key(output.KeyComm, output.FieldComm),
+		Cap:         key(output.KeyCap, output.FieldCap),
+		Syscall:     key(output.KeySyscall, output.FieldSyscall),
+	}
+	e.Source = "journald"
+	if logfmt {
+		e.Source = "logfmt"
+	}
+	var err error
+	if e.Capable, err = parseFlag(key(output.KeyCapable, output.FieldCapable)); err != nil {
+		return e, fmt.Errorf("capable: %w", err)
+	}
+	if e.Audit, err = parseFlag(key(output.KeyAudit, output.FieldAudit)); err != nil {
+		return e, fmt.Errorf("audit: %w", err)
+	}
+	if p := key(output.KeyPid, output.FieldPid); p != "" {
+		if e.Pid, err = strconv.Atoi(p); err != nil {
+			return e, fmt.Errorf("pid: %w", err)
+		}
+	}
+	if logfmt {
+		if t := f[output.KeyTime]; t != "" {
+			if e.Time, err = time.Parse(time.RFC3339Nano, t); err != nil {
+				return e, fmt.Errorf("time: %w", err)
+			}
+		}
+	} else if us, err := strconv.ParseInt(f["__REALTIME_TIMESTAMP"], 10, 64); err == nil {
+		e.Time = time.UnixMicro(us)
+	}
+	return e, nil
+}
+
+// ParseEventLine parses one line of captrace's logfmt output; ok is false for
+// lines that are not capability events.
+func ParseEventLine(line string) (e Event, ok bool, err error) {
+	kv, err := ParseLogfmt(line)
+	if err != nil {
+		return Event{}, false, err
+	}
+	if _, has := kv[output.KeyCap]; !has {
+		return Event{}, false, nil
+	}
+	e, err = eventFromFields(kv, true, line)
+	return e, err == nil, err
+}
+
+// ParseEventFile reads captrace's logfmt output. Lines without a cap key
+// (operational messages, if any) are skipped; malformed event lines are errors.
+func ParseEventFile(data []byte) ([]Event, error) {
+	var events []Event
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		kv, err := ParseLogfmt(line)
+		if err != nil {
+			return events, fmt.Errorf("line %d: %w: %s", n, err, line)
+		}
+		if _, ok := kv[output.KeyCap]; !ok {
+			continue
+		}
+		e, err := eventFromFields(kv, true, line)
+		if err != nil {
+			return events, fmt.Errorf("line %d: %w: %s", n, err, line)
+		}
+		events = append(events, e)
+	}
+	return events, sc.Err()
+}
+
+// ParseJournalJSON reads `journalctl -o json` output, keeping entries with a CAP field.
+func ParseJournalJSON(data []byte) ([]Event, error) {
+	var events []Event
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Bytes()
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		var raw map[string]any
+		if err := json.Unmarshal(line, &raw); err != nil {
+			return events, fmt.Errorf("journal entry %d: %w", n, err)
+		}
+		f := map[string]string{}
+		for k, v := range raw {
+			if s, ok := v.(string); ok {
+				f[k] = s
+			}
+		}
+		if _, ok := f[output.FieldCap]; !ok {
+			continue
+		}
+		e, err := eventFromFields(f, false, string(line))
+		if err != nil {
+			return events, fmt.Errorf("journal entry %d: %w: %s", n, err, line)
+		}
+		events = append(events, e)
+	}
+	return events, sc.Err()
+}
+
+// FileEvents returns every event captrace wrote to its logfmt file so far.
+func (s *Stack) FileEvents() ([]Event, error) {
+	data, err := os.ReadFile(s.EventFile)
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return ParseEventFile(data)
+}
+
+// JournalEvents returns every event in the private journal from unit
+// captrace (`journalctl -u captrace -o json`), optionally narrowed by
+// journal matches such as "K8S_POD_NAME=x".
+func (s *Stack) JournalEvents(ctx context.Context, matches ...string) ([]Event, error) {
+	out, err := run(ctx, append([]string{s.Tools.Journalctl, "-D", s.JournalDir, "--no-pager", "-u", "captrace", "-o", "json"}, matches...)...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseJournalJSON([]byte(out))
+}
+
+// Filter returns the events for which keep is true.
+func Filter(events []Event, keep func(Event) bool) []Event {
+	var out []Event
+	for _, e := range events {
+		if keep(e) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// OfPod keeps events of one pod (namespace and name).
+func OfPod(namespace, pod string) func(Event) bool {
+	return func(e Event) bool { return e.Namespace == namespace && e.Pod == pod }
+}
+
+// Both holds the events of one query as each sink reported them.
+type Both struct {
+	Logfmt  []Event
+	Journal []Event
+}
+
+// Events reads both sinks and keeps the events for which keep is true.
+func (s *Stack) Events(ctx context.Context, keep func(Event) bool) (Both, error) {
+	f, err := s.FileEvents()
+	if err != nil {
+		return Both{}, fmt.Errorf("captrace's logfmt file %s: %w", s.EventFile, err)
+	}
+	j, err := s.JournalEvents(ctx)
+	if err != nil {
+		return Both{}, fmt.Errorf("journal: %w", err)
+	}
+	return Both{Logfmt: Filter(f, keep), Journal: Filter(j, keep)}, nil
+}
+
+// WaitEvents polls both sinks until each holds at least min events for which
+// keep is true, or timeout passes; it returns what it last read either way.
+func (s *Stack) WaitEvents(ctx context.Context, timeout time.Duration, min int, keep func(Event) bool) (Both, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		b, err := s.Events(ctx, keep)
+		if err != nil {
+			return b, err
+		}
+		if len(b.Logfmt) >= min && len(b.Journal) >= min {
+			return b, nil
+		}
+		if time.Now().After(deadline) {
+			return b, fmt.Errorf("after %v: %d matching events in the logfmt file and %d in the journal, want at least %d in each", timeout, len(b.Logfmt), len(b.Journal), min)
+		}
+		select {
+		case <-ctx.Done():
+			return b, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// Signature is what must agree between the two sinks for one event.
+func (e Event) Signature() string {
+	return fmt.Sprintf("%s/%s/%s %s %d %s %s %t %t", e.Namespace, e.Pod, e.Container, e.Comm, e.Pid, e.Cap, e.Syscall, e.Capable, e.Audit)
+}
+
+// DiffSinks reports events one sink holds and the other does not (as multisets).
+func DiffSinks(b Both) []string {
+	count := map[string]int{}
+	for _, e := range b.Logfmt {
+		count[e.Signature()]++
+	}
+	for _, e := range b.Journal {
+		count[e.Signature()]--
+	}
+	var diffs []string
+	for sig, n := range count {
+		switch {
+		case n > 0:
+			diffs = append(diffs, fmt.Sprintf("%d× only in logfmt: %s", n, sig))
+		case n < 0:
+			diffs = append(diffs, fmt.Sprintf("%d× only in journal: %s", -n, sig))
+		}
+	}
+	sort.Strings(diffs)
+	return diffs
+}
+
+// CaptraceStats returns the fields of the last `msg=stats` line in the
+// daemon's own log (it logs one every 30 s and at shutdown).
+func (s *Stack) CaptraceStats() (map[string]string, error) {
+	data, err := os.ReadFile(s.CaptraceLog())
+	if err != nil {
+		return nil, err
+	}
+	var last map[string]string
+	for _, line := range strings.Split(string(data), "\n") {
+		if !strings.Contains(line, "msg=stats") {
+			continue
+		}
+		if kv, err := ParseLogfmt(line); err == nil && kv["msg"] == "stats" {
+			last = kv
+		}
+	}
+	if last == nil {
+		return nil, fmt.Errorf("no msg=stats line in %s", s.CaptraceLog())
+	}
+	return last, nil
+}
