@@ -65,6 +65,8 @@ type reportJSON struct {
 // report` over the private journal (json) and over the logfmt file (yaml).
 func checkAdvice(t *testing.T, ctx context.Context, id string, want wantAdvice) {
 	t.Helper()
+	t0 := time.Now()
+	defer func() { t.Logf("advice checked in %v", time.Since(t0).Round(time.Millisecond)) }()
 	if err := st.RemoveContainer(ctx, id); err != nil {
 		t.Fatal(st.Fail("stop and remove container "+want.container, err))
 	}
