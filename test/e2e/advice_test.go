@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -136,6 +137,23 @@ func checkAdvice(t *testing.T, ctx context.Context, id string, want wantAdvice) 
 	}
 	if c.SecurityContext != lf.PodSpec {
 		t.Errorf("captrace report's securityContext differs from the daemon's summary:\n%s---\n%s", c.SecurityContext, lf.PodSpec)
+	}
+
+	// The same journal entries piped in: `journalctl -u captrace -o json | captrace report -`.
+	entries, err := st.JournalJSON(ctx, "K8S_POD_NAME="+want.pod)
+	if err != nil {
+		t.Fatal(st.Fail("journalctl -u captrace -o json K8S_POD_NAME="+want.pod, err))
+	}
+	piped, _, err := st.ReportStdin(ctx, []byte(entries), append(append([]string{"--format", "json"}, filter...), "-")...)
+	if err != nil {
+		t.Fatal(st.Fail("journalctl -o json | captrace report -", err))
+	}
+	var repPiped reportJSON
+	if err := json.Unmarshal([]byte(piped), &repPiped); err != nil {
+		t.Fatalf("journalctl -o json | captrace report - --format json: %v\n%s", err, piped)
+	}
+	if rep.Input.Events != repPiped.Input.Events || repPiped.Input.Skipped != 0 || !reflect.DeepEqual(rep.Containers, repPiped.Containers) {
+		t.Errorf("captrace report: the journal piped on stdin gives another answer than -D:\n-D: %s\nstdin: %s", out, piped)
 	}
 
 	// captrace report over the logfmt file, as YAML: the snippet, and the

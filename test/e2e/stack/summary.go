@@ -212,15 +212,27 @@ func (s *Stack) WaitSummaries(ctx context.Context, timeout time.Duration, contai
 // journalctl is passed as --journalctl, so `-D <JournalDir>` reads the
 // private journal. It returns stdout and stderr; err is set on a non-zero exit.
 func (s *Stack) Report(ctx context.Context, args ...string) (stdout, stderr string, err error) {
+	return s.ReportStdin(ctx, nil, args...)
+}
+
+// ReportStdin is Report with stdin as the command's standard input (for
+// `captrace report -`).
+func (s *Stack) ReportStdin(ctx context.Context, stdin []byte, args ...string) (stdout, stderr string, err error) {
 	if s.opts.CaptraceBin == "" {
 		return "", "", fmt.Errorf("this stack runs no captrace binary")
 	}
 	argv := append([]string{"report", "--journalctl", s.Tools.Journalctl}, args...)
 	cmd := exec.CommandContext(ctx, s.opts.CaptraceBin, argv...)
 	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(stdin), &o, &e
 	if err := cmd.Run(); err != nil {
 		return o.String(), e.String(), fmt.Errorf("%s %s: %w; stderr:\n%s", s.opts.CaptraceBin, strings.Join(argv, " "), err, e.String())
 	}
 	return o.String(), e.String(), nil
+}
+
+// JournalJSON is the raw output of `journalctl -u captrace -o json` on the
+// private journal, narrowed by matches such as "K8S_POD_NAME=x".
+func (s *Stack) JournalJSON(ctx context.Context, matches ...string) (string, error) {
+	return run(ctx, append([]string{s.Tools.Journalctl, "-D", s.JournalDir, "--no-pager", "-u", "captrace", "-o", "json"}, matches...)...)
 }
