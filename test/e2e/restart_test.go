@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -37,7 +38,7 @@ func TestRestarts(t *testing.T) {
 			t.Errorf("remove pod after the restarts: %v", err)
 		}
 	})
-	runContainer(t, ctx, pod, stack.Container{Name: name, Command: SetPriorityLoop("0.3")})
+	id := runContainer(t, ctx, pod, stack.Container{Name: name, Command: SetPriorityLoop("0.3")})
 	eventsAfter(t, ctx, ns, name, time.Now(), "the pod's checks before any restart")
 
 	t.Run("captrace", func(t *testing.T) {
@@ -46,6 +47,7 @@ func TestRestarts(t *testing.T) {
 		}
 		eventsAfter(t, ctx, ns, name, time.Now(), "the pod's checks after captrace restarted and synchronized")
 		requireTraced(t, ctx)
+		shutdownSummary(t, ctx, id)
 	})
 
 	t.Run("containerd", func(t *testing.T) {
@@ -67,6 +69,21 @@ func TestRestarts(t *testing.T) {
 		runContainer(t, ctx, fresh, stack.Container{Name: "after-containerd-restart", Command: SetPriorityLoop("0.3")})
 		eventsAfter(t, ctx, ns, "after-containerd-restart", time.Now(), "checks of a pod started after containerd restarted")
 	})
+}
+
+// shutdownSummary checks that the daemon, stopped while container id ran,
+// wrote its summary entry at shutdown to both sinks: SYS_NICE denied apart.
+func shutdownSummary(t *testing.T, ctx context.Context, id string) {
+	t.Helper()
+	b, err := st.WaitSummaries(ctx, 5*time.Second, id)
+	if err != nil {
+		t.Fatal(st.Fail("the summary entry written at captrace's shutdown", err))
+	}
+	for _, s := range append(b.Logfmt, b.Journal...) {
+		if s.Events == 0 || !slices.Contains(s.DeniedOnly, "SYS_NICE") || slices.Contains(s.Add, "SYS_NICE") || !slices.Equal(s.Drop, []string{"ALL"}) {
+			t.Errorf("%s summary at shutdown: %v, want drop [ALL], SYS_NICE denied apart, some events", s.Source, s)
+		}
+	}
 }
 
 // requireTraced checks that the new daemon's filter map holds the running

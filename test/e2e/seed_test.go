@@ -30,13 +30,16 @@ func TestSeedKubectlGuide(t *testing.T) {
 		add     []string
 		drop    []string
 		capable bool
+		advice  wantAdvice // the seed's conclusion, checked once the container stops
 	}{
-		{name: "set-priority-0", capable: false},
-		{name: "set-priority-1", add: []string{"SYS_NICE"}, drop: []string{"ALL"}, capable: true},
+		{name: "set-priority-0", capable: false,
+			advice: wantAdvice{add: []string{}, deniedOnly: []string{"SYS_NICE"}}},
+		{name: "set-priority-1", add: []string{"SYS_NICE"}, drop: []string{"ALL"}, capable: true,
+			advice: wantAdvice{add: []string{"SYS_NICE"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pod := runPod(t, ctx, stack.Pod{Name: tc.name, Namespace: "default", Annotations: stack.Annotated()})
-			runContainer(t, ctx, pod, stack.Container{Name: tc.name, Command: SetPriorityLoop("1"), CapAdd: tc.add, CapDrop: tc.drop})
+			id := runContainer(t, ctx, pod, stack.Container{Name: tc.name, Command: SetPriorityLoop("1"), CapAdd: tc.add, CapDrop: tc.drop})
 
 			isNice := func(e stack.Event) bool { return stack.OfPod("default", tc.name)(e) && e.Cap == "CAP_SYS_NICE" }
 			b := waitEvents(t, ctx, 30*time.Second, 3, isNice, "three CAP_SYS_NICE checks of "+tc.name)
@@ -64,6 +67,10 @@ func TestSeedKubectlGuide(t *testing.T) {
 				}
 			}
 			t.Logf("%d CAP_SYS_NICE checks, e.g. %s", len(b.Logfmt), b.Logfmt[0].Raw)
+
+			want := tc.advice
+			want.namespace, want.pod, want.container = "default", tc.name, tc.name
+			checkAdvice(t, ctx, id, want)
 		})
 	}
 }
@@ -155,6 +162,10 @@ func TestSeedIGGuide(t *testing.T) {
 		t.Errorf("no check with audit=0: memory accounting's non-audited CAP_SYS_ADMIN checks should show with audit=0")
 	}
 	t.Logf("%d events (%d audited pairs, %d with audit=0); audited: %s", len(b.Logfmt), len(seen), nonAudited, summarize(seen))
+
+	// The seed's conclusion: these five, and nothing the probes or runc checked.
+	checkAdvice(t, ctx, id, wantAdvice{namespace: "default", pod: name, container: name,
+		add: []string{"CHOWN", "FOWNER", "FSETID", "SYS_CHROOT", "SYS_ADMIN"}})
 }
 
 func summarize(seen map[capSyscall][]stack.Event) string {

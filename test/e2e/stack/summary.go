@@ -1,0 +1,238 @@
+package stack
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/captrace/captrace/pkg/advisor"
+	"github.com/captrace/captrace/pkg/output"
+)
+
+// Summary is one summary entry the daemon wrote when a traced container
+// stopped (or at its shutdown), read back from the logfmt file or the journal.
+type Summary struct {
+	Source      string // "logfmt" or "journald"
+	Namespace   string
+	Pod         string
+	Container   string
+	ContainerID string
+	Drop        []string // recommend_drop / RECOMMENDED_DROP
+	Add         []string // recommend_add / RECOMMENDED_ADD
+	DeniedOnly  []string // denied_only / CAPS_DENIED_ONLY
+	Probed      []string // caps_probed / CAPS_PROBED
+	Runtime     []string // caps_runtime / CAPS_RUNTIME
+	Granted     []string // caps_granted / CAPS_GRANTED
+	Denied      []string // caps_denied / CAPS_DENIED
+	Events      uint64
+	Partial     bool
+	Message     string // msg / MESSAGE: the human line
+	PodSpec     string // security_context / SECURITY_CONTEXT
+	Raw         string
+}
+
+// String is a compact form for test failure messages.
+func (s Summary) String() string {
+	return fmt.Sprintf("%s %s/%s/%s drop=%v add=%v denied_only=%v probed=%v runtime=%v events=%d partial=%t",
+		s.Source, s.Namespace, s.Pod, s.Container, s.Drop, s.Add, s.DeniedOnly, s.Probed, s.Runtime, s.Events, s.Partial)
+}
+
+// list splits a summary's comma-separated capability list ("" is none).
+func list(v string) []string {
+	if v == "" {
+		return []string{}
+	}
+	return strings.Split(v, ",")
+}
+
+// summaryFromFields builds a Summary from logfmt keys (logfmt=true) or journald fields.
+func summaryFromFields(f map[string]string, logfmt bool, raw string) (Summary, error) {
+	key := func(logfmtKey, journalField string) string {
+		if logfmt {
+			return f[logfmtKey]
+		}
+		return f[journalField]
+	}
+	s := Summary{
+		Source:      "journald",
+		Raw:         raw,
+		Namespace:   key(output.KeyNamespace, output.FieldNamespace),
+		Pod:         key(output.KeyPod, output.FieldPod),
+		Container:   key(output.KeyContainer, output.FieldContainer),
+		ContainerID: key(output.KeyContainerID, output.FieldContainerID),
+		Drop:        list(key(advisor.KeyRecommendDrop, advisor.FieldRecommendDrop)),
+		Add:         list(key(advisor.KeyRecommendAdd, advisor.FieldRecommendAdd)),
+		DeniedOnly:  list(key(advisor.KeyDeniedOnly, advisor.FieldDeniedOnly)),
+		Probed:      list(key(advisor.KeyProbed, advisor.FieldProbed)),
+		Runtime:     list(key(advisor.KeyRuntimeOnly, advisor.FieldRuntimeOnly)),
+		Granted:     list(key(advisor.KeyCapsGranted, advisor.FieldCapsGranted)),
+		Denied:      list(key(advisor.KeyCapsDenied, advisor.FieldCapsDenied)),
+		Message:     key("msg", advisor.FieldMessage),
+		PodSpec:     key(advisor.KeyPodSpec, advisor.FieldPodSpec),
+	}
+	if logfmt {
+		s.Source = "logfmt"
+	}
+	var err error
+	if s.Events, err = strconv.ParseUint(key(advisor.KeyEvents, advisor.FieldEvents), 10, 64); err != nil {
+		return s, fmt.Errorf("events: %w", err)
+	}
+	if s.Partial, err = parseFlag(key(advisor.KeyPartial, advisor.FieldPartial)); err != nil {
+		return s, fmt.Errorf("partial: %w", err)
+	}
+	return s, nil
+}
+
+// FileSummaries returns every summary entry in captrace's logfmt file
+// (lines with summary=true).
+func (s *Stack) FileSummaries() ([]Summary, error) {
+	data, err := os.ReadFile(s.EventFile)
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []Summary
+	for n, line := range strings.Split(string(data), "\n") {
+		if !strings.Contains(line, advisor.KeySummary+"=") {
+			continue
+		}
+		kv, err := ParseLogfmt(line)
+		if err != nil {
+			return out, fmt.Errorf("line %d: %w: %s", n+1, err, line)
+		}
+		if kv[advisor.KeySummary] != "true" {
+			continue
+		}
+		sum, err := summaryFromFields(kv, true, line)
+		if err != nil {
+			return out, fmt.Errorf("line %d: %w: %s", n+1, err, line)
+		}
+		out = append(out, sum)
+	}
+	return out, nil
+}
+
+// JournalSummaries returns every summary entry in the private journal:
+// `journalctl -u captrace CAPTRACE_SUMMARY=1 -o json`.
+func (s *Stack) JournalSummaries(ctx context.Context) ([]Summary, error) {
+	out, err := run(ctx, s.Tools.Journalctl, "-D", s.JournalDir, "--no-pager", "-u", "captrace", "-o", "json", advisor.FieldSummary+"=1")
+	if err != nil {
+		return nil, err
+	}
+	var sums []Summary
+	sc := bufio.NewScanner(strings.NewReader(out))
+	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Bytes()
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		var raw map[string]any
+		if err := json.Unmarshal(line, &raw); err != nil {
+			return sums, fmt.Errorf("journal entry %d: %w", n, err)
+		}
+		f := map[string]string{}
+		for k, v := range raw {
+			switch v := v.(type) {
+			case string:
+				f[k] = v
+			case []any: // journald's form for values that are not printable UTF-8
+				b := make([]byte, 0, len(v))
+				for _, x := range v {
+					if n, ok := x.(float64); ok {
+						b = append(b, byte(n))
+					}
+				}
+				f[k] = string(b)
+			}
+		}
+		sum, err := summaryFromFields(f, false, string(line))
+		if err != nil {
+			return sums, fmt.Errorf("journal entry %d: %w: %s", n, err, line)
+		}
+		sums = append(sums, sum)
+	}
+	return sums, sc.Err()
+}
+
+// SummariesBoth holds the summary entries of one container as each sink has them.
+type SummariesBoth struct {
+	Logfmt  []Summary
+	Journal []Summary
+}
+
+// WaitSummaries polls both sinks until each holds a summary entry of the
+// container with this ID, or timeout passes; it returns what it last read.
+func (s *Stack) WaitSummaries(ctx context.Context, timeout time.Duration, containerID string) (SummariesBoth, error) {
+	deadline := time.Now().Add(timeout)
+	of := func(sums []Summary) []Summary {
+		var out []Summary
+		for _, x := range sums {
+			if x.ContainerID == containerID {
+				out = append(out, x)
+			}
+		}
+		return out
+	}
+	for {
+		var b SummariesBoth
+		f, err := s.FileSummaries()
+		if err != nil {
+			return b, fmt.Errorf("captrace's logfmt file %s: %w", s.EventFile, err)
+		}
+		j, err := s.JournalSummaries(ctx)
+		if err != nil {
+			return b, fmt.Errorf("journal: %w", err)
+		}
+		b = SummariesBoth{Logfmt: of(f), Journal: of(j)}
+		if len(b.Logfmt) > 0 && len(b.Journal) > 0 {
+			return b, nil
+		}
+		if time.Now().After(deadline) {
+			return b, fmt.Errorf("after %v: %d summary entries of container %s in the logfmt file and %d in the journal, want one in each", timeout, len(b.Logfmt), containerID, len(b.Journal))
+		}
+		select {
+		case <-ctx.Done():
+			return b, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// Report runs the daemon binary's `captrace report` with args; the stack's
+// journalctl is passed as --journalctl, so `-D <JournalDir>` reads the
+// private journal. It returns stdout and stderr; err is set on a non-zero exit.
+func (s *Stack) Report(ctx context.Context, args ...string) (stdout, stderr string, err error) {
+	return s.ReportStdin(ctx, nil, args...)
+}
+
+// ReportStdin is Report with stdin as the command's standard input (for
+// `captrace report -`).
+func (s *Stack) ReportStdin(ctx context.Context, stdin []byte, args ...string) (stdout, stderr string, err error) {
+	if s.opts.CaptraceBin == "" {
+		return "", "", fmt.Errorf("this stack runs no captrace binary")
+	}
+	argv := append([]string{"report", "--journalctl", s.Tools.Journalctl}, args...)
+	cmd := exec.CommandContext(ctx, s.opts.CaptraceBin, argv...)
+	var o, e bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(stdin), &o, &e
+	if err := cmd.Run(); err != nil {
+		return o.String(), e.String(), fmt.Errorf("%s %s: %w; stderr:\n%s", s.opts.CaptraceBin, strings.Join(argv, " "), err, e.String())
+	}
+	return o.String(), e.String(), nil
+}
+
+// JournalJSON is the raw output of `journalctl -u captrace -o json` on the
+// private journal, narrowed by matches such as "K8S_POD_NAME=x".
+func (s *Stack) JournalJSON(ctx context.Context, matches ...string) (string, error) {
+	return run(ctx, append([]string{s.Tools.Journalctl, "-D", s.JournalDir, "--no-pager", "-u", "captrace", "-o", "json"}, matches...)...)
+}
