@@ -18,6 +18,14 @@ var capNames = [...]string{
 	"CAP_CHECKPOINT_RESTORE",
 }
 
+// LastCapability is the highest capability number this table names
+// (CAP_LAST_CAP of the kernel it was written for).
+const LastCapability = Capability(len(capNames) - 1)
+
+// Known reports whether c is a capability this table names; a newer kernel's
+// capability is not, and prints as "CAP_<n>".
+func (c Capability) Known() bool { return c >= 0 && c <= LastCapability }
+
 // Capability numbers the package itself refers to.
 const (
 	capSetgid    Capability = 6
@@ -37,7 +45,7 @@ const (
 
 // String returns the kernel's name, e.g. "CAP_SYS_NICE"; unknown numbers print as "CAP_<n>".
 func (c Capability) String() string {
-	if c >= 0 && int(c) < len(capNames) {
+	if c.Known() {
 		return capNames[c]
 	}
 	return "CAP_" + strconv.Itoa(int(c))

@@ -1,45 +1,26 @@
 package advisor
 
 import (
-	"strconv"
 	"strings"
 
 	"github.com/captrace/captrace/bpf"
 )
 
-// kubeCapNames are the capability names a Kubernetes securityContext accepts,
-// indexed by the kernel's capability number: the kernel's CAP_ name without
-// the prefix. The kernel's numbering is ABI (include/uapi/linux/capability.h).
-var kubeCapNames = [...]string{
-	"CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL",
-	"SETGID", "SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE",
-	"NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
-	"SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
-	"SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME",
-	"SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL",
-	"SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM",
-	"BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
-}
-
-// kernelCapName is the kernel's name of cap, e.g. "CAP_SYS_NICE"; numbers the
-// table does not know print as "CAP_<n>", as bpf.Capability.String does.
-func kernelCapName(c bpf.Capability) string {
-	if c >= 0 && int(c) < len(kubeCapNames) {
-		return "CAP_" + kubeCapNames[c]
-	}
-	return "CAP_" + strconv.Itoa(int(c))
-}
+// kernelCapName is the kernel's name of cap, e.g. "CAP_SYS_NICE", or
+// "CAP_<n>" for a number bpf's table does not know.
+func kernelCapName(c bpf.Capability) string { return c.String() }
 
 // KubeCapName maps a capability name as captrace records it ("CAP_SYS_NICE",
-// any case) to the name a Kubernetes securityContext takes ("SYS_NICE"). ok is
-// false for names that are no known capability, such as "CAP_41" from a
-// kernel newer than this table: those are never put into a recommendation.
+// any case) to the name a Kubernetes securityContext takes ("SYS_NICE"): the
+// kernel's name without the prefix. ok is false for names that are no known
+// capability, such as "CAP_41" from a kernel newer than bpf's table: those
+// are never put into a recommendation.
 func KubeCapName(name string) (kube string, ok bool) {
 	n := strings.ToUpper(strings.TrimSpace(name))
 	n = strings.TrimPrefix(n, "CAP_")
-	for _, k := range kubeCapNames {
-		if k == n {
-			return k, true
+	for c := bpf.Capability(0); c <= bpf.LastCapability; c++ {
+		if c.String()[len("CAP_"):] == n {
+			return n, true
 		}
 	}
 	return n, false

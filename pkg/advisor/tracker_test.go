@@ -276,20 +276,6 @@ func TestCapNames(t *testing.T) {
 	}
 }
 
-// The advisor's table must agree with the bpf room's names once they exist
-// (the skeleton's stub prints every capability as CAP_<n>).
-func TestCapNamesAgreeWithBPF(t *testing.T) {
-	if bpf.Capability(0).String() == "CAP_0" {
-		t.Skip("bpf.Capability.String is still the skeleton's stub")
-	}
-	for i := range kubeCapNames {
-		c := bpf.Capability(i)
-		if got, want := kernelCapName(c), c.String(); got != want {
-			t.Errorf("capability %d: advisor says %q, bpf says %q", i, got, want)
-		}
-	}
-}
-
 // An unknown capability number (a newer kernel) is shown but never recommended.
 func TestUnknownCapabilityNotRecommended(t *testing.T) {
 	s := replay(t, container("new"), []step{{"app", 41, sysWrite, true, true, 1}}, t0.Add(time.Minute))
