@@ -13,6 +13,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/captrace/captrace/config"
+	"github.com/captrace/captrace/internal/privtest"
 )
 
 // unitSettings reads key=value lines of a systemd unit (last one wins).
@@ -62,7 +63,7 @@ func TestUnit(t *testing.T) {
 // version: a misspelt one is reported (and would be ignored by systemd).
 func TestUnitVerifies(t *testing.T) {
 	if _, err := exec.LookPath("systemd-analyze"); err != nil {
-		t.Skip("systemd-analyze not installed")
+		privtest.Lacks(t, "systemd-analyze (apt-get install systemd)")
 	}
 	exe, err := os.Executable() // any existing executable stands in for the binary
 	if err != nil {
@@ -115,7 +116,7 @@ func listFiles(t *testing.T, root string) []string {
 
 func TestMakeInstallAndUninstall(t *testing.T) {
 	if _, err := exec.LookPath("make"); err != nil {
-		t.Skip("make not installed")
+		privtest.Lacks(t, "make (apt-get install make)")
 	}
 	dest := t.TempDir()
 	mk := func(target string) string {

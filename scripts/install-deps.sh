@@ -9,7 +9,8 @@ want() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok ins
 for group in "$@"; do
 	case "$group" in
 	generate) want clang; want llvm; want bpftool ;;
-	test) want bpftool; want systemd ;;
+	# systemd: the journald tests; busybox-static: test/kernels' initramfs and seedcheck
+	test) want bpftool; want systemd; want busybox-static ;;
 	# runc (Debian's 1.1.5; crun 1.8 rejects runtime-spec 1.3), busybox-static for the
 	# images, systemd for the standalone journald and journalctl, util-linux for
 	# unshare/nsenter; containerd and crictl are built by the test with `go install`.

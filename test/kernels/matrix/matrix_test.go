@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/captrace/captrace/internal/privtest"
 )
 
 // A serial log as qemu writes it: \r\n, console resets, kernel messages.
@@ -149,7 +151,7 @@ func TestInitramfsIsGzipCpio(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := writeInitramfs(path, []testBinary{{Name: "x", Path: bin}}); err != nil {
-		t.Skipf("needs busybox-static: %v", err)
+		privtest.Lacks(t, "busybox-static (apt-get install busybox-static): "+err.Error())
 	}
 	data := readGzip(t, path)
 	for _, name := range []string{"init\x00", "dev/console\x00", "bin/busybox\x00", "tests/01-x/x.test\x00", "TRAILER!!!\x00"} {
