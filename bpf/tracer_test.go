@@ -729,3 +729,66 @@ func TestFilterSlotsShared(t *testing.T) {
 	want(slotEmpty, 0, Settings{})
 	untrace(cg.id) // untracing twice is harmless
 }
+
+// A kernel where no tier loads: Open fails with one error that lists every
+// tier tried with its reason and names the kernel requirement, and leaves no
+// program behind (never half-attached). The tiers this kernel refuses stand
+// in for such a kernel: fexit and kprobe on the 6.18 host, tp_btf in the 6.1
+// and 6.12 guests.
+func TestNoTierLoads(t *testing.T) {
+	openTracer(t, Options{}).Close() // root, and a kernel that loads captrace at all
+	var refused []Tier
+	for _, p := range Probe() {
+		if p.Err != nil {
+			refused = append(refused, p.Tier)
+		}
+	}
+	if len(refused) == 0 {
+		t.Skip("this kernel loads every tier; no refused tier to stand in for a kernel without any")
+	}
+	saved := tierOrder
+	tierOrder = refused
+	defer func() { tierOrder = saved }()
+
+	before := loadedCaptracePrograms(t)
+	tr, err := Open(Options{})
+	if err == nil {
+		tr.Close()
+		t.Fatalf("Open succeeded with only refused tiers %v", refused)
+	}
+	msg := err.Error()
+	for _, tier := range refused {
+		if !strings.Contains(msg, string(tier)+": ") {
+			t.Errorf("error does not give tier %s its reason: %s", tier, msg)
+		}
+	}
+	if !strings.Contains(msg, "no capability attach point works on this kernel") || !strings.Contains(msg, "kernel with BTF") {
+		t.Errorf("error does not name the kernel requirement: %s", msg)
+	}
+	// The kernel frees closed programs lazily, so the tracer closed above may
+	// still be counted before; a failed Open must add none.
+	if after := loadedCaptracePrograms(t); after > before {
+		t.Errorf("%d captrace programs loaded before the failed Open, %d after", before, after)
+	}
+}
+
+// loadedCaptracePrograms counts the loaded programs named captrace_*.
+func loadedCaptracePrograms(t *testing.T) int {
+	t.Helper()
+	n := 0
+	for id := ebpf.ProgramID(0); ; {
+		next, err := ebpf.ProgramGetNextID(id)
+		if err != nil {
+			return n
+		}
+		id = next
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue // unloaded meanwhile
+		}
+		if info, err := p.Info(); err == nil && strings.HasPrefix(info.Name, "captrace_") {
+			n++
+		}
+		p.Close()
+	}
+}
