@@ -187,7 +187,9 @@ func TestDaemonPipelineStatsAndShutdownOrder(t *testing.T) {
 	if !p.opts.Policy.Defaults.Unique || p.opts.SocketPath != cfg.NRI.Socket || p.opts.PluginIndex != "10" {
 		t.Errorf("plugin options %+v do not carry the config", p.opts)
 	}
-	registered := <-p.added // false while pkg/cgmap is a stub
+	if !<-p.added {
+		t.Fatal("the registry refused the container")
+	}
 
 	// Three events; the kernel reports 5 ring losses: the next stats line warns.
 	for pid := uint32(1); pid <= 3; pid++ {
@@ -230,12 +232,8 @@ func TestDaemonPipelineStatsAndShutdownOrder(t *testing.T) {
 		t.Errorf("summary line: %s", sum)
 	}
 	lines = lines[:5]
-	if registered {
-		if !strings.Contains(lines[0], "namespace=default pod=web-0 container=app container_id=c0ffee") {
-			t.Errorf("event not enriched from the registry: %s", lines[0])
-		}
-	} else {
-		t.Log("cgmap.Registry is still a stub: events carry no pod")
+	if !strings.Contains(lines[0], "namespace=default pod=web-0 container=app container_id=c0ffee") {
+		t.Errorf("event not enriched from the registry: %s", lines[0])
 	}
 	if !strings.Contains(lines[4], `pod="" `) || !strings.Contains(lines[4], "cgroup_id=999") {
 		t.Errorf("unknown cgroup line: %s", lines[4])

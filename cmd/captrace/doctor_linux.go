@@ -1,17 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/captrace/captrace/bpf"
+	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/output"
 	"github.com/captrace/captrace/plugin"
 	"golang.org/x/sys/unix"
@@ -175,23 +174,15 @@ func checkCgroups(env doctorEnv) finding {
 	return f
 }
 
-// findCgroup2Mount returns the mount point of the cgroup2 filesystem.
-//
-// TODO(merge): use pkg/cgmap's discovery once the NRI room provides it.
+// findCgroup2Mount returns the mount point of the cgroup2 filesystem, found
+// as the tracer's resolver finds it.
 func findCgroup2Mount(mountinfo string) (string, error) {
-	file, err := os.Open(mountinfo)
+	data, err := os.ReadFile(mountinfo)
 	if err != nil {
 		return "", err
 	}
-	defer file.Close()
-	sc := bufio.NewScanner(file)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		for i, field := range fields {
-			if field == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
-				return fields[4], nil
-			}
-		}
+	if mount, ok := cgmap.Cgroup2Mount(data); ok {
+		return mount, nil
 	}
 	return "", errors.New("no cgroup2 mount")
 }

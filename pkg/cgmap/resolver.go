@@ -208,6 +208,14 @@ func unifiedCgroup(data []byte) (string, bool) {
 	return "", false
 }
 
+// Cgroup2Mount returns where the cgroup2 hierarchy is mounted according to
+// a /proc/PID/mountinfo (/sys/fs/cgroup on unified hosts,
+// /sys/fs/cgroup/unified on hybrid ones).
+func Cgroup2Mount(mountinfo []byte) (string, bool) {
+	mount, _, ok := findCgroup2Mount(mountinfo)
+	return mount, ok
+}
+
 // findCgroup2Mount returns the mount point and root of the cgroup2 hierarchy
 // from a /proc/PID/mountinfo. With several cgroup2 mounts it prefers the one
 // showing the whole hierarchy, then the conventional places.
