@@ -371,13 +371,17 @@ static __always_inline bool traced(__u64 *cgroup_id, __u32 *flags)
 	struct filter_slot *fs = bpf_map_lookup_elem(&cgroup_filter_slots, &slot);
 	if (!fs || fs->state == SLOT_EMPTY)
 		return false;
-	if (fs->state == SLOT_ONE) {
-		if (fs->cgroup_id != id)
-			return false;
+	if (fs->state == SLOT_ONE && fs->cgroup_id == id) {
 		*cgroup_id = id;
 		*flags = fs->flags;
 		return true;
 	}
+	// A shared slot, or one naming another cgroup: ask the hash, which always
+	// holds every traced cgroup. User space rewrites a slot with a plain
+	// 16-byte copy, so a reader racing a ONE <-> SHARED change can see the
+	// state of one value with the ID of the other; falling through instead of
+	// answering "untraced" keeps the traced cgroup's check. Only untraced
+	// cgroups whose slot names another cgroup pay this second lookup.
 	*cgroup_id = id;
 	const struct settings *s = bpf_map_lookup_elem(&cgroup_filter, cgroup_id);
 	if (!s)

@@ -723,6 +723,21 @@ func TestFilterSlotsShared(t *testing.T) {
 		t.Fatalf("cgroup on a shared slot: want one CAP_SYS_NICE event, got%s", describe(evs))
 	}
 
+	// A reader racing a ONE <-> SHARED rewrite can see the slot name another
+	// cgroup while ours is traced: the hash still decides, nothing is lost.
+	torn := filterSlot{CgroupID: other, State: slotOne}
+	if err := tr.lt.maps.Slots.Update(slot, torn, ebpf.UpdateExist); err != nil {
+		t.Fatal(err)
+	}
+	c.do("nice 1")
+	col.waitFor(cg.id, 2, func(ev Event) bool { return ev.Cap == capSysNice })
+	if evs := niceEvents(t, col.of(cg.id)); len(evs) != 2 {
+		t.Fatalf("slot naming another cgroup: want the traced cgroup's second CAP_SYS_NICE event, got%s", describe(evs))
+	}
+	if err := tr.writeSlot(slot); err != nil {
+		t.Fatal(err)
+	}
+
 	untrace(other)
 	want(slotOne, cg.id, Settings{})
 	untrace(cg.id)
