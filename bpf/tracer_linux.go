@@ -68,6 +68,7 @@ type Tracer struct {
 	noauditCaps uint64
 
 	mu     sync.Mutex
+	closed bool // under mu: Trace and Untrace return ErrClosed
 	traced map[uint64]Settings
 	slots  map[uint32][]uint64 // traced cgroups per slot of cgroup_filter_slots
 
@@ -188,6 +189,9 @@ func settingsValue(s Settings) uint32 {
 func (t *Tracer) Trace(cgroupID uint64, s Settings) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.closed {
+		return ErrClosed
+	}
 	// A new cgroup needs no forgetting: cgroup v2 IDs are not reused on
 	// 64-bit kernels (kernfs adds a generation in the high 32 bits), and
 	// Untrace forgot this ID's entries if it was traced before.
@@ -253,6 +257,9 @@ func (t *Tracer) dropMember(slot uint32, cgroupID uint64) {
 func (t *Tracer) Untrace(cgroupID uint64) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.closed {
+		return ErrClosed
+	}
 	if _, known := t.traced[cgroupID]; known {
 		// The slot forgets the cgroup before the hash does.
 		slot := uint32(cgroupID % filterSlots)
@@ -368,10 +375,22 @@ func (t *Tracer) Stats() (Stats, error) {
 	return st, nil
 }
 
-// Close detaches and unloads everything; Read returns ErrClosed afterwards.
+// Detach stops the kernel program from seeing new checks while the ring
+// stays readable: shutdown detaches, reads what is queued, then closes.
+func (t *Tracer) Detach() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.lt.detach()
+}
+
+// Close detaches and unloads everything; Read returns ErrClosed afterwards,
+// and Trace and Untrace return ErrClosed rather than touch closed maps.
 func (t *Tracer) Close() error {
 	var err error
 	t.closeOnce.Do(func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		t.closed = true
 		err = errors.Join(t.reader.Close(), t.lt.Close())
 	})
 	return err

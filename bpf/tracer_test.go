@@ -502,13 +502,23 @@ func TestCloseUnloadsEverything(t *testing.T) {
 	if err := tr.Read(&ev); !errors.Is(err, ErrClosed) {
 		t.Errorf("Read after Close: %v", err)
 	}
+	// A late NRI handler must not reach closed maps.
+	if err := tr.Trace(1, Settings{}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Trace after Close: %v", err)
+	}
+	if err := tr.Untrace(1); !errors.Is(err, ErrClosed) {
+		t.Errorf("Untrace after Close: %v", err)
+	}
 	// The kernel frees a detached program after a workqueue run and an RCU grace period.
 	for _, id := range ids {
 		deadline := time.Now().Add(2 * time.Second)
 		for {
 			p, err := ebpf.NewProgramFromID(id)
-			if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
 				break
+			}
+			if err != nil {
+				t.Fatalf("looking up program %d after Close: %v", id, err)
 			}
 			p.Close()
 			if time.Now().After(deadline) {
@@ -522,8 +532,11 @@ func TestCloseUnloadsEverything(t *testing.T) {
 		deadline := time.Now().Add(2 * time.Second)
 		for {
 			m, err := ebpf.NewMapFromID(id)
-			if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
 				break
+			}
+			if err != nil {
+				t.Fatalf("looking up map %d after Close: %v", id, err)
 			}
 			m.Close()
 			if time.Now().After(deadline) {

@@ -30,6 +30,7 @@ type tracer interface {
 	Read(ev *bpf.Event) error
 	Stats() (bpf.Stats, error)
 	Tier() bpf.Tier
+	Detach()
 	Close() error
 }
 
@@ -255,6 +256,9 @@ loop:
 		// Do not let a stuck NRI connection cost the queued events.
 		log.Warn("the NRI plugin did not stop in time; shutting down without it")
 	}
+	// No new checks from here on; what the ring holds is read before the
+	// summaries are made and the sinks closed.
+	t.Detach()
 	d.waitRingQuiet()
 	// Containers still running get their summary now, from every event read.
 	for _, s := range d.advice.FinishAll(time.Now()) {

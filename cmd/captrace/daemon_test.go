@@ -99,6 +99,8 @@ func (f *fakeTracer) Stats() (bpf.Stats, error) {
 
 func (f *fakeTracer) Tier() bpf.Tier { return bpf.TierTpBTF }
 
+func (f *fakeTracer) Detach() { f.journal.add("tracer detached") }
+
 func (f *fakeTracer) Close() error {
 	f.once.Do(func() {
 		f.journal.add("tracer closed after " + strconv.Itoa(f.stdout.count("msg=cap_check")) + " event lines")
@@ -218,7 +220,7 @@ func TestDaemonPipelineStatsAndShutdownOrder(t *testing.T) {
 		t.Fatalf("runDaemon: %v\n%s", err, logs.String())
 	}
 
-	if got, want := j.list(), []string{"plugin stopped", "tracer closed after 5 event lines"}; strings.Join(got, "|") != strings.Join(want, "|") {
+	if got, want := j.list(), []string{"plugin stopped", "tracer detached", "tracer closed after 5 event lines"}; strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("shutdown order %q, want %q", got, want)
 	}
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
