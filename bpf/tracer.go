@@ -68,7 +68,8 @@ type Event struct {
 	// do not by themselves mean the container needs the capability. With
 	// Settings.Unique, each (cap, verdict) is reported once per audit value.
 	Audit bool
-	// InSetID is meaningful only when InSetIDKnown (the fexit and kprobe tiers).
+	// InSetID is meaningful only when InSetIDKnown: always on fexit and kprobe
+	// (opts), on tp_btf when /proc/kallsyms gave the stack ranges.
 	InSetID      bool
 	InSetIDKnown bool
 	Comm         [16]byte

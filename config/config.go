@@ -47,7 +47,7 @@ type NRI struct {
 type Trace struct {
 	// AuditOnly reports only checks the kernel would audit.
 	AuditOnly bool `toml:"audit_only"`
-	// Unique reports a (container, cap, verdict) once.
+	// Unique reports a (container, cap, verdict, audit flag) once.
 	Unique bool `toml:"unique"`
 	// AllowNamespaces, when not empty, are the only namespaces whose pods may opt in.
 	AllowNamespaces []string `toml:"allow_namespaces"`

@@ -40,7 +40,8 @@ const EventMessage = "cap_check"
 
 // KeyOrder is the order of keys in every logfmt line: these first, in this
 // order, then any other key alphabetically. insetid appears only where the
-// attach tier knows it (fexit, kprobe).
+// attach tier knows it (fexit and kprobe from opts; tp_btf when the kernel's
+// symbol addresses resolved, from the ns_capable_setid frame).
 var KeyOrder = []string{
 	KeyTime, KeyLevel, KeyMsg,
 	KeyNamespace, KeyPod, KeyContainer, KeyContainerID, KeyPodUID,
