@@ -155,6 +155,10 @@ type lossCounters struct {
 	ringLost, dedupFailed, filterFailed, sinkDropped, sinkFailed, readErrors uint64
 	// opted-in containers not traced: cgroup not found, or the filter refused them
 	cgroupMisses, traceFailed uint64
+	// filter map deletions that failed (the cgroup may stay in the filter)
+	untraceFailed uint64
+	// containers beyond the advisor's limit: traced, but get no summary
+	untrackedContainers uint64
 }
 
 // runDaemon runs captrace until ctx is done: sinks, then the tracer (loaded
@@ -418,7 +422,11 @@ func (d *daemon) logStats(final bool) {
 	fields["trace_failed"] = ps.TraceFailed
 	now.cgroupMisses, now.traceFailed = ps.CgroupMisses, ps.TraceFailed
 	fields["policy_warnings"] = ps.PolicyWarnings
+	now.untraceFailed = d.reg.Stats().UntraceFailed
+	fields["untrace_failed"] = now.untraceFailed
 	adv := d.advice.Stats()
+	now.untrackedContainers = adv.UntrackedContainers
+	fields["advisor_untracked_containers"] = adv.UntrackedContainers
 	fields["advisor_containers"] = adv.Containers
 	fields["advisor_folded_events"] = adv.FoldedEvents
 	fields["advisor_untracked_events"] = adv.UntrackedEvents
@@ -442,6 +450,8 @@ func (d *daemon) logStats(final bool) {
 		{"read_errors_delta", now.readErrors, d.last.readErrors},
 		{"cgroup_misses_delta", now.cgroupMisses, d.last.cgroupMisses},
 		{"trace_failed_delta", now.traceFailed, d.last.traceFailed},
+		{"untrace_failed_delta", now.untraceFailed, d.last.untraceFailed},
+		{"advisor_untracked_containers_delta", now.untrackedContainers, d.last.untrackedContainers},
 	} {
 		if c.now > c.last {
 			fields[c.key] = c.now - c.last
