@@ -208,6 +208,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 		// Both run on the plugin's own goroutine, never under containerd's lock.
 		OnTrace: func(c cgmap.Container) { d.advice.Start(c, time.Now()) },
 		OnRemove: func(c cgmap.Container) {
+			d.waitReaderCaughtUp()
 			if s, ok := d.advice.Finish(c.ID, time.Now()); ok {
 				d.sendSummary(s)
 			}
@@ -347,6 +348,24 @@ func (d *daemon) readLoop() {
 func (d *daemon) sendSummary(s advisor.Summary) {
 	d.fanout.SendEntry(&output.Entry{Time: time.Now(), Message: s.Message(), Priority: sdjournal.PriInfo,
 		LogFields: s.LogFields(), JournalFields: s.JournalFields()})
+}
+
+// waitReaderCaughtUp gives the reader time to take a stopped container's
+// last checks from the ring before its summary is made: the kernel queues
+// them without waking the reader, which polls every few ms. It waits two
+// polls, then until the reader has been idle for one, 100 ms at most. A
+// check read later still reaches the sinks (the registry keeps the container
+// for cgmap.RemovedGrace) and is counted as advisor_late_events.
+func (d *daemon) waitReaderCaughtUp() {
+	const poll = 5 * time.Millisecond // bpf's reader deadline
+	time.Sleep(2 * poll)
+	deadline := time.Now().Add(100 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if time.Since(d.started)-time.Duration(d.lastReadNanos.Load()) >= poll {
+			return
+		}
+		time.Sleep(poll)
+	}
 }
 
 // waitRingQuiet waits until the reader has seen no event for deps.quiet (the

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/captrace/captrace/bpf"
 	"github.com/sirupsen/logrus"
@@ -43,8 +44,24 @@ type Registry struct {
 	mu       sync.RWMutex
 	byID     map[string]Container
 	byCgroup map[uint64]string // cgroup ID → container ID
+	// removed keeps what was known of untraced cgroups for RemovedGrace, in
+	// removal order: their last checks are still in the ring buffer when
+	// StopContainer arrives (a one-shot container exits right after its
+	// check), and must still be enriched. cgroup v2 IDs are never reused, so
+	// a late Lookup cannot name the wrong container.
+	removed      map[uint64]Container
+	removedOrder []removal
+	now          func() time.Time
 
 	untraceFailed atomic.Uint64
+}
+
+// RemovedGrace is how long Lookup still finds an untraced container.
+const RemovedGrace = 10 * time.Second
+
+type removal struct {
+	cgroupID uint64
+	at       time.Time
 }
 
 // RegistryStats are the registry's counters.
@@ -66,6 +83,8 @@ func NewRegistry(filter Filter, log logrus.FieldLogger) *Registry {
 		log:      log,
 		byID:     make(map[string]Container),
 		byCgroup: make(map[uint64]string),
+		removed:  make(map[uint64]Container),
+		now:      time.Now,
 	}
 }
 
@@ -104,6 +123,7 @@ func (r *Registry) addLocked(c Container) error {
 	}
 	r.byID[c.ID] = c
 	r.byCgroup[c.CgroupID] = c.ID
+	r.pruneRemovedLocked()
 	return nil
 }
 
@@ -111,11 +131,27 @@ func (r *Registry) addLocked(c Container) error {
 func (r *Registry) untraceLocked(c Container) {
 	if r.byCgroup[c.CgroupID] == c.ID {
 		delete(r.byCgroup, c.CgroupID)
+		r.removed[c.CgroupID] = c
+		r.removedOrder = append(r.removedOrder, removal{c.CgroupID, r.now()})
 	}
+	r.pruneRemovedLocked()
 	if err := r.filter.Untrace(c.CgroupID); err != nil {
 		r.untraceFailed.Add(1)
 		r.log.WithError(err).WithFields(logrus.Fields{"cgroup_id": c.CgroupID, "container_id": c.ID}).
 			Warn("could not remove cgroup from the filter map")
+	}
+}
+
+// pruneRemovedLocked forgets the untraced containers older than RemovedGrace.
+func (r *Registry) pruneRemovedLocked() {
+	cutoff := r.now().Add(-RemovedGrace)
+	n := 0
+	for n < len(r.removedOrder) && r.removedOrder[n].at.Before(cutoff) {
+		delete(r.removed, r.removedOrder[n].cgroupID)
+		n++
+	}
+	if n > 0 {
+		r.removedOrder = append(r.removedOrder[:0], r.removedOrder[n:]...)
 	}
 }
 
@@ -168,15 +204,17 @@ func (r *Registry) Reconcile(cs []Container) (removed []Container, err error) {
 	return removed, errors.Join(errs...)
 }
 
-// Lookup returns the container whose cgroup has this ID; the event path calls it.
+// Lookup returns the container whose cgroup has this ID: traced now, or
+// untraced less than RemovedGrace ago (forgotten at the next Add or Remove
+// after that). The event path calls it.
 func (r *Registry) Lookup(cgroupID uint64) (Container, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	id, ok := r.byCgroup[cgroupID]
-	if !ok {
-		return Container{}, false
+	if id, ok := r.byCgroup[cgroupID]; ok {
+		return r.byID[id], true
 	}
-	return r.byID[id], true
+	c, ok := r.removed[cgroupID]
+	return c, ok
 }
 
 // Get returns the traced container with this container ID.

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/captrace/captrace/bpf"
 	"github.com/sirupsen/logrus"
@@ -64,6 +65,8 @@ func quietLog() logrus.FieldLogger {
 func TestRegistryAddRemoveLookup(t *testing.T) {
 	f := newMapFilter()
 	r := NewRegistry(f, quietLog())
+	clock := time.Unix(1000, 0)
+	r.now = func() time.Time { return clock }
 	a := Container{ID: "a", Name: "app", Namespace: "ns", Pod: "p", PodUID: "u", CgroupID: 10}
 	if err := r.Add(a); err != nil {
 		t.Fatal(err)
@@ -90,9 +93,11 @@ func TestRegistryAddRemoveLookup(t *testing.T) {
 	if got := f.ids(); fmt.Sprint(got) != "[12]" {
 		t.Fatalf("filter holds %v", got)
 	}
-	if _, ok := r.Lookup(10); ok {
-		t.Fatal("old cgroup still looked up")
+	// Checks still in the ring from the old cgroup are enriched for a while.
+	if got, ok := r.Lookup(10); !ok || got.CgroupID != 10 || got.ID != "a" {
+		t.Fatalf("Lookup(10) just after untracing = %+v, %v; want the container as it was", got, ok)
 	}
+	clock = clock.Add(RemovedGrace + time.Second) // forgotten at the next update
 	// Another container takes over the cgroup.
 	b := Container{ID: "b", CgroupID: 12}
 	if err := r.Add(b); err != nil {
@@ -241,5 +246,36 @@ func BenchmarkLookup(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		r.Lookup(uint64(i&4095) + 1)
+	}
+}
+
+// A one-shot container's check can still be in the ring buffer when its
+// StopContainer untraces it: Lookup finds it for RemovedGrace, then forgets it.
+func TestRegistryRemovedGrace(t *testing.T) {
+	f := newMapFilter()
+	r := NewRegistry(f, quietLog())
+	clock := time.Unix(1000, 0)
+	r.now = func() time.Time { return clock }
+	a := Container{ID: "a", Name: "app", Pod: "p", CgroupID: 10}
+	if err := r.Add(a); err != nil {
+		t.Fatal(err)
+	}
+	r.Remove("a")
+	if len(f.ids()) != 0 || r.Len() != 0 {
+		t.Fatalf("after Remove: filter %v, %d traced", f.ids(), r.Len())
+	}
+	clock = clock.Add(RemovedGrace - time.Second)
+	if got, ok := r.Lookup(10); !ok || got != a {
+		t.Fatalf("Lookup within the grace = %+v, %v", got, ok)
+	}
+	clock = clock.Add(2 * time.Second)
+	if err := r.Add(Container{ID: "b", CgroupID: 11}); err != nil { // any update prunes
+		t.Fatal(err)
+	}
+	if _, ok := r.Lookup(10); ok {
+		t.Fatal("Lookup after the grace still finds the removed container")
+	}
+	if len(r.removed) != 0 || len(r.removedOrder) != 0 {
+		t.Fatalf("removed set not pruned: %v %v", r.removed, r.removedOrder)
 	}
 }
