@@ -128,14 +128,23 @@ type Tracker struct {
 	// finished remembers the last MaxContainers finished IDs, oldest first in
 	// finishedOrder, so that a late event does not start a new, misleading
 	// summary (one made of a few stray checks) for a stopped container.
-	finished      map[string]struct{}
-	finishedOrder []string
+	// A container started again (Start) leaves the map, not the order: the
+	// map holds the sequence number of the ID's latest entry in the order,
+	// and evicting an older entry leaves a newer one alone.
+	finished      map[string]uint64
+	finishedOrder []finishedID
+	finishedSeq   uint64
+}
+
+type finishedID struct {
+	id  string
+	seq uint64
 }
 
 // NewTracker returns an empty tracker bounded by limits.
 func NewTracker(limits Limits) *Tracker {
 	return &Tracker{limits: limits.withDefaults(), containers: map[string]*containerState{},
-		finished: map[string]struct{}{}}
+		finished: map[string]uint64{}}
 }
 
 // Limits are the tracker's limits, defaults filled in.
@@ -254,12 +263,16 @@ func (t *Tracker) markFinished(id string) {
 	if _, ok := t.finished[id]; ok {
 		return
 	}
-	if len(t.finishedOrder) >= t.limits.MaxContainers {
-		delete(t.finished, t.finishedOrder[0])
+	for len(t.finishedOrder) >= t.limits.MaxContainers {
+		old := t.finishedOrder[0]
+		if t.finished[old.id] == old.seq {
+			delete(t.finished, old.id)
+		}
 		t.finishedOrder = t.finishedOrder[1:]
 	}
-	t.finished[id] = struct{}{}
-	t.finishedOrder = append(t.finishedOrder, id)
+	t.finishedSeq++
+	t.finished[id] = t.finishedSeq
+	t.finishedOrder = append(t.finishedOrder, finishedID{id, t.finishedSeq})
 }
 
 // FinishAll finishes every tracked container (daemon shutdown), in the order
@@ -269,6 +282,9 @@ func (t *Tracker) FinishAll(at time.Time) []Summary {
 	states := t.containers
 	t.containers = map[string]*containerState{}
 	t.tuples = 0
+	for id := range states {
+		t.markFinished(id) // a check read afterwards is late, not a new summary
+	}
 	t.mu.Unlock()
 	out := make([]Summary, 0, len(states))
 	for _, st := range states {

@@ -603,3 +603,41 @@ func TestConcurrentObserveAndFinish(t *testing.T) {
 		t.Errorf("summaries %d, stats %+v", summaries, st)
 	}
 }
+
+// A container ID started again after its stop (Start is called for every
+// traced container at each Synchronize) leaves an old entry in the tombstone
+// order; evicting that old entry must not forget the newer stop.
+func TestRestartedContainerTombstone(t *testing.T) {
+	tr := NewTracker(Limits{MaxContainers: 2})
+	ev := event(step{"app", capChown, sysChown, true, true, 1})
+	a := container("a")
+	tr.Start(a, t0)
+	tr.Finish(a.ID, t0)
+	tr.Start(a, t0) // again: a new observation
+	tr.Finish(a.ID, t0)
+	b := container("b")
+	tr.Start(b, t0)
+	tr.Finish(b.ID, t0) // evicts a's first entry, not its second stop
+	tr.Observe(a, &ev, t0.Add(time.Second))
+	if st := tr.Stats(); st.LateEvents != 1 || st.Containers != 0 {
+		t.Errorf("a check of the restarted, stopped container: %+v, want 1 late event and no new summary", st)
+	}
+	if len(tr.finishedOrder) > 2 {
+		t.Errorf("tombstone order grew past MaxContainers: %v", tr.finishedOrder)
+	}
+}
+
+// After FinishAll (shutdown) a check still read is late, not a new summary.
+func TestFinishAllMarksFinished(t *testing.T) {
+	tr := NewTracker(Limits{})
+	ev := event(step{"app", capChown, sysChown, true, true, 1})
+	c := container("running")
+	tr.Observe(c, &ev, t0)
+	if n := len(tr.FinishAll(t0.Add(time.Minute))); n != 1 {
+		t.Fatalf("FinishAll gave %d summaries", n)
+	}
+	tr.Observe(c, &ev, t0.Add(2*time.Minute))
+	if st := tr.Stats(); st.LateEvents != 1 || st.Containers != 0 {
+		t.Errorf("after FinishAll: %+v, want 1 late event", st)
+	}
+}
