@@ -16,6 +16,7 @@ import (
 	"github.com/coreos/go-systemd/v22/journal"
 
 	"github.com/captrace/captrace/internal/privtest"
+	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/output"
 )
 
@@ -62,13 +63,11 @@ func writeJournal(path string) error {
 // cgroup2Root is where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup on a
 // pure v2 host, /sys/fs/cgroup/unified on a hybrid one (this project's VMs).
 func cgroup2Root(t *testing.T) string {
-	for _, dir := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
-		if _, err := os.Stat(filepath.Join(dir, "cgroup.controllers")); err == nil {
-			return dir
-		}
+	mount, err := cgmap.FindCgroup2Mount()
+	if err != nil {
+		privtest.Lacks(t, "a cgroup v2 hierarchy: "+err.Error())
 	}
-	privtest.Lacks(t, "a cgroup v2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified")
-	return ""
+	return mount
 }
 
 // TestReportReadsRealJournal writes captrace entries into a real journald as

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"path"
 	"strconv"
 	"strings"
@@ -206,6 +207,23 @@ func unifiedCgroup(data []byte) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// ErrNoCgroup2Mount says the host mounts no cgroup2 hierarchy.
+var ErrNoCgroup2Mount = errors.New("no cgroup2 hierarchy is mounted (captrace identifies containers by cgroup v2 ID)")
+
+// FindCgroup2Mount returns where this process sees the cgroup2 hierarchy
+// mounted, from /proc/self/mountinfo: the one place captrace, its tests and
+// its e2e stack learn it.
+func FindCgroup2Mount() (string, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	if mount, ok := Cgroup2Mount(data); ok {
+		return mount, nil
+	}
+	return "", ErrNoCgroup2Mount
 }
 
 // Cgroup2Mount returns where the cgroup2 hierarchy is mounted according to

@@ -1,7 +1,6 @@
 package output
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -199,7 +198,7 @@ func journalValue(v any) string {
 // existing one (another test, a real service) is used and left in place.
 func makeUnitCgroup(t *testing.T) string {
 	t.Helper()
-	root, err := cgroup2Mount()
+	root, err := cgmap.FindCgroup2Mount()
 	if err != nil {
 		privtest.Lacks(t, "a cgroup2 mount: "+err.Error())
 	}
@@ -228,27 +227,6 @@ func rmdirCgroup(t *testing.T, dir string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Errorf("remove cgroup %s: %v", dir, err)
-}
-
-// cgroup2Mount finds where the unified hierarchy is mounted (/sys/fs/cgroup
-// on a pure v2 host, /sys/fs/cgroup/unified on a hybrid one).
-func cgroup2Mount() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// ID parent major:minor root mountpoint options [optional...] - fstype source superoptions
-		fields := strings.Fields(sc.Text())
-		for i, field := range fields {
-			if field == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" {
-				return fields[4], nil
-			}
-		}
-	}
-	return "", errors.New("no cgroup2 filesystem in /proc/self/mountinfo")
 }
 
 // namespaceHelper runs inside the private mount namespace and prints the

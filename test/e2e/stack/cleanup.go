@@ -310,28 +310,6 @@ func cgroupMounts() []string {
 	return mounts
 }
 
-// cgroup2Mount returns the mount point of the unified hierarchy.
-func cgroup2Mount() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		sep := strings.Index(line, " - ")
-		if sep < 0 {
-			continue
-		}
-		fields, post := strings.Fields(line[:sep]), strings.Fields(line[sep+3:])
-		if len(fields) >= 5 && len(post) >= 1 && post[0] == "cgroup2" {
-			return unescapeMountinfo(fields[4]), nil
-		}
-	}
-	return "", errors.New("no cgroup2 hierarchy is mounted (captrace identifies containers by cgroup v2 ID)")
-}
-
 // removeCgroupTree removes root and every cgroup below it, deepest first,
 // retrying while the last processes in them die.
 func removeCgroupTree(root string) error {

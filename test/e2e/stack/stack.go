@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/captrace/captrace/pkg/cgmap"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -401,7 +402,7 @@ func (s *Stack) CaptracePID() int {
 // serviceCgroup is where journald looks for the unit name: a process in
 // <cgroup2>/system.slice/captrace.service gets _SYSTEMD_UNIT=captrace.service.
 func serviceCgroup() (string, error) {
-	mnt, err := cgroup2Mount()
+	mnt, err := cgmap.FindCgroup2Mount()
 	if err != nil {
 		return "", err
 	}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/captrace/captrace/bpf"
 	"github.com/captrace/captrace/internal/privtest"
+	"github.com/captrace/captrace/pkg/cgmap"
 )
 
 // Re-executed with helperEnv set, the test binary drops the capabilities
@@ -90,20 +91,11 @@ func applets(t *testing.T, names ...string) string {
 
 func cgroup2Mount(t *testing.T) string {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	mount, err := cgmap.FindCgroup2Mount()
 	if err != nil {
-		t.Fatal(err)
+		privtest.Lacks(t, "a cgroup2 mount: "+err.Error())
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		pre, post, ok := strings.Cut(line, " - ")
-		if f := strings.Fields(post); ok && len(f) > 0 && f[0] == "cgroup2" {
-			if pf := strings.Fields(pre); len(pf) >= 5 {
-				return pf[4]
-			}
-		}
-	}
-	privtest.Lacks(t, "a cgroup2 mount (/proc/self/mountinfo lists none)")
-	return ""
+	return mount
 }
 
 type cgroup struct {
