@@ -2,6 +2,8 @@ package bpf
 
 import (
 	"errors"
+	"fmt"
+	"io"
 	"maps"
 	"os"
 	"strings"
@@ -511,40 +513,10 @@ func TestCloseUnloadsEverything(t *testing.T) {
 	}
 	// The kernel frees a detached program after a workqueue run and an RCU grace period.
 	for _, id := range ids {
-		deadline := time.Now().Add(2 * time.Second)
-		for {
-			p, err := ebpf.NewProgramFromID(id)
-			if errors.Is(err, os.ErrNotExist) {
-				break
-			}
-			if err != nil {
-				t.Fatalf("looking up program %d after Close: %v", id, err)
-			}
-			p.Close()
-			if time.Now().After(deadline) {
-				t.Errorf("program %d still loaded 2 s after Close", id)
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		waitGone(t, fmt.Sprintf("program %d", id), func() (io.Closer, error) { return ebpf.NewProgramFromID(id) })
 	}
 	for _, id := range mapIDs {
-		deadline := time.Now().Add(2 * time.Second)
-		for {
-			m, err := ebpf.NewMapFromID(id)
-			if errors.Is(err, os.ErrNotExist) {
-				break
-			}
-			if err != nil {
-				t.Fatalf("looking up map %d after Close: %v", id, err)
-			}
-			m.Close()
-			if time.Now().After(deadline) {
-				t.Errorf("map %d still exists 2 s after Close", id)
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		waitGone(t, fmt.Sprintf("map %d", id), func() (io.Closer, error) { return ebpf.NewMapFromID(id) })
 	}
 	// Any other captrace program belongs to another process (a daemon, a parallel test).
 	for id := ebpf.ProgramID(0); ; {
@@ -559,6 +531,28 @@ func TestCloseUnloadsEverything(t *testing.T) {
 			}
 			p.Close()
 		}
+	}
+}
+
+// waitGone waits up to 2 s until open reports that the kernel object no
+// longer exists; any other error fails the test rather than passing as "gone".
+func waitGone(t *testing.T, what string, open func() (io.Closer, error)) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		obj, err := open()
+		if errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		if err != nil {
+			t.Fatalf("looking up %s after Close: %v", what, err)
+		}
+		obj.Close()
+		if time.Now().After(deadline) {
+			t.Errorf("%s still exists 2 s after Close", what)
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

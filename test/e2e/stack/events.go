@@ -191,9 +191,17 @@ func ParseEventFile(data []byte) ([]Event, error) {
 	return events, sc.Err()
 }
 
-// ParseJournalJSON reads `journalctl -o json` output, keeping entries with a CAP field.
-func ParseJournalJSON(data []byte) ([]Event, error) {
-	var events []Event
+// journalEntry is one entry of `journalctl -o json` with its fields as strings.
+type journalEntry struct {
+	n      int // line number
+	line   string
+	fields map[string]string
+}
+
+// readJournalJSON splits `journalctl -o json` output into entries; a value
+// journald prints as a byte array (not printable UTF-8) becomes its bytes.
+func readJournalJSON(data []byte) ([]journalEntry, error) {
+	var entries []journalEntry
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
 	for n := 1; sc.Scan(); n++ {
@@ -203,24 +211,43 @@ func ParseJournalJSON(data []byte) ([]Event, error) {
 		}
 		var raw map[string]any
 		if err := json.Unmarshal(line, &raw); err != nil {
-			return events, fmt.Errorf("journal entry %d: %w", n, err)
+			return entries, fmt.Errorf("journal entry %d: %w", n, err)
 		}
-		f := map[string]string{}
+		f := make(map[string]string, len(raw))
 		for k, v := range raw {
-			if s, ok := v.(string); ok {
-				f[k] = s
+			switch v := v.(type) {
+			case string:
+				f[k] = v
+			case []any:
+				b := make([]byte, 0, len(v))
+				for _, x := range v {
+					if n, ok := x.(float64); ok {
+						b = append(b, byte(n))
+					}
+				}
+				f[k] = string(b)
 			}
 		}
-		if _, ok := f[output.FieldCap]; !ok {
+		entries = append(entries, journalEntry{n: n, line: string(line), fields: f})
+	}
+	return entries, sc.Err()
+}
+
+// ParseJournalJSON reads `journalctl -o json` output, keeping entries with a CAP field.
+func ParseJournalJSON(data []byte) ([]Event, error) {
+	entries, err := readJournalJSON(data)
+	var events []Event
+	for _, je := range entries {
+		if _, ok := je.fields[output.FieldCap]; !ok {
 			continue
 		}
-		e, err := eventFromFields(f, false, string(line))
-		if err != nil {
-			return events, fmt.Errorf("journal entry %d: %w: %s", n, err, line)
+		e, perr := eventFromFields(je.fields, false, je.line)
+		if perr != nil {
+			return events, fmt.Errorf("journal entry %d: %w: %s", je.n, perr, je.line)
 		}
 		events = append(events, e)
 	}
-	return events, sc.Err()
+	return events, err
 }
 
 // FileEvents returns every event captrace wrote to its logfmt file so far.

@@ -1,10 +1,8 @@
 package stack
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -128,40 +126,16 @@ func (s *Stack) JournalSummaries(ctx context.Context) ([]Summary, error) {
 	if err != nil {
 		return nil, err
 	}
+	entries, err := readJournalJSON([]byte(out))
 	var sums []Summary
-	sc := bufio.NewScanner(strings.NewReader(out))
-	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Bytes()
-		if len(bytes.TrimSpace(line)) == 0 {
-			continue
-		}
-		var raw map[string]any
-		if err := json.Unmarshal(line, &raw); err != nil {
-			return sums, fmt.Errorf("journal entry %d: %w", n, err)
-		}
-		f := map[string]string{}
-		for k, v := range raw {
-			switch v := v.(type) {
-			case string:
-				f[k] = v
-			case []any: // journald's form for values that are not printable UTF-8
-				b := make([]byte, 0, len(v))
-				for _, x := range v {
-					if n, ok := x.(float64); ok {
-						b = append(b, byte(n))
-					}
-				}
-				f[k] = string(b)
-			}
-		}
-		sum, err := summaryFromFields(f, false, string(line))
-		if err != nil {
-			return sums, fmt.Errorf("journal entry %d: %w: %s", n, err, line)
+	for _, je := range entries {
+		sum, perr := summaryFromFields(je.fields, false, je.line)
+		if perr != nil {
+			return sums, fmt.Errorf("journal entry %d: %w: %s", je.n, perr, je.line)
 		}
 		sums = append(sums, sum)
 	}
-	return sums, sc.Err()
+	return sums, err
 }
 
 // SummariesBoth holds the summary entries of one container as each sink has them.
