@@ -9,8 +9,14 @@ GOTEST = CAPTRACE_REQUIRE_PRIVILEGED=1 $(GO) test $(if $(PRIV_EXEC),-exec '$(PRI
 
 all: build
 
+# Every binary the Makefile builds names its version (git describe) and commit.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+BUILDINFO = github.com/captrace/captrace/internal/buildinfo
+VERSION_LDFLAGS = -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).commit=$(COMMIT)
+
 build:
-	$(GO) build -o bin/captrace ./cmd/captrace
+	$(GO) build -ldflags "$(VERSION_LDFLAGS)" -o bin/captrace ./cmd/captrace
 
 # Rebuilds the committed bpf2go objects from bpf/*.c with clang.
 generate:

@@ -16,6 +16,7 @@ import (
 
 	"github.com/captrace/captrace/bpf"
 	"github.com/captrace/captrace/config"
+	"github.com/captrace/captrace/internal/buildinfo"
 	"github.com/captrace/captrace/pkg/advisor"
 	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/output"
@@ -108,7 +109,7 @@ func runDaemonCommand(args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
-	fields := logrus.Fields{"version": version, "config": f.configPath}
+	fields := logrus.Fields{"version": buildinfo.Version(), "commit": buildinfo.Commit(), "config": f.configPath}
 	if !found {
 		log.WithFields(fields).Info("starting; config file not found, the defaults apply")
 	} else {

@@ -13,13 +13,10 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"runtime/debug"
 
+	"github.com/captrace/captrace/internal/buildinfo"
 	"github.com/captrace/captrace/pkg/advisor"
 )
-
-// version is set at build time: go build -ldflags "-X main.version=v1.2.3".
-var version = "dev"
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
@@ -47,13 +44,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 }
 
 func versionString() string {
-	s := fmt.Sprintf("captrace %s (%s, %s/%s", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
-	if info, ok := debug.ReadBuildInfo(); ok {
-		for _, setting := range info.Settings {
-			if setting.Key == "vcs.revision" && len(setting.Value) >= 12 {
-				s += ", commit " + setting.Value[:12]
-			}
-		}
+	s := fmt.Sprintf("captrace %s (%s, %s/%s", buildinfo.Version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	if c := buildinfo.Commit(); len(c) >= 12 {
+		s += ", commit " + c[:12]
 	}
 	return s + ")"
 }
