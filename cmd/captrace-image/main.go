@@ -113,6 +113,9 @@ func build(spec Spec, out string, stdout io.Writer) error {
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
+	if err == nil {
+		err = os.Chmod(tmp.Name(), 0o644)
+	}
 	if err != nil {
 		return err
 	}
