@@ -41,10 +41,12 @@ dist:
 
 # The multi-arch OCI image (amd64, arm64) as an OCI layout tarball, built
 # without a container engine by cmd/captrace-image from `make dist`'s static
-# binaries: `ctr -n k8s.io images import dist/captrace-image.tar`.
-IMAGE ?= ghcr.io/captrace/captrace:$(VERSION)
+# binaries: `ctr -n k8s.io images import dist/captrace-image.tar` tags it
+# ghcr.io/captrace/captrace:$(VERSION) and :dev (the DaemonSet's reference);
+# IMAGE=ref1,ref2 names it otherwise.
+IMAGE ?=
 image: dist
-	$(GO) run ./cmd/captrace-image -ref $(IMAGE) -version $(VERSION) -revision $(COMMIT) \
+	$(GO) run ./cmd/captrace-image $(if $(IMAGE),-ref $(IMAGE)) -version $(VERSION) -revision $(COMMIT) \
 		-created $(SOURCE_DATE_EPOCH) -dist dist -o dist/captrace-image.tar
 
 # Rebuilds the committed bpf2go objects from bpf/*.c with clang.

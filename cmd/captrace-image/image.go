@@ -38,7 +38,7 @@ const Licenses = "Apache-2.0 AND (GPL-2.0-only OR BSD-2-Clause)"
 
 // Spec is everything an image build depends on; one Spec gives one digest.
 type Spec struct {
-	Ref      string            // full reference, e.g. ghcr.io/captrace/captrace:v0.1.0
+	Refs     []string          // full references, e.g. ghcr.io/captrace/captrace:v0.1.0
 	Version  string            // git describe
 	Revision string            // commit
 	Source   string            // repository URL
@@ -183,7 +183,8 @@ func (s Spec) Index() (v1.ImageIndex, error) {
 }
 
 // WriteLayoutTar writes the index as an OCI image layout tarball, named so
-// that `ctr images import` tags it s.Ref, and returns the index's digest.
+// that `ctr images import` tags it with each of s.Refs, and returns the
+// index's digest.
 // The tar holds the layout's files in name order with fixed times, so one
 // Spec always gives the same bytes.
 func (s Spec) WriteLayoutTar(w io.Writer) (v1.Hash, error) {
@@ -204,12 +205,13 @@ func (s Spec) WriteLayoutTar(w io.Writer) (v1.Hash, error) {
 	if err != nil {
 		return v1.Hash{}, err
 	}
-	tag := s.Ref[strings.LastIndex(s.Ref, ":")+1:]
-	if err := lp.AppendIndex(idx, layout.WithAnnotations(map[string]string{
-		"io.containerd.image.name":          s.Ref,
-		"org.opencontainers.image.ref.name": tag,
-	})); err != nil {
-		return v1.Hash{}, err
+	for _, ref := range s.Refs {
+		if err := lp.AppendIndex(idx, layout.WithAnnotations(map[string]string{
+			"io.containerd.image.name":          ref,
+			"org.opencontainers.image.ref.name": ref[strings.LastIndex(ref, ":")+1:],
+		})); err != nil {
+			return v1.Hash{}, err
+		}
 	}
 	return digest, tarDir(w, dir, s.Created)
 }

@@ -17,7 +17,7 @@ import (
 
 func testSpec() Spec {
 	return Spec{
-		Ref: "ghcr.io/captrace/captrace:v1.2.3", Version: "v1.2.3", Revision: "0123456789abcdef0123456789abcdef01234567",
+		Refs: []string{"ghcr.io/captrace/captrace:v1.2.3", "ghcr.io/captrace/captrace:dev"}, Version: "v1.2.3", Revision: "0123456789abcdef0123456789abcdef01234567",
 		Source: "https://github.com/captrace/captrace", Created: time.Unix(1796060644, 0).UTC(),
 		Binaries: map[string][]byte{"amd64": []byte("\x7fELF amd64 captrace"), "arm64": []byte("\x7fELF arm64 captrace")},
 		License:  []byte("Apache License 2.0\n"),
@@ -70,10 +70,15 @@ func TestLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(om.Manifests) != 1 || om.Manifests[0].Digest != digest ||
-		om.Manifests[0].Annotations["io.containerd.image.name"] != spec.Ref ||
-		om.Manifests[0].Annotations["org.opencontainers.image.ref.name"] != "v1.2.3" {
-		t.Fatalf("index.json: %+v, want one entry %s named %s", om.Manifests, digest, spec.Ref)
+	if len(om.Manifests) != 2 {
+		t.Fatalf("index.json: %+v, want one entry per reference", om.Manifests)
+	}
+	for i, tag := range []string{"v1.2.3", "dev"} {
+		m := om.Manifests[i]
+		if m.Digest != digest || m.Annotations["io.containerd.image.name"] != spec.Refs[i] ||
+			m.Annotations["org.opencontainers.image.ref.name"] != tag {
+			t.Errorf("index.json entry %d: %+v, want %s named %s", i, m, digest, spec.Refs[i])
+		}
 	}
 	idx, err := outer.ImageIndex(digest)
 	if err != nil {

@@ -2,7 +2,7 @@
 // the static binaries of `make dist`, without a container engine, and writes
 // it as an OCI image layout tarball (`ctr -n k8s.io images import FILE`).
 //
-//	captrace-image -ref REF -version V -revision SHA -created EPOCH -dist DIR -o FILE
+//	captrace-image [-ref REF,…] -version V -revision SHA -created EPOCH -dist DIR -o FILE
 //
 // One commit gives one digest: the layer, config and layout depend only on
 // the binaries and the flags (the commit's time, never the clock).
@@ -15,10 +15,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/captrace/captrace/deploy/kubernetes"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
@@ -32,7 +34,8 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("captrace-image", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	ref := fs.String("ref", "ghcr.io/captrace/captrace:dev", "image reference `ctr images import` tags it with")
+	refs := fs.String("ref", "", "comma-separated references `ctr images import` tags the image with "+
+		"(default: "+kubernetes.ImageRepo+":VERSION and the DaemonSet's "+kubernetes.Image+")")
 	version := fs.String("version", "dev", "release version (git describe)")
 	revision := fs.String("revision", "", "commit the binaries were built from")
 	source := fs.String("source", "https://github.com/captrace/captrace", "repository URL (org.opencontainers.image.source)")
@@ -48,11 +51,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "captrace-image: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	if *out == "" || !strings.Contains(*ref, ":") {
-		fmt.Fprintln(stderr, "captrace-image: -o FILE and a tagged -ref (name:tag) are required")
+	if *out == "" {
+		fmt.Fprintln(stderr, "captrace-image: -o FILE is required")
 		return 2
 	}
-	spec := Spec{Ref: *ref, Version: *version, Revision: *revision, Source: *source,
+	refList := []string{kubernetes.ImageRepo + ":" + *version, kubernetes.Image}
+	if *refs != "" {
+		refList = strings.Split(*refs, ",")
+	}
+	for _, r := range refList {
+		if !strings.Contains(r[strings.LastIndex(r, "/")+1:], ":") {
+			fmt.Fprintf(stderr, "captrace-image: reference %q has no tag (name:tag)\n", r)
+			return 2
+		}
+	}
+	spec := Spec{Refs: slices.Compact(refList), Version: *version, Revision: *revision, Source: *source,
 		Created: time.Unix(*created, 0).UTC(), Binaries: map[string][]byte{}}
 	var err error
 	if spec.License, err = os.ReadFile(*license); err != nil {
@@ -122,7 +135,7 @@ func build(spec Spec, out string, stdout io.Writer) error {
 	if err := os.Rename(tmp.Name(), out); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "captrace-image: %s index %s written to %s\n", spec.Ref, digest, out)
+	fmt.Fprintf(stdout, "captrace-image: index %s written to %s as %s\n", digest, out, strings.Join(spec.Refs, ", "))
 	return nil
 }
 
