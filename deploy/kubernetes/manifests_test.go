@@ -63,10 +63,10 @@ func loadDaemonSet(t *testing.T) *appsv1.DaemonSet {
 // Every committed manifest decodes strictly into its k8s.io/api type.
 func TestManifestsDecodeStrictly(t *testing.T) {
 	for path, obj := range map[string]any{
-		"base/namespace.yaml":      &corev1.Namespace{},
-		"base/serviceaccount.yaml": &corev1.ServiceAccount{},
-		"base/configmap.yaml":      &corev1.ConfigMap{},
-		"base/daemonset.yaml":      &appsv1.DaemonSet{},
+		"base/namespace.yaml":                       &corev1.Namespace{},
+		"base/serviceaccount.yaml":                  &corev1.ServiceAccount{},
+		"base/configmap.yaml":                       &corev1.ConfigMap{},
+		"base/daemonset.yaml":                       &appsv1.DaemonSet{},
 		"overlays/journald/daemonset-journald.yaml": &appsv1.DaemonSet{},
 	} {
 		data, err := os.ReadFile(path)
