@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/captrace/captrace/deploy/kubernetes"
+	"github.com/captrace/captrace/internal/ociimage"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
@@ -65,7 +66,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 	}
-	spec := Spec{Refs: slices.Compact(refList), Version: *version, Revision: *revision, Source: *source,
+	spec := ociimage.Spec{Refs: slices.Compact(refList), Version: *version, Revision: *revision, Source: *source,
 		Created: time.Unix(*created, 0).UTC(), Binaries: map[string][]byte{}}
 	var err error
 	if spec.License, err = os.ReadFile(*license); err != nil {
@@ -90,7 +91,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // build writes the layout tarball (through a temporary file, renamed when
 // complete) and prints the digest and each architecture's compressed size.
-func build(spec Spec, out string, stdout io.Writer) error {
+func build(spec ociimage.Spec, out string, stdout io.Writer) error {
 	idx, err := spec.Index()
 	if err != nil {
 		return err

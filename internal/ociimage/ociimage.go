@@ -1,4 +1,7 @@
-package main
+// Package ociimage builds captrace's OCI image (the static binary on an empty
+// base) and writes it as an OCI image layout tarball, reproducibly: one Spec
+// gives one digest. cmd/captrace-image (make image) and the e2e use it.
+package ociimage
 
 import (
 	"archive/tar"

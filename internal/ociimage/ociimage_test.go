@@ -1,4 +1,4 @@
-package main
+package ociimage
 
 import (
 	"archive/tar"
@@ -204,12 +204,5 @@ func untar(t *testing.T, data []byte) string {
 		if err := os.WriteFile(path, body, 0o644); err != nil {
 			t.Fatal(err)
 		}
-	}
-}
-
-func TestRunRejectsArguments(t *testing.T) {
-	var out, errb bytes.Buffer
-	if code := run([]string{"-o", "x.tar", "extra"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), `unexpected argument "extra"`) {
-		t.Errorf("exit %d, stderr %q", code, errb.String())
 	}
 }
