@@ -18,12 +18,6 @@ import (
 )
 
 const (
-	// DefaultMaxTracedCgroups, DefaultDedupEntries and DefaultRingBufferBytes
-	// are what Open uses for a zero Options field (config.Defaults takes them
-	// from here).
-	DefaultMaxTracedCgroups = 4096
-	DefaultDedupEntries     = 65536
-	DefaultRingBufferBytes  = 4 << 20
 	// wakeupBytes: the kernel wakes the reader once this much is queued;
 	// below it the reader finds events on its poll deadline.
 	wakeupBytes = 64 << 10
@@ -99,7 +93,7 @@ func Open(opts Options) (*Tracer, error) {
 	}
 	page := uint32(os.Getpagesize())
 	if cfg.ringBytes < page || cfg.ringBytes&(cfg.ringBytes-1) != 0 {
-		return nil, fmt.Errorf("tracer.ring_buffer_bytes = %d: must be a power of two and at least the page size (%d)", cfg.ringBytes, page)
+		return nil, &OptionError{Field: "RingBufferBytes", Value: cfg.ringBytes, Reason: fmt.Sprintf("must be a power of two and at least the page size (%d)", page)}
 	}
 	// A small ring must still wake the reader before it fills.
 	cfg.wakeupBytes = min(cfg.wakeupBytes, uint64(cfg.ringBytes/4))
@@ -107,7 +101,7 @@ func Open(opts Options) (*Tracer, error) {
 	tiers := tierOrder
 	if opts.ForceTier != "" {
 		if !slices.Contains(tierOrder, opts.ForceTier) {
-			return nil, fmt.Errorf("tracer.tier = %q: want \"\" (probe), fexit, tp_btf or kprobe", opts.ForceTier)
+			return nil, &OptionError{Field: "ForceTier", Value: fmt.Sprintf("%q", opts.ForceTier), Reason: `want "" (probe), fexit, tp_btf or kprobe`}
 		}
 		tiers = []Tier{opts.ForceTier}
 	}
@@ -249,7 +243,7 @@ func (t *Tracer) writeSlot(slot uint32) error {
 }
 
 func (t *Tracer) fullError(cgroupID uint64) error {
-	return fmt.Errorf("cannot trace cgroup %d: the filter map is full (%d cgroups traced, the limit); raise tracer.max_containers in the config", cgroupID, t.maxTraced)
+	return fmt.Errorf("cannot trace cgroup %d: %w (%d cgroups traced, the limit of Options.MaxTracedCgroups)", cgroupID, ErrFilterFull, t.maxTraced)
 }
 
 func (t *Tracer) dropMember(slot uint32, cgroupID uint64) {

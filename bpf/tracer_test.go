@@ -404,7 +404,7 @@ func TestFilterFull(t *testing.T) {
 		}
 	}
 	err := tr.Trace(1002, Settings{})
-	if err == nil || !strings.Contains(err.Error(), "tracer.max_containers") || !strings.Contains(err.Error(), "2 cgroups") {
+	if !errors.Is(err, ErrFilterFull) || !strings.Contains(err.Error(), "2 cgroups") {
 		t.Fatalf("Trace beyond the limit: %v", err)
 	}
 	var v uint32
@@ -577,7 +577,7 @@ func TestProbeAndNames(t *testing.T) {
 	if !ok {
 		t.Errorf("Probe does not report the chosen tier %s as working", chosen)
 	}
-	if _, err := Open(Options{ForceTier: "bogus"}); err == nil || !strings.Contains(err.Error(), "tracer.tier") {
+	if _, err := Open(Options{ForceTier: "bogus"}); !errors.As(err, new(*OptionError)) {
 		t.Errorf("Open with an unknown tier: %v", err)
 	}
 }
