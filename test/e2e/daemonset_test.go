@@ -1,0 +1,195 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/captrace/captrace/deploy/kubernetes"
+	"github.com/captrace/captrace/internal/ociimage"
+	"github.com/captrace/captrace/test/e2e/stack"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+)
+
+// nodeStack is a stack whose containerd 2.4 runs as a node's does: root
+// config importing conf.d, captrace's drop-in as shipped, NRI on
+// /var/run/nri/nri.sock. captrace is not started by the stack: it runs from
+// its image as the DaemonSet's pod. etc replaces the files of /etc/containerd
+// (nil: the drop-in setup).
+func nodeStack(t *testing.T, ctx context.Context, etc func(s *stack.Stack, dropIn string) map[string]string) *stack.Stack {
+	t.Helper()
+	root, err := stack.ProjectRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropIn, err := os.ReadFile(filepath.Join(root, "deploy", "containerd-nri.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if etc == nil {
+		etc = func(s *stack.Stack, dropIn string) map[string]string {
+			return map[string]string{
+				"config.toml":              stack.NodeRootConfig(s, 3, importsConfD, stack.NRIOffV3),
+				"conf.d/captrace-nri.toml": dropIn,
+			}
+		}
+	}
+	s, err := stack.New(ctx, stack.Options{NoCaptrace: true, Logf: t.Logf, Node: &stack.NodeContainerd{
+		Etc: func(s *stack.Stack) (map[string]string, error) { return etc(s, string(dropIn)), nil },
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	importCaptraceImage(t, ctx, s, root)
+	return s
+}
+
+// importCaptraceImage builds the image as `make image` does (static binary,
+// ociimage), for this machine's architecture only, and imports it with ctr
+// under the DaemonSet's reference.
+func importCaptraceImage(t *testing.T, ctx context.Context, s *stack.Stack, root string) {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "captrace")
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./cmd/captrace")
+	build.Dir = root
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("static build: %v\n%s", err, out)
+	}
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	license, err := os.ReadFile(filepath.Join(root, "LICENSE"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := ociimage.Spec{Refs: []string{kubernetes.Image}, Version: "e2e", Source: "https://github.com/captrace/captrace",
+		Created: time.Unix(0, 0).UTC(), Binaries: map[string][]byte{"amd64": data}, License: license}
+	var tarball bytes.Buffer
+	if _, err := spec.WriteLayoutTar(&tarball); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "captrace-image.tar")
+	if err := os.WriteFile(path, tarball.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Ctr(ctx, "images", "import", "--platform", "linux/amd64", path); err != nil {
+		t.Fatal(s.Fail("ctr images import the captrace image", err))
+	}
+	if out, err := s.Crictl(ctx, "inspecti", kubernetes.Image); err != nil {
+		t.Fatal(s.Fail("crictl inspecti "+kubernetes.Image, fmt.Errorf("%w\n%s", err, out)))
+	}
+}
+
+// loadManifests decodes the committed DaemonSet (base, or built with an
+// overlay by the caller) and ConfigMap strictly with k8s.io/api types.
+func loadManifests(t *testing.T) (*appsv1.DaemonSet, map[string]*corev1.ConfigMap) {
+	t.Helper()
+	root, err := stack.ProjectRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(root, "deploy", "kubernetes", "base")
+	var ds appsv1.DaemonSet
+	var cm corev1.ConfigMap
+	for path, obj := range map[string]any{"daemonset.yaml": &ds, "configmap.yaml": &cm} {
+		data, err := os.ReadFile(filepath.Join(base, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := yaml.UnmarshalStrict(data, obj); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+	}
+	return &ds, map[string]*corev1.ConfigMap{cm.Name: &cm}
+}
+
+// containerLogs is `crictl logs` of a container.
+func containerLogs(t *testing.T, ctx context.Context, s *stack.Stack, id string) string {
+	t.Helper()
+	out, err := s.ContainerLogs(ctx, id)
+	if err != nil {
+		t.Fatal(s.Fail("crictl logs "+id, err))
+	}
+	return out
+}
+
+// TestDaemonSetPod runs captrace from its image as the DaemonSet's pod
+// (CRI configs derived from deploy/kubernetes), not privileged, with exactly
+// the manifest's capabilities, seccomp RuntimeDefault and a read-only root:
+// it registers over the drop-in's NRI socket, traces another annotated pod,
+// its events appear in `crictl logs` of the captrace container, and
+// /healthz and /readyz answer 200.
+func TestDaemonSetPod(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	s := nodeStack(t, ctx, nil)
+	ds, cms := loadManifests(t)
+	before := s.PluginSyncs()
+	_, ids, err := s.RunDaemonSetPod(ctx, ds, cms)
+	if err != nil {
+		t.Fatal(s.Fail("run the DaemonSet's pod", err))
+	}
+	captrace := ids[0]
+	if err := s.WaitCaptraceResync(before, time.Minute); err != nil {
+		t.Fatal(s.Fail("captrace pod registers with NRI", fmt.Errorf("%w\ncaptrace pod log:\n%s", err, containerLogs(t, ctx, s, captrace))))
+	}
+
+	pod, err := s.RunPod(ctx, stack.Pod{Name: "traced-by-daemonset", Annotations: stack.Annotated()})
+	if err != nil {
+		t.Fatal(s.Fail("run pod", err))
+	}
+	if _, err := s.RunContainer(ctx, pod, stack.Container{Name: "nice", Command: SetPriorityLoop("1")}); err != nil {
+		t.Fatal(s.Fail("run container", err))
+	}
+	var events []stack.Event
+	deadline := time.Now().Add(30 * time.Second)
+	for len(events) == 0 {
+		logs := containerLogs(t, ctx, s, captrace)
+		sc := bufio.NewScanner(strings.NewReader(logs))
+		for sc.Scan() {
+			e, ok, err := stack.ParseEventLine(sc.Text())
+			if err == nil && ok && e.Pod == pod.Name && e.Cap == "CAP_SYS_NICE" {
+				events = append(events, e)
+			}
+		}
+		if len(events) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no CAP_SYS_NICE event of %s in `crictl logs` of the captrace pod:\n%s", pod.Name, logs)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("captrace pod (image %s) traced %s: %s", kubernetes.Image, pod.Name, events[0].Raw)
+
+	for _, path := range []string{"/healthz", "/readyz"} {
+		url := fmt.Sprintf("http://127.0.0.1:%d%s", kubernetes.MetricsPort, path)
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Errorf("GET %s: %v", url, err)
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s: %s %s", url, resp.Status, body)
+		}
+	}
+}
