@@ -29,7 +29,7 @@ import (
 // /var/run/nri/nri.sock. captrace is not started by the stack: it runs from
 // its image as the DaemonSet's pod. etc replaces the files of /etc/containerd
 // (nil: the drop-in setup).
-func nodeStack(t *testing.T, ctx context.Context, etc func(s *stack.Stack, dropIn string) map[string]string) *stack.Stack {
+func nodeStack(t *testing.T, ctx context.Context, nriOff bool, etc func(s *stack.Stack, dropIn string) map[string]string) *stack.Stack {
 	t.Helper()
 	root, err := stack.ProjectRoot()
 	if err != nil {
@@ -47,7 +47,7 @@ func nodeStack(t *testing.T, ctx context.Context, etc func(s *stack.Stack, dropI
 			}
 		}
 	}
-	s, err := stack.New(ctx, stack.Options{NoCaptrace: true, Logf: t.Logf, Node: &stack.NodeContainerd{
+	s, err := stack.New(ctx, stack.Options{NoCaptrace: true, Logf: t.Logf, Node: &stack.NodeContainerd{NRIOff: nriOff,
 		Etc: func(s *stack.Stack) (map[string]string, error) { return etc(s, string(dropIn)), nil },
 	}})
 	if err != nil {
@@ -120,6 +120,19 @@ func loadManifests(t *testing.T) (*appsv1.DaemonSet, map[string]*corev1.ConfigMa
 	return &ds, map[string]*corev1.ConfigMap{cm.Name: &cm}
 }
 
+// healthStatus is the HTTP status of the captrace pod's probe path, or 0 when
+// nothing answers.
+func healthStatus(path string) (int, string) {
+	url := fmt.Sprintf("http://127.0.0.1:%d%s", kubernetes.MetricsPort, path)
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
 // containerLogs is `crictl logs` of a container.
 func containerLogs(t *testing.T, ctx context.Context, s *stack.Stack, id string) string {
 	t.Helper()
@@ -139,7 +152,7 @@ func containerLogs(t *testing.T, ctx context.Context, s *stack.Stack, id string)
 func TestDaemonSetPod(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	s := nodeStack(t, ctx, nil)
+	s := nodeStack(t, ctx, false, nil)
 	ds, cms := loadManifests(t)
 	before := s.PluginSyncs()
 	_, ids, err := s.RunDaemonSetPod(ctx, ds, cms)
@@ -180,16 +193,88 @@ func TestDaemonSetPod(t *testing.T) {
 	t.Logf("captrace pod (image %s) traced %s: %s", kubernetes.Image, pod.Name, events[0].Raw)
 
 	for _, path := range []string{"/healthz", "/readyz"} {
-		url := fmt.Sprintf("http://127.0.0.1:%d%s", kubernetes.MetricsPort, path)
-		resp, err := http.Get(url)
-		if err != nil {
-			t.Errorf("GET %s: %v", url, err)
-			continue
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Errorf("GET %s: %s %s", url, resp.Status, body)
+		if code, body := healthStatus(path); code != http.StatusOK {
+			t.Errorf("GET %s: %d %s", path, code, body)
 		}
 	}
+}
+
+// TestDaemonSetPodBadInput: the DaemonSet on a node whose containerd has NRI
+// off stays alive and not Ready and logs which drop-in to install; with a
+// capability taken away (so no attach tier loads) it exits with captrace's one
+// error as the last line of its log, which the kubelet copies into the
+// termination message (FallbackToLogsOnError).
+func TestDaemonSetPodBadInput(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+
+	t.Run("nri-off", func(t *testing.T) {
+		s := nodeStack(t, ctx, true, func(s *stack.Stack, dropIn string) map[string]string {
+			return map[string]string{"config.toml": stack.NodeRootConfig(s, 3, importsConfD, stack.NRIOffV3)}
+		})
+		ds, cms := loadManifests(t)
+		_, ids, err := s.RunDaemonSetPod(ctx, ds, cms)
+		if err != nil {
+			t.Fatal(s.Fail("run the DaemonSet's pod", err))
+		}
+		var logs string
+		deadline := time.Now().Add(time.Minute)
+		for !strings.Contains(logs, "containerd-nri.toml") {
+			if time.Now().After(deadline) {
+				t.Fatalf("the captrace pod never named the drop-in; its log:\n%s", logs)
+			}
+			time.Sleep(200 * time.Millisecond)
+			logs, _ = s.ContainerLogsAll(ctx, ids[0])
+		}
+		state, _, err := s.ContainerState(ctx, ids[0])
+		if err != nil || state != "CONTAINER_RUNNING" {
+			t.Errorf("captrace container %s (%v), want running (alive, waiting for NRI)", state, err)
+		}
+		if code, body := healthStatus("/healthz"); code != http.StatusOK {
+			t.Errorf("/healthz: %d %s, want 200 (alive)", code, body)
+		}
+		if code, body := healthStatus("/readyz"); code == http.StatusOK || code == 0 {
+			t.Errorf("/readyz: %d %s, want an answer that is not 200 (not Ready without NRI)", code, body)
+		}
+		t.Logf("NRI off: the pod runs, not Ready, and says:\n%s", lastLines(logs, 2))
+	})
+
+	t.Run("no-usable-tier", func(t *testing.T) {
+		s := nodeStack(t, ctx, false, nil)
+		ds, cms := loadManifests(t)
+		c := &ds.Spec.Template.Spec.Containers[0]
+		var kept []corev1.Capability
+		for _, cap := range c.SecurityContext.Capabilities.Add {
+			if cap != "PERFMON" {
+				kept = append(kept, cap)
+			}
+		}
+		c.SecurityContext.Capabilities.Add = kept
+		_, ids, err := s.RunDaemonSetPod(ctx, ds, cms)
+		if err != nil {
+			t.Fatal(s.Fail("run the DaemonSet's pod", err))
+		}
+		code, err := s.WaitExited(ctx, ids[0], time.Minute)
+		if err != nil {
+			t.Fatal(s.Fail("captrace exits without an attach tier", err))
+		}
+		logs, _ := s.ContainerLogsAll(ctx, ids[0])
+		last := lastLines(logs, 1)
+		// bpf's no-tier error, or (with the daemon's capability check) the
+		// missing capability named.
+		if code == 0 || !strings.Contains(last, "level=error") ||
+			!strings.Contains(last, "no capability attach point works") && !strings.Contains(last, "CAP_PERFMON") {
+			t.Errorf("exit code %d, last log line %q: want a failure whose last line is captrace's one error", code, last)
+		}
+		t.Logf("without CAP_PERFMON: exit %d, termination message (last log line): %s", code, last)
+	})
+}
+
+// lastLines returns the last n non-empty lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

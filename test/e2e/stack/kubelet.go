@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -179,4 +180,17 @@ func containerConfig(c corev1.Container, volumes map[string]string) (map[string]
 		"log_path": c.Name + ".log",
 		"linux":    map[string]any{"security_context": sc},
 	}, nil
+}
+
+// ContainerLogsAll is `crictl logs` of a container with both of its streams
+// (crictl writes the container's stderr to its own stderr), as `kubectl logs`
+// shows them.
+func (s *Stack) ContainerLogsAll(ctx context.Context, id string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, s.Tools.Crictl, "--config", filepath.Join(s.Dir, "crictl.yaml"), "logs", id).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("crictl logs %s: %w\n%s", id, err, out)
+	}
+	return string(out), nil
 }

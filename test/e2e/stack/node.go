@@ -26,6 +26,9 @@ type NodeContainerd struct {
 	// Etc returns the files of /etc/containerd (relative path → content):
 	// "config.toml" is the root config, conf.d/ holds drop-ins.
 	Etc func(s *Stack) (map[string]string, error)
+	// NRIOff says the config leaves NRI off: the stack does not wait for
+	// the NRI socket (and starts no captrace of its own).
+	NRIOff bool
 }
 
 // Node paths inside the private mount namespace.

@@ -343,7 +343,11 @@ func (s *Stack) StartContainerd(ctx context.Context) error {
 		return err
 	}
 	s.containerd = p
-	if err := waitFor(30*time.Second, p, "containerd's socket", func() bool { return allExist(s.ContainerdSocket(), s.NRISocket()) }); err != nil {
+	sockets := []string{s.ContainerdSocket(), s.NRISocket()}
+	if s.opts.Node != nil && s.opts.Node.NRIOff {
+		sockets = sockets[:1]
+	}
+	if err := waitFor(30*time.Second, p, "containerd's sockets "+strings.Join(sockets, ", "), func() bool { return allExist(sockets...) }); err != nil {
 		return err
 	}
 	return waitFor(30*time.Second, p, "CRI to answer `crictl info`", func() bool {
