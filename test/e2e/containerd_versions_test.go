@@ -106,6 +106,7 @@ func TestDropInContainerdVersions(t *testing.T) {
 				}
 				defer s.Stop()
 				checkMergedNRI(t, ctx, s)
+				checkDoctor(t, ctx, s, bin)
 
 				name := "dropin-" + strings.NewReplacer(".", "-").Replace(version) + "-" + setup.name
 				pod, err := s.RunPod(ctx, stack.Pod{Name: name, Annotations: stack.Annotated()})
@@ -144,4 +145,23 @@ func checkMergedNRI(t *testing.T, ctx context.Context, s *stack.Stack) {
 	if nri["disable"] != false || nri["socket_path"] != stack.NodeNRISocket || nri["disable_connections"] != false {
 		t.Errorf("merged NRI section %v, want the drop-in's (enabled, %s, connections allowed)", nri, stack.NodeNRISocket)
 	}
+}
+
+// checkDoctor runs `captrace doctor` where the node's containerd runs and
+// requires its line for this containerd: NRI on the drop-in's socket, the
+// drop-in imported.
+func checkDoctor(t *testing.T, ctx context.Context, s *stack.Stack, bin string) {
+	t.Helper()
+	out, _ := s.InNamespace(ctx, bin, "doctor") // other checks may fail on a shared machine; only this line counts
+	want := fmt.Sprintf("(pid %d, %s): NRI enabled on %s (%s/captrace-nri.toml imported)", s.ContainerdPID(), stack.NodeConfig, stack.NodeNRISocket, stack.NodeConfDir)
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, want) {
+			if !strings.HasPrefix(line, "[ok]") {
+				t.Errorf("captrace doctor: %s", line)
+			}
+			t.Logf("captrace doctor: %s", line)
+			return
+		}
+	}
+	t.Errorf("captrace doctor has no line with %q:\n%s", want, out)
 }

@@ -29,7 +29,7 @@ import (
 // /var/run/nri/nri.sock. captrace is not started by the stack: it runs from
 // its image as the DaemonSet's pod. etc replaces the files of /etc/containerd
 // (nil: the drop-in setup).
-func nodeStack(t *testing.T, ctx context.Context, nriOff bool, etc func(s *stack.Stack, dropIn string) map[string]string) *stack.Stack {
+func nodeStack(t testing.TB, ctx context.Context, nriOff bool, etc func(s *stack.Stack, dropIn string) map[string]string) *stack.Stack {
 	t.Helper()
 	root, err := stack.ProjectRoot()
 	if err != nil {
@@ -61,7 +61,7 @@ func nodeStack(t *testing.T, ctx context.Context, nriOff bool, etc func(s *stack
 // importCaptraceImage builds the image as `make image` does (static binary,
 // ociimage), for this machine's architecture only, and imports it with ctr
 // under the DaemonSet's reference.
-func importCaptraceImage(t *testing.T, ctx context.Context, s *stack.Stack, root string) {
+func importCaptraceImage(t testing.TB, ctx context.Context, s *stack.Stack, root string) {
 	t.Helper()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "captrace")
@@ -99,7 +99,7 @@ func importCaptraceImage(t *testing.T, ctx context.Context, s *stack.Stack, root
 
 // loadManifests decodes the committed DaemonSet (base, or built with an
 // overlay by the caller) and ConfigMap strictly with k8s.io/api types.
-func loadManifests(t *testing.T) (*appsv1.DaemonSet, map[string]*corev1.ConfigMap) {
+func loadManifests(t testing.TB) (*appsv1.DaemonSet, map[string]*corev1.ConfigMap) {
 	t.Helper()
 	root, err := stack.ProjectRoot()
 	if err != nil {

@@ -356,6 +356,9 @@ func (s *Stack) StartContainerd(ctx context.Context) error {
 	})
 }
 
+// ContainerdPID is the running containerd's PID.
+func (s *Stack) ContainerdPID() int { return s.containerd.pid() }
+
 // StopContainerd stops containerd (SIGTERM); shims and pods keep running.
 func (s *Stack) StopContainerd() {
 	s.containerd.stop(15 * time.Second)
