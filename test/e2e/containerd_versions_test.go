@@ -78,14 +78,7 @@ func nodeSetups(version string) []nodeSetup {
 func TestDropInContainerdVersions(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	root, err := stack.ProjectRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dropIn, err := os.ReadFile(filepath.Join(root, "deploy", "containerd-nri.toml"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, dropIn := shippedDropIn(t)
 	bin := filepath.Join(t.TempDir(), "captrace")
 	if err := stack.BuildCaptrace(ctx, root, bin); err != nil {
 		t.Fatal(err)
@@ -124,6 +117,21 @@ func TestDropInContainerdVersions(t *testing.T) {
 			})
 		}
 	}
+}
+
+// shippedDropIn returns the repository's root and deploy/containerd-nri.toml
+// as `make install` ships it.
+func shippedDropIn(t testing.TB) (root string, dropIn []byte) {
+	t.Helper()
+	root, err := stack.ProjectRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropIn, err = os.ReadFile(filepath.Join(root, "deploy", "containerd-nri.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root, dropIn
 }
 
 // checkMergedNRI reads the configuration the node's containerd merged

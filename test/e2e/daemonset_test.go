@@ -31,14 +31,7 @@ import (
 // (nil: the drop-in setup).
 func nodeStack(t testing.TB, ctx context.Context, nriOff bool, etc func(s *stack.Stack, dropIn string) map[string]string) *stack.Stack {
 	t.Helper()
-	root, err := stack.ProjectRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dropIn, err := os.ReadFile(filepath.Join(root, "deploy", "containerd-nri.toml"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, dropIn := shippedDropIn(t)
 	if etc == nil {
 		etc = func(s *stack.Stack, dropIn string) map[string]string {
 			return map[string]string{
@@ -133,8 +126,26 @@ func healthStatus(path string) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
+// startDaemonSetPod runs the committed DaemonSet's pod on s and waits until
+// containerd has synchronized it as an NRI plugin; it returns the captrace
+// container's ID.
+func startDaemonSetPod(t testing.TB, ctx context.Context, s *stack.Stack) string {
+	t.Helper()
+	ds, cms := loadManifests(t)
+	before := s.PluginSyncs()
+	_, ids, err := s.RunDaemonSetPod(ctx, ds, cms)
+	if err != nil {
+		t.Fatal(s.Fail("run the DaemonSet's pod", err))
+	}
+	if err := s.WaitCaptraceResync(before, time.Minute); err != nil {
+		logs, _ := s.ContainerLogsAll(ctx, ids[0])
+		t.Fatal(s.Fail("captrace pod registers with NRI", fmt.Errorf("%w\ncaptrace pod log:\n%s", err, logs)))
+	}
+	return ids[0]
+}
+
 // containerLogs is `crictl logs` of a container.
-func containerLogs(t *testing.T, ctx context.Context, s *stack.Stack, id string) string {
+func containerLogs(t testing.TB, ctx context.Context, s *stack.Stack, id string) string {
 	t.Helper()
 	out, err := s.ContainerLogs(ctx, id)
 	if err != nil {
@@ -153,16 +164,7 @@ func TestDaemonSetPod(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	s := nodeStack(t, ctx, false, nil)
-	ds, cms := loadManifests(t)
-	before := s.PluginSyncs()
-	_, ids, err := s.RunDaemonSetPod(ctx, ds, cms)
-	if err != nil {
-		t.Fatal(s.Fail("run the DaemonSet's pod", err))
-	}
-	captrace := ids[0]
-	if err := s.WaitCaptraceResync(before, time.Minute); err != nil {
-		t.Fatal(s.Fail("captrace pod registers with NRI", fmt.Errorf("%w\ncaptrace pod log:\n%s", err, containerLogs(t, ctx, s, captrace))))
-	}
+	captrace := startDaemonSetPod(t, ctx, s)
 
 	pod, err := s.RunPod(ctx, stack.Pod{Name: "traced-by-daemonset", Annotations: stack.Annotated()})
 	if err != nil {

@@ -96,16 +96,7 @@ func BenchmarkDaemonSetFootprint(b *testing.B) {
 
 func measureFootprint(b *testing.B, ctx context.Context, pods int) {
 	s := nodeStack(b, ctx, false, nil)
-	ds, cms := loadManifests(b)
-	before := s.PluginSyncs()
-	_, ids, err := s.RunDaemonSetPod(ctx, ds, cms)
-	if err != nil {
-		b.Fatal(s.Fail("run the DaemonSet's pod", err))
-	}
-	if err := s.WaitCaptraceResync(before, time.Minute); err != nil {
-		b.Fatal(s.Fail("captrace pod registers", err))
-	}
-	cg, err := containerCgroup(ctx, s, ids[0])
+	cg, err := containerCgroup(ctx, s, startDaemonSetPod(b, ctx, s))
 	if err != nil {
 		b.Fatal(err)
 	}
