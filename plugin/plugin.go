@@ -74,9 +74,11 @@ type Stats struct {
 	Connected bool
 	// Connects counts registrations with containerd: 1, plus one per reconnection.
 	Connects uint64
-	// CgroupMisses counts opted-in containers whose cgroup was not found.
+	// CgroupMisses counts opted-in containers whose cgroup was not found or
+	// was refused (the root or a non-container cgroup), each once.
 	CgroupMisses uint64
-	// TraceFailed counts opted-in containers the filter map refused (full, or an update error).
+	// TraceFailed counts opted-in containers the filter map refused (full,
+	// or an update error), each once however often Synchronize retries it.
 	TraceFailed uint64
 	// PolicyWarnings counts pods not traced because of a bad annotation value or a
 	// namespace the config keeps out (one per pod and problem).
@@ -98,16 +100,20 @@ type Plugin struct {
 	traceFailed    atomic.Uint64
 	policyWarnings atomic.Uint64
 
-	// warned holds pod UID + problem for the pods already warned about, so a
-	// pod with a bad annotation is named once, not at every container and
-	// every Synchronize. Pruned at each Synchronize to the live pods.
+	// warned holds, per pod UID, the problems the pod was already warned
+	// about, so a pod with a bad annotation is named once, not at every
+	// container and every Synchronize. A pod is forgotten at its
+	// RemovePodSandbox, and Synchronize prunes to the live pods.
 	warnedMu sync.Mutex
-	warned   map[warnKey]struct{}
+	warned   map[string]map[warnKey]struct{}
+	// failures are the containers counted in cgroupMisses or traceFailed.
+	failures failureSet
 
 	changes notifier
 }
 
-type warnKey struct{ podUID, key, value, problem string }
+// warnKey is one problem of a pod; value is bounded (boundedValue).
+type warnKey struct{ key, value, problem string }
 
 // New returns a plugin that maintains reg.
 func New(reg *cgmap.Registry, opts Options) (*Plugin, error) {
@@ -131,7 +137,7 @@ func New(reg *cgmap.Registry, opts Options) (*Plugin, error) {
 		opts:    opts,
 		log:     opts.Log.WithField("component", "nri"),
 		resolve: opts.Resolver,
-		warned:  make(map[warnKey]struct{}),
+		warned:  make(map[string]map[warnKey]struct{}),
 	}
 	p.changes.onTrace, p.changes.onRemove = opts.OnTrace, opts.OnRemove
 	p.handler = &handler{p: p}
