@@ -438,6 +438,7 @@ func (d *daemon) logStats(final bool) {
 	ps := d.plugin.Stats()
 	fields["nri_connected"] = ps.Connected
 	fields["nri_connects"] = ps.Connects
+	fields["nri_abandoned_stubs"] = ps.AbandonedStubs
 	fields["cgroup_misses"] = ps.CgroupMisses
 	fields["trace_failed"] = ps.TraceFailed
 	now.cgroupMisses, now.traceFailed = ps.CgroupMisses, ps.TraceFailed
