@@ -243,7 +243,8 @@ loop:
 			d.logStats(false)
 		case <-hup:
 			if err := d.fanout.Reopen(); err != nil {
-				log.WithError(err).Error("SIGHUP: reopening the output file failed; its events are counted as failed")
+				log.WithError(err).Error("SIGHUP: reopening the output file failed; events still go to the file open before " +
+					"(the rotated one) and the open is retried every second; fix the path, or send SIGHUP again")
 			} else {
 				log.Info("SIGHUP: output file reopened")
 			}
