@@ -138,10 +138,10 @@ func (r *Record) JournalFields() map[string]string {
 // Checks the kernel does not audit say so: they are probes, not needs.
 func (r *Record) Message() string {
 	var b strings.Builder
-	b.WriteString(printable(r.Comm()))
+	b.WriteString(Printable(r.Comm()))
 	fmt.Fprintf(&b, "[%d] in ", r.Event.Pid)
 	if r.Known {
-		fmt.Fprintf(&b, "%s/%s/%s", printable(r.Container.Namespace), printable(r.Container.Pod), printable(r.Container.Name))
+		fmt.Fprintf(&b, "%s/%s/%s", Printable(r.Container.Namespace), Printable(r.Container.Pod), Printable(r.Container.Name))
 	} else {
 		fmt.Fprintf(&b, "cgroup %d (container not known)", r.Event.CgroupID)
 	}
@@ -166,9 +166,11 @@ func (r *Record) Message() string {
 	return b.String()
 }
 
-// printable quotes s when it holds anything a terminal would not print as
-// itself, so MESSAGE stays one honest line.
-func printable(s string) string {
+// Printable quotes s when it holds anything a terminal would not print as
+// itself (control characters such as ESC, newlines, format characters such
+// as a right-to-left override) or a double quote, so a name from a pod
+// author stays one honest line on a terminal and in MESSAGE.
+func Printable(s string) string {
 	for _, r := range s {
 		if !unicode.IsPrint(r) || r == '"' {
 			return strconv.Quote(s)
