@@ -168,9 +168,14 @@ func (r *Record) Message() string {
 
 // Printable quotes s when it holds anything a terminal would not print as
 // itself (control characters such as ESC, newlines, format characters such
-// as a right-to-left override) or a double quote, so a name from a pod
+// as a right-to-left override), invalid UTF-8 or a double quote, so a name from a pod
 // author stays one honest line on a terminal and in MESSAGE.
 func Printable(s string) string {
+	// A byte that is not UTF-8 (0x9b is CSI to an 8-bit terminal) is
+	// quoted too: ranging over s would read it as a printable U+FFFD.
+	if !utf8.ValidString(s) {
+		return strconv.Quote(s)
+	}
 	for _, r := range s {
 		if !unicode.IsPrint(r) || r == '"' {
 			return strconv.Quote(s)

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/captrace/captrace/internal/privilege"
 	"github.com/captrace/captrace/pkg/cgmap"
 	"math/rand/v2"
 	"os"
@@ -436,12 +437,30 @@ func (s *Stack) StartCaptrace(ctx context.Context) error {
 	}
 	defer syscall.Close(cgfd)
 	before := s.pluginSyncs()
-	p, err := s.spawn("captrace", s.inNamespace(s.opts.CaptraceBin, "--config", s.CaptraceConfigPath()), spawnOpts{cgroupFD: cgfd})
+	p, err := s.spawn("captrace", s.inNamespace(s.ConfinedArgv(s.opts.CaptraceBin, "--config", s.CaptraceConfigPath())...), spawnOpts{cgroupFD: cgfd})
 	if err != nil {
 		return err
 	}
 	s.captrace = p
 	return waitFor(30*time.Second, p, "containerd to log captrace's NRI plugin \"connected and synchronized\"", func() bool { return s.pluginSyncs() > before })
+}
+
+// CaptraceBin is the daemon binary the stack runs.
+func (s *Stack) CaptraceBin() string { return s.opts.CaptraceBin }
+
+// ConfinedArgv prefixes argv so it runs as the captrace unit runs it: with
+// exactly the capabilities of internal/privilege (bounding, permitted and
+// effective; none inheritable or ambient) and no_new_privs, minus exclude.
+// The whole e2e suite runs the daemon this way, which proves the set enough.
+func (s *Stack) ConfinedArgv(argv ...string) []string {
+	return ConfinedArgv(s.Tools.Setpriv, argv, nil)
+}
+
+// ConfinedArgv is Stack.ConfinedArgv with capabilities left out (to prove
+// each is needed).
+func ConfinedArgv(setpriv string, argv []string, exclude []string) []string {
+	set := privilege.SetprivBoundingSet(exclude...)
+	return append([]string{setpriv, "--bounding-set", set, "--inh-caps", "-all", "--ambient-caps", "-all", "--no-new-privs", "--"}, argv...)
 }
 
 // pluginSyncs counts containerd's log lines saying captrace's plugin synchronized.
