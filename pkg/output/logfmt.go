@@ -250,7 +250,17 @@ func (r *reopenable) Write(p []byte) (int, error) {
 	if r.retrying && r.now().Sub(r.lastRetry) >= r.retryEvery {
 		_ = r.reopenLocked() // on failure the old file stays in use
 	}
-	return r.f.Write(p)
+	n, err := r.f.Write(p)
+	if err != nil && n > 0 {
+		// A full filesystem took part of the line: cut it off again, so the
+		// file stays whole lines (the next line would otherwise be glued to
+		// the torn one) and the record counts as failed, not half written.
+		if fi, statErr := r.f.Stat(); statErr == nil {
+			_ = r.f.Truncate(fi.Size() - int64(n))
+		}
+		n = 0
+	}
+	return n, err
 }
 
 func (r *reopenable) Close() error {
