@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -21,7 +22,7 @@ import (
 // The kernel's filter map holds tracer.max_containers cgroups (4,096 by
 // default). With the real tracer and 4,097 opted-in containers in real
 // cgroups, through NRI: the one too many is refused with an error naming the
-// limit and the config key, counted once, and still starts (containerd gets
+// limit (and, from the daemon, the config key), counted once, and still starts (containerd gets
 // no error); freeing a slot lets the next one in.
 func TestNRIFilterFullRealTracer(t *testing.T) {
 	cg := newCgroupTree(t)
@@ -79,7 +80,12 @@ func TestNRIFilterFullRealTracer(t *testing.T) {
 		t.Fatal("no error logged for the refused container")
 	}
 	msg := refusal.Message + " " + fmt.Sprint(refusal.Data["error"])
-	for _, want := range []string{"could not be traced", "filter map is full", "4096 cgroups traced, the limit", "raise tracer.max_containers"} {
+	// bpf names the option; the daemon's keyedFilter adds the config key
+	// (tracer.max_containers) on top, tested in cmd/captrace.
+	if err, _ := refusal.Data["error"].(error); !errors.Is(err, bpf.ErrFilterFull) {
+		t.Errorf("the refusal is not bpf.ErrFilterFull: %v", refusal.Data["error"])
+	}
+	for _, want := range []string{"could not be traced", "filter map is full", "4096 cgroups traced, the limit of Options.MaxTracedCgroups"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("the refusal does not say %q: %s", want, msg)
 		}

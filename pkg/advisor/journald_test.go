@@ -17,7 +17,7 @@ import (
 
 	"github.com/captrace/captrace/internal/privtest"
 	"github.com/captrace/captrace/pkg/cgmap"
-	"github.com/captrace/captrace/pkg/output"
+	"github.com/captrace/captrace/pkg/schema"
 )
 
 // journalWriterEnv makes the test binary a journal writer (see TestMain): it
@@ -112,13 +112,13 @@ func TestReportReadsRealJournal(t *testing.T) {
 	var entries []map[string]string
 	for _, r := range append(setPriority0(), setPriority1()...) {
 		entries = append(entries, map[string]string{
-			"MESSAGE":             "capability check",
-			output.FieldNamespace: r.ns, output.FieldPod: r.pod, output.FieldPodUID: "uid-" + r.pod,
-			output.FieldContainer: r.container, output.FieldContainerID: r.id, output.FieldComm: r.comm,
-			output.FieldPid: "1234", output.FieldTid: "1234", output.FieldUid: "0", output.FieldGid: "0",
-			output.FieldCap: r.cap, output.FieldCapable: fmt.Sprint(r.capable), output.FieldAudit: fmt.Sprint(r.audit),
-			output.FieldInsetid: "false", output.FieldSyscall: r.syscall, output.FieldEventTime: r.at.Format(time.RFC3339Nano),
-			output.FieldIdentifier: output.Identifier,
+			"MESSAGE":                "capability check",
+			schema.Namespace.Journal: r.ns, schema.Pod.Journal: r.pod, schema.PodUID.Journal: "uid-" + r.pod,
+			schema.Container.Journal: r.container, schema.ContainerID.Journal: r.id, schema.Comm.Journal: r.comm,
+			schema.Pid.Journal: "1234", schema.Tid.Journal: "1234", schema.Uid.Journal: "0", schema.Gid.Journal: "0",
+			schema.Cap.Journal: r.cap, schema.Capable.Journal: fmt.Sprint(r.capable), schema.Audit.Journal: fmt.Sprint(r.audit),
+			schema.Insetid.Journal: "false", schema.Syscall.Journal: r.syscall, schema.Time.Journal: r.at.Format(time.RFC3339Nano),
+			schema.SyslogIdentifier.Journal: schema.Identifier,
 		})
 	}
 	tr := NewTracker(Limits{})
@@ -129,7 +129,7 @@ func TestReportReadsRealJournal(t *testing.T) {
 	sumFields := sum.JournalFields()
 	sumFields["MESSAGE"] = sum.Message()
 	entries = append(entries, sumFields,
-		map[string]string{"MESSAGE": "stats", output.FieldIdentifier: output.Identifier, "TRACED": "2"})
+		map[string]string{"MESSAGE": "stats", schema.SyslogIdentifier.Journal: schema.Identifier, "TRACED": "2"})
 	entriesFile := filepath.Join(dir, "entries.json")
 	b, _ := json.Marshal(entries)
 	if err := os.WriteFile(entriesFile, b, 0o600); err != nil {
@@ -155,13 +155,18 @@ cp -a /run/log/journal/. "$DEST"/
 		"--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c", script)
 	// Any local user can write an entry that claims to be captrace's
 	// (logger -t captrace): one by nobody, with a need captrace never saw.
-	forged := strings.Join([]string{"MESSAGE=capability check", output.FieldIdentifier + "=" + output.Identifier,
-		output.FieldNamespace + "=default", output.FieldPod + "=forged", output.FieldPodUID + "=uid-forged",
-		output.FieldContainer + "=forged", output.FieldContainerID + "=forged", output.FieldComm + "=sh",
-		output.FieldPid + "=1", output.FieldTid + "=1", output.FieldUid + "=0", output.FieldGid + "=0",
-		output.FieldCap + "=CAP_SYS_ADMIN", output.FieldCapable + "=true", output.FieldAudit + "=true",
-		output.FieldInsetid + "=false", output.FieldSyscall + "=SYS_MOUNT", output.FieldEventTime + "=" + t0.Format(time.RFC3339Nano),
-	}, "\n")
+	var forgedLines []string
+	for k, v := range map[string]string{
+		"MESSAGE": "capability check", schema.SyslogIdentifier.Journal: schema.Identifier,
+		schema.Namespace.Journal: "default", schema.Pod.Journal: "forged", schema.PodUID.Journal: "uid-forged",
+		schema.Container.Journal: "forged", schema.ContainerID.Journal: "forged", schema.Comm.Journal: "sh",
+		schema.Pid.Journal: "1", schema.Tid.Journal: "1", schema.Uid.Journal: "0", schema.Gid.Journal: "0",
+		schema.Cap.Journal: "CAP_SYS_ADMIN", schema.Capable.Journal: "true", schema.Audit.Journal: "true",
+		schema.Insetid.Journal: "false", schema.Syscall.Journal: "SYS_MOUNT", schema.Time.Journal: t0.Format(time.RFC3339Nano),
+	} {
+		forgedLines = append(forgedLines, k+"="+v)
+	}
+	forged := strings.Join(forgedLines, "\n")
 	cmd.Env = append(os.Environ(), "JOURNALD="+journald, "CG="+cg, "SELF="+self, "DEST="+dest,
 		journalWriterEnv+"="+entriesFile, "FORGED="+forged)
 	if out, err := cmd.CombinedOutput(); err != nil {
