@@ -28,14 +28,22 @@ type Capability struct {
 	Bit uint
 	// Why says what fails without it.
 	Why string
+	// SysAdminCovers: the kernel accepts CAP_SYS_ADMIN instead (bpf_capable,
+	// perfmon_capable), as on a kernel older than the capability.
+	SysAdminCovers bool
 }
+
+// capSysAdmin is CAP_SYS_ADMIN's bit.
+const capSysAdmin = 21
 
 // Required is the daemon's whole capability set, in bit order.
 var Required = []Capability{
 	{Name: "CAP_SYSLOG", Bit: 34, Why: "read kernel addresses in /proc/kallsyms: the tp_btf tier tells non-audited checks " +
 		"(probes) from audited ones by the stack; without it every check reads audit=true and probes look like needs"},
-	{Name: "CAP_PERFMON", Bit: 38, Why: "load and attach tracing programs (tp_btf, fexit, kprobe) and read kernel memory and stacks in them"},
-	{Name: "CAP_BPF", Bit: 39, Why: "create BPF maps (cgroup filter, dedup, ring buffer) and load BPF programs"},
+	{Name: "CAP_PERFMON", Bit: 38, SysAdminCovers: true,
+		Why: "load and attach tracing programs (tp_btf, fexit, kprobe) and read kernel memory and stacks in them"},
+	{Name: "CAP_BPF", Bit: 39, SysAdminCovers: true,
+		Why: "create BPF maps (cgroup filter, dedup, ring buffer) and load BPF programs"},
 }
 
 // Names returns the names of Required, e.g. for CapabilityBoundingSet=.
@@ -104,7 +112,7 @@ func Compare(eff uint64) Report {
 	var want uint64
 	for _, c := range Required {
 		want |= 1 << c.Bit
-		if eff&(1<<c.Bit) == 0 {
+		if eff&(1<<c.Bit) == 0 && !(c.SysAdminCovers && eff&(1<<capSysAdmin) != 0) {
 			r.Missing = append(r.Missing, c)
 		}
 	}

@@ -41,6 +41,14 @@ func TestCompare(t *testing.T) {
 	if len(r.Missing) != 0 || r.Excess != 37 || r.MissingError() != nil {
 		t.Errorf("root without CAP_SYS_RESOURCE: %+v", r)
 	}
+	// CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, not CAP_SYSLOG.
+	r = Compare(1<<unix.CAP_SYS_ADMIN | 1<<unix.CAP_SYSLOG)
+	if len(r.Missing) != 0 || r.Excess != 1 {
+		t.Errorf("CAP_SYS_ADMIN + CAP_SYSLOG: %+v", r)
+	}
+	if r = Compare(1 << unix.CAP_SYS_ADMIN); len(r.Missing) != 1 || r.Missing[0].Name != "CAP_SYSLOG" {
+		t.Errorf("CAP_SYS_ADMIN alone: %+v", r)
+	}
 	r = Compare(1<<unix.CAP_BPF | 1<<unix.CAP_SYSLOG)
 	err = r.MissingError()
 	if r.Excess != 0 || len(r.Missing) != 1 || err == nil ||
