@@ -61,13 +61,14 @@ func TestUnit(t *testing.T) {
 	}
 }
 
-// systemd-analyze verify knows every directive of the installed systemd
-// version: a misspelt one is reported (and would be ignored by systemd).
-func TestUnitVerifies(t *testing.T) {
+// analyzableUnit writes a copy of the unit for systemd-analyze, whose
+// ExecStart must exist: any existing executable stands in for the binary.
+func analyzableUnit(t *testing.T) string {
+	t.Helper()
 	if _, err := exec.LookPath("systemd-analyze"); err != nil {
 		privtest.Lacks(t, "systemd-analyze (apt-get install systemd)")
 	}
-	exe, err := os.Executable() // any existing executable stands in for the binary
+	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +77,16 @@ func TestUnitVerifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "captrace.service")
-	os.WriteFile(path, []byte(strings.ReplaceAll(string(unit), "/usr/local/bin/captrace", exe)), 0o644)
+	if err := os.WriteFile(path, []byte(strings.ReplaceAll(string(unit), "/usr/local/bin/captrace", exe)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// systemd-analyze verify knows every directive of the installed systemd
+// version: a misspelt one is reported (and would be ignored by systemd).
+func TestUnitVerifies(t *testing.T) {
+	path := analyzableUnit(t)
 	out, err := exec.Command("systemd-analyze", "verify", path).CombinedOutput()
 	if err != nil || strings.Contains(string(out), "captrace.service") {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
@@ -115,21 +125,7 @@ func TestUnitCapabilities(t *testing.T) {
 const maxExposure = 3.0
 
 func TestUnitExposure(t *testing.T) {
-	if _, err := exec.LookPath("systemd-analyze"); err != nil {
-		privtest.Lacks(t, "systemd-analyze (apt-get install systemd)")
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	unit, err := os.ReadFile("captrace.service")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "captrace.service")
-	if err := os.WriteFile(path, []byte(strings.ReplaceAll(string(unit), "/usr/local/bin/captrace", exe)), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	path := analyzableUnit(t)
 	out, err := exec.Command("systemd-analyze", "security", "--offline=true", "--no-pager", path).CombinedOutput()
 	if err != nil {
 		t.Fatalf("systemd-analyze security --offline: %v\n%s", err, out)

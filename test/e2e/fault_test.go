@@ -113,6 +113,28 @@ func statUint(t *testing.T, stats map[string]string, key string) uint64 {
 	return v
 }
 
+// sinkFailed is sink_<sink>_failed (logged only when not zero).
+func sinkFailed(stats map[string]string, sink string) uint64 {
+	n, _ := strconv.ParseUint(stats["sink_"+sink+"_failed"], 10, 64)
+	return n
+}
+
+// resumedThenStats waits until each pod's checks after since reach both
+// sinks (writing resumed), checks the daemon is the same process (pid), and
+// stops it for its final stats.
+func resumedThenStats(t *testing.T, ctx context.Context, ns string, names []string, pid int, since time.Time, where string) map[string]string {
+	t.Helper()
+	for _, name := range names {
+		waitEvents(t, ctx, 20*time.Second, 1, func(e stack.Event) bool {
+			return stack.OfPod(ns, name)(e) && e.Time.After(since)
+		}, name+"'s checks "+where)
+	}
+	if st.CaptracePID() != pid {
+		t.Fatal("captrace restarted")
+	}
+	return stopForStats(t)
+}
+
 // sinkAccounted checks that every record reached each sink or was counted:
 // written + dropped + failed is the same for every sink (all get the same
 // records), so nothing vanished uncounted.
@@ -120,11 +142,7 @@ func sinkAccounted(t *testing.T, stats map[string]string) {
 	t.Helper()
 	var totals []uint64
 	for _, sink := range []string{"journald", "file"} {
-		total := statUint(t, stats, "sink_"+sink+"_written") + statUint(t, stats, "sink_"+sink+"_dropped")
-		if v, ok := stats["sink_"+sink+"_failed"]; ok {
-			n, _ := strconv.ParseUint(v, 10, 64)
-			total += n
-		}
+		total := statUint(t, stats, "sink_"+sink+"_written") + statUint(t, stats, "sink_"+sink+"_dropped") + sinkFailed(stats, sink)
 		totals = append(totals, total)
 	}
 	if totals[0] != totals[1] {
@@ -220,25 +238,13 @@ func TestFaultJournaldStopped(t *testing.T) {
 		t.Fatal(st.Fail("start journald again", err))
 	}
 	back := time.Now()
-	for _, name := range names {
-		waitEvents(t, ctx, 20*time.Second, 1, func(e stack.Event) bool {
-			return stack.OfPod(ns, name)(e) && e.Time.After(back)
-		}, name+"'s checks in the journal after journald came back")
-	}
-	if st.CaptracePID() != pid {
-		t.Fatal("captrace restarted")
-	}
-	stats := stopForStats(t)
+	stats := resumedThenStats(t, ctx, ns, names, pid, back, "in the journal after journald came back")
 	defer func() {
 		if err := st.StartCaptrace(ctx); err != nil {
 			t.Fatal(st.Fail("start captrace again", err))
 		}
 	}()
-	lost := statUint(t, stats, "sink_journald_dropped")
-	if v, ok := stats["sink_journald_failed"]; ok {
-		n, _ := strconv.ParseUint(v, 10, 64)
-		lost += n
-	}
+	lost := statUint(t, stats, "sink_journald_dropped") + sinkFailed(stats, "journald")
 	if lost == 0 {
 		t.Errorf("journald was down %v while events flowed, yet no journald record is counted dropped or failed: %v", back.Sub(stoppedAt).Round(time.Second), stats)
 	}
@@ -294,19 +300,8 @@ func TestFaultFileSinkFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	freed := time.Now()
-	for _, name := range names {
-		waitEvents(t, ctx, 20*time.Second, 1, func(e stack.Event) bool {
-			return stack.OfPod(ns, name)(e) && e.Time.After(freed)
-		}, name+"'s checks in the file after space returned")
-	}
-	if st.CaptracePID() != pid {
-		t.Fatal("captrace restarted")
-	}
-	stats := stopForStats(t)
-	failed := uint64(0)
-	if v, ok := stats["sink_file_failed"]; ok {
-		failed, _ = strconv.ParseUint(v, 10, 64)
-	}
+	stats := resumedThenStats(t, ctx, ns, names, pid, freed, "in the file after space returned")
+	failed := sinkFailed(stats, "file")
 	if failed == 0 {
 		t.Errorf("the file system was full for %v while events flowed, yet sink_file_failed is 0: %v", freed.Sub(fullAt).Round(time.Second), stats)
 	}
