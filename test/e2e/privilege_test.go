@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -83,25 +82,32 @@ func TestEachCapabilityIsNeeded(t *testing.T) {
 		defer cancel()
 		argv := stack.ConfinedArgv(st.Tools.Setpriv, []string{st.CaptraceBin(), "--config", cfg}, exclude)
 		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
+		// A file, not a buffer: it is read while the daemon writes it.
+		logPath := filepath.Join(t.TempDir(), "captrace.log")
+		logFile, err := os.Create(logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer logFile.Close()
+		cmd.Stdout, cmd.Stderr = logFile, logFile
 		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		exited := make(chan error, 1)
 		go func() { exited <- cmd.Wait() }()
+		out := func() string { b, _ := os.ReadFile(logPath); return string(b) }
 		// Running: it attached and now waits for the NRI socket.
 		for {
 			select {
 			case err := <-exited:
-				return out.String(), err == nil
+				return out(), err == nil
 			case <-time.After(50 * time.Millisecond):
 			}
-			if strings.Contains(out.String(), "cannot connect to containerd's NRI socket") {
+			if strings.Contains(out(), "cannot connect to containerd's NRI socket") {
 				cmd.Process.Signal(syscall.SIGTERM)
 				err := <-exited
-				return out.String(), err == nil
+				return out(), err == nil
 			}
 		}
 	}
