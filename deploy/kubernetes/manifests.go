@@ -16,6 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
+
+	"github.com/captrace/captrace/internal/privilege"
 )
 
 // Names of the objects (issue 17's Kubernetes e2e uses them too).
@@ -42,12 +44,10 @@ const (
 )
 
 // Capabilities is what the daemon needs, and all the DaemonSet adds after
-// dropping ALL: kernel addresses in /proc/kallsyms for the tp_btf tier's audit
-// classification (CAP_SYSLOG), tracing programs and their kernel reads
-// (CAP_PERFMON), BPF maps and programs (CAP_BPF). The list is issue 11's one
-// definition (internal/privilege.Required, in bit order, posted on the board);
-// once that package is on main, privilege.Names() replaces the literal here.
-var Capabilities = kubernetesNames([]string{"CAP_SYSLOG", "CAP_PERFMON", "CAP_BPF"})
+// dropping ALL: the one definition, internal/privilege.Required (CAP_SYSLOG,
+// CAP_PERFMON, CAP_BPF; why each is needed is said there and in README
+// "Least privilege").
+var Capabilities = kubernetesNames(privilege.Names())
 
 // kubernetesNames spells kernel capability names as a pod spec does.
 func kubernetesNames(names []string) []corev1.Capability {

@@ -105,12 +105,6 @@ func (s *Stack) writeNodeEtc() error {
 	return nil
 }
 
-// InNamespace runs argv in the stack's private mount namespace and returns
-// its output (e.g. `containerd config dump` as the node's containerd reads it).
-func (s *Stack) InNamespace(ctx context.Context, argv ...string) (string, error) {
-	return run(ctx, s.inNamespace(argv...)...)
-}
-
 // ContainerdBinDir is where EnsureContainerd puts one release's binaries.
 func ContainerdBinDir(root, version string) string {
 	return filepath.Join(root, ".cache", "tools", "containerd", version, "bin")
