@@ -21,6 +21,8 @@ import (
 	"github.com/captrace/captrace/test/e2e/stack"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 )
 
@@ -90,8 +92,8 @@ func importCaptraceImage(t testing.TB, ctx context.Context, s *stack.Stack, root
 	}
 }
 
-// loadManifests decodes the committed DaemonSet (base, or built with an
-// overlay by the caller) and ConfigMap strictly with k8s.io/api types.
+// loadManifests decodes the committed DaemonSet and ConfigMap (base)
+// strictly with k8s.io/api types.
 func loadManifests(t testing.TB) (*appsv1.DaemonSet, map[string]*corev1.ConfigMap) {
 	t.Helper()
 	root, err := stack.ProjectRoot()
@@ -132,6 +134,12 @@ func healthStatus(path string) (int, string) {
 func startDaemonSetPod(t testing.TB, ctx context.Context, s *stack.Stack) string {
 	t.Helper()
 	ds, cms := loadManifests(t)
+	return runDaemonSet(t, ctx, s, ds, cms)
+}
+
+// runDaemonSet runs ds's pod and waits until containerd synchronized it.
+func runDaemonSet(t testing.TB, ctx context.Context, s *stack.Stack, ds *appsv1.DaemonSet, cms map[string]*corev1.ConfigMap) string {
+	t.Helper()
 	before := s.PluginSyncs()
 	_, ids, err := s.RunDaemonSetPod(ctx, ds, cms)
 	if err != nil {
@@ -279,4 +287,68 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// TestDaemonSetJournaldOverlay builds deploy/kubernetes/overlays/journald
+// with kustomize (krusty, the code in kubectl apply -k) and runs that pod:
+// its events reach the node's journald through the host's journal socket
+// (the stack's journald, in the node's mount namespace).
+func TestDaemonSetJournaldOverlay(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	root, err := stack.ProjectRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	resources, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).
+		Run(filesys.MakeFsOnDisk(), filepath.Join(root, "deploy", "kubernetes", "overlays", "journald"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds appsv1.DaemonSet
+	cms := map[string]*corev1.ConfigMap{}
+	for _, r := range resources.Resources() {
+		data, err := r.AsYAML()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch r.GetKind() {
+		case "DaemonSet":
+			err = yaml.UnmarshalStrict(data, &ds)
+		case "ConfigMap":
+			var cm corev1.ConfigMap
+			err = yaml.UnmarshalStrict(data, &cm)
+			cms[cm.Name] = &cm
+		}
+		if err != nil {
+			t.Fatalf("%s/%s: %v", r.GetKind(), r.GetName(), err)
+		}
+	}
+	s := nodeStack(t, ctx, false, nil)
+	runDaemonSet(t, ctx, s, &ds, cms)
+
+	pod, err := s.RunPod(ctx, stack.Pod{Name: "journald-overlay", Annotations: stack.Annotated()})
+	if err != nil {
+		t.Fatal(s.Fail("run pod", err))
+	}
+	if _, err := s.RunContainer(ctx, pod, stack.Container{Name: "nice", Command: SetPriorityLoop("1")}); err != nil {
+		t.Fatal(s.Fail("run container", err))
+	}
+	// The pod is no systemd unit: read by identifier, as README says.
+	args := s.JournalctlArgs("-o", "json", "SYSLOG_IDENTIFIER=captrace", "K8S_POD_NAME="+pod.Name)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := exec.CommandContext(ctx, args[0], args[1:]...).Output()
+		if err == nil {
+			events, err := stack.ParseJournalJSON(out)
+			if nice := stack.Filter(events, func(e stack.Event) bool { return e.Cap == "CAP_SYS_NICE" }); err == nil && len(nice) > 0 {
+				t.Logf("journal entry from the DaemonSet's pod: %s", nice[0].Raw)
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no CAP_SYS_NICE event of %s in the node's journal (%s): %v\n%s", pod.Name, strings.Join(args, " "), err, lastLines(string(out), 5))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
