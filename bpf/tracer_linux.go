@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -85,6 +86,10 @@ type Tracer struct {
 	// keysMu, which Read and ForgetUnique hold only around map accesses.
 	keysMu sync.Mutex
 	keys   map[uint64][]dedupKey
+
+	// filterOps counts the map syscalls of Trace and Untrace (the cost an
+	// NRI handler pays; tests and benchmarks read it).
+	filterOps atomic.Uint64
 
 	closeOnce sync.Once
 }
@@ -232,6 +237,7 @@ func (t *Tracer) Trace(cgroupID uint64, s Settings) error {
 	if _, known := t.traced[cgroupID]; !known && len(t.traced)+len(t.stale) >= t.maxTraced {
 		return t.fullError(cgroupID)
 	}
+	t.filterOps.Add(1)
 	if err := t.lt.maps.Filter.Update(cgroupID, captraceSettings{Flags: settingsValue(s)}, ebpf.UpdateAny); err != nil {
 		if errors.Is(err, unix.E2BIG) {
 			return t.fullError(cgroupID)
@@ -268,6 +274,7 @@ func (t *Tracer) writeSlot(slot uint32) error {
 	default:
 		v = filterSlot{State: slotShared}
 	}
+	t.filterOps.Add(1)
 	if err := t.lt.maps.Slots.Update(slot, v, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("updating cgroup_filter_slots: %w", err)
 	}
@@ -318,6 +325,7 @@ func (t *Tracer) Untrace(cgroupID uint64) error {
 }
 
 func (t *Tracer) deleteFilterEntry(cgroupID uint64) error {
+	t.filterOps.Add(1)
 	err := t.lt.maps.Filter.Delete(cgroupID)
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return err
@@ -339,14 +347,24 @@ func (t *Tracer) retryStaleLocked() {
 	}
 }
 
-// Barrier makes Read return every check the kernel reported for a cgroup
-// before its Untrace returned, and then ErrFlushed. It waits for an RCU grace
-// period first (an update of a map-in-map): a program that found the cgroup
-// in the filter before Untrace has then submitted its check, so the ring's
-// flush covers it. Safe to call from any goroutine; Read runs on its own.
-func (t *Tracer) Barrier() error {
+// WaitPrograms returns once every run of the kernel program that started
+// before the call has finished, its check committed to the ring: after it,
+// a Wake (whose ErrFlushed Read returns after every record queued before the
+// Wake) covers every check of a cgroup untraced before WaitPrograms. It waits
+// for an RCU grace period (an update of a map-in-map: the kernel's
+// maybe_wait_bpf_programs), a few ms; safe on any goroutine while Read runs.
+func (t *Tracer) WaitPrograms() error {
 	if err := t.rcuBarrier.Update(uint32(0), t.rcuInner, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("waiting for running BPF programs (map-in-map update): %w", err)
+	}
+	return nil
+}
+
+// Barrier is WaitPrograms then Wake: Read then returns every check the
+// kernel reported for a cgroup before its Untrace returned, and ErrFlushed.
+func (t *Tracer) Barrier() error {
+	if err := t.WaitPrograms(); err != nil {
+		return err
 	}
 	return t.Wake()
 }

@@ -877,3 +877,66 @@ func TestBarrierOrdersUntrace(t *testing.T) {
 		}
 	}
 }
+
+// TestUntraceMapOps: untracing a cgroup costs the handler at most three map
+// operations (its slot and its hash entry), unique or not; a cgroup sharing
+// its slot with another costs the same.
+func TestUntraceMapOps(t *testing.T) {
+	tr := openTracer(t, Options{})
+	t.Cleanup(func() { tr.Close() })
+	const id = 1 << 42
+	for _, s := range []Settings{{}, {Unique: true}, {AuditOnly: true}} {
+		for _, shared := range []bool{false, true} {
+			if shared {
+				if err := tr.Trace(id+filterSlots, s); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := tr.Trace(id, s); err != nil {
+				t.Fatal(err)
+			}
+			before := tr.filterOps.Load()
+			if err := tr.Untrace(id); err != nil {
+				t.Fatal(err)
+			}
+			if n := tr.filterOps.Load() - before; n > 3 {
+				t.Errorf("settings %+v, shared slot %v: Untrace made %d map operations, want <= 3", s, shared, n)
+			}
+			if shared {
+				if err := tr.Untrace(id + filterSlots); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+}
+
+// TestStaleFilterEntryRetried: a filter entry whose delete failed (simulated:
+// left in the kernel map and marked stale) counts against MaxTracedCgroups
+// and is deleted at the next Trace or Untrace, so the limit does not shrink.
+func TestStaleFilterEntryRetried(t *testing.T) {
+	tr := openTracer(t, Options{MaxTracedCgroups: 2})
+	t.Cleanup(func() { tr.Close() })
+	const stale, a, b = 1 << 43, 1<<43 + 1, 1<<43 + 2
+	if err := tr.lt.maps.Filter.Update(uint64(stale), captraceSettings{}, ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+	tr.mu.Lock()
+	tr.stale[stale] = struct{}{}
+	tr.mu.Unlock()
+	if st, _ := tr.Stats(); st.StaleFilterEntries != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	for _, id := range []uint64{a, b} { // both fit: the retry freed the stale entry
+		if err := tr.Trace(id, Settings{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var s captraceSettings
+	if err := tr.lt.maps.Filter.Lookup(uint64(stale), &s); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("stale entry still in the filter map: %v", err)
+	}
+	if st, _ := tr.Stats(); st.StaleFilterEntries != 0 || st.Traced != 2 {
+		t.Errorf("stats %+v", st)
+	}
+}

@@ -109,7 +109,7 @@ func (f *fakeTracer) Wake() error {
 	return nil
 }
 
-func (f *fakeTracer) Barrier() error { return f.Wake() }
+func (f *fakeTracer) WaitPrograms() error { return nil }
 
 func (f *fakeTracer) ForgetUnique(...uint64) (int, error) { return 0, nil }
 

@@ -6,11 +6,14 @@
 // Changes are ordered against the ring by a barrier, not by time: a stopped
 // container is finished (registry index, advisor, summary) only after the
 // ring has returned every check the kernel reported before its cgroup left
-// the filter (bpf.Tracer.Barrier: an RCU grace period, then a ring flush that
-// Read answers with bpf.ErrFlushed). Every change queued since the previous
-// barrier shares the next one, so a Synchronize that drops a thousand
-// containers costs one barrier. The NRI handlers only queue: they never wait
-// for the ring, the advisor or a sink.
+// the filter. The barrier has two steps: WaitPrograms (an RCU grace period,
+// on a goroutine of its own so the reader keeps reading) makes every program
+// run that could have seen the cgroup in the filter commit its check; then
+// the reader flushes the ring itself, and the first bpf.ErrFlushed of a Read
+// that began after that flush comes after every record queued before it.
+// Every change queued since the previous barrier shares the next one, so a
+// Synchronize that drops a thousand containers costs one barrier. The NRI
+// handlers only queue: they never wait for the ring, the advisor or a sink.
 package pipeline
 
 import (
@@ -29,16 +32,16 @@ import (
 )
 
 // Ring is the kernel side of the event path; *bpf.Tracer implements it, and
-// tests use a fake that answers Barrier with bpf.ErrFlushed like the ring.
+// tests use a fake that answers Wake with bpf.ErrFlushed like the ring.
 type Ring interface {
 	// Read returns the next check, bpf.ErrFlushed once every check queued
-	// before a Barrier or Wake was returned, bpf.ErrClosed after Close.
+	// before a Wake was returned, bpf.ErrClosed after Close.
 	Read(ev *bpf.Event) error
-	// Barrier makes Read return bpf.ErrFlushed after every check the kernel
-	// reported for a cgroup untraced before the call.
-	Barrier() error
-	// Wake makes Read return bpf.ErrFlushed soon, without the barrier's wait.
+	// Wake makes Read return bpf.ErrFlushed after what the ring holds now.
 	Wake() error
+	// WaitPrograms returns once every kernel program run that started
+	// before it has committed its check to the ring (an RCU grace period).
+	WaitPrograms() error
 	// ForgetUnique deletes the unique-mode keys of untraced cgroups.
 	ForgetUnique(cgroupIDs ...uint64) (int, error)
 	// Detach stops the kernel program; the ring stays readable.
@@ -88,6 +91,15 @@ type change struct {
 	at   time.Time
 }
 
+// barrierState is where the running barrier is.
+type barrierState uint8
+
+const (
+	barrierIdle     barrierState = iota
+	barrierPrograms              // WaitPrograms runs on its goroutine
+	barrierFlushed               // the reader flushed the ring after it: the next ErrFlushed completes
+)
+
 // indexed is a traced cgroup in the reader's index. gen tells a re-trace of
 // the same cgroup apart from the entry an earlier untrace named.
 type indexed struct {
@@ -117,19 +129,20 @@ type Pipeline struct {
 	woken  atomic.Bool // a Wake is pending: later changes need none
 
 	// Owned by Run.
-	byCgroup       map[uint64]indexed
-	live           map[string]uint64 // traced container ID → its cgroup
-	gen            uint64
-	pending        []untrace // waiting for the next barrier
-	inflight       []untrace // waiting for the running barrier
-	barrierRunning bool
-	shutdown       bool
-	detached       bool
-	lastErrLog     time.Time
-	rec            output.EnrichedEvent
+	byCgroup   map[uint64]indexed
+	live       map[string]uint64 // traced container ID → its cgroup
+	gen        uint64
+	pending    []untrace // waiting for the next barrier
+	inflight   []untrace // waiting for the running barrier
+	barrier    barrierState
+	shutdown   bool
+	detached   bool
+	lastErrLog time.Time
+	rec        output.EnrichedEvent
 
-	done    chan struct{}
-	sources Sources
+	done     chan struct{}
+	programs chan error // WaitPrograms' result, from its goroutine
+	sources  Sources
 
 	counters counters
 }
@@ -153,6 +166,7 @@ func New(opts Options) *Pipeline {
 		byCgroup: map[uint64]indexed{},
 		live:     map[string]uint64{},
 		done:     make(chan struct{}),
+		programs: make(chan error, 1),
 		sources:  opts.Sources,
 	}
 	if p.now == nil {
@@ -290,20 +304,36 @@ func (p *Pipeline) applyQueue() {
 	}
 }
 
-// round runs at each bpf.ErrFlushed: it finishes the batch whose barrier
-// just completed, applies the queue, and starts the next barrier if anything
-// waits for one. It reports whether the pipeline is done (shut down).
+// round runs at each bpf.ErrFlushed: it advances the running barrier
+// (finishing its batch when done), applies the queue, and starts the next
+// barrier if anything waits for one. It reports whether the pipeline is done
+// (shut down).
 func (p *Pipeline) round() (done bool) {
 	p.woken.Store(false)
-	if p.barrierRunning {
-		// Every check reported before these cgroups left the filter has
-		// been read: they can be finished.
-		p.barrierRunning = false
+	switch p.barrier {
+	case barrierFlushed:
+		// This ErrFlushed comes from a Read begun after our flush, which
+		// followed WaitPrograms: every check reported before these cgroups
+		// left the filter has been read. They can be finished.
+		p.barrier = barrierIdle
 		p.finish(p.inflight)
 		p.inflight = nil
 		if p.detached {
 			p.finishRest()
 			return true
+		}
+	case barrierPrograms:
+		select {
+		case err := <-p.programs:
+			if err == nil {
+				err = p.ring.Wake()
+			}
+			if err == nil {
+				p.barrier = barrierFlushed
+			} else if p.barrierFailed(err) {
+				return true
+			}
+		default: // a wake before WaitPrograms returned
 		}
 	}
 	p.applyQueue()
@@ -311,26 +341,35 @@ func (p *Pipeline) round() (done bool) {
 		p.ring.Detach()
 		p.detached = true
 	}
-	if len(p.pending) == 0 && !p.detached {
+	if p.barrier != barrierIdle || (len(p.pending) == 0 && !p.detached) {
 		return false
 	}
 	p.inflight, p.pending = p.pending, nil
-	if err := p.ring.Barrier(); err != nil {
-		// Without a barrier, finish now: a straggler is counted as
-		// unknown_container rather than the batch waiting forever.
-		p.counters.barrierFailed.Add(1)
-		p.log.WithError(err).WithFields(logrus.Fields{"cgroup_ids": cgroupList(p.inflight), "containers": len(p.inflight)}).
-			Error("ring barrier failed; finishing the stopped containers without it (late checks count as unknown_container)")
-		p.finish(p.inflight)
-		p.inflight = nil
-		if p.detached {
-			p.finishRest()
-			return true
-		}
-		return false
-	}
+	p.barrier = barrierPrograms
 	p.counters.barriers.Add(1)
-	p.barrierRunning = true
+	go func() {
+		p.programs <- p.ring.WaitPrograms()
+		// Wake the reader to take the result; if this wake fails, the
+		// next change's wake or the next barrier's does.
+		_ = p.ring.Wake()
+	}()
+	return false
+}
+
+// barrierFailed finishes the running barrier's batch without it: a straggler
+// is counted as unknown_container rather than the batch waiting forever. It
+// reports whether the pipeline is done (it was shutting down).
+func (p *Pipeline) barrierFailed(err error) (done bool) {
+	p.counters.barrierFailed.Add(1)
+	p.log.WithError(err).WithFields(logrus.Fields{"cgroup_ids": cgroupList(p.inflight), "containers": len(p.inflight)}).
+		Error("ring barrier failed; finishing the stopped containers without it (late checks count as unknown_container)")
+	p.barrier = barrierIdle
+	p.finish(p.inflight)
+	p.inflight = nil
+	if p.detached {
+		p.finishRest()
+		return true
+	}
 	return false
 }
 

@@ -16,10 +16,10 @@ import (
 )
 
 // fakeRing stands for the kernel's ring without root. Like the real one, Read
-// returns every queued record before the ErrFlushed of a Barrier or Wake
-// (coalesced like the ring's eventfd). inFlight are checks a program had
-// found traced before the untrace and commits during the barrier's RCU wait:
-// Barrier queues them before the flush, as the grace period guarantees.
+// returns every queued record before the ErrFlushed of a Wake (coalesced like
+// the ring's eventfd). inFlight are checks a program had found traced before
+// the untrace and commits during the barrier's RCU wait: WaitPrograms queues
+// them before it returns, as the grace period guarantees.
 type fakeRing struct {
 	mu       sync.Mutex
 	records  []bpf.Event
@@ -75,19 +75,16 @@ func (r *fakeRing) Wake() error {
 	return nil
 }
 
-func (r *fakeRing) Barrier() error {
+func (r *fakeRing) WaitPrograms() error {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.barriers++
 	r.log = append(r.log, "barrier")
 	if r.barrierErr != nil {
-		r.mu.Unlock()
 		return r.barrierErr
 	}
 	r.records = append(r.records, r.inFlight...)
 	r.inFlight = nil
-	r.flush = true
-	r.mu.Unlock()
-	r.cond.Broadcast()
 	return nil
 }
 
