@@ -398,3 +398,31 @@ func TestShutdownDuringBarrier(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 }
+
+// BenchmarkDeliver is the pipeline's own work per event (enrich, advisor,
+// sink hand-off) against a baseline of the advisor's Observe alone.
+func BenchmarkDeliver(b *testing.B) {
+	p := New(Options{Ring: newFakeRing(), Advisor: advisor.NewTracker(advisor.Limits{}), Sink: discardSink{},
+		WallTime: func(k uint64) time.Time { return time.Unix(0, int64(k)) }, Log: quietLog()})
+	c := ctr(1)
+	p.Traced(c)
+	p.applyQueue()
+	ev := check(c, 21)
+	tr := advisor.NewTracker(advisor.Limits{})
+	at := time.Unix(0, 1)
+	var deliver, observe time.Duration
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		for range 1000 {
+			p.deliver(&ev)
+		}
+		t1 := time.Now()
+		for range 1000 {
+			tr.Observe(c, &ev, at)
+		}
+		deliver += t1.Sub(t0)
+		observe += time.Since(t1)
+	}
+	b.ReportMetric(float64(deliver.Nanoseconds())/float64(b.N*1000), "ns/event")
+	b.ReportMetric(float64(deliver)/float64(observe), "ratio-to-observe")
+}
