@@ -132,6 +132,7 @@ func (s Stats) LogFields(prev Stats) (fields logrus.Fields, lost bool) {
 		"unique_keys_forgotten":        s.UniqueKeysForgotten,
 		"nri_connected":                s.NRI.Connected,
 		"nri_connects":                 s.NRI.Connects,
+		"nri_abandoned_stubs":          s.NRI.AbandonedStubs,
 		"policy_warnings":              s.NRI.PolicyWarnings,
 		"stale_filter_entries":         s.Tracer.StaleFilterEntries,
 		"advisor_containers":           s.Advisor.Containers,
