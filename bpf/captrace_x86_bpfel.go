@@ -73,6 +73,8 @@ const (
 	captraceVarAuditNranges      = "audit_nranges"
 	captraceVarAuditRanges       = "audit_ranges"
 	captraceVarAuditWalkCaps     = "audit_walk_caps"
+	captraceVarStackDepth        = "stack_depth"
+	captraceVarStacksEnabled     = "stacks_enabled"
 	captraceVarWakeupBytes       = "wakeup_bytes"
 )
 
@@ -144,6 +146,8 @@ type captraceVariableSpecs struct {
 	AuditNranges  *ebpf.VariableSpec `ebpf:"audit_nranges"`
 	AuditRanges   *ebpf.VariableSpec `ebpf:"audit_ranges"`
 	AuditWalkCaps *ebpf.VariableSpec `ebpf:"audit_walk_caps"`
+	StackDepth    *ebpf.VariableSpec `ebpf:"stack_depth"`
+	StacksEnabled *ebpf.VariableSpec `ebpf:"stacks_enabled"`
 	WakeupBytes   *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
@@ -195,6 +199,8 @@ type captraceVariables struct {
 	AuditNranges  *ebpf.Variable `ebpf:"audit_nranges"`
 	AuditRanges   *ebpf.Variable `ebpf:"audit_ranges"`
 	AuditWalkCaps *ebpf.Variable `ebpf:"audit_walk_caps"`
+	StackDepth    *ebpf.Variable `ebpf:"stack_depth"`
+	StacksEnabled *ebpf.Variable `ebpf:"stacks_enabled"`
 	WakeupBytes   *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 

@@ -52,7 +52,9 @@ const (
 	lossRing = iota
 	lossDedup
 	lossFilter
-	lossSlots = 4
+	lossKernelStack = 4
+	lossUserStack   = 5
+	lossSlots       = 8
 )
 
 // Tracer is the loaded and attached kernel program.
@@ -66,6 +68,8 @@ type Tracer struct {
 	// noauditCaps are the caps that can have non-audited unique entries
 	// (bit n = cap n): all on fexit and kprobe, the walked caps on tp_btf.
 	noauditCaps uint64
+	// stacksErr says why the loaded program captures no stacks (nil: it does).
+	stacksErr error
 
 	mu     sync.Mutex
 	closed bool // under mu: Trace and Untrace return ErrClosed
@@ -88,7 +92,12 @@ func Open(opts Options) (*Tracer, error) {
 		dedup:       uint32(orDefault(opts.DedupEntries, defaultDedup)),
 		ringBytes:   uint32(orDefault(opts.RingBufferBytes, defaultRingBytes)),
 		wakeupBytes: wakeupBytes,
+		stacks:      true,
 	}
+	if opts.StackDepth < 0 || opts.StackDepth > MaxStackDepth {
+		return nil, fmt.Errorf("tracer.stack_depth = %d: want 1..%d frames (0 selects %d)", opts.StackDepth, MaxStackDepth, MaxStackDepth)
+	}
+	cfg.stackDepth = uint32(orDefault(opts.StackDepth, MaxStackDepth))
 	page := uint32(os.Getpagesize())
 	if cfg.ringBytes < page || cfg.ringBytes&(cfg.ringBytes-1) != 0 {
 		return nil, fmt.Errorf("tracer.ring_buffer_bytes = %d: must be a power of two and at least the page size (%d)", cfg.ringBytes, page)
@@ -106,17 +115,19 @@ func Open(opts Options) (*Tracer, error) {
 	var skipped []string
 	var lt *loadedTier
 	var noauditCaps uint64
+	var unavailable error
 	for _, tier := range tiers {
 		c := cfg
 		if tier == TierTpBTF {
 			c.walkCaps, c.ranges = auditConfig(log)
 		}
-		l, err := loadTier(tier, c)
+		l, stacksErr, err := loadTierStacks(tier, c)
 		if err != nil {
 			skipped = append(skipped, fmt.Sprintf("%s: %v", tier, err))
 			continue
 		}
 		lt = l
+		unavailable = stacksErr
 		noauditCaps = ^uint64(0)
 		if tier == TierTpBTF {
 			noauditCaps = c.walkCaps
@@ -134,6 +145,9 @@ func Open(opts Options) (*Tracer, error) {
 		fields["forced"] = true
 	}
 	log.WithFields(fields).Info("capability tracer attached")
+	if unavailable != nil {
+		log.WithError(unavailable).Warn("this kernel gives no call stacks: pods asking for captrace.io/stacks are traced without them")
+	}
 
 	rd, err := ringbuf.NewReader(lt.maps.Events)
 	if err != nil {
@@ -147,6 +161,7 @@ func Open(opts Options) (*Tracer, error) {
 		reader:      rd,
 		maxTraced:   int(cfg.maxTraced),
 		noauditCaps: noauditCaps,
+		stacksErr:   unavailable,
 		traced:      map[uint64]Settings{},
 		slots:       map[uint32][]uint64{},
 	}, nil
@@ -181,7 +196,7 @@ func settingsValue(s Settings) uint32 {
 	if s.Unique {
 		v |= 2
 	}
-	return v
+	return v | stackFlags(s.Stacks)
 }
 
 // Trace adds cgroupID to the filter map with settings s, or updates its settings.
@@ -315,6 +330,10 @@ func (t *Tracer) Read(ev *Event) error {
 				return fmt.Errorf("ring record of %d bytes, want %d: the BPF object and the decoder disagree (rebuild with make generate)", len(t.rec.RawSample), eventSize)
 			}
 			decodeEvent(t.rec.RawSample, ev)
+			ev.Stacks = nil
+			if len(t.rec.RawSample) > eventSize {
+				ev.Stacks = decodeStacks(t.rec.RawSample[eventSize:])
+			}
 			return nil
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -372,6 +391,13 @@ func (t *Tracer) Stats() (Stats, error) {
 	if st.FilterUpdateFailed, err = sum(lossFilter); err != nil {
 		return st, err
 	}
+	if st.KernelStackFailed, err = sum(lossKernelStack); err != nil {
+		return st, err
+	}
+	if st.UserStackFailed, err = sum(lossUserStack); err != nil {
+		return st, err
+	}
+	st.StacksUnavailable = t.stacksErr
 	return st, nil
 }
 
