@@ -112,11 +112,24 @@ struct cap_event_kstack {
 	__u64 kstack[STACK_DEPTH_MAX]; // innermost first
 };
 
+// The main executable of the task: frames the kernel could not give a
+// build ID for (Go's linker leaves its GNU build-ID note outside PT_NOTE)
+// resolve through the file with this device and inode, whose text is
+// mapped at start_code.
+struct exe_id {
+	__u64 ino;
+	__u32 dev; // kernel encoding: major << 20 | minor
+	__u32 pad;
+	__u64 start_code;
+	__u64 end_code;
+};
+
 struct cap_event_stacks {
 	struct cap_event ev;
 	struct stack_head head;
 	__u64 kstack[STACK_DEPTH_MAX];
 	struct bpf_stack_build_id ustack[STACK_DEPTH_MAX]; // build ID + file offset, or the bare IP
+	struct exe_id exe;
 };
 
 // max_entries of the hash maps and the ring are set by user space before load.
@@ -385,6 +398,21 @@ static __always_inline int send_stacked(void *ctx, __u32 stacks, bool unique, st
 	if (n < 0)
 		count_loss(LOSS_USTACK);
 	s->head.ustack_bytes = n;
+	struct mm_struct *mm = task->mm;
+	s->exe.ino = 0;
+	s->exe.dev = 0;
+	s->exe.pad = 0;
+	s->exe.start_code = 0;
+	s->exe.end_code = 0;
+	if (mm) {
+		struct file *exe = mm->exe_file;
+		if (exe) {
+			s->exe.ino = exe->f_inode->i_ino;
+			s->exe.dev = exe->f_inode->i_sb->s_dev;
+		}
+		s->exe.start_code = mm->start_code;
+		s->exe.end_code = mm->end_code;
+	}
 	submit_event(s);
 	return 0;
 }

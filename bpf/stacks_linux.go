@@ -38,6 +38,7 @@ const (
 	stackHeadSize    = 8
 	kstackBytes      = MaxStackDepth * 8
 	buildIDFrameSize = 32 // struct bpf_stack_build_id
+	exeIDSize        = 32 // struct exe_id
 	// bpf_stack_build_id.status values.
 	buildIDValid = 1
 	buildIDIP    = 2
@@ -90,6 +91,14 @@ func decodeStacks(b []byte) *RawStacks {
 	if ubytes < 0 {
 		rs.UserErr = -ubytes
 		return rs
+	}
+	ustackEnd := MaxStackDepth * buildIDFrameSize
+	if len(u) >= ustackEnd+exeIDSize {
+		e := u[ustackEnd:]
+		dev := le.Uint32(e[8:])
+		rs.Exe = ExeID{Ino: le.Uint64(e[0:]), DevMajor: dev >> 20, DevMinor: dev & (1<<20 - 1),
+			StartCode: le.Uint64(e[16:]), EndCode: le.Uint64(e[24:])}
+		u = u[:ustackEnd]
 	}
 	n := min(int(ubytes), len(u)) / buildIDFrameSize
 	rs.User = make([]UserFrame, 0, n)

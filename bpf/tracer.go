@@ -82,6 +82,16 @@ type RawStacks struct {
 	// User are user frames; UserErr is the walk's errno (0: fine).
 	User    []UserFrame
 	UserErr int32
+	// Exe is the task's main executable, for user frames without a build ID.
+	Exe ExeID
+}
+
+// ExeID names a task's main executable by device and inode, and where its
+// text was mapped (mm->start_code, mm->end_code).
+type ExeID struct {
+	Ino                uint64
+	DevMajor, DevMinor uint32
+	StartCode, EndCode uint64
 }
 
 // UserFrame is one user frame: a build ID and the offset in that file when
