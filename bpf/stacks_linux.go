@@ -84,8 +84,8 @@ func decodeStacks(b []byte) *RawStacks {
 			rs.Kernel[i] = le.Uint64(b[i*8:])
 		}
 	}
-	if len(b) < kstackBytes {
-		return rs
+	if len(b) <= kstackBytes {
+		return rs // a kernel-stack record: no user part
 	}
 	u := b[kstackBytes:]
 	if ubytes < 0 {

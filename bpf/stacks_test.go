@@ -8,6 +8,9 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
 	"testing"
 
 	"github.com/captrace/captrace/pkg/symbolize"
@@ -127,5 +130,84 @@ func TestStacksOfExitedProcess(t *testing.T) {
 		return strings.HasPrefix(f, "github.com/captrace/captrace/bpf.stackProbeSetpriority+")
 	}) {
 		t.Errorf("user stack lacks stackProbeSetpriority: %v", ust)
+	}
+}
+
+// readProbe reads events until the probe's CAP_SYS_NICE check, returning
+// it and the length of its ring record.
+func readProbe(t *testing.T, tr *Tracer, pid int) (Event, int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		var ev Event
+		if err := tr.Read(&ev); err != nil {
+			t.Fatal(err)
+		}
+		if int(ev.Pid) == pid && ev.Cap == capSysNice {
+			return ev, len(tr.rec.RawSample)
+		}
+	}
+	t.Fatalf("no CAP_SYS_NICE event from pid %d", pid)
+	return Event{}, 0
+}
+
+// TestStacksOffUnchanged: without stacks a traced check gives the plain
+// 64-byte record, no stack walk is counted, and the program has no stack
+// map at all (stacks are copied into the ring record). A depth limit bounds
+// the frames.
+func TestStacksOffUnchanged(t *testing.T) {
+	tr := openTracer(t, Options{StackDepth: 4})
+	cg := newCgroup(t)
+	if err := tr.Trace(cg.id, Settings{}); err != nil {
+		t.Fatal(err)
+	}
+	ev, size := readProbe(t, tr, runStackProbe(t, cg))
+	if size != eventSize || ev.Stacks != nil {
+		t.Errorf("stacks off: record of %d bytes (want %d), stacks %+v", size, eventSize, ev.Stacks)
+	}
+	st, err := tr.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.KernelStackFailed != 0 || st.UserStackFailed != 0 {
+		t.Errorf("stacks off: stack walks counted: %+v", st)
+	}
+	for _, p := range tr.lt.progs {
+		info, err := p.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, _ := info.MapIDs()
+		for _, id := range ids {
+			m, err := ebpf.NewMapFromID(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mi, err := m.Info()
+			m.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if mi.Type == ebpf.StackTrace {
+				t.Errorf("program %s uses stack map %s: stacks must not touch a map", info.Name, mi.Name)
+			}
+		}
+	}
+
+	// The same check with kernel stacks: the same first 64 bytes' fields,
+	// then at most StackDepth frames.
+	if err := tr.Trace(cg.id, Settings{Stacks: StacksKernel}); err != nil {
+		t.Fatal(err)
+	}
+	pid := runStackProbe(t, cg)
+	ev, size = readProbe(t, tr, pid)
+	if ev.Stacks == nil || size != eventSize+stackHeadSize+kstackBytes {
+		t.Fatalf("kernel stacks: record of %d bytes, stacks %+v", size, ev.Stacks)
+	}
+	if n := len(ev.Stacks.Kernel); n == 0 || n > 4 || ev.Stacks.User != nil {
+		t.Errorf("kernel stacks at depth 4: %d kernel frames, user %v", n, ev.Stacks.User)
+	}
+	if int(ev.Pid) != pid || SyscallName(ev.Syscall) != "SYS_SETPRIORITY" || !ev.Capable {
+		t.Errorf("stacked event fields: %s", describe([]Event{ev}))
 	}
 }
