@@ -20,6 +20,7 @@ import (
 	"github.com/captrace/captrace/pkg/advisor"
 	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/output"
+	"github.com/captrace/captrace/pkg/symbolize"
 	"github.com/captrace/captrace/plugin"
 	sdjournal "github.com/coreos/go-systemd/v22/journal"
 	"github.com/sirupsen/logrus"
@@ -141,6 +142,8 @@ type daemon struct {
 	// advice collects each traced container's checks into the summary
 	// written when it stops (pkg/advisor).
 	advice *advisor.Tracker
+	// symbols names the frames of stacked events, in the sink writers.
+	symbols *symbolize.Symbolizer
 
 	events        atomic.Uint64 // read from the ring
 	unknown       atomic.Uint64 // whose cgroup the registry did not know (sent anyway)
@@ -168,6 +171,13 @@ type lossCounters struct {
 func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <-chan os.Signal, deps daemonDeps) error {
 	d := &daemon{cfg: cfg, log: log, deps: deps, started: time.Now(),
 		advice: advisor.NewTracker(advisor.Limits{MaxContainers: cfg.Tracer.MaxContainers})}
+	d.symbols = symbolize.New("/proc/kallsyms", symbolize.Limits{}, func(err error) {
+		log.WithError(err).Warn("kernel stacks print as addresses: the kernel's symbols are not readable")
+	})
+	defaultStacks, err := bpf.ParseStacks(cfg.Trace.Stacks)
+	if err != nil {
+		return fmt.Errorf("trace.stacks: %w", err)
+	}
 
 	sinks, err := openSinks(cfg, deps)
 	if err != nil {
@@ -186,6 +196,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 		DedupEntries:     cfg.Tracer.DedupEntries,
 		RingBufferBytes:  cfg.Tracer.RingBufferBytes,
 		ForceTier:        bpf.Tier(cfg.Tracer.Tier),
+		StackDepth:       cfg.Tracer.StackDepth,
 		Log:              log.WithField("component", "bpf"),
 	})
 	if err != nil {
@@ -195,15 +206,21 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 	d.tracer = t
 	log.WithField("tier", t.Tier()).Info("tracer attached")
 
+	var stacksUnavailable string
+	if st, err := t.Stats(); err == nil && st.StacksUnavailable != nil {
+		stacksUnavailable = st.StacksUnavailable.Error()
+	}
+
 	d.reg = cgmap.NewRegistry(t, log.WithField("component", "cgmap"))
 	p, err := deps.newPlugin(d.reg, plugin.Options{
 		SocketPath:  cfg.NRI.Socket,
 		PluginName:  cfg.NRI.PluginName,
 		PluginIndex: cfg.NRI.PluginIndex,
 		Policy: plugin.Policy{
-			Defaults:        bpf.Settings{AuditOnly: cfg.Trace.AuditOnly, Unique: cfg.Trace.Unique},
-			AllowNamespaces: cfg.Trace.AllowNamespaces,
-			DenyNamespaces:  cfg.Trace.DenyNamespaces,
+			Defaults:          bpf.Settings{AuditOnly: cfg.Trace.AuditOnly, Unique: cfg.Trace.Unique, Stacks: defaultStacks},
+			AllowNamespaces:   cfg.Trace.AllowNamespaces,
+			DenyNamespaces:    cfg.Trace.DenyNamespaces,
+			StacksUnavailable: stacksUnavailable,
 		},
 		Log: log.WithField("component", "nri"),
 		// Both run on the plugin's own goroutine, never under containerd's lock.
@@ -340,7 +357,8 @@ func (d *daemon) readLoop() {
 		} else {
 			d.unknown.Add(1)
 		}
-		rec := output.Record{Time: at, Event: ev, Container: c, Known: known}
+		// Raw stacks only: they are named in the sink writers.
+		rec := output.Record{Time: at, Event: ev, Container: c, Known: known, Stacks: output.NewStacks(d.symbols, ev.Pid, ev.Stacks)}
 		d.fanout.Send(&rec)
 	}
 }
@@ -422,7 +440,11 @@ func (d *daemon) logStats(final bool) {
 		fields["tier"] = st.Tier
 		fields["traced"] = st.Traced
 		now.ringLost, now.dedupFailed, now.filterFailed = st.RingLost, st.DedupUpdateFailed, st.FilterUpdateFailed
+		// Stack walks the kernel refused (the event was sent without that stack).
+		fields["kernel_stack_failed"] = st.KernelStackFailed
+		fields["user_stack_failed"] = st.UserStackFailed
 	}
+	fields["user_frames_unresolved"] = d.symbols.User.Unresolved()
 	for _, s := range d.fanout.Stats() {
 		now.sinkDropped += s.Dropped
 		now.sinkFailed += s.Failed

@@ -25,6 +25,10 @@ const (
 	KeyCap         = "cap"
 	KeySyscall     = "syscall"
 	KeyCgroupID    = "cgroup_id" // cgroup v2 ID of the container (inode of its cgroup directory)
+	// Call stacks (captrace.io/stacks): frames joined by ';', innermost first,
+	// outermost last; present only when the pod asked for them.
+	KeyKernelStack = "kstack" // "security_capable+0x3b;capable+0x2e;…"
+	KeyUserStack   = "ustack" // "func+0x1f (module);…", "[unknown] 0x… (module)"
 )
 
 // Keys of every logfmt line that logrus sets itself.
@@ -47,6 +51,7 @@ var KeyOrder = []string{
 	KeyNamespace, KeyPod, KeyContainer, KeyContainerID, KeyPodUID,
 	KeyComm, KeyPid, KeyTid, KeyUid, KeyGid,
 	KeyCap, KeyCapable, KeyAudit, KeyInsetid, KeySyscall, KeyCgroupID,
+	KeyKernelStack, KeyUserStack,
 }
 
 // journald fields. Names starting with '_' belong to journald and are never set.
@@ -69,6 +74,8 @@ const (
 	FieldGid         = "PROC_GID"
 	FieldEventTime   = "CAPTRACE_TIME" // wall time of the check, RFC 3339 with ns
 	FieldCgroupID    = "CAPTRACE_CGROUP_ID"
+	FieldKernelStack = "KERNEL_STACK" // as kstack
+	FieldUserStack   = "USER_STACK"   // as ustack
 	// MESSAGE and PRIORITY are set by every entry too (journal.Send's arguments).
 	FieldMessage  = "MESSAGE"
 	FieldPriority = "PRIORITY"

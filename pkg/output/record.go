@@ -25,6 +25,8 @@ type Record struct {
 	// when the container was gone by the time the event was read.
 	Container cgmap.Container
 	Known     bool
+	// Stacks are the check's call stacks when its pod asked for them, else nil.
+	Stacks *Stacks
 }
 
 // TimeFormat is how times are written (logfmt time=, journald CAPTRACE_TIME).
@@ -95,6 +97,14 @@ func (r *Record) LogFields() logrus.Fields {
 	if ev.InSetIDKnown {
 		f[KeyInsetid] = boolDigit(ev.InSetID)
 	}
+	if k, u := r.Stacks.Text(); k != "" || u != "" {
+		if k != "" {
+			f[KeyKernelStack] = k
+		}
+		if u != "" {
+			f[KeyUserStack] = u
+		}
+	}
 	return f
 }
 
@@ -120,6 +130,14 @@ func (r *Record) JournalFields() map[string]string {
 	}
 	if ev.InSetIDKnown {
 		f[FieldInsetid] = boolDigit(ev.InSetID)
+	}
+	if k, u := r.Stacks.Text(); k != "" || u != "" {
+		if k != "" {
+			f[FieldKernelStack] = k
+		}
+		if u != "" {
+			f[FieldUserStack] = u
+		}
 	}
 	c := &r.Container
 	for field, value := range map[string]string{
