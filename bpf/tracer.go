@@ -125,6 +125,10 @@ type Options struct {
 	// StackDepth is the most frames per stack, 1..MaxStackDepth (config key
 	// tracer.stack_depth; 0 selects MaxStackDepth).
 	StackDepth int
+	// withoutStacks loads the program with its stack code dead (removed by
+	// the verifier), as on a kernel that refuses it: the benchmarks' baseline
+	// for "the stack feature not compiled in".
+	withoutStacks bool
 	// ForceTier, when set, tries only this tier (tests and the kernel matrix).
 	ForceTier Tier
 	// Log receives operational messages: the chosen tier, why others were skipped, losses.

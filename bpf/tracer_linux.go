@@ -92,7 +92,7 @@ func Open(opts Options) (*Tracer, error) {
 		dedup:       uint32(orDefault(opts.DedupEntries, defaultDedup)),
 		ringBytes:   uint32(orDefault(opts.RingBufferBytes, defaultRingBytes)),
 		wakeupBytes: wakeupBytes,
-		stacks:      true,
+		stacks:      !opts.withoutStacks,
 	}
 	if opts.StackDepth < 0 || opts.StackDepth > MaxStackDepth {
 		return nil, fmt.Errorf("tracer.stack_depth = %d: want 1..%d frames (0 selects %d)", opts.StackDepth, MaxStackDepth, MaxStackDepth)
