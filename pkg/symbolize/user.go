@@ -43,10 +43,8 @@ type User struct {
 	lim Limits
 
 	mu sync.Mutex
-	// binaries by build ID; paths says where a build ID was seen, by
-	// dev+inode for files without one.
+	// binaries by build ID; byFile by dev+inode, with or without one.
 	binaries map[[20]byte]*binaryInfo
-	paths    map[[20]byte]string
 	byFile   map[fileKey]*fileEntry
 	procs    map[uint32]*procMaps
 	// Counters, for stats.
@@ -84,7 +82,7 @@ func NewUser(lim Limits) *User {
 	if lim.Processes <= 0 {
 		lim.Processes = DefaultProcesses
 	}
-	return &User{lim: lim, binaries: map[[20]byte]*binaryInfo{}, paths: map[[20]byte]string{},
+	return &User{lim: lim, binaries: map[[20]byte]*binaryInfo{},
 		byFile: map[fileKey]*fileEntry{}, procs: map[uint32]*procMaps{}}
 }
 
@@ -115,19 +113,24 @@ func (u *User) learnLocked(pid uint32) *procMaps {
 	return pm
 }
 
-// indexFile reads the build ID of a mapped file once per dev+inode.
+// indexFile reads a mapped file once per dev+inode, while its process
+// lives: its build ID and its symbols, so frames resolve after the process
+// (and its root) are gone.
 func (u *User) indexFile(m mapping) *fileEntry {
 	if e, ok := u.byFile[m.file]; ok {
 		return e
 	}
 	e := &fileEntry{path: m.path}
-	f, err := os.Open(m.path)
-	if err == nil {
+	if f, err := os.Open(m.path); err == nil {
 		if ef, err := openELF(f); err == nil {
 			e.buildID, e.hasBuildID = readBuildID(ef)
 			if e.hasBuildID {
-				if _, ok := u.paths[e.buildID]; !ok && len(u.paths) < 16*u.lim.Binaries {
-					u.paths[e.buildID] = m.path
+				e.bin = u.binaries[e.buildID]
+			}
+			if e.bin == nil {
+				e.bin = parseBinary(ef, m.path)
+				if e.hasBuildID {
+					u.keep(e.buildID, e.bin)
 				}
 			}
 		}
@@ -138,6 +141,14 @@ func (u *User) indexFile(m mapping) *fileEntry {
 	}
 	u.byFile[m.file] = e
 	return e
+}
+
+// keep caches a parsed binary by build ID, bounded by Limits.Binaries.
+func (u *User) keep(id [20]byte, b *binaryInfo) {
+	if len(u.binaries) >= u.lim.Binaries {
+		clear(u.binaries)
+	}
+	u.binaries[id] = b
 }
 
 func devKey(major, minor uint32) uint64 { return uint64(major)<<32 | uint64(minor) }
@@ -151,21 +162,12 @@ type Exe struct {
 
 func (e Exe) key() fileKey { return fileKey{dev: devKey(e.DevMajor, e.DevMinor), ino: e.Ino} }
 
-// binaryOf parses (once) the file with key k, if a process mapped it.
+// binaryOf returns the file with key k, if a live process mapped it.
 func (u *User) binaryOf(k fileKey) *binaryInfo {
-	e, ok := u.byFile[k]
-	if !ok {
-		return nil
+	if e, ok := u.byFile[k]; ok {
+		return e.bin
 	}
-	if e.bin == nil {
-		if e.hasBuildID {
-			e.bin = u.binaryFor(e.buildID)
-		}
-		if e.bin == nil {
-			e.bin = parsePath(e.path)
-		}
-	}
-	return e.bin
+	return nil
 }
 
 func readMaps(pid uint32) *procMaps {
@@ -206,38 +208,11 @@ func readMaps(pid uint32) *procMaps {
 	return pm
 }
 
-// binaryFor parses (once) the binary with build ID id, if its file is known.
+// binaryFor returns the binary with build ID id, if a live process mapped it.
 func (u *User) binaryFor(id [20]byte) *binaryInfo {
-	if b, ok := u.binaries[id]; ok {
-		return b
-	}
-	path, ok := u.paths[id]
-	if !ok {
-		return nil
-	}
-	b := parsePath(path)
-	if b == nil {
-		return nil
-	}
-	if len(u.binaries) >= u.lim.Binaries {
-		clear(u.binaries)
-	}
-	u.binaries[id] = b
-	return b
+	return u.binaries[id]
 }
 
-func parsePath(path string) *binaryInfo {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	ef, err := openELF(f)
-	if err != nil {
-		return nil
-	}
-	return parseBinary(ef, path)
-}
 
 // Stack symbolizes a user stack, innermost first, of process pid. Frames
 // with a build ID resolve through any file seen with that ID; bare
@@ -290,16 +265,6 @@ func (u *User) frameByIP(pm *procMaps, ip uint64) string {
 			}
 			off := ip - m.start + m.off
 			e := u.indexFile(m)
-			if e.bin == nil {
-				if e.hasBuildID {
-					if _, ok := u.paths[e.buildID]; !ok {
-						u.paths[e.buildID] = m.path
-					}
-					e.bin = u.binaryFor(e.buildID)
-				} else {
-					e.bin = parsePath(m.path)
-				}
-			}
 			if e.bin != nil {
 				return e.bin.frame(off)
 			}
