@@ -213,7 +213,6 @@ func (u *User) binaryFor(id [20]byte) *binaryInfo {
 	return u.binaries[id]
 }
 
-
 // Stack symbolizes a user stack, innermost first, of process pid. Frames
 // with a build ID resolve through any file seen with that ID; bare
 // addresses through pid's mappings, read now if pid still lives.
