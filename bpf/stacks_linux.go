@@ -4,14 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
-)
-
-// Settings flags for stacks (SETTING_KSTACK, SETTING_USTACK in captrace.c).
-const (
-	settingKernelStack = 1 << 4
-	settingUserStack   = 1 << 5
 )
 
 func stackFlags(s Stacks) uint32 {
@@ -35,11 +30,11 @@ func boolU32(b bool) uint32 {
 // Layout of the stacked records after the 64-byte cap_event (struct
 // stack_head, then kstack, then ustack in struct cap_event_stacks).
 const (
-	stackHeadSize    = 8
+	stackHeadSize    = int(unsafe.Sizeof(captraceStackHead{}))
 	kstackBytes      = MaxStackDepth * 8
-	buildIDFrameSize = 32 // struct bpf_stack_build_id
-	exeIDSize        = 32 // struct exe_id
-	// bpf_stack_build_id.status values.
+	buildIDFrameSize = 32 // struct bpf_stack_build_id (uapi, fixed)
+	exeIDSize        = int(unsafe.Sizeof(captraceExeId{}))
+	// bpf_stack_build_id.status values (uapi).
 	buildIDValid = 1
 	buildIDIP    = 2
 )
@@ -71,8 +66,8 @@ func decodeStacks(b []byte) *RawStacks {
 	if len(b) < stackHeadSize {
 		return &RawStacks{KernelErr: -1, UserErr: -1}
 	}
-	kbytes := int32(le.Uint32(b[0:]))
-	ubytes := int32(le.Uint32(b[4:]))
+	head := (*captraceStackHead)(unsafe.Pointer(unsafe.SliceData(b)))
+	kbytes, ubytes := head.KstackBytes, head.UstackBytes
 	b = b[stackHeadSize:]
 	rs := &RawStacks{}
 	if kbytes < 0 {
@@ -94,10 +89,9 @@ func decodeStacks(b []byte) *RawStacks {
 	}
 	ustackEnd := MaxStackDepth * buildIDFrameSize
 	if len(u) >= ustackEnd+exeIDSize {
-		e := u[ustackEnd:]
-		dev := le.Uint32(e[8:])
-		rs.Exe = ExeID{Ino: le.Uint64(e[0:]), DevMajor: dev >> 20, DevMinor: dev & (1<<20 - 1),
-			StartCode: le.Uint64(e[16:]), EndCode: le.Uint64(e[24:])}
+		e := (*captraceExeId)(unsafe.Pointer(unsafe.SliceData(u[ustackEnd:])))
+		rs.Exe = ExeID{Ino: e.Ino, DevMajor: e.Dev >> 20, DevMinor: e.Dev & (1<<20 - 1),
+			StartCode: e.StartCode, EndCode: e.EndCode}
 		u = u[:ustackEnd]
 	}
 	n := min(int(ubytes), len(u)) / buildIDFrameSize

@@ -113,6 +113,13 @@ const (
 	TierKprobe Tier = "kprobe" // kprobe+kretprobe on cap_capable: opts and return value
 )
 
+// What Open uses for a zero Options field; config.Defaults takes them from here.
+const (
+	DefaultMaxTracedCgroups = 4096
+	DefaultDedupEntries     = 65536
+	DefaultRingBufferBytes  = 4 << 20
+)
+
 // Options configure Open. Zero values select the documented defaults.
 type Options struct {
 	// MaxTracedCgroups bounds the filter map (config key tracer.max_containers).
@@ -189,6 +196,20 @@ type Stats struct {
 	// events flow without them.
 	StacksUnavailable error
 }
+
+// OptionError is an Options value Open refuses. Field names the Options
+// field; the caller knows which setting of its own it came from and says so.
+type OptionError struct {
+	Field  string // e.g. "RingBufferBytes"
+	Value  any
+	Reason string
+}
+
+func (e *OptionError) Error() string { return fmt.Sprintf("%s = %v: %s", e.Field, e.Value, e.Reason) }
+
+// ErrFilterFull is wrapped by Trace's error when Options.MaxTracedCgroups
+// cgroups are traced already.
+var ErrFilterFull = errors.New("the filter map is full")
 
 // ErrClosed is returned by Read after Close.
 var ErrClosed = errors.New("captrace tracer closed")
