@@ -382,13 +382,19 @@ func (d *daemon) readLoop() {
 		d.lastReadNanos.Store(int64(time.Since(d.started)))
 		c, known := d.reg.Lookup(ev.CgroupID)
 		at := d.deps.wallTime(ev.KtimeNs)
+		// Raw stacks only: they are named in the sink writers (and by the
+		// advisor when it makes the summary).
+		stacks := output.NewStacks(d.symbols, ev.Pid, ev.Stacks)
 		if known {
-			d.advice.Observe(c, &ev, at)
+			if stacks != nil {
+				d.advice.ObserveWithStacks(c, &ev, at, stacks)
+			} else {
+				d.advice.Observe(c, &ev, at)
+			}
 		} else {
 			d.unknown.Add(1)
 		}
-		// Raw stacks only: they are named in the sink writers.
-		rec := output.EnrichedEvent{Time: at, Event: ev, Container: c, Known: known, Stacks: output.NewStacks(d.symbols, ev.Pid, ev.Stacks)}
+		rec := output.EnrichedEvent{Time: at, Event: ev, Container: c, Known: known, Stacks: stacks}
 		d.fanout.Send(&rec)
 	}
 }

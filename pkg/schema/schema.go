@@ -86,6 +86,7 @@ var (
 	RecommendDrop    = Field{"recommend_drop", "RECOMMENDED_DROP", TypeCapList, "always `ALL`", ""}
 	RecommendAdd     = Field{"recommend_add", "RECOMMENDED_ADD", TypeCapList, "audited, granted, checked by the workload: what to add", ""}
 	DeniedOnly       = Field{"denied_only", "CAPS_DENIED_ONLY", TypeCapList, "audited, never granted: add only if the workload failed without it", ""}
+	Code             = Field{"code", "CAPTRACE_CODE", TypeString, "the code behind each recommended or denied capability, `; `-separated: `SYS_NICE ← setpriority ← main (nice)`; `unnamed code (module+0xoff)` for a stripped binary; only with user stacks", ""}
 	CapsProbed       = Field{"caps_probed", "CAPS_PROBED", TypeCapList, "seen only in non-audited checks: probes, not needs", ""}
 	CapsRuntime      = Field{"caps_runtime", "CAPS_RUNTIME", TypeCapList, "checked only by runc init", ""}
 	WindowStart      = Field{"window_start", "WINDOW_START", TypeTime, "start of the observation window", ""}
@@ -117,7 +118,7 @@ var EventFields = []Field{
 var SummaryFields = []Field{
 	Summary,
 	Namespace, Pod, PodUID, Container, ContainerID,
-	CapsGranted, CapsDenied, RecommendDrop, RecommendAdd, DeniedOnly, CapsProbed, CapsRuntime,
+	CapsGranted, CapsDenied, RecommendDrop, RecommendAdd, DeniedOnly, Code, CapsProbed, CapsRuntime,
 	WindowStart, WindowEnd, FirstEvent, LastEvent, ObservedSeconds, Events, Partial, MinWindowSeconds,
 	FoldedEvents, AuditOnly, Unique, SecurityContext,
 }
