@@ -18,18 +18,7 @@ import (
 // compareBase alternates base and state chunks like compare and reports
 // state/base as x-base. off runs at the end.
 func compareBase(b *testing.B, loop func(int) time.Duration, base, state, off func()) {
-	withoutSysNice(b)
-	chunk := max(b.N/benchRounds, 1)
-	var bs, ss []float64
-	loop(chunk / 10)
-	for r := 0; r < benchRounds; r++ {
-		base()
-		loop(chunk / 10)
-		bs = append(bs, float64(loop(chunk).Nanoseconds())/float64(chunk))
-		state()
-		loop(chunk / 10)
-		ss = append(ss, float64(loop(chunk).Nanoseconds())/float64(chunk))
-	}
+	bs, ss := alternate(b, loop, base, state)
 	off()
 	b.ReportMetric(median(ss), "ns/op")
 	b.ReportMetric(median(bs), "base-ns/op")
