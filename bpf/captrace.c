@@ -130,8 +130,8 @@ struct cap_event_kstack {
 // mapped at start_code.
 struct exe_id {
 	__u64 ino;
-	__u32 dev; // kernel encoding: major << 20 | minor
-	__u32 pad;
+	__u32 dev;  // kernel encoding: major << 20 | minor
+	__u32 ppid; // the parent's tgid: often alive (the container's shell), its root is the container's
 	__u64 start_code;
 	__u64 end_code;
 };
@@ -416,7 +416,7 @@ static __always_inline int send_stacked(void *ctx, __u32 stacks, bool unique, st
 	struct mm_struct *mm = task->mm;
 	s->exe.ino = 0;
 	s->exe.dev = 0;
-	s->exe.pad = 0;
+	s->exe.ppid = task->real_parent->tgid;
 	s->exe.start_code = 0;
 	s->exe.end_code = 0;
 	if (mm) {

@@ -79,7 +79,7 @@ type captraceCaptraceBtfAnchor struct {
 		_         structs.HostLayout
 		Ino       uint64
 		Dev       uint32
-		Pad       uint32
+		Ppid      uint32
 		StartCode uint64
 		EndCode   uint64
 	}
@@ -106,7 +106,7 @@ type captraceExeId struct {
 	_         structs.HostLayout
 	Ino       uint64
 	Dev       uint32
-	Pad       uint32
+	Ppid      uint32
 	StartCode uint64
 	EndCode   uint64
 }

@@ -91,7 +91,7 @@ func decodeStacks(b []byte) *RawStacks {
 	if len(u) >= ustackEnd+exeIDSize {
 		e := (*captraceExeId)(unsafe.Pointer(unsafe.SliceData(u[ustackEnd:])))
 		rs.Exe = ExeID{Ino: e.Ino, DevMajor: e.Dev >> 20, DevMinor: e.Dev & (1<<20 - 1),
-			StartCode: e.StartCode, EndCode: e.EndCode}
+			StartCode: e.StartCode, EndCode: e.EndCode, Ppid: e.Ppid}
 		u = u[:ustackEnd]
 	}
 	n := min(int(ubytes), len(u)) / buildIDFrameSize

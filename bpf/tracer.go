@@ -92,6 +92,9 @@ type ExeID struct {
 	Ino                uint64
 	DevMajor, DevMinor uint32
 	StartCode, EndCode uint64
+	// Ppid is the parent's tgid: through its /proc root the container's
+	// files stay reachable after the task itself exited.
+	Ppid uint32
 }
 
 // UserFrame is one user frame: a build ID and the offset in that file when

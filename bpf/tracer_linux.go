@@ -56,8 +56,8 @@ const (
 	lossKernelStack = captraceLossSlotLOSS_KSTACK
 	lossUserStack   = captraceLossSlotLOSS_USTACK
 
-	settingAuditOnly = uint32(captraceSettingFlagSETTING_AUDIT_ONLY)
-	settingUnique    = uint32(captraceSettingFlagSETTING_UNIQUE)
+	settingAuditOnly   = uint32(captraceSettingFlagSETTING_AUDIT_ONLY)
+	settingUnique      = uint32(captraceSettingFlagSETTING_UNIQUE)
 	settingKernelStack = uint32(captraceSettingFlagSETTING_KSTACK)
 	settingUserStack   = uint32(captraceSettingFlagSETTING_USTACK)
 )

@@ -44,7 +44,7 @@ func (s *Stacks) Text() (kernel, user string) {
 				frames[i] = symbolize.UserFrame{HasBuildID: f.HasBuildID, BuildID: f.BuildID, Offset: f.Offset, IP: f.IP}
 			}
 			x := r.Exe
-			exe := symbolize.Exe{Ino: x.Ino, DevMajor: x.DevMajor, DevMinor: x.DevMinor, StartCode: x.StartCode, EndCode: x.EndCode}
+			exe := symbolize.Exe{Ino: x.Ino, DevMajor: x.DevMajor, DevMinor: x.DevMinor, StartCode: x.StartCode, EndCode: x.EndCode, Ppid: x.Ppid}
 			s.user = s.sym.UserStack(s.pid, exe, frames, r.UserErr)
 		}
 	})

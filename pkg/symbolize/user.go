@@ -47,6 +47,11 @@ type User struct {
 	binaries map[[20]byte]*binaryInfo
 	byFile   map[fileKey]*fileEntry
 	procs    map[uint32]*procMaps
+	// Files found by scanning a container's root, by dev+inode and by
+	// build ID; scanned are the roots already walked.
+	candidates   map[fileKey]candidateFile
+	candidateIDs map[[20]byte]fileKey
+	scanned      map[fileKey]bool
 	// Counters, for stats.
 	unresolved uint64
 }
@@ -83,7 +88,8 @@ func NewUser(lim Limits) *User {
 		lim.Processes = DefaultProcesses
 	}
 	return &User{lim: lim, binaries: map[[20]byte]*binaryInfo{},
-		byFile: map[fileKey]*fileEntry{}, procs: map[uint32]*procMaps{}}
+		byFile: map[fileKey]*fileEntry{}, procs: map[uint32]*procMaps{},
+		candidates: map[fileKey]candidateFile{}, candidateIDs: map[[20]byte]fileKey{}, scanned: map[fileKey]bool{}}
 }
 
 // Learn reads the mappings of a live process and indexes the build IDs of
@@ -158,6 +164,8 @@ type Exe struct {
 	Ino                uint64
 	DevMajor, DevMinor uint32
 	StartCode, EndCode uint64
+	// Ppid is the task's parent, whose root is searched when the task is gone.
+	Ppid uint32
 }
 
 func (e Exe) key() fileKey { return fileKey{dev: devKey(e.DevMajor, e.DevMinor), ino: e.Ino} }
@@ -167,7 +175,7 @@ func (u *User) binaryOf(k fileKey) *binaryInfo {
 	if e, ok := u.byFile[k]; ok {
 		return e.bin
 	}
-	return nil
+	return u.fromCandidate(k)
 }
 
 func readMaps(pid uint32) *procMaps {
@@ -210,7 +218,13 @@ func readMaps(pid uint32) *procMaps {
 
 // binaryFor returns the binary with build ID id, if a live process mapped it.
 func (u *User) binaryFor(id [20]byte) *binaryInfo {
-	return u.binaries[id]
+	if b, ok := u.binaries[id]; ok {
+		return b
+	}
+	if k, ok := u.candidateIDs[id]; ok {
+		return u.fromCandidate(k)
+	}
+	return nil
 }
 
 // Stack symbolizes a user stack, innermost first, of process pid. Frames
@@ -220,14 +234,32 @@ func (u *User) Stack(pid uint32, exe Exe, frames []UserFrame) []string {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	var pm *procMaps
-	learned := false
+	// On a miss, look harder, once each: the task's own mappings (if it
+	// still lives), then the container's files through its root or its
+	// parent's (the shell that ran it usually outlives it).
+	learned, scanned := false, false
+	learn := func() {
+		if !learned {
+			learned = true
+			pm = u.learnLocked(pid)
+		}
+	}
+	scan := func() {
+		if !scanned {
+			scanned = true
+			u.scanRootLocked(pid)
+			u.scanRootLocked(exe.Ppid)
+		}
+	}
 	out := make([]string, 0, len(frames))
 	for _, fr := range frames {
 		if fr.HasBuildID {
 			b := u.binaryFor(fr.BuildID)
-			if b == nil && !learned {
-				learned = true
-				pm = u.learnLocked(pid)
+			for _, harder := range []func(){learn, scan} {
+				if b != nil {
+					break
+				}
+				harder()
 				b = u.binaryFor(fr.BuildID)
 			}
 			if b != nil {
@@ -238,13 +270,16 @@ func (u *User) Stack(pid uint32, exe Exe, frames []UserFrame) []string {
 			out = append(out, fmt.Sprintf("[unknown] 0x%x (buildid %s)", fr.Offset, hex.EncodeToString(fr.BuildID[:])))
 			continue
 		}
-		if pm == nil && !learned {
-			learned = true
-			pm = u.learnLocked(pid)
-		}
+		learn()
 		if pm == nil && exe.Ino != 0 && fr.IP >= exe.StartCode && fr.IP < exe.EndCode {
-			// The process is gone; its executable was seen mapped elsewhere.
-			if b := u.binaryOf(exe.key()); b != nil {
+			// The task is gone: its executable, by device and inode, as a
+			// live process mapped it or as the container's root holds it.
+			b := u.binaryOf(exe.key())
+			if b == nil {
+				scan()
+				b = u.binaryOf(exe.key())
+			}
+			if b != nil {
 				if f, ok := b.frameAtIP(fr.IP, exe.StartCode); ok {
 					out = append(out, f)
 					continue

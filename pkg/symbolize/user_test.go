@@ -7,7 +7,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/captrace/captrace/internal/privtest"
 
 	"golang.org/x/sys/unix"
 )
@@ -168,4 +171,51 @@ func TestUserStackAfterExit(t *testing.T) {
 		t.Errorf("unresolved counted %d, want 2", n)
 	}
 
+}
+
+// A task that is gone, whose files only its container has: the parent's
+// /proc root (a chroot here, as a container's rootfs) is searched for the
+// build ID and for the executable's device and inode; the host has no file
+// at that path.
+func TestUserStackThroughParentRoot(t *testing.T) {
+	privtest.Root(t)
+	prog := buildGo(t, "")
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "app"), 0o755)
+	data, err := os.ReadFile(prog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inRoot := filepath.Join(root, "app", "prog")
+	if err := os.WriteFile(inRoot, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("/app/prog")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: root}
+	in, _ := cmd.StdinPipe()
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { in.Close(); cmd.Wait() }()
+	bufio.NewReader(out).ReadString('\n')
+
+	off, vaddr := symbolOffset(t, inRoot, "main.namedCaller")
+	_, id, _ := parseFile(t, inRoot)
+	var st unix.Stat_t
+	if err := unix.Stat(inRoot, &st); err != nil {
+		t.Fatal(err)
+	}
+	exe := Exe{Ino: st.Ino, DevMajor: unix.Major(st.Dev), DevMinor: unix.Minor(st.Dev),
+		StartCode: 0x400000, EndCode: 0x400000 + 1<<30, Ppid: uint32(cmd.Process.Pid)}
+	const gone = 0x7ffffff0 // no such task
+	for name, frame := range map[string]UserFrame{
+		"by build ID":         {HasBuildID: true, BuildID: id, Offset: off + 2},
+		"by device and inode": {IP: vaddr + 2},
+	} {
+		u := NewUser(Limits{})
+		if got := u.Stack(gone, exe, []UserFrame{frame}); len(got) != 1 || got[0] != "main.namedCaller+0x2 (prog)" {
+			t.Errorf("%s: %q", name, got)
+		}
+	}
 }
