@@ -62,6 +62,12 @@ func TestReportNamesCode(t *testing.T) {
 	if strings.Contains(out, "SYS_ADMIN ←") {
 		t.Errorf("a probe's code is named:\n%s", out)
 	}
+	// The same from journalctl's JSON.
+	in := journalJSON(t, setPriority0(), func(b bool) string { return map[bool]string{true: "1", false: "0"}[b] })
+	in = strings.ReplaceAll(in, `"CAP":"CAP_SYS_NICE"`, `"CAP":"CAP_SYS_NICE","USER_STACK":"setpriority+0x17 (nice);main+0x5 (nice)"`)
+	if out, _, _ := report(t, in, "-"); !strings.Contains(out, "  SYS_NICE ← setpriority ← main (nice)\n") {
+		t.Errorf("report over journal JSON lacks the code:\n%s", out)
+	}
 	out, _, _ = report(t, buf.String(), "--format=yaml", "--input", "-")
 	if !strings.Contains(out, "# code: SYS_NICE ← setpriority ← main (nice)\n") {
 		t.Errorf("yaml lacks the code:\n%s", out)

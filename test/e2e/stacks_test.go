@@ -100,7 +100,7 @@ func TestStacksThroughContainerRoot(t *testing.T) {
 	ctx := testCtx(t)
 	importStacksImage(t, ctx)
 	pod := runPod(t, ctx, stack.Pod{Name: "stacks", Namespace: "default", Annotations: stack.Annotated("captrace.io/stacks=kernel,user")})
-	runContainer(t, ctx, pod, stack.Container{Name: "stacks", Image: stacksImage,
+	id := runContainer(t, ctx, pod, stack.Container{Name: "stacks", Image: stacksImage,
 		Command: []string{"/bin/sh", "-c", "while true; do /bin/nice-c; /bin/nice-go; sleep 1; done"}})
 
 	for _, tc := range []struct{ comm, frame string }{
@@ -121,6 +121,32 @@ func TestStacksThroughContainerRoot(t *testing.T) {
 				}
 			}
 		}
+		t.Logf("%s: kstack=%q ustack=%q", tc.comm, b.Logfmt[0].KStack, b.Logfmt[0].UStack)
+	}
+
+	// The summary names the code behind the denied SYS_NICE, and so does
+	// captrace report over the journal.
+	if err := st.RemoveContainer(ctx, id); err != nil {
+		t.Fatal(st.Fail("stop and remove the stacks container", err))
+	}
+	sums, err := st.WaitSummaries(ctx, 10*time.Second, id)
+	if err != nil {
+		t.Fatal(st.Fail("wait for the summary of the stacks container", err))
+	}
+	named := func(code string) bool {
+		return strings.HasPrefix(code, "SYS_NICE ← ") && (strings.Contains(code, "renice_me") || strings.Contains(code, "main.doNice"))
+	}
+	for _, s := range append(sums.Logfmt, sums.Journal...) {
+		if !named(s.Code) || !strings.Contains(s.Message, "code: SYS_NICE ← ") {
+			t.Errorf("%s summary: code %q, message %q: want the code behind SYS_NICE named", s.Source, s.Code, s.Message)
+		}
+	}
+	out, errOut, err := st.Report(ctx, "-D", st.JournalDir, "--namespace", "default", "--pod", "stacks")
+	if err != nil {
+		t.Fatal(st.Fail("captrace report", err))
+	}
+	if !strings.Contains(out, "code that asked (user stacks):\n  SYS_NICE ← ") {
+		t.Errorf("captrace report does not name the code:\n%s\nstderr: %s", out, errOut)
 	}
 	// A pod without the annotation gets no stack fields.
 	plain := runPod(t, ctx, stack.Pod{Name: "no-stacks", Namespace: "default", Annotations: stack.Annotated()})
