@@ -25,10 +25,20 @@ func namedCaller() { os.Stdin.Read(make([]byte, 1)) }
 func main() { os.Stdout.WriteString("ready\n"); namedCaller() }
 `
 
-// buildGo builds goProgram with extra ldflags (e.g. "-s -w" strips it).
+// builtGo caches buildGo's binaries per ldflags for the package's tests.
+var builtGo = map[string]string{}
+
+// buildGo builds goProgram with extra ldflags (e.g. "-s -w" strips it),
+// once per ldflags; tests copy it where they need it elsewhere.
 func buildGo(t *testing.T, ldflags string) string {
 	t.Helper()
-	dir := t.TempDir()
+	if p, ok := builtGo[ldflags]; ok {
+		return p
+	}
+	dir, err := os.MkdirTemp("", "captrace-symbolize-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte(goProgram), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +50,16 @@ func buildGo(t *testing.T, ldflags string) string {
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, msg)
 	}
+	builtGo[ldflags] = out
 	return out
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	for _, p := range builtGo {
+		os.RemoveAll(filepath.Dir(p))
+	}
+	os.Exit(code)
 }
 
 // symbolOffset returns the file offset and address of a function symbol,
