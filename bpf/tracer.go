@@ -145,8 +145,9 @@ type Options struct {
 	Log logrus.FieldLogger
 }
 
-// Event is one capability check, as the kernel reported it. It holds no
-// pointers, so the reader decodes into it without allocating.
+// Event is one capability check, as the kernel reported it. Its only
+// pointer is Stacks, nil unless the cgroup asked for stacks: the reader
+// decodes a plain event without allocating.
 type Event struct {
 	CgroupID uint64
 	// KtimeNs is the kernel's CLOCK_BOOTTIME of the check, in ns; WallTime converts it.
