@@ -62,7 +62,8 @@ func importStacksImage(t *testing.T, ctx context.Context) {
 	build("nice-c", cc)
 	write("main.go", stackProbeGo)
 	write("go.mod", "module nicego\ngo 1.21\n")
-	gob := exec.Command("go", "build", "-o", filepath.Join(dir, "nice-go"), ".")
+	// Stripped of its ELF symbols: its frames are named from the pclntab by debug/gosym.
+	gob := exec.Command("go", "build", "-ldflags=-s -w", "-o", filepath.Join(dir, "nice-go"), ".")
 	gob.Dir = dir
 	gob.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
 	build("nice-go", gob)
