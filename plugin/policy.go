@@ -29,6 +29,10 @@ type Policy struct {
 	// (bpf.Stats.StacksUnavailable): a pod asking for them is traced
 	// without, and warned about once.
 	StacksUnavailable string
+	// UserStacksUnavailable, when not empty, is why captrace cannot name
+	// user frames (privilege.UserStacks missing): a pod asking for user
+	// stacks gets kernel stacks only, and is warned about once.
+	UserStacksUnavailable string
 }
 
 // decision is what the policy says about one container.
@@ -94,6 +98,11 @@ func (p *Policy) decide(pod *api.PodSandbox, ctr *api.Container) decision {
 		d.problem = "pod asks for call stacks (" + d.settings.Stacks.String() + ") but this kernel gives none: " + p.StacksUnavailable + "; traced without stacks"
 		d.key, d.value = AnnotationStacks, ann[AnnotationStacks]
 		d.settings.Stacks = bpf.StacksNone
+	}
+	if d.settings.Stacks&bpf.StacksUser != 0 && p.UserStacksUnavailable != "" {
+		d.problem = "pod asks for user stacks but " + p.UserStacksUnavailable + "; traced with kernel stacks only"
+		d.key, d.value = AnnotationStacks, ann[AnnotationStacks]
+		d.settings.Stacks &^= bpf.StacksUser
 	}
 	if v, ok := ann[AnnotationContainers]; ok {
 		named, empty := listNames(v, ctr.GetName())

@@ -112,6 +112,20 @@ func TestPolicyStacksUnavailable(t *testing.T) {
 	}
 }
 
+// Without CAP_SYS_PTRACE a pod asking for user stacks gets kernel stacks
+// only, with one warning naming the capability.
+func TestPolicyUserStacksUnavailable(t *testing.T) {
+	p := Policy{UserStacksUnavailable: "captrace lacks CAP_SYS_PTRACE (user stacks)"}
+	d := p.decide(pod("ns", map[string]string{AnnotationEnabled: "true", AnnotationStacks: "kernel,user"}), ctr("app"))
+	if !d.trace || d.settings.Stacks != bpf.StacksKernel || d.key != AnnotationStacks || !strings.Contains(d.problem, "CAP_SYS_PTRACE") {
+		t.Errorf("kernel,user: %+v", d)
+	}
+	d = p.decide(pod("ns", map[string]string{AnnotationEnabled: "true", AnnotationStacks: "kernel"}), ctr("app"))
+	if !d.trace || d.settings.Stacks != bpf.StacksKernel || d.problem != "" {
+		t.Errorf("kernel only: %+v", d)
+	}
+}
+
 func TestPolicyContainers(t *testing.T) {
 	for _, tc := range []struct {
 		list, name  string

@@ -160,6 +160,19 @@ func logPrivileges(log logrus.FieldLogger) {
 	}
 }
 
+// userStacksProblem says why user frames cannot be named, "" when they can.
+func userStacksProblem() string {
+	eff, err := privilege.Effective()
+	if err != nil {
+		return "captrace cannot read its own capabilities (" + err.Error() + ")"
+	}
+	if privilege.Holds(eff, privilege.UserStacks) {
+		return ""
+	}
+	c := privilege.UserStacks
+	return "captrace lacks " + c.Name + " (" + c.Why + "): add it to CapabilityBoundingSet or the DaemonSet's capabilities to name user frames"
+}
+
 // daemon holds the running pieces and the counters the stats line reports.
 type daemon struct {
 	cfg    config.Config
@@ -240,6 +253,10 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 	if st, err := t.Stats(); err == nil && st.StacksUnavailable != nil {
 		stacksUnavailable = st.StacksUnavailable.Error()
 	}
+	userStacksUnavailable := userStacksProblem()
+	if userStacksUnavailable != "" && defaultStacks&bpf.StacksUser != 0 {
+		log.Warn("trace.stacks asks for user stacks but " + userStacksUnavailable + "; pods get kernel stacks only")
+	}
 
 	d.reg = cgmap.NewRegistry(keyedFilter{t}, log.WithField("component", "cgmap"))
 	p, err := deps.newPlugin(d.reg, plugin.Options{
@@ -247,10 +264,11 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 		PluginName:  cfg.NRI.PluginName,
 		PluginIndex: cfg.NRI.PluginIndex,
 		Policy: plugin.Policy{
-			Defaults:          bpf.Settings{AuditOnly: cfg.Trace.AuditOnly, Unique: cfg.Trace.Unique, Stacks: defaultStacks},
-			AllowNamespaces:   cfg.Trace.AllowNamespaces,
-			DenyNamespaces:    cfg.Trace.DenyNamespaces,
-			StacksUnavailable: stacksUnavailable,
+			Defaults:              bpf.Settings{AuditOnly: cfg.Trace.AuditOnly, Unique: cfg.Trace.Unique, Stacks: defaultStacks},
+			AllowNamespaces:       cfg.Trace.AllowNamespaces,
+			DenyNamespaces:        cfg.Trace.DenyNamespaces,
+			StacksUnavailable:     stacksUnavailable,
+			UserStacksUnavailable: userStacksUnavailable,
 		},
 		Log: log.WithField("component", "nri"),
 		// Both run on the plugin's own goroutine, never under containerd's lock.
