@@ -105,7 +105,10 @@ struct cap_event {
 	__u8 insetid;
 	__u8 insetid_known;
 	char comm[16];
-	__u32 pad;
+	// keyed: this check added its dedup_key to cap_dedup (unique mode), so
+	// user space knows the exact keys to delete when the cgroup goes.
+	__u8 keyed;
+	__u8 pad[3];
 };
 
 // Stacks (issue 13). A cgroup with stacks on gets a longer record: the event,
@@ -316,18 +319,23 @@ static __always_inline bool seen(struct dedup_key *key, bool audit)
 
 // claim_dedup remembers a unique check once its record is reserved; it
 // discards the record and returns false when another CPU reported it first.
-static __always_inline bool claim_dedup(void *e, bool unique, struct dedup_key *key)
+// ev->keyed tells user space this check added its key (the exact keys to
+// delete when the cgroup goes).
+static __always_inline bool claim_dedup(void *rec, struct cap_event *ev, bool unique, struct dedup_key *key)
 {
+	ev->keyed = 0;
 	if (!unique)
 		return true;
 	__u8 one = 1;
 	long err = bpf_map_update_elem(&cap_dedup, key, &one, BPF_NOEXIST);
 	if (err == -17 /* EEXIST: another CPU reported it */) {
-		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
 		return false;
 	}
 	if (err)
 		count_loss(LOSS_DEDUP); // still reported; a later check may repeat it
+	else
+		ev->keyed = 1;
 	return true;
 }
 
@@ -349,7 +357,7 @@ static __always_inline void fill_event(struct cap_event *e, __u64 cgroup_id, __s
 	e->insetid = !!(opts & CAP_OPT_INSETID);
 	// Without opts, insetid is known when the stack ranges were resolved.
 	e->insetid_known = opts_known || audit_nranges > 0;
-	e->pad = 0;
+	e->pad[0] = e->pad[1] = e->pad[2] = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 }
 
@@ -387,7 +395,7 @@ static __always_inline int send_stacked(void *ctx, __u32 stacks, bool unique, st
 			count_loss(LOSS_RING);
 			return 0;
 		}
-		if (!claim_dedup(k, unique, key))
+		if (!claim_dedup(k, &k->ev, unique, key))
 			return 0;
 		fill_event(&k->ev, cgroup_id, cap, capable, audit, opts_known, opts, task);
 		k->head.kstack_bytes = walk_kernel_stack(ctx, k->kstack);
@@ -400,7 +408,7 @@ static __always_inline int send_stacked(void *ctx, __u32 stacks, bool unique, st
 		count_loss(LOSS_RING);
 		return 0;
 	}
-	if (!claim_dedup(s, unique, key))
+	if (!claim_dedup(s, &s->ev, unique, key))
 		return 0;
 	fill_event(&s->ev, cgroup_id, cap, capable, audit, opts_known, opts, task);
 	s->head.kstack_bytes = 0;
@@ -506,7 +514,7 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
 		count_loss(LOSS_RING);
 		return 0;
 	}
-	if (!claim_dedup(e, unique, &key))
+	if (!claim_dedup(e, e, unique, &key))
 		return 0;
 	fill_event(e, cgroup_id, cap, capable, audit, opts_known, opts, task);
 	submit_event(e);
