@@ -20,6 +20,24 @@ type Sink interface {
 	Close() error
 }
 
+// Batcher is a sink whose Write only buffers (the logfmt sinks). The fanout
+// counts its lines when Flush reports them, so a line is "written" only once
+// it reached the writer.
+type Batcher interface {
+	// Buffered is how many bytes wait for Flush.
+	Buffered() int
+	// Flush writes the buffer; written and failed count the lines since the
+	// previous Flush.
+	Flush() (written, failed int, err error)
+}
+
+// flushInterval bounds how long a line waits in a batch while its queue
+// never runs empty (under load); an idle queue flushes at once.
+const flushInterval = 100 * time.Millisecond
+
+// flushCheckEvery is how many lines pass between looks at the clock.
+const flushCheckEvery = 256
+
 // Reopener is a sink that reopens its output on SIGHUP (the file sink).
 type Reopener interface {
 	Reopen() error
@@ -107,6 +125,21 @@ func (f *Fanout) send(it item) {
 
 func (f *Fanout) drain(q *queue) {
 	defer f.wg.Done()
+	batcher, _ := q.sink.(Batcher)
+	var sinceCheck int
+	lastFlush := time.Now()
+	flush := func() {
+		written, failed, err := batcher.Flush()
+		q.written.Add(uint64(written))
+		if failed > 0 {
+			q.failed.Add(uint64(failed))
+		}
+		if err != nil {
+			f.logFailure(q, err)
+		}
+		lastFlush = time.Now()
+		sinceCheck = 0
+	}
 	for it := range q.records {
 		if q.abandon.Load() {
 			q.dropped.Add(1)
@@ -123,7 +156,25 @@ func (f *Fanout) drain(q *queue) {
 			f.logFailure(q, err)
 			continue
 		}
-		q.written.Add(1)
+		if batcher == nil {
+			q.written.Add(1)
+			continue
+		}
+		// Flush when nothing else is waiting, when the batch is full, and at
+		// least every flushInterval while the queue never runs empty.
+		sinceCheck++
+		switch {
+		case len(q.records) == 0, batcher.Buffered() >= flushBytes:
+			flush()
+		case sinceCheck >= flushCheckEvery:
+			sinceCheck = 0
+			if time.Since(lastFlush) >= flushInterval {
+				flush()
+			}
+		}
+	}
+	if batcher != nil {
+		flush()
 	}
 }
 
