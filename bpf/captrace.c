@@ -23,11 +23,16 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 // Settings flags (value of cgroup_filter, flags of a filter slot), mirrored in Go.
 #define SETTING_AUDIT_ONLY (1U << 0)
 #define SETTING_UNIQUE (1U << 1)
+// The upper bits of the flags hold the container's index in container_states
+// (0: none), so finding a container's limiter and loss counters costs an
+// array lookup the verifier inlines, not a second hash lookup.
+#define SETTING_STATE_SHIFT 16
 
 // Loss counter slots (cap_losses), mirrored in Go.
 #define LOSS_RING 0
 #define LOSS_DEDUP 1
 #define LOSS_FILTER 2
+#define LOSS_RATE 3
 #define LOSS_SLOTS 4
 
 // Stack matching for the audit flag on the tracepoint tier.
@@ -149,6 +154,27 @@ struct {
 	__type(value, struct pending_check);
 } cap_pending SEC(".maps");
 
+// Per traced container: its rate limit and the checks it lost, indexed by the
+// upper bits of its settings flags. User space writes the whole value when it
+// traces a container (resetting the counters) and reads the counters when it
+// finishes one. max_entries is set by user space (tracer.max_containers + 1).
+struct container_state {
+	// Rate limit as a generic cell rate algorithm: one check per interval_ns
+	// on average, up to burst checks at once. interval_ns 0: unlimited.
+	__u64 interval_ns;
+	__u64 tolerance_ns; // (burst - 1) * interval_ns
+	__u64 tat;          // theoretical arrival time of the next check, boot ns
+	__u64 rate_limited; // checks dropped by the limit
+	__u64 ring_lost;    // checks lost because the ring buffer was full
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4097);
+	__type(key, __u32);
+	__type(value, struct container_state);
+} container_states SEC(".maps");
+
 // Per CPU: the scheduler tick (jiffies) of the last timestamp and its value.
 struct clock_cache {
 	__u64 jiffies;
@@ -250,6 +276,38 @@ static __always_inline int stack_opts(void *ctx)
 	return STACK_AUDIT;
 }
 
+static __always_inline struct container_state *container_state(__u32 flags)
+{
+	__u32 idx = flags >> SETTING_STATE_SHIFT;
+	if (!idx)
+		return NULL;
+	return bpf_map_lookup_elem(&container_states, &idx);
+}
+
+// over_rate_limit applies the container's limit to one check at time now and
+// counts what it drops. One state word and no division: a check passes while
+// the schedule (tat) runs at most tolerance_ns ahead of now, and each pass
+// moves the schedule one interval on. Over a time D it passes D/interval +
+// burst checks. Two CPUs of one container racing on tat can each pass one
+// check the schedule had room for only once: the excess is bounded by the
+// CPUs, never a loss.
+static __always_inline bool over_rate_limit(struct container_state *cs, __u64 now)
+{
+	__u64 interval = cs->interval_ns;
+	if (!interval)
+		return false;
+	__u64 tat = cs->tat;
+	if (tat < now)
+		tat = now;
+	if (tat - now > cs->tolerance_ns) {
+		__sync_fetch_and_add(&cs->rate_limited, 1);
+		count_loss(LOSS_RATE);
+		return true;
+	}
+	cs->tat = tat + interval;
+	return false;
+}
+
 // seen says whether unique already reported this (cgroup, cap, verdict, audit).
 static __always_inline bool seen(struct dedup_key *key, bool audit)
 {
@@ -321,10 +379,20 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
 		}
 	}
 
+	// The rate limit comes after every reason to drop a check for free
+	// (filter, dedup, borrowed creds, audit_only) and before the ring: a
+	// check over the limit costs no ring space and no user-space CPU.
+	__u64 now = event_time();
+	struct container_state *cs = container_state(flags);
+	if (cs && over_rate_limit(cs, now))
+		return 0; // not remembered in dedup: the next identical check tries again
+
 	struct cap_event *e = bpf_ringbuf_reserve(&cap_events, sizeof(*e), 0);
 	if (!e) {
 		// Not remembered in dedup: the next identical check tries again.
 		count_loss(LOSS_RING);
+		if (cs)
+			__sync_fetch_and_add(&cs->ring_lost, 1);
 		return 0;
 	}
 
@@ -342,7 +410,7 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u64 uid_gid = bpf_get_current_uid_gid();
 	e->cgroup_id = cgroup_id;
-	e->ktime_ns = event_time();
+	e->ktime_ns = now;
 	e->pid = pid_tgid >> 32;
 	e->tid = (__u32)pid_tgid;
 	e->uid = (__u32)uid_gid;

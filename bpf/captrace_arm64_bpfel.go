@@ -27,6 +27,15 @@ type captraceClockCache struct {
 	BootNs  uint64
 }
 
+type captraceContainerState struct {
+	_           structs.HostLayout
+	IntervalNs  uint64
+	ToleranceNs uint64
+	Tat         uint64
+	RateLimited uint64
+	RingLost    uint64
+}
+
 type captraceDedupKey struct {
 	_        structs.HostLayout
 	CgroupId uint64
@@ -66,6 +75,7 @@ const (
 	captraceMapCapPending        = "cap_pending"
 	captraceMapCgroupFilter      = "cgroup_filter"
 	captraceMapCgroupFilterSlots = "cgroup_filter_slots"
+	captraceMapContainerStates   = "container_states"
 	captraceProgCaptraceFexit    = "captrace_fexit"
 	captraceProgCaptraceKprobe   = "captrace_kprobe"
 	captraceProgCaptraceKret     = "captrace_kret"
@@ -135,6 +145,7 @@ type captraceMapSpecs struct {
 	CapPending        *ebpf.MapSpec `ebpf:"cap_pending"`
 	CgroupFilter      *ebpf.MapSpec `ebpf:"cgroup_filter"`
 	CgroupFilterSlots *ebpf.MapSpec `ebpf:"cgroup_filter_slots"`
+	ContainerStates   *ebpf.MapSpec `ebpf:"container_states"`
 }
 
 // captraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -174,6 +185,7 @@ type captraceMaps struct {
 	CapPending        *ebpf.Map `ebpf:"cap_pending"`
 	CgroupFilter      *ebpf.Map `ebpf:"cgroup_filter"`
 	CgroupFilterSlots *ebpf.Map `ebpf:"cgroup_filter_slots"`
+	ContainerStates   *ebpf.Map `ebpf:"container_states"`
 }
 
 func (m *captraceMaps) Close() error {
@@ -185,6 +197,7 @@ func (m *captraceMaps) Close() error {
 		m.CapPending,
 		m.CgroupFilter,
 		m.CgroupFilterSlots,
+		m.ContainerStates,
 	)
 }
 

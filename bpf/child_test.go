@@ -68,6 +68,12 @@ func childMain() int {
 				time.Sleep(time.Millisecond)
 			}
 			reply("done")
+		case "niceflood": // checks of CAP_SYS_NICE in a tight loop for arg ms; replies how many
+			n := 0
+			for end := time.Now().Add(time.Duration(arg) * time.Millisecond); time.Now().Before(end); n += 64 {
+				niceLoop(64)
+			}
+			reply("%d", n)
 		case "sched": // CAP_SYS_NICE in sched_setscheduler
 			param := struct{ prio int32 }{1}
 			_, _, e := unix.Syscall(unix.SYS_SCHED_SETSCHEDULER, 0, 1 /* SCHED_FIFO */, uintptr(unsafe.Pointer(&param)))

@@ -21,6 +21,19 @@ type Settings struct {
 	// The kernel remembers them in an LRU map (tracer.dedup_entries); Untrace
 	// forgets the cgroup's entries.
 	Unique bool
+	// RateLimit is how many checks per second the container may report on
+	// average (0: unlimited); RateBurst how many at once (0: RateLimit, at
+	// least 1). The kernel drops checks over the limit before they reach the
+	// ring and counts them per container (ContainerLosses).
+	RateLimit uint32
+	RateBurst uint32
+}
+
+// ContainerLosses are the checks of one traced cgroup that the kernel did not
+// deliver, since Trace first saw it.
+type ContainerLosses struct {
+	RateLimited uint64 // over Settings.RateLimit
+	RingLost    uint64 // the ring buffer was full
 }
 
 // Tier names the kernel attach point in use.
@@ -89,6 +102,9 @@ type Stats struct {
 	// for a traced cgroup (the kprobe tier's pending-arguments map); the check is lost.
 	// The filter map itself is written only by Trace, which returns its errors.
 	FilterUpdateFailed uint64
+	// RateLimited counts checks dropped by a container's Settings.RateLimit
+	// (per container: ContainerLosses).
+	RateLimited uint64
 }
 
 // ErrClosed is returned by Read after Close.

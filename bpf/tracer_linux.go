@@ -52,6 +52,7 @@ const (
 	lossRing = iota
 	lossDedup
 	lossFilter
+	lossRate
 	lossSlots = 4
 )
 
@@ -71,6 +72,7 @@ type Tracer struct {
 	closed bool // under mu: Trace and Untrace return ErrClosed
 	traced map[uint64]Settings
 	slots  map[uint32][]uint64 // traced cgroups per slot of cgroup_filter_slots
+	states containerStates     // each traced cgroup's index in container_states
 
 	closeOnce sync.Once
 }
@@ -149,6 +151,7 @@ func Open(opts Options) (*Tracer, error) {
 		noauditCaps: noauditCaps,
 		traced:      map[uint64]Settings{},
 		slots:       map[uint32][]uint64{},
+		states:      newContainerStates(int(cfg.maxTraced)),
 	}, nil
 }
 
@@ -173,8 +176,8 @@ func auditConfig(log logrus.FieldLogger) (uint64, []auditRange) {
 // Tier is the attach point in use.
 func (t *Tracer) Tier() Tier { return t.lt.tier }
 
-func settingsValue(s Settings) uint32 {
-	var v uint32
+func settingsValue(s Settings, stateIndex uint32) uint32 {
+	v := stateIndex << settingStateShift
 	if s.AuditOnly {
 		v |= 1
 	}
@@ -198,7 +201,14 @@ func (t *Tracer) Trace(cgroupID uint64, s Settings) error {
 	if _, known := t.traced[cgroupID]; !known && len(t.traced) >= t.maxTraced {
 		return t.fullError(cgroupID)
 	}
-	if err := t.lt.maps.Filter.Update(cgroupID, settingsValue(s), ebpf.UpdateAny); err != nil {
+	idx, err := t.states.acquire(t.lt.maps.States, cgroupID, s)
+	if err != nil {
+		return fmt.Errorf("tracing cgroup %d: %w", cgroupID, err)
+	}
+	if err := t.lt.maps.Filter.Update(cgroupID, settingsValue(s, idx), ebpf.UpdateAny); err != nil {
+		if _, known := t.traced[cgroupID]; !known {
+			t.states.release(t.lt.maps.States, cgroupID)
+		}
 		if errors.Is(err, unix.E2BIG) {
 			return t.fullError(cgroupID)
 		}
@@ -217,6 +227,7 @@ func (t *Tracer) Trace(cgroupID uint64, s Settings) error {
 			t.dropMember(slot, cgroupID)
 			delete(t.traced, cgroupID)
 			t.lt.maps.Filter.Delete(cgroupID)
+			t.states.release(t.lt.maps.States, cgroupID)
 		}
 		return fmt.Errorf("tracing cgroup %d: %w", cgroupID, err)
 	}
@@ -230,7 +241,7 @@ func (t *Tracer) writeSlot(slot uint32) error {
 	switch members := t.slots[slot]; len(members) {
 	case 0:
 	case 1:
-		v = filterSlot{CgroupID: members[0], Flags: settingsValue(t.traced[members[0]]), State: slotOne}
+		v = filterSlot{CgroupID: members[0], Flags: settingsValue(t.traced[members[0]], t.states.index[members[0]]), State: slotOne}
 	default:
 		v = filterSlot{State: slotShared}
 	}
@@ -274,6 +285,7 @@ func (t *Tracer) Untrace(cgroupID uint64) error {
 		return fmt.Errorf("untracing cgroup %d: %w", cgroupID, err)
 	}
 	delete(t.traced, cgroupID)
+	t.states.release(t.lt.maps.States, cgroupID)
 	t.forget(cgroupID)
 	return nil
 }
@@ -370,6 +382,9 @@ func (t *Tracer) Stats() (Stats, error) {
 		return st, err
 	}
 	if st.FilterUpdateFailed, err = sum(lossFilter); err != nil {
+		return st, err
+	}
+	if st.RateLimited, err = sum(lossRate); err != nil {
 		return st, err
 	}
 	return st, nil

@@ -1,0 +1,110 @@
+package bpf
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+	"sync"
+	"testing"
+)
+
+// The kernel's per-container limit passes rate × time + burst checks, for
+// three containers flooding at once under three different limits, and
+// every check it drops is counted against the container that made it.
+func TestRateLimit(t *testing.T) {
+	tr := openTracer(t, Options{})
+	col := collect(t, tr)
+	const floodMs = 5000
+	limits := []Settings{
+		{AuditOnly: true, RateLimit: 200, RateBurst: 50},
+		{AuditOnly: true, RateLimit: 1000, RateBurst: 100},
+		{AuditOnly: true, RateLimit: 5000}, // burst defaults to the rate
+	}
+	type run struct {
+		cg     *testCgroup
+		c      *child
+		s      Settings
+		checks int
+	}
+	runs := make([]*run, len(limits))
+	for i, s := range limits {
+		cg := newCgroup(t)
+		c := startChild(t, cg)
+		c.do("drop")
+		if err := tr.Trace(cg.id, s); err != nil {
+			t.Fatal(err)
+		}
+		runs[i] = &run{cg: cg, c: c, s: s}
+	}
+	var wg sync.WaitGroup
+	for _, r := range runs {
+		wg.Go(func() {
+			n, err := strconv.Atoi(r.c.do(fmt.Sprintf("niceflood %d", floodMs)))
+			if err != nil {
+				t.Error(err)
+			}
+			r.checks = n
+		})
+	}
+	wg.Wait()
+	for _, r := range runs {
+		col.quiet(r.cg.id)
+		if err := tr.Untrace(r.cg.id); err != nil {
+			t.Fatal(err)
+		}
+		delivered := len(niceEvents(t, col.of(r.cg.id)))
+		losses, ok, err := tr.ContainerLosses(r.cg.id)
+		if err != nil || !ok {
+			t.Fatalf("ContainerLosses: %v %v", ok, err)
+		}
+		burst := r.s.RateBurst
+		if burst == 0 {
+			burst = r.s.RateLimit
+		}
+		want := float64(r.s.RateLimit)*floodMs/1000 + float64(burst)
+		t.Logf("limit %d/s burst %d: %d checks in %d ms, %d delivered (want %.0f ± 1%%), %d rate-limited, %d ring-lost",
+			r.s.RateLimit, burst, r.checks, floodMs, delivered, want, losses.RateLimited, losses.RingLost)
+		if math.Abs(float64(delivered)-want) > want/100 {
+			t.Errorf("limit %d/s: %d checks delivered, want %.0f ± 1%%", r.s.RateLimit, delivered, want)
+		}
+		if got := uint64(delivered) + losses.RateLimited + losses.RingLost; got != uint64(r.checks) {
+			t.Errorf("limit %d/s: delivered %d + rate-limited %d + ring-lost %d = %d, the child made %d checks",
+				r.s.RateLimit, delivered, losses.RateLimited, losses.RingLost, got, r.checks)
+		}
+		if r.checks < 10*int(want) {
+			t.Errorf("limit %d/s: the child made only %d checks, too few to test the limit", r.s.RateLimit, r.checks)
+		}
+		if _, again, _ := tr.ContainerLosses(r.cg.id); again {
+			t.Errorf("ContainerLosses after Untrace reported twice")
+		}
+	}
+	st, err := tr.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.RateLimited == 0 {
+		t.Errorf("Stats().RateLimited = 0")
+	}
+}
+
+// A container without a limit reaches the ring with every check, and its
+// losses read zero.
+func TestRateLimitOffLosesNothing(t *testing.T) {
+	tr := openTracer(t, Options{})
+	col := collect(t, tr)
+	cg := newCgroup(t)
+	c := startChild(t, cg)
+	c.do("drop")
+	if err := tr.Trace(cg.id, Settings{AuditOnly: true}); err != nil {
+		t.Fatal(err)
+	}
+	c.do("nice 5000")
+	col.waitFor(cg.id, 5000, func(ev Event) bool { return ev.Cap == capSysNice })
+	if err := tr.Untrace(cg.id); err != nil {
+		t.Fatal(err)
+	}
+	losses, ok, err := tr.ContainerLosses(cg.id)
+	if n := len(niceEvents(t, col.of(cg.id))); n != 5000 || !ok || err != nil || losses != (ContainerLosses{}) {
+		t.Errorf("unlimited: %d of 5000 delivered, losses %+v (%v, %v)", n, losses, ok, err)
+	}
+}
