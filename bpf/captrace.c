@@ -26,7 +26,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 // The upper bits of the flags hold the container's index in container_states
 // (0: none), so finding a container's limiter and loss counters costs an
 // array lookup the verifier inlines, not a second hash lookup.
-#define SETTING_STATE_SHIFT 16
+#define SETTING_STATE_SHIFT 8
 
 // Loss counter slots (cap_losses), mirrored in Go.
 #define LOSS_RING 0

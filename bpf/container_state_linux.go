@@ -9,9 +9,9 @@ import (
 
 // settingStateShift is SETTING_STATE_SHIFT: the settings flags' upper bits
 // hold the container's index in container_states.
-const settingStateShift = 16
+const settingStateShift = 8
 
-// maxContainerStates is the most indexes the flags' upper 16 bits can name.
+// maxContainerStates is the most indexes the flags' upper 24 bits can name (config.MaxContainersLimit is lower).
 const maxContainerStates = 1<<(32-settingStateShift) - 1
 
 // containerState mirrors struct container_state.
