@@ -8,9 +8,12 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/captrace/captrace/bpf"
 )
 
 // DefaultPath is where the daemon looks for its configuration.
@@ -49,6 +52,11 @@ type Trace struct {
 	AuditOnly bool `toml:"audit_only"`
 	// Unique reports a (container, cap, verdict, audit flag) once.
 	Unique bool `toml:"unique"`
+	// RateLimit is how many checks per second one container may report on
+	// average (0: unlimited); over it the kernel drops and counts them.
+	RateLimit int `toml:"rate_limit"`
+	// RateBurst is how many checks a container may report at once (0: RateLimit).
+	RateBurst int `toml:"rate_burst"`
 	// AllowNamespaces, when not empty, are the only namespaces whose pods may opt in.
 	AllowNamespaces []string `toml:"allow_namespaces"`
 	// DenyNamespaces may never opt in; deny wins over allow.
@@ -106,7 +114,11 @@ func Defaults() Config {
 			PluginName:  "captrace",
 			PluginIndex: "10",
 		},
-		Trace: Trace{AllowNamespaces: []string{}, DenyNamespaces: []string{}},
+		Trace: Trace{
+			RateLimit:       bpf.DefaultRateLimit,
+			RateBurst:       bpf.DefaultRateBurst,
+			AllowNamespaces: []string{}, DenyNamespaces: []string{},
+		},
 		Tracer: Tracer{
 			MaxContainers:   4096,
 			DedupEntries:    65536,
@@ -253,6 +265,14 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	for _, v := range []struct {
+		key string
+		n   int
+	}{{"trace.rate_limit", c.Trace.RateLimit}, {"trace.rate_burst", c.Trace.RateBurst}} {
+		if v.n < 0 || v.n > math.MaxUint32 {
+			bad(v.key, "invalid value %d: expected checks per second per container, from 0 (unlimited) to %d", v.n, uint32(math.MaxUint32))
+		}
+	}
 	if n := c.Tracer.MaxContainers; n < 1 || n > MaxContainersLimit {
 		bad("tracer.max_containers", "invalid value %d: expected an integer from 1 to %d", n, MaxContainersLimit)
 	}

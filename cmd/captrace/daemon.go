@@ -201,7 +201,10 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 		PluginName:  cfg.NRI.PluginName,
 		PluginIndex: cfg.NRI.PluginIndex,
 		Policy: plugin.Policy{
-			Defaults:        bpf.Settings{AuditOnly: cfg.Trace.AuditOnly, Unique: cfg.Trace.Unique},
+			Defaults: bpf.Settings{
+				AuditOnly: cfg.Trace.AuditOnly, Unique: cfg.Trace.Unique,
+				RateLimit: uint32(cfg.Trace.RateLimit), RateBurst: uint32(cfg.Trace.RateBurst),
+			},
 			AllowNamespaces: cfg.Trace.AllowNamespaces,
 			DenyNamespaces:  cfg.Trace.DenyNamespaces,
 		},

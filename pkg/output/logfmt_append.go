@@ -42,12 +42,11 @@ func appendLogfmtUint(b []byte, key string, v uint64) []byte {
 	return strconv.AppendUint(appendLogfmtKey(b, key), v, 10)
 }
 
-// appendLogfmtTime appends t as logrus writes the time key with TimeFormat:
-// RFC 3339 always holds ':', so the value is always quoted, and it never
-// holds a byte that needs escaping.
+// appendLogfmtTime starts a line with the time key as logrus writes it with
+// TimeFormat: RFC 3339 always holds ':', so the value is always quoted, and
+// it never holds a byte that needs escaping. b may end with earlier lines.
 func appendLogfmtTime(b []byte, t time.Time) []byte {
-	b = appendLogfmtKey(b, KeyTime)
-	b = append(b, '"')
+	b = append(b, KeyTime+`="`...)
 	b = t.AppendFormat(b, TimeFormat)
 	return append(b, '"')
 }

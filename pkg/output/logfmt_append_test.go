@@ -83,13 +83,21 @@ func TestAppendLogfmtMatchesLogrus(t *testing.T) {
 		})
 	}
 
-	var buf []byte
+	var buf, batch []byte
+	var wantBatch string
 	for i := range cases {
 		r := &cases[i]
 		buf = r.AppendLogfmt(buf[:0])
-		if got, want := string(buf), logrusLine(t, r); got != want {
+		want := logrusLine(t, r)
+		if got := string(buf); got != want {
 			t.Errorf("case %d:\n got %q\nwant %q", i, got, want)
 		}
+		// Appended after other lines, as a batch holds them.
+		batch = r.AppendLogfmt(batch)
+		wantBatch += want
+	}
+	if string(batch) != wantBatch {
+		t.Errorf("lines appended one after another differ from logrus' lines")
 	}
 }
 
