@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"github.com/captrace/captrace/bpf"
+	"github.com/captrace/captrace/pkg/output"
+	"github.com/captrace/captrace/plugin"
 )
 
 // DefaultPath is where the daemon looks for its configuration.
@@ -110,9 +112,9 @@ const (
 func Defaults() Config {
 	return Config{
 		NRI: NRI{
-			Socket:      "/var/run/nri/nri.sock",
-			PluginName:  "captrace",
-			PluginIndex: "10",
+			Socket:      plugin.DefaultSocketPath,
+			PluginName:  plugin.DefaultPluginName,
+			PluginIndex: plugin.DefaultPluginIndex,
 		},
 		Trace: Trace{
 			RateLimit:       bpf.DefaultRateLimit,
@@ -120,11 +122,11 @@ func Defaults() Config {
 			AllowNamespaces: []string{}, DenyNamespaces: []string{},
 		},
 		Tracer: Tracer{
-			MaxContainers:   4096,
-			DedupEntries:    65536,
-			RingBufferBytes: 4 << 20,
+			MaxContainers:   bpf.DefaultMaxTracedCgroups,
+			DedupEntries:    bpf.DefaultDedupEntries,
+			RingBufferBytes: bpf.DefaultRingBufferBytes,
 		},
-		Output: Output{Sinks: []string{}, QueueSize: 8192},
+		Output: Output{Sinks: []string{}, QueueSize: output.DefaultQueueSize},
 	}
 }
 

@@ -61,7 +61,7 @@ func (q *fairQueue) push(key uint64, it item) int {
 
 // pushRecords queues records under one lock (the reader's batch); it
 // returns how many records were dropped.
-func (q *fairQueue) pushRecords(records []Record) int {
+func (q *fairQueue) pushRecords(records []EnrichedEvent) int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	dropped := 0

@@ -11,8 +11,8 @@ const (
 	quietCgroup = 200
 )
 
-func rec(cgroup uint64, pid uint32) *Record {
-	r := &Record{}
+func rec(cgroup uint64, pid uint32) *EnrichedEvent {
+	r := &EnrichedEvent{}
 	r.Event.CgroupID, r.Event.Pid = cgroup, pid
 	return r
 }

@@ -15,7 +15,7 @@ import (
 // goroutine at a time.
 type Sink interface {
 	Name() string
-	Write(r *Record) error
+	Write(r *EnrichedEvent) error
 	WriteEntry(e *Entry) error
 	Close() error
 }
@@ -81,7 +81,7 @@ type queue struct {
 
 // item is one queued event or entry.
 type item struct {
-	rec   Record
+	rec   EnrichedEvent
 	entry *Entry // set for an Entry; rec is then unused
 }
 
@@ -94,6 +94,9 @@ const entryKey = 0
 
 // drainBatch is how many records a sink's goroutine takes per lock.
 const drainBatch = 64
+
+// DefaultQueueSize is the default of each sink's queue (config output.queue_size).
+const DefaultQueueSize = 8192
 
 // NewFanout starts one writer goroutine per sink, each with a queue of size
 // records. Close stops them.
@@ -112,11 +115,11 @@ func NewFanout(sinks []Sink, size int, log logrus.FieldLogger) *Fanout {
 }
 
 // Send queues r for every sink without blocking.
-func (f *Fanout) Send(r *Record) { f.send(r.Event.CgroupID, item{rec: *r}) }
+func (f *Fanout) Send(r *EnrichedEvent) { f.send(r.Event.CgroupID, item{rec: *r}) }
 
 // SendBatch queues records for every sink without blocking, taking each
 // queue's lock once: the ring reader's way to hand over what it read at once.
-func (f *Fanout) SendBatch(records []Record) {
+func (f *Fanout) SendBatch(records []EnrichedEvent) {
 	for _, q := range f.queues {
 		if n := q.records.pushRecords(records); n > 0 {
 			q.dropped.Add(uint64(n))

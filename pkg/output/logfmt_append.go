@@ -4,6 +4,8 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
+
+	"github.com/captrace/captrace/pkg/schema"
 )
 
 // The appenders below write logfmt in exactly the bytes that logrus'
@@ -46,7 +48,7 @@ func appendLogfmtUint(b []byte, key string, v uint64) []byte {
 // TimeFormat: RFC 3339 always holds ':', so the value is always quoted, and
 // it never holds a byte that needs escaping. b may end with earlier lines.
 func appendLogfmtTime(b []byte, t time.Time) []byte {
-	b = append(b, KeyTime+`="`...)
+	b = append(b, schema.Time.Key+`="`...)
 	b = t.AppendFormat(b, TimeFormat)
 	return append(b, '"')
 }
@@ -67,38 +69,38 @@ func logfmtNeedsQuoting(s string) bool {
 
 // AppendLogfmt appends r as one event line ending in '\n', byte for byte what
 // NewTextFormatter gives for time, level=info, msg=cap_check and
-// r.LogFields(), keys in KeyOrder. It allocates nothing for a comm that is
+// r.LogFields(), keys in schema.KeyOrder. It allocates nothing for a comm that is
 // valid UTF-8 (the kernel's comm nearly always is).
-func (r *Record) AppendLogfmt(b []byte) []byte {
+func (r *EnrichedEvent) AppendLogfmt(b []byte) []byte {
 	ev := &r.Event
 	c := &r.Container
 	b = appendLogfmtTime(b, r.Time.UTC())
-	b = appendLogfmtString(b, KeyLevel, "info")
-	b = appendLogfmtString(b, KeyMsg, EventMessage)
-	b = appendLogfmtString(b, KeyNamespace, c.Namespace)
-	b = appendLogfmtString(b, KeyPod, c.Pod)
-	b = appendLogfmtString(b, KeyContainer, c.Name)
-	b = appendLogfmtString(b, KeyContainerID, c.ID)
-	b = appendLogfmtString(b, KeyPodUID, c.PodUID)
+	b = appendLogfmtString(b, schema.Level.Key, "info")
+	b = appendLogfmtString(b, schema.Msg.Key, schema.EventMessage)
+	b = appendLogfmtString(b, schema.Namespace.Key, c.Namespace)
+	b = appendLogfmtString(b, schema.Pod.Key, c.Pod)
+	b = appendLogfmtString(b, schema.Container.Key, c.Name)
+	b = appendLogfmtString(b, schema.ContainerID.Key, c.ID)
+	b = appendLogfmtString(b, schema.PodUID.Key, c.PodUID)
 	b = r.appendLogfmtComm(b)
-	b = appendLogfmtUint(b, KeyPid, uint64(ev.Pid))
-	b = appendLogfmtUint(b, KeyTid, uint64(ev.Tid))
-	b = appendLogfmtUint(b, KeyUid, uint64(ev.Uid))
-	b = appendLogfmtUint(b, KeyGid, uint64(ev.Gid))
-	b = appendLogfmtString(b, KeyCap, ev.Cap.String())
-	b = appendLogfmtString(b, KeyCapable, strconv.FormatBool(ev.Capable))
-	b = appendLogfmtString(b, KeyAudit, boolDigit(ev.Audit))
+	b = appendLogfmtUint(b, schema.Pid.Key, uint64(ev.Pid))
+	b = appendLogfmtUint(b, schema.Tid.Key, uint64(ev.Tid))
+	b = appendLogfmtUint(b, schema.Uid.Key, uint64(ev.Uid))
+	b = appendLogfmtUint(b, schema.Gid.Key, uint64(ev.Gid))
+	b = appendLogfmtString(b, schema.Cap.Key, ev.Cap.String())
+	b = appendLogfmtString(b, schema.Capable.Key, strconv.FormatBool(ev.Capable))
+	b = appendLogfmtString(b, schema.Audit.Key, boolDigit(ev.Audit))
 	if ev.InSetIDKnown {
-		b = appendLogfmtString(b, KeyInsetid, boolDigit(ev.InSetID))
+		b = appendLogfmtString(b, schema.Insetid.Key, boolDigit(ev.InSetID))
 	}
-	b = appendLogfmtString(b, KeySyscall, r.Syscall())
-	b = appendLogfmtUint(b, KeyCgroupID, ev.CgroupID)
+	b = appendLogfmtString(b, schema.Syscall.Key, r.Syscall())
+	b = appendLogfmtUint(b, schema.CgroupID.Key, ev.CgroupID)
 	return append(b, '\n')
 }
 
 // appendLogfmtComm appends comm= as Comm() renders it; the conversion of the
 // ≤16 valid bytes does not escape, so it stays on the stack.
-func (r *Record) appendLogfmtComm(b []byte) []byte {
+func (r *EnrichedEvent) appendLogfmtComm(b []byte) []byte {
 	comm := r.Event.Comm[:]
 	for i, c := range comm {
 		if c == 0 {
@@ -107,7 +109,7 @@ func (r *Record) appendLogfmtComm(b []byte) []byte {
 		}
 	}
 	if !utf8.Valid(comm) {
-		return appendLogfmtString(b, KeyComm, r.Comm())
+		return appendLogfmtString(b, schema.Comm.Key, r.Comm())
 	}
-	return appendLogfmtString(b, KeyComm, string(comm))
+	return appendLogfmtString(b, schema.Comm.Key, string(comm))
 }

@@ -8,12 +8,13 @@ import (
 	"time"
 
 	"github.com/captrace/captrace/bpf"
+	"github.com/captrace/captrace/pkg/schema"
 	"github.com/sirupsen/logrus"
 )
 
 // logrusLine is the reference: what logrus' TextFormatter, configured as
 // every captrace logfmt line is, writes for r.
-func logrusLine(t testing.TB, r *Record) string {
+func logrusLine(t testing.TB, r *EnrichedEvent) string {
 	t.Helper()
 	logger := logrus.New()
 	logger.Out = nil
@@ -22,7 +23,7 @@ func logrusLine(t testing.TB, r *Record) string {
 		Data:    r.LogFields(),
 		Time:    r.Time.UTC(),
 		Level:   logrus.InfoLevel,
-		Message: EventMessage,
+		Message: schema.EventMessage,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -40,42 +41,42 @@ var hostileStrings = []string{
 
 func TestAppendLogfmtMatchesLogrus(t *testing.T) {
 	base := seedRecord(t)
-	var cases []Record
-	add := func(mod func(r *Record)) {
+	var cases []EnrichedEvent
+	add := func(mod func(r *EnrichedEvent)) {
 		r := base
 		mod(&r)
 		cases = append(cases, r)
 	}
-	add(func(*Record) {})
+	add(func(*EnrichedEvent) {})
 	for _, s := range hostileStrings {
-		add(func(r *Record) { r.Container.Namespace = s })
-		add(func(r *Record) { r.Container.Pod = s })
-		add(func(r *Record) { r.Container.Name = s })
-		add(func(r *Record) { r.Container.ID = s })
-		add(func(r *Record) { r.Container.PodUID = s })
-		add(func(r *Record) { r.Event.Comm = [16]byte{}; copy(r.Event.Comm[:], s) })
+		add(func(r *EnrichedEvent) { r.Container.Namespace = s })
+		add(func(r *EnrichedEvent) { r.Container.Pod = s })
+		add(func(r *EnrichedEvent) { r.Container.Name = s })
+		add(func(r *EnrichedEvent) { r.Container.ID = s })
+		add(func(r *EnrichedEvent) { r.Container.PodUID = s })
+		add(func(r *EnrichedEvent) { r.Event.Comm = [16]byte{}; copy(r.Event.Comm[:], s) })
 	}
-	add(func(r *Record) { r.Event.Comm = [16]byte{'a', 0xff, 'b', 0x80} })
-	add(func(r *Record) { copy(r.Event.Comm[:], "0123456789abcdef") }) // no NUL at all
-	add(func(r *Record) { r.Container = base.Container; r.Container.Namespace = ""; r.Known = false })
-	add(func(r *Record) { r.Event.Cap = 99 })
-	add(func(r *Record) { r.Event.Syscall = -1 })
-	add(func(r *Record) { r.Event.Syscall = 4000 })
-	add(func(r *Record) { r.Event.Capable, r.Event.Audit = true, false })
-	add(func(r *Record) { r.Event.InSetIDKnown, r.Event.InSetID = true, true })
-	add(func(r *Record) { r.Event.InSetIDKnown, r.Event.InSetID = true, false })
-	add(func(r *Record) {
+	add(func(r *EnrichedEvent) { r.Event.Comm = [16]byte{'a', 0xff, 'b', 0x80} })
+	add(func(r *EnrichedEvent) { copy(r.Event.Comm[:], "0123456789abcdef") }) // no NUL at all
+	add(func(r *EnrichedEvent) { r.Container = base.Container; r.Container.Namespace = ""; r.Known = false })
+	add(func(r *EnrichedEvent) { r.Event.Cap = 99 })
+	add(func(r *EnrichedEvent) { r.Event.Syscall = -1 })
+	add(func(r *EnrichedEvent) { r.Event.Syscall = 4000 })
+	add(func(r *EnrichedEvent) { r.Event.Capable, r.Event.Audit = true, false })
+	add(func(r *EnrichedEvent) { r.Event.InSetIDKnown, r.Event.InSetID = true, true })
+	add(func(r *EnrichedEvent) { r.Event.InSetIDKnown, r.Event.InSetID = true, false })
+	add(func(r *EnrichedEvent) {
 		r.Event.Pid, r.Event.Tid, r.Event.Uid, r.Event.Gid = math.MaxUint32, 0, math.MaxUint32, 1
 		r.Event.CgroupID = math.MaxUint64
 	})
-	add(func(r *Record) { r.Time = time.Date(2026, 1, 2, 3, 4, 5, 0, time.FixedZone("x", 3600)) })
-	add(func(r *Record) { r.Time = time.Date(2026, 1, 2, 3, 4, 5, 100, time.UTC) })
-	add(func(r *Record) { r.Time = time.Time{} })
+	add(func(r *EnrichedEvent) { r.Time = time.Date(2026, 1, 2, 3, 4, 5, 0, time.FixedZone("x", 3600)) })
+	add(func(r *EnrichedEvent) { r.Time = time.Date(2026, 1, 2, 3, 4, 5, 100, time.UTC) })
+	add(func(r *EnrichedEvent) { r.Time = time.Time{} })
 
 	// Random bytes in every string, with a fixed seed so a failure repeats.
 	rng := rand.New(rand.NewPCG(1, 2))
 	for range 2000 {
-		add(func(r *Record) {
+		add(func(r *EnrichedEvent) {
 			r.Container.Pod = randomString(rng)
 			r.Container.Name = randomString(rng)
 			r.Event.Comm = [16]byte{}
