@@ -27,9 +27,9 @@ func TestRateLimit(t *testing.T) {
 		{AuditOnly: true, RateLimit: 5000}, // burst defaults to the rate
 	}
 	type run struct {
-		cg     *testCgroup
-		c      *child
-		s      Settings
+		cg      *testCgroup
+		c       *child
+		s       Settings
 		checks  int
 		stalled time.Duration // beyond what the burst covers
 	}
