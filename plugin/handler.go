@@ -47,16 +47,6 @@ func (h *handler) Synchronize(_ context.Context, pods []*api.PodSandbox, ctrs []
 		p.traceFailed.Add(uint64(countJoined(err)))
 		p.log.WithError(err).Error("some opted-in containers could not be traced after synchronizing with containerd")
 	}
-	for _, c := range removed {
-		p.changes.removed(c)
-	}
-	for _, c := range traced {
-		// Also the ones traced before: OnTrace must be idempotent (the
-		// advisor's Start is). Those the filter refused are not traced.
-		if got, ok := p.reg.Get(c.ID); ok {
-			p.changes.traced(got)
-		}
-	}
 	p.pruneWarned(pods)
 	p.connects.Add(1)
 	p.connected.Store(true)
@@ -77,9 +67,7 @@ func (h *handler) StartContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 	if err := p.reg.Add(c); err != nil {
 		p.traceFailed.Add(1)
 		p.containerLog(pod, ctr).WithError(err).Error("container opts in to tracing but could not be traced")
-		return nil
 	}
-	p.changes.traced(c)
 	return nil
 }
 
@@ -102,10 +90,9 @@ func (h *handler) RemoveContainer(_ context.Context, _ *api.PodSandbox, ctr *api
 	return nil
 }
 
+// forget untraces a container; the registry tells its listeners.
 func (p *Plugin) forget(ctr *api.Container) {
-	if c, ok := p.reg.Remove(ctr.GetId()); ok {
-		p.changes.removed(c)
-	}
+	p.reg.Remove(ctr.GetId())
 }
 
 // admit applies the policy and resolves the cgroup of a container that opts
