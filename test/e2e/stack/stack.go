@@ -472,6 +472,14 @@ func (s *Stack) StopCaptrace() {
 	}
 }
 
+// RestartCaptraceWith stops the daemon and starts it with its config
+// changed by edit; the change lasts until the next RestartCaptraceWith.
+func (s *Stack) RestartCaptraceWith(ctx context.Context, edit func(*CaptraceConfig)) error {
+	s.StopCaptrace()
+	edit(&s.opts.Captrace)
+	return s.StartCaptrace(ctx)
+}
+
 // RestartCaptrace stops and starts the daemon.
 func (s *Stack) RestartCaptrace(ctx context.Context) error {
 	s.StopCaptrace()
