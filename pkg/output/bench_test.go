@@ -99,28 +99,6 @@ func BenchmarkFanoutSend(b *testing.B) {
 	b.ReportMetric(float64(st.Dropped)/float64(st.Dropped+st.Written), "dropped/op")
 }
 
-// BenchmarkFanoutSendBatch is BenchmarkFanoutSend with the reader handing
-// over 64 records at a time (ns/op is per record).
-func BenchmarkFanoutSendBatch(b *testing.B) {
-	r := seedRecord(b)
-	batch := make([]EnrichedEvent, 64)
-	for i := range batch {
-		batch[i] = r
-	}
-	f := NewFanout([]Sink{discardSink{}}, 8192, quietLog())
-	n := 0
-	for b.Loop() {
-		if n++; n == len(batch) {
-			f.SendBatch(batch)
-			n = 0
-		}
-	}
-	b.StopTimer()
-	_ = f.Close(b.Context())
-	st := f.Stats()[0]
-	b.ReportMetric(float64(st.Dropped)/float64(st.Dropped+st.Written), "dropped/op")
-}
-
 // BenchmarkFileSink is the file sink's whole cost per line on one core:
 // formatting into the batch and write(2) of 64 KiB batches to a real file.
 // Compare lines/s with BenchmarkLogfmtWriteLogrus (the logrus path it replaced).

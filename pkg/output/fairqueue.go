@@ -59,18 +59,6 @@ func (q *fairQueue) push(key uint64, it item) int {
 	return q.pushLocked(key, it)
 }
 
-// pushRecords queues records under one lock (the reader's batch); it
-// returns how many records were dropped.
-func (q *fairQueue) pushRecords(records []EnrichedEvent) int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	dropped := 0
-	for i := range records {
-		dropped += q.pushLocked(records[i].Event.CgroupID, item{rec: records[i]})
-	}
-	return dropped
-}
-
 func (q *fairQueue) pushLocked(key uint64, it item) int {
 	if q.closed {
 		q.chargeLocked(key)

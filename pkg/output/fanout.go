@@ -117,16 +117,6 @@ func NewFanout(sinks []Sink, size int, log logrus.FieldLogger) *Fanout {
 // Send queues r for every sink without blocking.
 func (f *Fanout) Send(r *EnrichedEvent) { f.send(r.Event.CgroupID, item{rec: *r}) }
 
-// SendBatch queues records for every sink without blocking, taking each
-// queue's lock once: the ring reader's way to hand over what it read at once.
-func (f *Fanout) SendBatch(records []EnrichedEvent) {
-	for _, q := range f.queues {
-		if n := q.records.pushRecords(records); n > 0 {
-			q.dropped.Add(uint64(n))
-		}
-	}
-}
-
 // SendEntry queues e for every sink without blocking; e must not change afterwards.
 func (f *Fanout) SendEntry(e *Entry) { f.send(entryKey, item{entry: e}) }
 
