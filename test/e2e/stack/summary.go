@@ -33,9 +33,9 @@ type Summary struct {
 	// The container's losses: rate_limited, ring_lost, sink_dropped, incomplete.
 	RateLimited, RingLost, SinkDropped uint64
 	Incomplete                         bool
-	Message     string // msg / MESSAGE: the human line
-	PodSpec     string // security_context / SECURITY_CONTEXT
-	Raw         string
+	Message                            string // msg / MESSAGE: the human line
+	PodSpec                            string // security_context / SECURITY_CONTEXT
+	Raw                                string
 }
 
 // String is a compact form for test failure messages.
