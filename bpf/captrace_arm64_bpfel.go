@@ -87,6 +87,7 @@ type captraceContainerState struct {
 	IntervalNs  uint64
 	ToleranceNs uint64
 	Tat         uint64
+	LastNow     uint64
 	RateLimited uint64
 	RingLost    uint64
 }

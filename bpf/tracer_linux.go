@@ -86,10 +86,12 @@ type Tracer struct {
 	stale map[uint64]struct{}
 
 	// keys are the unique-mode keys the kernel reported adding (keyed
-	// events), per cgroup: ForgetUnique deletes exactly these. Guarded by
-	// keysMu, which Read and ForgetUnique hold only around map accesses.
+	// events), per cgroup: ForgetUnique deletes exactly these. A key added
+	// again after an LRU eviction is one bit, so a cgroup holds at most 256.
+	// Guarded by keysMu, which Read and ForgetUnique hold only around map
+	// accesses.
 	keysMu sync.Mutex
-	keys   map[uint64][]dedupKey
+	keys   map[uint64]*keySet
 
 	// filterOps counts the map syscalls of Trace and Untrace (the cost an
 	// NRI handler pays; tests and benchmarks read it).
@@ -175,7 +177,7 @@ func Open(opts Options) (*Tracer, error) {
 		traced:     map[uint64]Settings{},
 		slots:      map[uint32][]uint64{},
 		stale:      map[uint64]struct{}{},
-		keys:       map[uint64][]dedupKey{},
+		keys:       map[uint64]*keySet{},
 		states:     newContainerStates(2 * int(cfg.maxTraced)),
 	}, nil
 }
@@ -402,8 +404,14 @@ func (t *Tracer) ForgetUnique(cgroupIDs ...uint64) (int, error) {
 	var keys []dedupKey
 	t.keysMu.Lock()
 	for _, id := range cgroupIDs {
-		keys = append(keys, t.keys[id]...)
-		delete(t.keys, id)
+		if set := t.keys[id]; set != nil {
+			for bit := uint(0); bit < 256; bit++ {
+				if set[bit/64]&(1<<(bit%64)) != 0 {
+					keys = append(keys, dedupKey{CgroupId: id, Cap: int32(bit / 4), Capable: uint8(bit / 2 % 2), Audit: uint8(bit % 2)})
+				}
+			}
+			delete(t.keys, id)
+		}
 	}
 	t.keysMu.Unlock()
 	deleted := 0
@@ -462,11 +470,26 @@ func (t *Tracer) Read(ev *Event) error {
 	}
 }
 
+// keySet is a set of (cap, verdict, audit) of one cgroup: bit cap*4 +
+// capable*2 + audit.
+type keySet [4]uint64
+
+func keyBit(cap int32, capable, audit uint8) uint { return uint(cap)*4 + uint(capable)*2 + uint(audit) }
+
 // noteKey remembers the unique key a keyed event added, for ForgetUnique.
+// Caps above 63 (none today) are left to the LRU.
 func (t *Tracer) noteKey(ev *Event) {
-	k := dedupKey{CgroupId: ev.CgroupID, Cap: int32(ev.Cap), Capable: boolByte(ev.Capable), Audit: boolByte(ev.Audit)}
+	if ev.Cap < 0 || ev.Cap > 63 {
+		return
+	}
+	bit := keyBit(int32(ev.Cap), boolByte(ev.Capable), boolByte(ev.Audit))
 	t.keysMu.Lock()
-	t.keys[ev.CgroupID] = append(t.keys[ev.CgroupID], k)
+	set := t.keys[ev.CgroupID]
+	if set == nil {
+		set = &keySet{}
+		t.keys[ev.CgroupID] = set
+	}
+	set[bit/64] |= 1 << (bit % 64)
 	t.keysMu.Unlock()
 }
 

@@ -262,6 +262,7 @@ func TestForgetUniqueDeletesReportedKeys(t *testing.T) {
 				k := dedupKey{CgroupId: id, Cap: c, Capable: v, Audit: a}
 				ev := Event{CgroupID: id, Cap: Capability(c), Capable: v == 1, Audit: a == 1}
 				tr.noteKey(&ev) // as Read does for a keyed event
+				tr.noteKey(&ev) // again, after an LRU eviction: still one key
 				if c%7 == 3 && v == 0 {
 					continue // reported, then evicted by the LRU
 				}

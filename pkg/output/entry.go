@@ -36,7 +36,7 @@ type Entry struct {
 func ThrottleEntry(c cgmap.Container, dropped, total uint64, at time.Time) *Entry {
 	limit := strconv.FormatUint(uint64(c.Settings.RateLimit), 10)
 	msg := fmt.Sprintf("rate limit of %s/%s/%s reached: %d checks dropped in the kernel (%d since it was traced; limit %s/s, captrace.io/rate-limit)",
-		printable(c.Namespace), printable(c.Pod), printable(c.Name), dropped, total, limit)
+		Printable(c.Namespace), Printable(c.Pod), Printable(c.Name), dropped, total, limit)
 	e := &Entry{
 		Time:     at,
 		Message:  schema.ThrottleMessage,

@@ -150,16 +150,20 @@ type Pipeline struct {
 	woken  atomic.Bool // a Wake is pending: later changes need none
 
 	// Owned by Run.
-	byCgroup   map[uint64]indexed
-	live       map[string]uint64 // traced container ID → its cgroup
-	gen        uint64
-	pending    []untrace // waiting for the next barrier
-	inflight   []untrace // waiting for the running barrier
-	barrier    barrierState
-	shutdown   bool
-	detached   bool
-	lastErrLog time.Time
-	rec        output.EnrichedEvent
+	byCgroup map[uint64]indexed
+	live     map[string]uint64 // traced container ID → its cgroup
+	gen      uint64
+	pending  []untrace // waiting for the next barrier
+	inflight []untrace // waiting for the running barrier
+	barrier  barrierState
+	// barrierDetached: the running barrier began after Detach, so it is the
+	// last one (a barrier begun before could miss a program run that
+	// started after its grace period did).
+	barrierDetached bool
+	shutdown        bool
+	detached        bool
+	lastErrLog      time.Time
+	rec             output.EnrichedEvent
 	// lost are the kernel's and sinks' loss counts of cgroups a container
 	// left (it moved, or it stopped), added to its summary.
 	lost map[string]advisor.Losses
@@ -369,11 +373,7 @@ func (p *Pipeline) round() (done bool) {
 		// This ErrFlushed comes from a Read begun after our flush, which
 		// followed WaitPrograms: every check reported before these cgroups
 		// left the filter has been read. They can be finished.
-		p.barrier = barrierIdle
-		p.finish(p.inflight)
-		p.inflight = nil
-		if p.detached {
-			p.finishRest()
+		if p.finishBatch() {
 			return true
 		}
 	case barrierPrograms:
@@ -400,6 +400,7 @@ func (p *Pipeline) round() (done bool) {
 	}
 	p.inflight, p.pending = p.pending, nil
 	p.barrier = barrierPrograms
+	p.barrierDetached = p.detached
 	p.counters.barriers.Add(1)
 	go func() {
 		p.programs <- p.ring.WaitPrograms()
@@ -417,10 +418,18 @@ func (p *Pipeline) barrierFailed(err error) (done bool) {
 	p.counters.barrierFailed.Add(1)
 	p.log.WithError(err).WithFields(logrus.Fields{"cgroup_ids": cgroupList(p.inflight), "containers": len(p.inflight)}).
 		Error("ring barrier failed; finishing the stopped containers without it (late checks count as unknown_container)")
+	p.barrierDetached = p.detached // no second try at shutdown
+	return p.finishBatch()
+}
+
+// finishBatch ends the running barrier: its batch is finished. After the
+// first barrier begun once the program was detached (shutdown), nothing can
+// come any more: everything is finished and finishBatch reports done.
+func (p *Pipeline) finishBatch() (done bool) {
 	p.barrier = barrierIdle
 	p.finish(p.inflight)
 	p.inflight = nil
-	if p.detached {
+	if p.barrierDetached {
 		p.finishRest()
 		return true
 	}

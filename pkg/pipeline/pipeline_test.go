@@ -30,6 +30,7 @@ type fakeRing struct {
 
 	barriers, wakes, detaches int
 	barrierErr                error
+	gate                      chan struct{} // if set, WaitPrograms waits for it
 	forgotten                 []uint64
 	log                       []string
 }
@@ -76,6 +77,9 @@ func (r *fakeRing) Wake() error {
 }
 
 func (r *fakeRing) WaitPrograms() error {
+	if r.gate != nil {
+		<-r.gate
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.barriers++
@@ -331,3 +335,94 @@ type discardSink struct{}
 
 func (discardSink) Send(*output.EnrichedEvent) {}
 func (discardSink) SendEntry(*output.Entry)    {}
+
+// Shutdown while a stop's barrier waits for running programs: that barrier
+// began before Detach and cannot cover programs started after it, so a
+// second barrier follows the detach; a check committed then is still read.
+func TestShutdownDuringBarrier(t *testing.T) {
+	ring := newFakeRing()
+	ring.gate = make(chan struct{})
+	sink := &recordSink{}
+	p := New(Options{Ring: ring, Advisor: advisor.NewTracker(advisor.Limits{}), Sink: sink,
+		WallTime: func(k uint64) time.Time { return time.Unix(0, int64(k)) }, Log: quietLog()})
+	done := make(chan error, 1)
+	go func() { done <- p.Run() }()
+	t.Cleanup(ring.close)
+	a, b := ctr(1), ctr(2)
+	p.Traced(a)
+	p.Traced(b)
+	p.Untraced(a)
+	for p.Stats().Barriers == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	shutdown := make(chan struct{})
+	go func() { p.Shutdown(); close(shutdown) }()
+	for {
+		ring.mu.Lock()
+		detached := ring.detaches > 0
+		ring.mu.Unlock()
+		if detached {
+			break
+		}
+		ring.Wake() // the reader takes the shutdown while the barrier waits
+		time.Sleep(time.Millisecond)
+	}
+	ring.mu.Lock()
+	ring.inFlight = []bpf.Event{check(b, 21)} // a program run that began before the detach
+	ring.mu.Unlock()
+	ring.gate <- struct{}{} // the first barrier's grace period ends
+	for {
+		ring.mu.Lock()
+		n := ring.barriers
+		ring.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	ring.mu.Lock()
+	ring.inFlight = []bpf.Event{check(b, 24)} // committed during the second
+	ring.mu.Unlock()
+	ring.gate <- struct{}{}
+	<-shutdown
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if ring.barriers != 2 {
+		t.Errorf("%d barriers, want 2 (one begun before the detach, one after)", ring.barriers)
+	}
+	if f, _ := sink.summaryOf(b.ID); f["events"] != "2" {
+		t.Errorf("b's summary %v: want both checks", f)
+	}
+	if st := p.Stats(); st.UnknownContainer != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// BenchmarkDeliver is the pipeline's own work per event (enrich, advisor,
+// sink hand-off) against a baseline of the advisor's Observe alone.
+func BenchmarkDeliver(b *testing.B) {
+	p := New(Options{Ring: newFakeRing(), Advisor: advisor.NewTracker(advisor.Limits{}), Sink: discardSink{},
+		WallTime: func(k uint64) time.Time { return time.Unix(0, int64(k)) }, Log: quietLog()})
+	c := ctr(1)
+	p.Traced(c)
+	p.applyQueue()
+	ev := check(c, 21)
+	tr := advisor.NewTracker(advisor.Limits{})
+	at := time.Unix(0, 1)
+	var deliver, observe time.Duration
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		for range 1000 {
+			p.deliver(&ev)
+		}
+		t1 := time.Now()
+		for range 1000 {
+			tr.Observe(c, &ev, at)
+		}
+		deliver += t1.Sub(t0)
+		observe += time.Since(t1)
+	}
+	b.ReportMetric(float64(deliver.Nanoseconds())/float64(b.N*1000), "ns/event")
+	b.ReportMetric(float64(deliver)/float64(observe), "ratio-to-observe")
+}

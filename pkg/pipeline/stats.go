@@ -138,6 +138,7 @@ func (s Stats) LogFields(prev Stats) (fields logrus.Fields, lost bool) {
 		"throttle_entries":             s.ThrottleEntries,
 		"nri_connected":                s.NRI.Connected,
 		"nri_connects":                 s.NRI.Connects,
+		"nri_abandoned_stubs":          s.NRI.AbandonedStubs,
 		"policy_warnings":              s.NRI.PolicyWarnings,
 		"stale_filter_entries":         s.Tracer.StaleFilterEntries,
 		"advisor_containers":           s.Advisor.Containers,
