@@ -27,6 +27,7 @@ import (
 	"github.com/captrace/captrace/pkg/advisor"
 	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/output"
+	"github.com/captrace/captrace/pkg/symbolize"
 	sdjournal "github.com/coreos/go-systemd/v22/journal"
 	"github.com/sirupsen/logrus"
 )
@@ -84,6 +85,9 @@ type Options struct {
 	// ThrottleInterval is how often Run looks for containers over their rate
 	// limit, writing one throttle entry per such container (default 1 s).
 	ThrottleInterval time.Duration
+	// Symbols names the frames of checks that carry stacks, in the sink
+	// writers (never here); nil leaves stacked events without stack fields.
+	Symbols *symbolize.Symbolizer
 }
 
 // DefaultThrottleInterval: a throttle entry at most once a second per container.
@@ -139,6 +143,7 @@ type untrace struct {
 type Pipeline struct {
 	ring     Ring
 	advice   *advisor.Tracker
+	symbols  *symbolize.Symbolizer
 	sink     Sink
 	wallTime func(uint64) time.Time
 	now      func() time.Time
@@ -192,6 +197,7 @@ func New(opts Options) *Pipeline {
 	p := &Pipeline{
 		ring:     opts.Ring,
 		advice:   opts.Advisor,
+		symbols:  opts.Symbols,
 		sink:     opts.Sink,
 		wallTime: opts.WallTime,
 		now:      opts.Now,
@@ -312,14 +318,20 @@ func (p *Pipeline) deliver(ev *bpf.Event) {
 		e, known = p.byCgroup[ev.CgroupID]
 	}
 	at := p.wallTime(ev.KtimeNs)
-	if known {
-		p.advice.Observe(e.c, ev, at)
-	} else {
+	// Raw stacks only (nil without): the sink writers name them, and the
+	// advisor when it makes the summary.
+	stacks := output.NewStacks(p.symbols, ev.Pid, ev.Stacks)
+	switch {
+	case !known:
 		p.counters.unknown.Add(1)
+	case stacks != nil:
+		p.advice.ObserveWithStacks(e.c, ev, at, stacks)
+	default:
+		p.advice.Observe(e.c, ev, at)
 	}
 	// One record reused: a pointer through the Sink interface would
 	// otherwise move each record to the heap.
-	p.rec = output.EnrichedEvent{Time: at, Event: *ev, Container: e.c, Known: known}
+	p.rec = output.EnrichedEvent{Time: at, Event: *ev, Container: e.c, Known: known, Stacks: stacks}
 	p.sink.Send(&p.rec)
 }
 
