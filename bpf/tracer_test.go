@@ -370,13 +370,25 @@ func TestUntraceStopsAtOnce(t *testing.T) {
 	}
 	done := make(chan string)
 	go func() { done <- c.do("nicefor 600") }()
-	time.Sleep(200 * time.Millisecond)
+	// Untrace once 20 checks arrived (an emulated arm64 guest makes fewer
+	// than 100 a second), while the child goes on checking.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(readerPoll) {
+		nice := 0
+		for _, ev := range col.of(cg.id) {
+			if ev.Cap == capSysNice {
+				nice++
+			}
+		}
+		if nice >= 20 {
+			break
+		}
+	}
 	if err := tr.Untrace(cg.id); err != nil {
 		t.Fatal(err)
 	}
 	untraced := boottimeNs()
 	// Events already in the ring arrive within a poll; the child goes on
-	// checking for 400 ms more, and none of that may show.
+	// checking until its 600 ms are up, and none of that may show.
 	col.quiet(cg.id)
 	atUntrace := len(col.of(cg.id))
 	<-done
