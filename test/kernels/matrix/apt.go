@@ -123,15 +123,17 @@ func (a *aptRepo) known(ctx context.Context, pkg string) bool {
 
 // download fetches pkg (name:arch) into dir, printing progress while it runs.
 func (a *aptRepo) download(ctx context.Context, dir, pkg string, log io.Writer) error {
-	partial := filepath.Join(dir, "*.deb")
+	// apt writes the .deb in its partial directory or in place while it downloads.
+	files := func() []string {
+		return append(mustGlob(filepath.Join(dir, "*.deb")), mustGlob(filepath.Join(a.dir, "archives", "partial", "*"))...)
+	}
 	before := map[string]bool{}
-	for _, f := range mustGlob(partial) {
+	for _, f := range files() {
 		before[f] = true
 	}
 	stop := progress("apt-get download "+pkg, func() string {
-		// apt writes the .deb in place while it downloads.
 		var n int64
-		for _, f := range mustGlob(partial) {
+		for _, f := range files() {
 			if st, err := os.Stat(f); err == nil && !before[f] {
 				n += st.Size()
 			}

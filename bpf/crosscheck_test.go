@@ -1,0 +1,176 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+)
+
+// checkTuple is what the cross-check compares: everything the kernel decided
+// about one check, not who made it or when.
+type checkTuple struct {
+	Cap     Capability
+	Capable bool
+	Audit   bool
+	InSetID bool
+	Syscall string
+}
+
+func (c checkTuple) String() string {
+	return fmt.Sprintf("%s capable=%v audit=%v insetid=%v %s", c.Cap, c.Capable, c.Audit, c.InSetID, c.Syscall)
+}
+
+// crossCheckWorkload: the seed's set-priority check, the ig guide's
+// chown/chmod/chroot/mount/unshare/nsenter, exec and mmap (memory
+// accounting), ptrace attach and /proc/PID/stat of another user's task,
+// setuid/setgid, a seccomp filter without no_new_privs, a raw socket.
+func crossCheckWorkload(t *testing.T, tier Tier, sleep string) (map[checkTuple]int, []Event) {
+	tr := openTracer(t, Options{ForceTier: tier})
+	col := collect(t, tr)
+	cg := newCgroup(t)
+	dir := t.TempDir()
+	file, mnt := dir+"/aaa", dir+"/mnt"
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := startChild(t, cg)
+	for _, cmd := range []string{"privatemounts", "drop"} {
+		if got := c.do(cmd); got != "<nil>" {
+			t.Fatalf("%s: %s", cmd, got)
+		}
+	}
+	if err := tr.Trace(cg.id, Settings{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct{ cmd, want string }{
+		{"nice 1", "permission denied"}, // the seed's set-priority, CAP_SYS_NICE dropped
+		{"raise", "<nil>"},
+		{"chown " + file, "<nil>"},
+		{"chmod " + file, "<nil>"},
+		{"chroot /", "<nil>"},
+		{"mount " + mnt, "<nil>"},
+		{"unshare", "<nil>"},
+		{"setns", "<nil>"},
+		{"mmap", "<nil>"},
+		{"exec " + sleep, "exit status 1"}, // sleep without an operand: exec and exit
+		{"ptrace " + sleep, "<nil>"},
+		{"setsuid 1000", "errno 0"},
+		{"setsgid 1000", "errno 0"},
+		{"seccomp", "<nil>"},
+		{"rawsocket", "<nil>"},
+	} {
+		if got := c.do(step.cmd); got != step.want {
+			t.Fatalf("%s (tier %s): %s, want %s", step.cmd, tier, got, step.want)
+		}
+	}
+	c.stop()
+	col.quiet(cg.id)
+	tr.Close()
+	evs := col.of(cg.id)
+	got := map[checkTuple]int{}
+	for _, ev := range evs {
+		if !ev.InSetIDKnown {
+			t.Fatalf("tier %s: insetid unknown (kallsyms unreadable?):%s", tier, describe([]Event{ev}))
+		}
+		got[checkTuple{ev.Cap, ev.Capable, ev.Audit, ev.InSetID, SyscallName(ev.Syscall)}]++
+	}
+	return got, evs
+}
+
+// memoryAccountingSyscalls are where cap_vm_enough_memory checks CAP_SYS_ADMIN.
+var memoryAccountingSyscalls = []string{"SYS_MMAP", "SYS_BRK", "SYS_MPROTECT", "SYS_EXECVE", "SYS_CLONE", "SYS_CLONE3", "SYS_MREMAP", "SYS_FORK", "SYS_VFORK"}
+
+// invisibleReason says why a check one tier saw cannot be seen by the other,
+// or "" if it should have been. fexit cannot see a call that the compiler
+// inlined: on kernels that inline cap_capable into cap_vm_enough_memory,
+// memory accounting reaches only the tracepoint (which the inlined body still
+// fires).
+func invisibleReason(c checkTuple, onlyIn Tier, fexitSawMemoryAccounting bool) string {
+	if onlyIn == TierTpBTF && !fexitSawMemoryAccounting && c.Cap == capSysAdmin && !c.Audit &&
+		slices.Contains(memoryAccountingSyscalls, c.Syscall) {
+		return "memory accounting: cap_capable is inlined into cap_vm_enough_memory on this kernel, so fexit/cap_capable never runs for it"
+	}
+	return ""
+}
+
+// TestTierAuditCrossCheck runs one workload under fexit (audit and insetid
+// read from opts) and under tp_btf (derived from the stack against kallsyms)
+// on the same kernel: the multisets of (cap, capable, audit, insetid, syscall)
+// must be equal. The kernel matrix runs it on the newest Debian kernel, where
+// both tiers load; a kernel without one of them skips, naming it.
+func TestTierAuditCrossCheck(t *testing.T) {
+	openTracer(t, Options{}).Close() // root and a tracer at all
+	for _, p := range Probe() {
+		if p.Tier == TierKprobe || p.Err == nil {
+			continue
+		}
+		var lacks *explained
+		if errors.Is(p.Err, ebpf.ErrNotSupported) || errors.As(p.Err, &lacks) {
+			t.Skipf("kernel lacks tier %s, nothing to cross-check against: %v", p.Tier, p.Err)
+		}
+		t.Fatalf("tier %s refused for a reason other than a missing kernel feature: %v", p.Tier, p.Err)
+	}
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Fatalf("the workload runs sleep: %v", err)
+	}
+	fexit, fexitEvents := crossCheckWorkload(t, TierFexit, sleep)
+	tp, _ := crossCheckWorkload(t, TierTpBTF, sleep)
+
+	fexitSawMemoryAccounting := false
+	for _, ev := range fexitEvents {
+		if ev.Cap == capSysAdmin && !ev.Audit && slices.Contains(memoryAccountingSyscalls, SyscallName(ev.Syscall)) {
+			fexitSawMemoryAccounting = true
+		}
+	}
+	keys := map[checkTuple]bool{}
+	for k := range fexit {
+		keys[k] = true
+	}
+	for k := range tp {
+		keys[k] = true
+	}
+	var sorted []checkTuple
+	for k := range keys {
+		sorted = append(sorted, k)
+	}
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].String() < sorted[j].String() })
+
+	var table, invisible, diffs []string
+	for _, k := range sorted {
+		nf, nt := fexit[k], tp[k]
+		table = append(table, fmt.Sprintf("%4d %4d  %s", nf, nt, k))
+		if nf == nt {
+			continue
+		}
+		onlyIn := TierTpBTF
+		if nf > nt {
+			onlyIn = TierFexit
+		}
+		if nf == 0 || nt == 0 {
+			if why := invisibleReason(k, onlyIn, fexitSawMemoryAccounting); why != "" {
+				invisible = append(invisible, fmt.Sprintf("%s ×%d, only %s: %s", k, max(nf, nt), onlyIn, why))
+				continue
+			}
+		}
+		diffs = append(diffs, fmt.Sprintf("%s: fexit %d, tp_btf %d", k, nf, nt))
+	}
+	t.Logf("compared multiset (fexit tp_btf  cap capable audit insetid syscall):\n%s", strings.Join(table, "\n"))
+	for _, s := range invisible {
+		t.Logf("not compared, one tier cannot see it: %s", s)
+	}
+	t.Logf("%d differences", len(diffs))
+	if len(diffs) > 0 {
+		t.Errorf("the tiers disagree:\n%s", strings.Join(diffs, "\n"))
+	}
+}
