@@ -80,7 +80,7 @@ func boot(ctx context.Context, arch, vmlinuz, initramfs, logPath string, env []s
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	// loglevel=5 shows KERN_WARNING and worse, so WARN() splats reach the log.
-	cmdline := append([]string{"console=" + a.Console, "panic=-1", "loglevel=5"}, env...)
+	cmdline := append(append([]string{"console=" + a.Console, "panic=-1", "loglevel=5"}, a.Cmdline...), env...)
 	args := append(append([]string{}, a.Machine...),
 		"-m", "1024", "-smp", "2",
 		"-nographic", "-no-reboot", "-nic", "none", "-monitor", "none",
