@@ -34,7 +34,10 @@ deb [arch=amd64,arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg t
 // listsMaxAge is how old the private lists may be before a run refreshes them.
 const listsMaxAge = 24 * time.Hour
 
-func newAptRepo(cacheDir string) (*aptRepo, error) {
+func newAptRepo(cacheDir string) (*aptRepo, error) { return newAptRepoWith(cacheDir, aptSources) }
+
+// newAptRepoWith uses other sources (tests: a local file: repository).
+func newAptRepoWith(cacheDir, sources string) (*aptRepo, error) {
 	// apt resolves relative Dir:: options against its own directories
 	// (/var/lib/apt, /etc/apt): only absolute paths stay private.
 	dir, err := filepath.Abs(filepath.Join(cacheDir, "apt"))
@@ -47,7 +50,7 @@ func newAptRepo(cacheDir string) (*aptRepo, error) {
 			return nil, err
 		}
 	}
-	if err := os.WriteFile(filepath.Join(a.dir, "sources.list"), []byte(aptSources), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(a.dir, "sources.list"), []byte(sources), 0o644); err != nil {
 		return nil, err
 	}
 	return a, nil

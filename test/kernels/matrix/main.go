@@ -277,15 +277,7 @@ func run(ctx context.Context, o options) int {
 			img := images[c.Kernel.Spec.Arch]
 			c.Took, c.RunErr = boot(ctx, c.Kernel.Spec.Arch, c.Kernel.Vmlinuz, img.initramfs, c.LogPath,
 				append(append([]string{}, env...), c.Mode.Env...), o.bootTimeout, o.timeout, &c.state)
-			log, _ := os.ReadFile(c.LogPath)
-			c.Result = parseSerial(string(log), img.names())
-			if !c.Result.Booted {
-				why := "the guest never reached /init's boot marker"
-				if c.RunErr != nil {
-					why = c.RunErr.Error()
-				}
-				c.Infra = fmt.Errorf("kernel package %s did not boot: %s", c.Kernel.Package, why)
-			}
+			c.finish(img.names())
 			state := "ok"
 			if c.failed() {
 				state = "FAILED"
@@ -316,6 +308,21 @@ func run(ctx context.Context, o options) int {
 	}
 	fmt.Println("kernel matrix: PASS")
 	return 0
+}
+
+// finish reads the boot's serial log. A guest that never printed /init's
+// boot marker is an infrastructure error naming the package (the log and its
+// tail come with it in the report), never a pass on qemu's exit status.
+func (c *column) finish(binaries []string) {
+	log, _ := os.ReadFile(c.LogPath)
+	c.Result = parseSerial(string(log), binaries)
+	if !c.Result.Booted {
+		why := "the guest never reached /init's boot marker"
+		if c.RunErr != nil {
+			why = c.RunErr.Error()
+		}
+		c.Infra = fmt.Errorf("kernel package %s did not boot: %s", c.Kernel.Package, why)
+	}
 }
 
 func (g *guestImage) names() []string {
