@@ -10,7 +10,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
-	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
 
@@ -227,7 +226,7 @@ func explainLoad(tier Tier, err error) error {
 		// A map the kernel would not create: on kernels without memcg
 		// accounting of BPF memory (before 5.11) that is RLIMIT_MEMLOCK.
 		return &explained{
-			msg: "creating BPF maps: EPERM: on kernels before 5.11 BPF maps count against RLIMIT_MEMLOCK, which captrace raises at start only with CAP_SYS_RESOURCE: " +
+			msg: "creating BPF maps: EPERM: on kernels before 5.11 BPF maps count against RLIMIT_MEMLOCK, which captrace lifts at start only with CAP_SYS_RESOURCE: " +
 				"run it as root with CAP_SYS_RESOURCE, or set LimitMEMLOCK=infinity in its systemd unit: " + strings.Replace(err.Error(), hint, "", 1),
 			err: err,
 		}
@@ -263,9 +262,6 @@ func explainAttach(tier Tier, err error) error {
 // Probe tries every tier in order of preference, loading and detaching each,
 // for `captrace doctor` and for Open's log of skipped tiers.
 func Probe() []TierProbe {
-	l := logrus.New()
-	l.SetOutput(io.Discard) // doctor reports the tiers' errors
-	removeMemlock(l)
 	var out []TierProbe
 	for _, tier := range tierOrder {
 		lt, err := loadTier(tier, probeConfig())

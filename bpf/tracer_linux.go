@@ -13,7 +13,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
-	"github.com/cilium/ebpf/rlimit"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -86,7 +85,6 @@ func Open(opts Options) (*Tracer, error) {
 		l.SetOutput(io.Discard)
 		log = l
 	}
-	removeMemlock(log)
 	cfg := loadConfig{
 		maxTraced:   uint32(orDefault(opts.MaxTracedCgroups, DefaultMaxTracedCgroups)),
 		dedup:       uint32(orDefault(opts.DedupEntries, DefaultDedupEntries)),
@@ -395,16 +393,3 @@ func (t *Tracer) Close() error {
 	return err
 }
 
-var memlockOnce sync.Once
-
-// removeMemlock lifts RLIMIT_MEMLOCK once per process: kernels before 5.11
-// count BPF maps against it. It is a no-op where BPF memory is accounted by
-// memcg; without CAP_SYS_RESOURCE it fails, and loading says so if a map is
-// then refused.
-func removeMemlock(log logrus.FieldLogger) {
-	memlockOnce.Do(func() {
-		if err := rlimit.RemoveMemlock(); err != nil {
-			log.WithError(err).Warn("could not lift RLIMIT_MEMLOCK; on kernels before 5.11 BPF maps may be refused (set LimitMEMLOCK=infinity in the unit)")
-		}
-	})
-}
