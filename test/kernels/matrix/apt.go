@@ -21,6 +21,9 @@ type aptRepo struct {
 	mu  sync.Mutex // one apt-get update at a time
 	// updated is set once this run refreshed the lists.
 	updated bool
+	// kernelNames caches the cloud kernel packages the lists offer: every
+	// apt-cache call re-reads the lists (seconds on a busy machine).
+	kernelNames []string
 }
 
 // aptSources are the suites the matrix downloads kernels from. target=Packages
@@ -97,6 +100,7 @@ func (a *aptRepo) update(ctx context.Context, force bool, log io.Writer) error {
 		return fmt.Errorf("apt-get update with the private sources %s: %v\n%s", filepath.Join(a.dir, "sources.list"), err, tail(string(out), 10))
 	}
 	a.updated = true
+	a.kernelNames = nil
 	// apt leaves the InRelease file's mtime at the server's date: mark the refresh.
 	now := time.Now()
 	os.Chtimes(filepath.Join(a.dir, "lists", "deb.debian.org_debian_dists_sid_InRelease"), now, now)
@@ -118,14 +122,25 @@ func (a *aptRepo) search(ctx context.Context, pattern string) ([]string, error) 
 	return names, nil
 }
 
-// known reports whether apt's lists name pkg (name:arch).
-func (a *aptRepo) known(ctx context.Context, pkg string) bool {
-	out, err := a.command(ctx, "apt-cache", "show", "--no-all-versions", pkg).Output()
-	return err == nil && len(out) > 0
+// cloudKernels lists the linux-image-* and linux-binary-* cloud packages of
+// both architectures, once per lists refresh.
+func (a *aptRepo) cloudKernels(ctx context.Context) ([]string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.kernelNames != nil {
+		return a.kernelNames, nil
+	}
+	names, err := a.search(ctx, "^linux-(image|binary)-[0-9].*-cloud-(amd64|arm64)$")
+	if err == nil {
+		a.kernelNames = names
+	}
+	return names, err
 }
 
-// download fetches pkg (name:arch) into dir, printing progress while it runs.
-func (a *aptRepo) download(ctx context.Context, dir, pkg string, log io.Writer) error {
+// download fetches packages (name:arch) into dir with one apt-get call,
+// printing progress while it runs.
+func (a *aptRepo) download(ctx context.Context, dir string, log io.Writer, pkgs ...string) error {
+	pkg := strings.Join(pkgs, " ")
 	// apt writes the .deb in its partial directory or in place while it downloads.
 	files := func() []string {
 		return append(mustGlob(filepath.Join(dir, "*.deb")), mustGlob(filepath.Join(a.dir, "archives", "partial", "*"))...)
@@ -141,10 +156,13 @@ func (a *aptRepo) download(ctx context.Context, dir, pkg string, log io.Writer) 
 				n += st.Size()
 			}
 		}
+		if n == 0 {
+			return "reading the package lists"
+		}
 		return fmt.Sprintf("%.1f MB so far", float64(n)/1e6)
 	})
 	defer stop()
-	cmd := a.command(ctx, "apt-get", "download", "-q", pkg)
+	cmd := a.command(ctx, "apt-get", append([]string{"download", "-q"}, pkgs...)...)
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
 	fmt.Fprintf(log, "$ apt-get download %s\n%s", pkg, out)

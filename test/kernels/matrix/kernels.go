@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -172,14 +173,11 @@ var versioned = regexp.MustCompile(`^[0-9]+\.[0-9]+[.-][0-9]`)
 
 // newestOffered asks the private apt lists for the newest cloud image of spec.
 func newestOffered(ctx context.Context, apt *aptRepo, spec kernelSpec) (string, error) {
-	search := func() ([]string, error) {
-		names, err := apt.search(ctx, "^linux-image-[0-9].*"+regexp.QuoteMeta(suffix(spec.Arch))+"$")
-		return seriesPackages(spec.Want, spec.Arch, names), err
-	}
-	pkgs, err := search()
+	names, err := apt.cloudKernels(ctx)
 	if err != nil {
 		return "", err
 	}
+	pkgs := seriesPackages(spec.Want, spec.Arch, names)
 	if len(pkgs) == 0 {
 		return "", fmt.Errorf("apt offers no %s cloud kernel for %s (private sources %s: bookworm, bookworm-security, sid)",
 			spec.Want, spec.Arch, filepath.Join(apt.dir, "sources.list"))
@@ -199,11 +197,51 @@ func cachedDeb(debDir, pkg string) string {
 
 // imagePackage names the package that holds the kernel image: Debian's 7.x
 // linux-image-* is a small package depending on linux-binary-*, which has it.
-func imagePackage(ctx context.Context, apt *aptRepo, pkg, arch string) string {
-	if bin := "linux-binary-" + strings.TrimPrefix(pkg, "linux-image-"); apt.known(ctx, bin+":"+arch) {
+func imagePackage(ctx context.Context, apt *aptRepo, pkg string) string {
+	names, _ := apt.cloudKernels(ctx)
+	if bin := "linux-binary-" + strings.TrimPrefix(pkg, "linux-image-"); slices.Contains(names, bin) {
 		return bin
 	}
 	return pkg
+}
+
+// prefetch downloads, in one apt-get call, every package the kernels of
+// specs and the busybox of archs need that the cache lacks: each apt call
+// re-reads the lists. Failures are left to fetchKernel and fetchBusybox,
+// which try again one package at a time and name the one that failed.
+func prefetch(ctx context.Context, cacheDir string, apt *aptRepo, specs []kernelSpec, archs []string) {
+	debDir := filepath.Join(cacheDir, "debs")
+	os.MkdirAll(debDir, 0o755)
+	log, err := os.Create(filepath.Join(cacheDir, "logs", "fetch-all.log"))
+	if err != nil {
+		return
+	}
+	defer log.Close()
+	if apt.update(ctx, false, log) != nil {
+		return
+	}
+	var pkgs []string
+	for _, spec := range specs {
+		pkg := spec.Want
+		if !strings.HasPrefix(pkg, "linux-image-") {
+			newest, err := newestOffered(ctx, apt, spec)
+			if err != nil {
+				continue
+			}
+			pkg = newest
+		}
+		if img := imagePackage(ctx, apt, pkg); cachedDeb(debDir, pkg) == "" && cachedDeb(debDir, img) == "" {
+			pkgs = append(pkgs, img+":"+spec.Arch)
+		}
+	}
+	for _, arch := range archs {
+		if _, err := os.Stat(filepath.Join(cacheDir, "busybox-"+arch)); arch != hostArch() && err != nil {
+			pkgs = append(pkgs, "busybox-static:"+arch)
+		}
+	}
+	if len(pkgs) > 0 {
+		apt.download(ctx, debDir, log, pkgs...)
+	}
 }
 
 // fetchKernel resolves spec against the private apt lists, downloads the
@@ -264,18 +302,18 @@ func fetchKernel(ctx context.Context, cacheDir string, apt *aptRepo, spec kernel
 	image := k.Package
 	deb := cachedDeb(debDir, k.Package)
 	if deb == "" {
-		image = imagePackage(ctx, apt, k.Package, spec.Arch)
+		image = imagePackage(ctx, apt, k.Package)
 		deb = cachedDeb(debDir, image)
 	}
 	if deb == "" {
-		err := apt.download(ctx, debDir, image+":"+spec.Arch, logFile)
+		err := apt.download(ctx, debDir, logFile, image+":"+spec.Arch)
 		if err != nil && !apt.updated {
 			// Stale lists name a package the mirror has dropped: refresh once.
 			logf("%v; refreshing the private apt lists", err)
 			if rerr := resolve(true); rerr == nil {
-				image = imagePackage(ctx, apt, k.Package, spec.Arch)
+				image = imagePackage(ctx, apt, k.Package)
 				if deb = cachedDeb(debDir, image); deb == "" {
-					err = apt.download(ctx, debDir, image+":"+spec.Arch, logFile)
+					err = apt.download(ctx, debDir, logFile, image+":"+spec.Arch)
 				} else {
 					err = nil
 				}
@@ -396,11 +434,14 @@ func fetchBusybox(ctx context.Context, cacheDir string, apt *aptRepo, arch strin
 	if err := apt.update(ctx, false, logFile); err != nil {
 		return fail(err)
 	}
-	if err := apt.download(ctx, debDir, "busybox-static:"+arch, logFile); err != nil {
-		return fail(err)
+	debs := func() []string { return mustGlob(filepath.Join(debDir, "busybox-static_*_"+arch+".deb")) }
+	if len(debs()) == 0 { // prefetch may have brought it
+		if err := apt.download(ctx, debDir, logFile, "busybox-static:"+arch); err != nil {
+			return fail(err)
+		}
 	}
 	deb := ""
-	for _, d := range mustGlob(filepath.Join(debDir, "busybox-static_*_"+arch+".deb")) {
+	for _, d := range debs() {
 		deb = d
 	}
 	if deb == "" {

@@ -183,6 +183,7 @@ func run(ctx context.Context, o options) int {
 	go func() {
 		defer wg.Done()
 		t0 := time.Now()
+		prefetch(ctx, o.cacheDir, apt, specs, arches)
 		for _, arch := range arches {
 			busyboxes[arch], bbErrs[arch] = fetchBusybox(ctx, o.cacheDir, apt, arch)
 		}
