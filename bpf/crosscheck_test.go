@@ -3,7 +3,6 @@ package bpf
 import (
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"slices"
 	"sort"
@@ -35,14 +34,7 @@ func crossCheckWorkload(t *testing.T, tier Tier, sleep string) (map[checkTuple]i
 	tr := openTracer(t, Options{ForceTier: tier})
 	col := collect(t, tr)
 	cg := newCgroup(t)
-	dir := t.TempDir()
-	file, mnt := dir+"/aaa", dir+"/mnt"
-	if err := os.WriteFile(file, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	file, mnt := igGuideTargets(t)
 	c := startChild(t, cg)
 	for _, cmd := range []string{"privatemounts", "drop"} {
 		if got := c.do(cmd); got != "<nil>" {

@@ -286,3 +286,18 @@ func boottimeNs() uint64 {
 	unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
 	return uint64(ts.Nano())
 }
+
+// igGuideTargets makes the file the ig guide chowns and chmods and the
+// directory it mounts a tmpfs on, removed when the test ends.
+func igGuideTargets(t testing.TB) (file, mnt string) {
+	t.Helper()
+	dir := t.TempDir()
+	file, mnt = dir+"/aaa", dir+"/mnt"
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return file, mnt
+}

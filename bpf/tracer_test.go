@@ -600,14 +600,7 @@ func TestIgGuide(t *testing.T) {
 	tr := openTracer(t, Options{})
 	col := collect(t, tr)
 	cg := newCgroup(t)
-	dir := t.TempDir()
-	file, mnt := dir+"/aaa", dir+"/mnt"
-	if err := os.WriteFile(file, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	file, mnt := igGuideTargets(t)
 	c := startChild(t, cg)
 	if got := c.do("privatemounts"); got != "<nil>" {
 		t.Fatalf("private mount namespace: %s", got)
