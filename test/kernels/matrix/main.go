@@ -251,6 +251,12 @@ func run(ctx context.Context, o options) int {
 			cols = append(cols, c)
 		}
 	}
+	// Longest first: emulated arm64 guests take the longest, so they start
+	// first and the x86 boots fill the slots around them.
+	order := slices.Clone(cols)
+	sort.SliceStable(order, func(i, j int) bool {
+		return order[i].Kernel.Spec.Arch != hostArch() && order[j].Kernel.Spec.Arch == hostArch()
+	})
 	sem := make(chan struct{}, max(o.jobs, 1))
 	var bootWG sync.WaitGroup
 	var running sync.Map // *column → start time
@@ -264,7 +270,7 @@ func run(ctx context.Context, o options) int {
 		sort.Strings(s)
 		return strings.Join(s, "; ")
 	})
-	for _, c := range cols {
+	for _, c := range order {
 		if c.Infra != nil {
 			continue
 		}
