@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -98,6 +99,15 @@ func childMain() int {
 				err = unix.Munmap(b)
 			}
 			reply("%v", err)
+		case "quietheap": // no heap growth (mmap, memory accounting) from here on: the checks become the workload's alone
+			b := make([]byte, 64<<20)
+			for i := 0; i < len(b); i += 4096 {
+				b[i] = 1
+			}
+			b = nil
+			runtime.GC()
+			debug.SetGCPercent(-1)
+			reply("<nil>")
 		case "exec": // execve (memory accounting) of f[1], waited for
 			reply("%v", exec.Command(f[1]).Run())
 		case "ptrace": // f[1] run as nobody; attach (audited CAP_SYS_PTRACE), /proc/PID/stat (not audited)
@@ -194,6 +204,22 @@ func ptraceOther(path string) error {
 	defer cmd.Wait()
 	defer cmd.Process.Kill()
 	pid := cmd.Process.Pid
+	// Attach once it sleeps: busybox first drops its ids again (setgid and
+	// setuid as nobody: denied checks) and grows its heap; attaching midway
+	// would make the checks depend on timing. /proc/PID/status asks no
+	// capability (unlike stat).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			return err
+		}
+		if strings.Contains(string(status), "\nState:\tS") {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s never went to sleep", path)
+		}
+	}
 	if err := unix.PtraceAttach(pid); err != nil {
 		return fmt.Errorf("ptrace attach: %w", err)
 	}

@@ -37,7 +37,7 @@ func crossCheckWorkload(t *testing.T, tier Tier, sleep string) (map[checkTuple]i
 	cg := newCgroup(t)
 	file, mnt := igGuideTargets(t)
 	c := startChild(t, cg)
-	for _, cmd := range []string{"privatemounts", "drop"} {
+	for _, cmd := range []string{"privatemounts", "drop", "quietheap"} {
 		if got := c.do(cmd); got != "<nil>" {
 			t.Fatalf("%s: %s", cmd, got)
 		}
