@@ -86,7 +86,7 @@ func main() {
 	expect := flag.String("expect", "fexit", "tier probing must choose in the guests")
 	pkgsFlag := flag.String("pkgs", envOr("CAPTRACE_KERNEL_PKGS", "./test/kernels/guestcheck,./bpf,./test/kernels/seedcheck"), "Go packages whose tests run in the guests, in order; env CAPTRACE_KERNEL_PKGS")
 	testRun := flag.String("run", os.Getenv("CAPTRACE_KERNEL_TEST_RUN"), "only tests matching this -test.run `regexp` (no spaces); env CAPTRACE_KERNEL_TEST_RUN")
-	timeout := flag.Duration("timeout", 8*time.Minute, "per boot: qemu is killed after this")
+	timeout := flag.Duration("timeout", 15*time.Minute, "per boot: qemu is killed after this (a boot takes 1-4 min; on a machine shared with other jobs up to 10)")
 	bootTimeout := flag.Duration("boot-timeout", 3*time.Minute, "per boot: qemu is killed if /init has not printed its boot marker by then")
 	jobs := flag.Int("j", 3, "boots at a time (guests mostly wait in the tests; each qemu uses up to 2 host cores)")
 	host := flag.Bool("host", false, "also run the test binaries directly on the host kernel (make test-unit covers that already)")
