@@ -130,9 +130,21 @@ func (a *aptRepo) cloudKernels(ctx context.Context) ([]string, error) {
 	if a.kernelNames != nil {
 		return a.kernelNames, nil
 	}
+	// The answer is kept beside the lists, valid until they are refreshed:
+	// apt-cache takes a minute on a busy 2-core machine.
+	saved := filepath.Join(a.dir, "cloud-kernels.txt")
+	if st, err := os.Stat(saved); err == nil && !a.updated {
+		if lists, err := os.Stat(filepath.Join(a.dir, "lists", "deb.debian.org_debian_dists_sid_InRelease")); err == nil && st.ModTime().After(lists.ModTime()) {
+			if b, err := os.ReadFile(saved); err == nil {
+				a.kernelNames = strings.Fields(string(b))
+				return a.kernelNames, nil
+			}
+		}
+	}
 	names, err := a.search(ctx, "^linux-(image|binary)-[0-9].*-cloud-(amd64|arm64)$")
 	if err == nil {
 		a.kernelNames = names
+		os.WriteFile(saved, []byte(strings.Join(names, "\n")+"\n"), 0o644)
 	}
 	return names, err
 }
