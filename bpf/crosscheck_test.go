@@ -31,7 +31,7 @@ func (c checkTuple) String() string {
 // chown/chmod/chroot/mount/unshare/nsenter, exec and mmap (memory
 // accounting), ptrace attach and /proc/PID/stat of another user's task,
 // setuid/setgid, a seccomp filter without no_new_privs, a raw socket.
-func crossCheckWorkload(t *testing.T, tier Tier, sleep string) (map[checkTuple]int, []Event) {
+func crossCheckWorkload(t *testing.T, tier Tier, sleep string) crossCheckRun {
 	tr := openTracer(t, Options{ForceTier: tier})
 	col := collect(t, tr)
 	cg := newCgroup(t)
@@ -70,24 +70,35 @@ func crossCheckWorkload(t *testing.T, tier Tier, sleep string) (map[checkTuple]i
 	col.quiet(cg.id)
 	tr.Close()
 	// The child runs every step on its locked main thread (pid == tid). Its
-	// other threads are the Go runtime's (new Ms, the heap): their memory
-	// accounting depends on scheduling, not on the workload or the tier.
-	var evs []Event
+	// other threads are the Go runtime's (new Ms, the heap): their checks
+	// depend on scheduling, not on the workload or the tier. Its own mmaps
+	// are the step's one plus, now and then, the Go allocator's (persistent
+	// chunks): compared by kind, not by count.
+	w := crossCheckRun{exact: map[checkTuple]int{}, allocator: map[checkTuple]int{}}
 	for _, ev := range col.of(cg.id) {
 		if int(ev.Pid) == c.pid && int(ev.Tid) != c.pid {
 			t.Logf("tier %s: not compared, a Go runtime thread of the child:%s", tier, describe([]Event{ev}))
 			continue
 		}
-		evs = append(evs, ev)
-	}
-	got := map[checkTuple]int{}
-	for _, ev := range evs {
 		if !ev.InSetIDKnown {
 			t.Fatalf("tier %s: insetid unknown (kallsyms unreadable?):%s", tier, describe([]Event{ev}))
 		}
-		got[checkTuple{ev.Cap, ev.Capable, ev.Audit, ev.InSetID, SyscallName(ev.Syscall)}]++
+		k := checkTuple{ev.Cap, ev.Capable, ev.Audit, ev.InSetID, SyscallName(ev.Syscall)}
+		if int(ev.Pid) == c.pid && k.Syscall == "SYS_MMAP" {
+			w.allocator[k]++
+			continue
+		}
+		w.exact[k]++
+		w.events = append(w.events, ev)
 	}
-	return got, evs
+	return w
+}
+
+// crossCheckRun is what one tier saw of the workload.
+type crossCheckRun struct {
+	exact     map[checkTuple]int // compared as a multiset
+	allocator map[checkTuple]int // the Go child's mmaps: compared as a set
+	events    []Event
 }
 
 // memoryAccountingSyscalls are where cap_vm_enough_memory checks CAP_SYS_ADMIN.
@@ -130,11 +141,12 @@ func TestTierAuditCrossCheck(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the workload runs sleep: %v", err)
 	}
-	fexit, fexitEvents := crossCheckWorkload(t, TierFexit, sleep)
-	tp, _ := crossCheckWorkload(t, TierTpBTF, sleep)
+	fexitRun := crossCheckWorkload(t, TierFexit, sleep)
+	tpRun := crossCheckWorkload(t, TierTpBTF, sleep)
+	fexit, tp := fexitRun.exact, tpRun.exact
 
-	fexitSawMemoryAccounting := false
-	for _, ev := range fexitEvents {
+	fexitSawMemoryAccounting := len(fexitRun.allocator) > 0
+	for _, ev := range fexitRun.events {
 		if ev.Cap == capSysAdmin && !ev.Audit && slices.Contains(memoryAccountingSyscalls, SyscallName(ev.Syscall)) {
 			fexitSawMemoryAccounting = true
 		}
@@ -171,7 +183,26 @@ func TestTierAuditCrossCheck(t *testing.T) {
 		}
 		diffs = append(diffs, fmt.Sprintf("%s: fexit %d, tp_btf %d", k, nf, nt))
 	}
+	var allocator []string
+	for k, n := range fexitRun.allocator {
+		allocator = append(allocator, fmt.Sprintf("%4d %4d  %s", n, tpRun.allocator[k], k))
+		if tpRun.allocator[k] == 0 {
+			diffs = append(diffs, fmt.Sprintf("%s (the child's mmap): only fexit", k))
+		}
+	}
+	for k, n := range tpRun.allocator {
+		if fexitRun.allocator[k] == 0 {
+			allocator = append(allocator, fmt.Sprintf("%4d %4d  %s", 0, n, k))
+			if why := invisibleReason(k, TierTpBTF, fexitSawMemoryAccounting); why != "" {
+				invisible = append(invisible, fmt.Sprintf("%s ×%d (the child's mmap), only tp_btf: %s", k, n, why))
+			} else {
+				diffs = append(diffs, fmt.Sprintf("%s (the child's mmap): only tp_btf", k))
+			}
+		}
+	}
+	sort.Strings(allocator)
 	t.Logf("compared multiset (fexit tp_btf  cap capable audit insetid syscall):\n%s", strings.Join(table, "\n"))
+	t.Logf("compared as a set, the Go child's own mmaps (its one mmap step plus its allocator's):\n%s", strings.Join(allocator, "\n"))
 	for _, s := range invisible {
 		t.Logf("not compared, one tier cannot see it: %s", s)
 	}

@@ -392,4 +392,3 @@ func (t *Tracer) Close() error {
 	})
 	return err
 }
-
