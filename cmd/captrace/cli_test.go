@@ -85,6 +85,12 @@ func TestDoctorReportsMissingItemsWithFixes(t *testing.T) {
 				{Tier: bpf.TierKprobe, Err: errors.New("kprobes not built in")},
 			}
 		},
+		requirements: func() ([]bpf.RequirementFinding, error) {
+			return []bpf.RequirementFinding{
+				{Tier: bpf.TierFexit, MinKernel: "5.15", Missing: []string{"helper bpf_task_pt_regs (Linux >= 5.15)"}},
+				{Tier: bpf.TierTpBTF, MinKernel: bpf.TracepointSince},
+			}, nil
+		},
 		btfPath:       filepath.Join(dir, "vmlinux"), // missing
 		cgroupRoot:    dir,
 		mountinfoPath: mountinfo,
@@ -100,6 +106,9 @@ func TestDoctorReportsMissingItemsWithFixes(t *testing.T) {
 		"[ok]      attach tier tp_btf: loads and attaches (the daemon will use it)",
 		"[note]    attach tier kprobe: kprobes not built in",
 		"[ok]      kernel attach tier: tp_btf",
+		"[note]    kernel features for fexit: missing helper bpf_task_pt_regs (Linux >= 5.15)",
+		"          fix: the fexit tier needs Linux >= 5.15 (or a kernel with these backported)",
+		"[ok]      kernel features for tp_btf: every helper and map type present (needs Linux >= " + bpf.TracepointSince + ")",
 		"[MISSING] kernel BTF: stat " + env.btfPath + ": no such file or directory",
 		"          fix: captrace's CO-RE program needs a kernel built with CONFIG_DEBUG_INFO_BTF=y",
 		"[ok]      cgroups: hybrid (v1 controllers, cgroup2 at /sys/fs/cgroup/unified; runc places containers there too)",
@@ -124,6 +133,7 @@ func TestDoctorReportsMissingItemsWithFixes(t *testing.T) {
 	runDoctor([]string{"--nri-socket", filepath.Join(dir, "absent.sock")}, &out, &errOut, env)
 	for _, w := range []string{
 		"[MISSING] kernel attach tier: none of 0 tiers loads",
+		"the capability:cap_capable tracepoint (Linux >= " + bpf.TracepointSince + ")",
 		"[ok]      cgroups: unified (cgroup v2 at " + dir + ")",
 		"[MISSING] NRI socket: " + filepath.Join(dir, "absent.sock") + " not reachable",
 		"fix: enable NRI in containerd: install deploy/containerd-nri.toml as /etc/containerd/conf.d/captrace-nri.toml",

@@ -22,6 +22,7 @@ import (
 type doctorEnv struct {
 	euid          int
 	probe         func() []bpf.TierProbe
+	requirements  func() ([]bpf.RequirementFinding, error)
 	btfPath       string
 	cgroupRoot    string // /sys/fs/cgroup
 	mountinfoPath string
@@ -36,6 +37,7 @@ func hostDoctorEnv() doctorEnv {
 		euid:          os.Geteuid(),
 		capabilities:  privilege.Effective,
 		probe:         bpf.Probe,
+		requirements:  bpf.CheckRequirements,
 		btfPath:       "/sys/kernel/btf/vmlinux",
 		cgroupRoot:    "/sys/fs/cgroup",
 		mountinfoPath: "/proc/self/mountinfo",
@@ -79,6 +81,7 @@ func runDoctor(args []string, stdout, stderr io.Writer, env doctorEnv) int {
 		findings = append(findings, checkCapabilities(env))
 	}
 	findings = append(findings, checkTiers(env)...)
+	findings = append(findings, checkKernelRequirements(env)...)
 	findings = append(findings, checkBTF(env), checkCgroups(env), checkNRISocket(cfg.NRI.Socket), checkJournald(env))
 
 	failed := 0
@@ -160,11 +163,35 @@ func checkTiers(env doctorEnv) []finding {
 		summary.detail = usable
 	} else {
 		summary.detail = fmt.Sprintf("none of %d tiers loads", len(probes))
-		summary.fix = "captrace needs one of: fexit on cap_capable (BTF and BPF trampolines, Linux >= 5.5), " +
-			"the capability:cap_capable tracepoint (Linux >= 6.15), or kprobes (CONFIG_KPROBES=y); " +
-			"run as root, and see each tier's reason above"
+		summary.fix = "captrace needs one of: fexit on cap_capable (BTF and BPF trampolines), " +
+			"the capability:cap_capable tracepoint (Linux >= " + bpf.TracepointSince + "), or kprobes (CONFIG_KPROBES=y); " +
+			"run as root, and see each tier's reason and the helpers it lacks above"
 	}
 	return append(findings, summary)
+}
+
+// checkKernelRequirements names, per tier, the minimum kernel its programs
+// need and the helpers or map types this kernel lacks (bpf.CheckRequirements).
+func checkKernelRequirements(env doctorEnv) []finding {
+	reqs, err := env.requirements()
+	if err != nil {
+		return []finding{{what: "kernel requirements", detail: err.Error()}}
+	}
+	var out []finding
+	for _, r := range reqs {
+		f := finding{what: "kernel features for " + string(r.Tier), ok: len(r.Missing) == 0 && r.Err == nil}
+		switch {
+		case len(r.Missing) > 0:
+			f.detail = "missing " + strings.Join(r.Missing, ", ")
+			f.fix = fmt.Sprintf("the %s tier needs Linux >= %s (or a kernel with these backported)", r.Tier, r.MinKernel)
+		case r.Err != nil:
+			f.detail = "could not probe: " + r.Err.Error()
+		default:
+			f.detail = fmt.Sprintf("every helper and map type present (needs Linux >= %s)", r.MinKernel)
+		}
+		out = append(out, f)
+	}
+	return out
 }
 
 func checkBTF(env doctorEnv) finding {
