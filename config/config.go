@@ -8,8 +8,10 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -23,6 +25,7 @@ type Config struct {
 	Trace  Trace  `toml:"trace"`
 	Tracer Tracer `toml:"tracer"`
 	Output Output `toml:"output"`
+	Metrics Metrics `toml:"metrics"`
 
 	// origin records which keys were set by a flag, so that validation errors
 	// name the flag rather than the file ("tracer.tier" → "--tier").
@@ -78,6 +81,19 @@ type Output struct {
 	QueueSize int `toml:"queue_size"`
 }
 
+// Metrics is the opt-in HTTP endpoint: /metrics (Prometheus), /healthz, /readyz.
+type Metrics struct {
+	// Listen is "HOST:PORT" (e.g. "127.0.0.1:9464", ":9464") or "unix:/path";
+	// "" serves nothing (the default).
+	Listen string `toml:"listen"`
+	// MaxSeries bounds the label sets of captrace_events_total; past it new
+	// ones fold into one "other" series, and the fold is counted.
+	MaxSeries int `toml:"max_series"`
+}
+
+// UnixListenPrefix marks a Unix socket path in metrics.listen.
+const UnixListenPrefix = "unix:"
+
 // Sink names.
 const (
 	SinkJournald = "journald"
@@ -95,6 +111,7 @@ const (
 	RingBufferMin      = 4096    // one page
 	RingBufferMax      = 1 << 30 // 1 GiB
 	QueueSizeLimit     = 1 << 20
+	MaxSeriesLimit     = 1 << 20
 )
 
 // Defaults returns the documented defaults (README "Config reference",
@@ -112,7 +129,8 @@ func Defaults() Config {
 			DedupEntries:    65536,
 			RingBufferBytes: 4 << 20,
 		},
-		Output: Output{Sinks: []string{}, QueueSize: 8192},
+		Output:  Output{Sinks: []string{}, QueueSize: 8192},
+		Metrics: Metrics{MaxSeries: 5000},
 	}
 }
 
@@ -158,6 +176,8 @@ type Overrides struct {
 	AuditOnly *bool     // --audit-only → trace.audit_only
 	Unique    *bool     // --unique → trace.unique
 	Tier      *string   // --tier → tracer.tier
+	// --metrics-listen → metrics.listen
+	MetricsListen *string
 }
 
 // Apply merges o over c. Call Validate afterwards: errors then name the flag.
@@ -197,6 +217,10 @@ func (c *Config) Apply(o Overrides) {
 	if o.Tier != nil {
 		c.Tracer.Tier = *o.Tier
 		set("tracer.tier", "--tier")
+	}
+	if o.MetricsListen != nil {
+		c.Metrics.Listen = *o.MetricsListen
+		set("metrics.listen", "--metrics-listen")
 	}
 }
 
@@ -291,7 +315,35 @@ func (c *Config) Validate() error {
 	if n := c.Output.QueueSize; n < 1 || n > QueueSizeLimit {
 		bad("output.queue_size", "invalid value %d: expected an integer from 1 to %d", n, QueueSizeLimit)
 	}
+	if reason := checkListen(c.Metrics.Listen); reason != "" {
+		bad("metrics.listen", "invalid value %q: %s", c.Metrics.Listen, reason)
+	}
+	if n := c.Metrics.MaxSeries; n < 1 || n > MaxSeriesLimit {
+		bad("metrics.max_series", "invalid value %d: expected an integer from 1 to %d", n, MaxSeriesLimit)
+	}
 	return errors.Join(errs...)
+}
+
+// checkListen returns why addr is not a listen address, or "".
+func checkListen(addr string) string {
+	const want = "expected \"\" (off), HOST:PORT such as \"127.0.0.1:9464\" or \":9464\", or \"unix:/run/captrace/metrics.sock\""
+	if addr == "" {
+		return ""
+	}
+	if path, ok := strings.CutPrefix(addr, UnixListenPrefix); ok {
+		if !filepath.IsAbs(path) {
+			return "the socket path must be absolute; " + want
+		}
+		return ""
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return want
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return "the port must be a number from 0 to 65535; " + want
+	}
+	return ""
 }
 
 func validPluginName(s string) bool {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -17,6 +16,7 @@ import (
 	"github.com/captrace/captrace/bpf"
 	"github.com/captrace/captrace/config"
 	"github.com/captrace/captrace/internal/buildinfo"
+	"github.com/captrace/captrace/internal/exitcode"
 	"github.com/captrace/captrace/pkg/advisor"
 	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/output"
@@ -85,29 +85,16 @@ func hostDeps(stdout io.Writer) daemonDeps {
 	}
 }
 
-// runDaemonCommand parses the daemon's flags, loads the configuration and
-// runs until SIGTERM or SIGINT.
-func runDaemonCommand(args []string, stdout, stderr io.Writer) int {
+// runDaemonCommand loads the configuration named by the flags and runs the
+// daemon until SIGTERM or SIGINT.
+func runDaemonCommand(f *daemonFlags, stdout, stderr io.Writer) error {
 	log := output.NewLogger(stderr, logrus.InfoLevel)
-	f := newDaemonFlags("captrace", stderr)
-	f.fs.Usage = func() { usage(stderr); fmt.Fprintln(stderr, "\ndaemon flags:"); f.fs.PrintDefaults() }
-	if err := f.fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if f.fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "captrace: unknown command %q\n", f.fs.Arg(0))
-		usage(stderr)
-		return 2
-	}
-	cfg, found, err := f.loadConfig()
+	cfg, found, err := f.loadConfig(f.changed("config"))
 	if err != nil {
 		for _, e := range configErrors(err) {
 			log.WithError(e).Error("invalid configuration; captrace check-config shows every problem")
 		}
-		return 1
+		return exitWith(exitcode.Findings)
 	}
 	fields := logrus.Fields{"version": buildinfo.Version(), "commit": buildinfo.Commit(), "config": f.configPath}
 	if !found {
@@ -124,9 +111,9 @@ func runDaemonCommand(args []string, stdout, stderr io.Writer) int {
 
 	if err := runDaemon(ctx, cfg, log, hup, hostDeps(stdout)); err != nil {
 		log.WithError(err).Error("captrace stopped")
-		return 1
+		return exitWith(exitcode.Findings)
 	}
-	return 0
+	return nil
 }
 
 // daemon holds the running pieces and the counters the stats line reports.
