@@ -21,10 +21,10 @@ const DefaultPath = "/etc/captrace/config.toml"
 // Config is the whole configuration. The zero value is not useful: start from
 // Defaults() (Load does).
 type Config struct {
-	NRI    NRI    `toml:"nri"`
-	Trace  Trace  `toml:"trace"`
-	Tracer Tracer `toml:"tracer"`
-	Output Output `toml:"output"`
+	NRI     NRI     `toml:"nri"`
+	Trace   Trace   `toml:"trace"`
+	Tracer  Tracer  `toml:"tracer"`
+	Output  Output  `toml:"output"`
 	Metrics Metrics `toml:"metrics"`
 
 	// origin records which keys were set by a flag, so that validation errors
