@@ -378,9 +378,9 @@ func namespaceHelper() (err error) {
 	results := map[string][]map[string]any{}
 	for name, args := range map[string][]string{
 		"priority": {"-p", "warning", "-t", streamTestIdentifier},
-		"pod":    {"K8S_POD_NAME=web-0"},
-		"unit":   {"-u", "captrace"},
-		"recipe": {"-u", "captrace", "K8S_POD_NAME=web-1", "CAP=" + bpf.Capability(21).String()},
+		"pod":      {"K8S_POD_NAME=web-0"},
+		"unit":     {"-u", "captrace"},
+		"recipe":   {"-u", "captrace", "K8S_POD_NAME=web-1", "CAP=" + bpf.Capability(21).String()},
 	} {
 		entries, err := journalctl(args...)
 		if err != nil {
