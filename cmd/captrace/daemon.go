@@ -19,6 +19,7 @@ import (
 	"github.com/captrace/captrace/internal/exitcode"
 	"github.com/captrace/captrace/pkg/advisor"
 	"github.com/captrace/captrace/pkg/cgmap"
+	"github.com/captrace/captrace/pkg/metrics"
 	"github.com/captrace/captrace/pkg/output"
 	"github.com/captrace/captrace/plugin"
 	sdjournal "github.com/coreos/go-systemd/v22/journal"
@@ -135,6 +136,15 @@ type daemon struct {
 	lastReadNanos atomic.Int64 // monotonic time of the last event, for the shutdown drain
 	started       time.Time
 
+	// Operability (operability.go): up is set once every piece above is in
+	// place; readerBusySince is the time (since started, |1) the reader took
+	// its current event, 0 while it waits for one.
+	metrics         *metrics.Metrics // nil unless metrics.listen is set
+	up, stopping    atomic.Bool
+	readerBusySince atomic.Int64
+	readerDone      chan struct{}
+	synced          chan struct{} // a Synchronize completed
+
 	last lossCounters // at the previous stats line
 }
 
@@ -154,7 +164,19 @@ type lossCounters struct {
 // registry and the NRI plugin, then the ring reader. hup reopens the file sink.
 func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <-chan os.Signal, deps daemonDeps) error {
 	d := &daemon{cfg: cfg, log: log, deps: deps, started: time.Now(),
-		advice: advisor.NewTracker(advisor.Limits{MaxContainers: cfg.Tracer.MaxContainers})}
+		advice:     advisor.NewTracker(advisor.Limits{MaxContainers: cfg.Tracer.MaxContainers}),
+		readerDone: make(chan struct{}), synced: make(chan struct{}, 1)}
+	metricsServer, err := d.serveMetrics(cfg)
+	if err != nil {
+		return err
+	}
+	if metricsServer != nil {
+		defer func() {
+			if err := metricsServer.Close(time.Second); err != nil {
+				log.WithError(err).Warn("closing the metrics endpoint")
+			}
+		}()
+	}
 
 	sinks, err := openSinks(cfg, deps)
 	if err != nil {
@@ -193,6 +215,13 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 			DenyNamespaces:  cfg.Trace.DenyNamespaces,
 		},
 		Log: log.WithField("component", "nri"),
+		OnSynchronized: func() {
+			select {
+			case d.synced <- struct{}{}:
+			default:
+			}
+		},
+		ObserveRequest: d.observeNRIRequest,
 		// Both run on the plugin's own goroutine, never under containerd's lock.
 		OnTrace: func(c cgmap.Container) { d.advice.Start(c, time.Now()) },
 		OnRemove: func(c cgmap.Container) {
@@ -209,8 +238,9 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 	}
 
 	d.plugin = p
-	readerDone := make(chan struct{})
-	go func() { defer close(readerDone); d.readLoop() }()
+	d.up.Store(true)
+	d.notifySystemd(d.status())
+	go func() { defer close(d.readerDone); d.readLoop() }()
 
 	pluginCtx, stopPlugin := context.WithCancel(context.Background())
 	var background sync.WaitGroup
@@ -221,13 +251,37 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 
 	ticker := time.NewTicker(deps.statsEvery)
 	defer ticker.Stop()
+	var watchdog <-chan time.Time
+	if every := watchdogEvery(); every > 0 {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		watchdog = t.C
+	}
+	notifiedReady := false
 loop:
 	for {
 		select {
 		case <-ctx.Done():
 			break loop
+		case <-d.synced:
+			// READY=1 once containerd has synchronized captrace: pods that
+			// start from now on are traced.
+			if !notifiedReady {
+				d.notifySystemd("READY=1\n" + d.status())
+				notifiedReady = true
+			} else {
+				d.notifySystemd(d.status())
+			}
+		case <-watchdog:
+			if err := d.live(); err != nil {
+				// No WATCHDOG=1: systemd restarts a daemon whose reader is stuck.
+				log.WithError(err).Error("not feeding the systemd watchdog")
+			} else {
+				d.notifySystemd("WATCHDOG=1")
+			}
 		case <-ticker.C:
 			d.logStats(false)
+			d.notifySystemd(d.status())
 		case <-hup:
 			if err := d.fanout.Reopen(); err != nil {
 				log.WithError(err).Error("SIGHUP: reopening the output file failed; its events are counted as failed")
@@ -240,6 +294,8 @@ loop:
 	// Shutdown: stop taking new containers, let the reader take what the ring
 	// holds, write every queued event, and only then detach from the kernel.
 	log.Info("shutting down")
+	d.stopping.Store(true)
+	d.notifySystemd("STOPPING=1\nSTATUS=shutting down: writing what the ring buffer holds")
 	stopPlugin()
 	pluginDone := make(chan struct{})
 	go func() { background.Wait(); close(pluginDone) }()
@@ -268,7 +324,7 @@ loop:
 		errs = append(errs, fmt.Errorf("close the tracer: %w", err))
 	}
 	select {
-	case <-readerDone:
+	case <-d.readerDone:
 	case <-time.After(deps.drainMax):
 		errs = append(errs, errors.New("the ring reader did not stop after the tracer closed"))
 	}
@@ -306,6 +362,7 @@ func (d *daemon) readLoop() {
 	var ev bpf.Event
 	var lastErrLog time.Time
 	for {
+		d.readerLeave()
 		if err := d.tracer.Read(&ev); err != nil {
 			if errors.Is(err, bpf.ErrClosed) {
 				return
@@ -319,8 +376,13 @@ func (d *daemon) readLoop() {
 			continue
 		}
 		d.events.Add(1)
-		d.lastReadNanos.Store(int64(time.Since(d.started)))
+		now := time.Since(d.started)
+		d.lastReadNanos.Store(int64(now))
+		d.readerEnter(now)
 		c, known := d.reg.Lookup(ev.CgroupID)
+		if d.metrics != nil {
+			d.metrics.Events.Observe(&ev, &c)
+		}
 		at := d.deps.wallTime(ev.KtimeNs)
 		if known {
 			d.advice.Observe(c, &ev, at)
@@ -329,6 +391,12 @@ func (d *daemon) readLoop() {
 		}
 		rec := output.Record{Time: at, Event: ev, Container: c, Known: known}
 		d.fanout.Send(&rec)
+	}
+}
+
+func (d *daemon) observeNRIRequest(request string, took time.Duration) {
+	if d.metrics != nil {
+		d.metrics.ObserveNRIRequest(request, took)
 	}
 }
 
@@ -395,49 +463,46 @@ func (d *daemon) runPlugin(ctx context.Context, p nriPlugin) {
 // logStats writes the msg=stats line: totals since start, at warning level
 // with *_delta fields when anything was lost since the previous line.
 func (d *daemon) logStats(final bool) {
+	s := d.snapshot()
 	fields := logrus.Fields{
-		"events":            d.events.Load(),
-		"unknown_container": d.unknown.Load(),
-		"read_errors":       d.readErrors.Load(),
-		"traced":            d.reg.Len(),
+		"events":            s.Events,
+		"unknown_container": s.UnknownContainer,
+		"read_errors":       s.ReadErrors,
+		"traced":            s.Registry.Traced,
 	}
-	var now lossCounters
-	now.readErrors = d.readErrors.Load()
-	if st, err := d.tracer.Stats(); err != nil {
-		fields["tracer_stats_error"] = err.Error()
+	now := lossCounters{readErrors: s.ReadErrors}
+	if s.TracerErr != nil {
+		fields["tracer_stats_error"] = s.TracerErr.Error()
 	} else {
-		fields["tier"] = st.Tier
-		fields["traced"] = st.Traced
-		now.ringLost, now.dedupFailed, now.filterFailed = st.RingLost, st.DedupUpdateFailed, st.FilterUpdateFailed
+		fields["tier"] = s.Tracer.Tier
+		fields["traced"] = s.Tracer.Traced
+		now.ringLost, now.dedupFailed, now.filterFailed = s.Tracer.RingLost, s.Tracer.DedupUpdateFailed, s.Tracer.FilterUpdateFailed
 	}
-	for _, s := range d.fanout.Stats() {
-		now.sinkDropped += s.Dropped
-		now.sinkFailed += s.Failed
-		fields["sink_"+s.Name+"_written"] = s.Written
-		fields["sink_"+s.Name+"_dropped"] = s.Dropped
-		if s.Failed > 0 {
-			fields["sink_"+s.Name+"_failed"] = s.Failed
+	for _, k := range s.Sinks {
+		fields["sink_"+k.Name+"_written"] = k.Written
+		fields["sink_"+k.Name+"_dropped"] = k.Dropped
+		if k.Failed > 0 {
+			fields["sink_"+k.Name+"_failed"] = k.Failed
 		}
 	}
+	now.sinkDropped, now.sinkFailed = s.SinkDropped(), s.SinkFailed()
 	fields["ring_lost"] = now.ringLost
 	fields["dedup_update_failed"] = now.dedupFailed
 	fields["filter_update_failed"] = now.filterFailed
-	ps := d.plugin.Stats()
-	fields["nri_connected"] = ps.Connected
-	fields["nri_connects"] = ps.Connects
-	fields["cgroup_misses"] = ps.CgroupMisses
-	fields["trace_failed"] = ps.TraceFailed
-	now.cgroupMisses, now.traceFailed = ps.CgroupMisses, ps.TraceFailed
-	fields["policy_warnings"] = ps.PolicyWarnings
-	now.untraceFailed = d.reg.Stats().UntraceFailed
+	fields["nri_connected"] = s.Plugin.Connected
+	fields["nri_connects"] = s.Plugin.Connects
+	fields["cgroup_misses"] = s.Plugin.CgroupMisses
+	fields["trace_failed"] = s.Plugin.TraceFailed
+	now.cgroupMisses, now.traceFailed = s.Plugin.CgroupMisses, s.Plugin.TraceFailed
+	fields["policy_warnings"] = s.Plugin.PolicyWarnings
+	now.untraceFailed = s.Registry.UntraceFailed
 	fields["untrace_failed"] = now.untraceFailed
-	adv := d.advice.Stats()
-	now.untrackedContainers = adv.UntrackedContainers
-	fields["advisor_untracked_containers"] = adv.UntrackedContainers
-	fields["advisor_containers"] = adv.Containers
-	fields["advisor_folded_events"] = adv.FoldedEvents
-	fields["advisor_untracked_events"] = adv.UntrackedEvents
-	fields["advisor_late_events"] = adv.LateEvents
+	now.untrackedContainers = s.Advisor.UntrackedContainers
+	fields["advisor_untracked_containers"] = s.Advisor.UntrackedContainers
+	fields["advisor_containers"] = s.Advisor.Containers
+	fields["advisor_folded_events"] = s.Advisor.FoldedEvents
+	fields["advisor_untracked_events"] = s.Advisor.UntrackedEvents
+	fields["advisor_late_events"] = s.Advisor.LateEvents
 	fields["sink_dropped"] = now.sinkDropped
 	fields["sink_failed"] = now.sinkFailed
 	if final {

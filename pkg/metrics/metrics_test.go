@@ -11,18 +11,15 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
 	"github.com/captrace/captrace/bpf"
 	"github.com/captrace/captrace/pkg/cgmap"
+	"github.com/captrace/captrace/pkg/metrics/metricstest"
 	"github.com/captrace/captrace/pkg/output"
 	"github.com/captrace/captrace/plugin"
 )
 
 // scrape fetches url and parses it with Prometheus's text parser.
-func scrape(t testing.TB, client *http.Client, url string) map[string]*dto.MetricFamily {
+func scrape(t testing.TB, client *http.Client, url string) metricstest.Families {
 	t.Helper()
 	resp, err := client.Get(url)
 	if err != nil {
@@ -32,8 +29,7 @@ func scrape(t testing.TB, client *http.Client, url string) map[string]*dto.Metri
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET %s: %s", url, resp.Status)
 	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
+	families, err := metricstest.Parse(resp.Body)
 	if err != nil {
 		t.Fatalf("parse %s: %v", url, err)
 	}
@@ -41,34 +37,13 @@ func scrape(t testing.TB, client *http.Client, url string) map[string]*dto.Metri
 }
 
 // value is the metric of family name whose labels include want (name=value pairs).
-func value(t testing.TB, fams map[string]*dto.MetricFamily, name string, want ...string) float64 {
+func value(t testing.TB, fams metricstest.Families, name string, want ...string) float64 {
 	t.Helper()
-	f, ok := fams[name]
-	if !ok {
-		t.Fatalf("no metric family %s", name)
+	v, err := fams.Value(name, want...)
+	if err != nil {
+		t.Fatal(err)
 	}
-next:
-	for _, m := range f.Metric {
-		have := map[string]string{}
-		for _, l := range m.Label {
-			have[l.GetName()] = l.GetValue()
-		}
-		for i := 0; i+1 < len(want); i += 2 {
-			if have[want[i]] != want[i+1] {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue()
-		case m.Gauge != nil:
-			return m.Gauge.GetValue()
-		case m.Histogram != nil:
-			return float64(m.Histogram.GetSampleCount())
-		}
-	}
-	t.Fatalf("%s has no series with %v", name, want)
-	return 0
+	return v
 }
 
 func testSnapshot() Snapshot {
