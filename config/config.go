@@ -13,6 +13,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/captrace/captrace/bpf"
+	"github.com/captrace/captrace/pkg/metrics"
+	"github.com/captrace/captrace/pkg/output"
+	"github.com/captrace/captrace/plugin"
 )
 
 // DefaultPath is where the daemon looks for its configuration.
@@ -91,9 +96,6 @@ type Metrics struct {
 	MaxSeries int `toml:"max_series"`
 }
 
-// UnixListenPrefix marks a Unix socket path in metrics.listen.
-const UnixListenPrefix = "unix:"
-
 // Sink names.
 const (
 	SinkJournald = "journald"
@@ -119,18 +121,18 @@ const (
 func Defaults() Config {
 	return Config{
 		NRI: NRI{
-			Socket:      "/var/run/nri/nri.sock",
-			PluginName:  "captrace",
-			PluginIndex: "10",
+			Socket:      plugin.DefaultSocketPath,
+			PluginName:  plugin.DefaultPluginName,
+			PluginIndex: plugin.DefaultPluginIndex,
 		},
 		Trace: Trace{AllowNamespaces: []string{}, DenyNamespaces: []string{}},
 		Tracer: Tracer{
-			MaxContainers:   4096,
-			DedupEntries:    65536,
-			RingBufferBytes: 4 << 20,
+			MaxContainers:   bpf.DefaultMaxTracedCgroups,
+			DedupEntries:    bpf.DefaultDedupEntries,
+			RingBufferBytes: bpf.DefaultRingBufferBytes,
 		},
-		Output:  Output{Sinks: []string{}, QueueSize: 8192},
-		Metrics: Metrics{MaxSeries: 5000},
+		Output:  Output{Sinks: []string{}, QueueSize: output.DefaultQueueSize},
+		Metrics: Metrics{MaxSeries: metrics.DefaultMaxSeries},
 	}
 }
 
@@ -330,7 +332,7 @@ func checkListen(addr string) string {
 	if addr == "" {
 		return ""
 	}
-	if path, ok := strings.CutPrefix(addr, UnixListenPrefix); ok {
+	if path, ok := strings.CutPrefix(addr, metrics.UnixPrefix); ok {
 		if !filepath.IsAbs(path) {
 			return "the socket path must be absolute; " + want
 		}

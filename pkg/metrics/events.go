@@ -10,6 +10,10 @@ import (
 	"github.com/captrace/captrace/pkg/cgmap"
 )
 
+// DefaultMaxSeries is metrics.max_series's default: label sets of
+// captrace_events_total before new ones fold into "other".
+const DefaultMaxSeries = 5000
+
 // OtherLabel is the value of every label of the series that new label sets
 // fold into once the bound is reached.
 const OtherLabel = "other"
