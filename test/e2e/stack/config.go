@@ -87,6 +87,10 @@ type CaptraceConfig struct {
 	EventFile string
 	AuditOnly bool
 	Unique    bool
+	// MetricsListen is metrics.listen (the stack sets a Unix socket in its directory).
+	MetricsListen string
+	// RingBufferBytes is tracer.ring_buffer_bytes; 0 keeps the default.
+	RingBufferBytes int
 }
 
 func (c CaptraceConfig) render() string {
@@ -103,7 +107,17 @@ unique = %t
 [output]
 sinks = ["journald", "file"]
 file = %q
-`, c.NRISocket, c.AuditOnly, c.Unique, c.EventFile)
+
+[metrics]
+listen = %q
+`, c.NRISocket, c.AuditOnly, c.Unique, c.EventFile, c.MetricsListen) + c.tracer()
+}
+
+func (c CaptraceConfig) tracer() string {
+	if c.RingBufferBytes == 0 {
+		return ""
+	}
+	return fmt.Sprintf("\n[tracer]\nring_buffer_bytes = %d\n", c.RingBufferBytes)
 }
 
 func crictlConfig(sock string) string {

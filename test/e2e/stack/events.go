@@ -358,15 +358,15 @@ func DiffSinks(b Both) []string {
 	return diffs
 }
 
-// CaptraceStats returns the fields of the last `msg=stats` line in the
-// daemon's own log (it logs one every 30 s and at shutdown).
+// CaptraceStats returns the fields of the last `msg=stats` line the daemon
+// wrote to the journal (it logs one every 30 s and at shutdown).
 func (s *Stack) CaptraceStats() (map[string]string, error) {
-	data, err := os.ReadFile(s.CaptraceLog())
+	lines, err := s.CaptraceOperationalLines()
 	if err != nil {
 		return nil, err
 	}
 	var last map[string]string
-	for _, line := range strings.Split(string(data), "\n") {
+	for _, line := range lines {
 		if !strings.Contains(line, "msg=stats") {
 			continue
 		}
@@ -375,7 +375,7 @@ func (s *Stack) CaptraceStats() (map[string]string, error) {
 		}
 	}
 	if last == nil {
-		return nil, fmt.Errorf("no msg=stats line in %s", s.CaptraceLog())
+		return nil, fmt.Errorf("no msg=stats line in the journal (journalctl -t captrace _TRANSPORT=stdout)")
 	}
 	return last, nil
 }
