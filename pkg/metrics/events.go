@@ -5,6 +5,8 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/captrace/captrace/bpf"
 	"github.com/captrace/captrace/pkg/cgmap"
@@ -29,15 +31,44 @@ type labelSet struct {
 type series struct {
 	labels labelSet
 	n      atomic.Uint64
+	// pairs are the labels as a scrape writes them, made once (sorted by
+	// name as Prometheus wants), so a scrape of many series only reads n.
+	pairs []*dto.LabelPair
 }
 
-// fastKey finds a series from what the event carries, without building
-// strings: a container's cgroup ID, the capability and the verdict.
-type fastKey struct {
-	cgroupID uint64
-	cap      bpf.Capability
-	capable  bool
+func newSeries(ls labelSet) *series {
+	s := &series{labels: ls}
+	// eventLabels sorted by name: cap, capable, container, namespace, workload.
+	for _, p := range [][2]string{{"cap", ls.cap}, {"capable", ls.capable}, {"container", ls.container},
+		{"namespace", ls.namespace}, {"workload", ls.workload}} {
+		s.pairs = append(s.pairs, &dto.LabelPair{Name: proto.String(p[0]), Value: proto.String(p[1])})
+	}
+	return s
 }
+
+// seriesMetric is a series as a prometheus.Metric: its value read at Write.
+type seriesMetric struct {
+	s    *series
+	desc *prometheus.Desc
+}
+
+func (m seriesMetric) Desc() *prometheus.Desc { return m.desc }
+
+func (m seriesMetric) Write(out *dto.Metric) error {
+	out.Label = m.s.pairs
+	out.Counter = &dto.Counter{Value: proto.Float64(float64(m.s.n.Load()))}
+	return nil
+}
+
+// cgroupSeries are one cgroup's series by verdict and capability: the
+// reader finds a series from what the event carries (cgroup ID, cap,
+// verdict) with one integer-keyed map lookup and two array indexes, without
+// building strings.
+type cgroupSeries [2][maxCap]*series
+
+// maxCap bounds the capabilities cached per cgroup (Linux has 41); a larger
+// number takes the locked path.
+const maxCap = 64
 
 // EventCounter is captrace_events_total{namespace,workload,container,cap,capable}:
 // capability checks read, by container and verdict. It holds at most
@@ -53,12 +84,12 @@ type EventCounter struct {
 	desc      *prometheus.Desc
 	foldDesc  *prometheus.Desc
 
-	fast map[fastKey]*series // the reader's cache; cleared when it grows past fastMax
+	fast map[uint64]*cgroupSeries // the reader's cache by cgroup ID; cleared when it grows past fastMax
 
 	mu     sync.Mutex // guards bySet and list; taken on a cache miss and by Collect
 	bySet  map[labelSet]*series
 	list   []*series
-	other  series
+	other  *series
 	folded atomic.Uint64
 }
 
@@ -77,39 +108,52 @@ func NewEventCounter(maxSeries int) *EventCounter {
 		foldDesc: prometheus.NewDesc("captrace_events_series_folded_total",
 			"Label sets of captrace_events_total counted in the \"other\" series because metrics.max_series was reached.",
 			nil, nil),
-		fast:  make(map[fastKey]*series),
+		fast:  make(map[uint64]*cgroupSeries),
 		bySet: make(map[labelSet]*series),
 	}
-	c.other.labels = labelSet{OtherLabel, OtherLabel, OtherLabel, OtherLabel, OtherLabel}
+	c.other = newSeries(labelSet{OtherLabel, OtherLabel, OtherLabel, OtherLabel, OtherLabel})
 	return c
 }
 
-// fastMax bounds the reader's cache: cgroup IDs are never reused, so a busy
-// node's cache would otherwise grow with every container it ever traced.
-func (c *EventCounter) fastMax() int { return 4*c.maxSeries + 1024 }
+// fastMax bounds the reader's cache (1 KiB a cgroup): cgroup IDs are never
+// reused, so a busy node's cache would otherwise grow with every container
+// it ever traced.
+const fastMax = 4096
 
 // Observe counts one event of container ctr (the zero Container for an
 // event whose container is not known: empty labels).
 func (c *EventCounter) Observe(ev *bpf.Event, ctr *cgmap.Container) {
-	k := fastKey{cgroupID: ev.CgroupID, cap: ev.Cap, capable: ev.Capable}
-	s, ok := c.fast[k]
-	if !ok {
-		if len(c.fast) >= c.fastMax() {
+	if uint32(ev.Cap) >= maxCap {
+		c.series(ev, ctr).n.Add(1)
+		return
+	}
+	verdict := 0
+	if ev.Capable {
+		verdict = 1
+	}
+	cs := c.fast[ev.CgroupID]
+	if cs == nil {
+		if len(c.fast) >= fastMax {
 			clear(c.fast)
 		}
-		s = c.series(k, ctr)
-		c.fast[k] = s
+		cs = new(cgroupSeries)
+		c.fast[ev.CgroupID] = cs
+	}
+	s := cs[verdict][ev.Cap]
+	if s == nil {
+		s = c.series(ev, ctr)
+		cs[verdict][ev.Cap] = s
 	}
 	s.n.Add(1)
 }
 
-// series finds or makes the series of k's labels.
-func (c *EventCounter) series(k fastKey, ctr *cgmap.Container) *series {
+// series finds or makes the series of the labels of ev in ctr.
+func (c *EventCounter) series(ev *bpf.Event, ctr *cgmap.Container) *series {
 	capable := "false"
-	if k.capable {
+	if ev.Capable {
 		capable = "true"
 	}
-	ls := labelSet{namespace: ctr.Namespace, workload: ctr.Pod, container: ctr.Name, cap: k.cap.String(), capable: capable}
+	ls := labelSet{namespace: ctr.Namespace, workload: ctr.Pod, container: ctr.Name, cap: ev.Cap.String(), capable: capable}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if s, ok := c.bySet[ls]; ok {
@@ -117,9 +161,9 @@ func (c *EventCounter) series(k fastKey, ctr *cgmap.Container) *series {
 	}
 	if len(c.list) >= c.maxSeries {
 		c.folded.Add(1)
-		return &c.other
+		return c.other
 	}
-	s := &series{labels: ls}
+	s := newSeries(ls)
 	c.bySet[ls] = s
 	c.list = append(c.list, s)
 	return s
@@ -137,18 +181,12 @@ func (c *EventCounter) Collect(ch chan<- prometheus.Metric) {
 	list := c.list[:len(c.list):len(c.list)]
 	c.mu.Unlock()
 	for _, s := range list {
-		ch <- s.metric(c.desc)
+		ch <- seriesMetric{s, c.desc}
 	}
 	if n := c.other.n.Load(); n > 0 || c.folded.Load() > 0 {
-		ch <- c.other.metric(c.desc)
+		ch <- seriesMetric{c.other, c.desc}
 	}
 	ch <- prometheus.MustNewConstMetric(c.foldDesc, prometheus.CounterValue, float64(c.folded.Load()))
-}
-
-func (s *series) metric(d *prometheus.Desc) prometheus.Metric {
-	l := &s.labels
-	return prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(s.n.Load()),
-		l.namespace, l.workload, l.container, l.cap, l.capable)
 }
 
 // Series is the number of label sets held, not counting "other".

@@ -40,7 +40,16 @@ func TestMetricsDuringARun(t *testing.T) {
 	}
 
 	const ns, name = "metrics", "busy"
-	pod := runPod(t, ctx, stack.Pod{Name: name, Namespace: ns, Annotations: stack.Annotated()})
+	pod, err := st.RunPod(ctx, stack.Pod{Name: name, Namespace: ns, Annotations: stack.Annotated()})
+	if err != nil {
+		t.Fatal(st.Fail("run pod "+name, err))
+	}
+	removed := false
+	t.Cleanup(func() {
+		if !removed {
+			_ = st.RemovePod(context.Background(), pod)
+		}
+	})
 	runContainer(t, ctx, pod, stack.Container{Name: name, Command: busyLoop})
 	waitEvents(t, ctx, 60*time.Second, 200, stack.OfPod(ns, name), "the busy pod's checks")
 	during, err := client.Scrape()
@@ -53,6 +62,7 @@ func TestMetricsDuringARun(t *testing.T) {
 	if err := st.RemovePod(ctx, pod); err != nil {
 		t.Fatal(st.Fail("remove the busy pod", err))
 	}
+	removed = true
 
 	// Quiet: the pod is gone and the counters stand still.
 	var after metricstest.Families
