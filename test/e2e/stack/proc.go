@@ -26,7 +26,7 @@ type proc struct {
 // spawnOpts are the less common ways to start a proc.
 type spawnOpts struct {
 	env      []string
-	cgroupFD int // >0: start the process in this cgroup2 directory (clone3 CLONE_INTO_CGROUP)
+	cgroupFD int      // >0: start the process in this cgroup2 directory (clone3 CLONE_INTO_CGROUP)
 	stderr   *os.File // nil: stderr goes to the log file like stdout
 }
 

@@ -7,11 +7,11 @@ package stack
 
 import (
 	"context"
-	"net"
 	"errors"
 	"fmt"
 	"github.com/captrace/captrace/pkg/cgmap"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
