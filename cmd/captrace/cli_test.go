@@ -115,6 +115,8 @@ func TestFlagPlacementAndExitCodes(t *testing.T) {
 		{[]string{"completion", "bash"}, 0, "bash completion", ""},
 		{[]string{"completion", "zsh"}, 0, "#compdef captrace", ""},
 		{[]string{"help", "check-config"}, 0, "check-config [FILE]", ""},
+		{[]string{"help"}, 0, "Available Commands:", ""},
+		{[]string{"help", "frobnicate"}, 2, "", `unknown help topic "frobnicate"`},
 	} {
 		code, out, errOut := runCLI(tc.args...)
 		if code != tc.code || !strings.Contains(out, tc.out) || !strings.Contains(errOut, tc.err) {
