@@ -501,8 +501,8 @@ func (d *daemon) logStats(final bool) {
 		"traced":            s.Registry.Traced,
 	}
 	now := lossCounters{readErrors: s.ReadErrors}
-	if s.TracerErr != nil {
-		fields["tracer_stats_error"] = s.TracerErr.Error()
+	if s.TracerError != nil {
+		fields["tracer_stats_error"] = s.TracerError.Error()
 	} else {
 		fields["tier"] = s.Tracer.Tier
 		fields["traced"] = s.Tracer.Traced
@@ -519,12 +519,12 @@ func (d *daemon) logStats(final bool) {
 	fields["ring_lost"] = now.ringLost
 	fields["dedup_update_failed"] = now.dedupFailed
 	fields["filter_update_failed"] = now.filterFailed
-	fields["nri_connected"] = s.Plugin.Connected
-	fields["nri_connects"] = s.Plugin.Connects
-	fields["cgroup_misses"] = s.Plugin.CgroupMisses
-	fields["trace_failed"] = s.Plugin.TraceFailed
-	now.cgroupMisses, now.traceFailed = s.Plugin.CgroupMisses, s.Plugin.TraceFailed
-	fields["policy_warnings"] = s.Plugin.PolicyWarnings
+	fields["nri_connected"] = s.NRI.Connected
+	fields["nri_connects"] = s.NRI.Connects
+	fields["cgroup_misses"] = s.NRI.CgroupMisses
+	fields["trace_failed"] = s.NRI.TraceFailed
+	now.cgroupMisses, now.traceFailed = s.NRI.CgroupMisses, s.NRI.TraceFailed
+	fields["policy_warnings"] = s.NRI.PolicyWarnings
 	now.untraceFailed = s.Registry.UntraceFailed
 	fields["untrace_failed"] = now.untraceFailed
 	now.untrackedContainers = s.Advisor.UntrackedContainers

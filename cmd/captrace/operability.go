@@ -31,11 +31,11 @@ func (d *daemon) snapshot() metrics.Snapshot {
 		UnknownContainer: d.unknown.Load(),
 		ReadErrors:       d.readErrors.Load(),
 		Sinks:            d.fanout.Stats(),
-		Plugin:           d.plugin.Stats(),
+		NRI:              d.plugin.Stats(),
 		Registry:         d.reg.Stats(),
 		Advisor:          d.advice.Stats(),
 	}
-	s.Tracer, s.TracerErr = d.tracer.Stats()
+	s.Tracer, s.TracerError = d.tracer.Stats()
 	return s
 }
 
@@ -114,7 +114,7 @@ func (d *daemon) notifySystemd(state string) {
 func (d *daemon) status() string {
 	s := d.snapshot()
 	nri := "waiting for containerd (NRI)"
-	if s.Plugin.Connected {
+	if s.NRI.Connected {
 		nri = "synchronized with containerd"
 	}
 	return fmt.Sprintf("STATUS=tier %s, %d containers traced, %d events, %s", d.tierName(), s.Registry.Traced, s.Events, nri)

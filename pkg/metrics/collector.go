@@ -112,7 +112,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(eventsReadDesc, s.Events)
 	counter(unknownDesc, s.UnknownContainer)
 	counter(readErrorsDesc, s.ReadErrors)
-	if s.TracerErr == nil {
+	if s.TracerError == nil {
 		// Unreadable kernel counters are left out rather than shown as 0.
 		counter(ringLostDesc, s.Tracer.RingLost)
 		counter(dedupFailedDesc, s.Tracer.DedupUpdateFailed)
@@ -126,14 +126,14 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(sinkQueuedDesc, float64(k.Queued), k.Name)
 	}
 	connected := 0.0
-	if s.Plugin.Connected {
+	if s.NRI.Connected {
 		connected = 1
 	}
 	gauge(nriConnectedDesc, connected)
-	counter(nriConnectsDesc, s.Plugin.Connects)
-	counter(cgroupMissesDesc, s.Plugin.CgroupMisses)
-	counter(traceFailedDesc, s.Plugin.TraceFailed)
-	counter(policyWarnDesc, s.Plugin.PolicyWarnings)
+	counter(nriConnectsDesc, s.NRI.Connects)
+	counter(cgroupMissesDesc, s.NRI.CgroupMisses)
+	counter(traceFailedDesc, s.NRI.TraceFailed)
+	counter(policyWarnDesc, s.NRI.PolicyWarnings)
 	counter(untraceFailedDesc, s.Registry.UntraceFailed)
 	gauge(advContainersDesc, float64(s.Advisor.Containers))
 	counter(advUntrackedCDesc, s.Advisor.UntrackedContainers)

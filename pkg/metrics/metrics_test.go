@@ -52,7 +52,7 @@ func testSnapshot() Snapshot {
 		Tracer: bpf.Stats{Tier: bpf.TierTpBTF, Traced: 3, RingLost: 9944, DedupUpdateFailed: 5, FilterUpdateFailed: 6},
 		Sinks: []output.SinkStats{{Name: "journald", Written: 1400, Dropped: 32, Failed: 1, Queued: 7},
 			{Name: "file", Written: 1432}},
-		Plugin:   plugin.Stats{Connected: true, Connects: 2, CgroupMisses: 3, TraceFailed: 4, PolicyWarnings: 5},
+		NRI:      plugin.Stats{Connected: true, Connects: 2, CgroupMisses: 3, TraceFailed: 4, PolicyWarnings: 5},
 		Registry: cgmap.RegistryStats{UntraceFailed: 7},
 	}
 }
@@ -120,7 +120,7 @@ func TestScrapeShowsTheSnapshot(t *testing.T) {
 	}
 
 	// Unreadable kernel counters are absent, not 0.
-	snap.TracerErr = errors.New("map lookup failed")
+	snap.TracerError = errors.New("map lookup failed")
 	if _, ok := scrape(t, client, base+"/metrics")["captrace_ring_lost_total"]; ok {
 		t.Error("captrace_ring_lost_total shown while the tracer's counters could not be read")
 	}

@@ -21,18 +21,18 @@ type Snapshot struct {
 	// Events were read from the ring buffer; UnknownContainer of them belonged
 	// to no known container; ReadErrors are failed reads of the ring.
 	Events, UnknownContainer, ReadErrors uint64
-	// Tracer holds the kernel's loss counters; TracerErr is set (and Tracer
+	// Tracer holds the kernel's loss counters; TracerError is set (and Tracer
 	// empty) when they could not be read.
-	Tracer    bpf.Stats
-	TracerErr error
-	Sinks     []output.SinkStats
-	Plugin    plugin.Stats
-	Registry  cgmap.RegistryStats
-	Advisor   advisor.TrackerStats
+	Tracer      bpf.Stats
+	TracerError error
+	Sinks       []output.SinkStats
+	NRI         plugin.Stats
+	Registry    cgmap.RegistryStats
+	Advisor     advisor.TrackerStats
 }
 
 // SinkDropped is the sum of every sink's dropped records.
-func (s *Snapshot) SinkDropped() (n uint64) {
+func (s Snapshot) SinkDropped() (n uint64) {
 	for _, k := range s.Sinks {
 		n += k.Dropped
 	}
@@ -40,7 +40,7 @@ func (s *Snapshot) SinkDropped() (n uint64) {
 }
 
 // SinkFailed is the sum of every sink's failed records.
-func (s *Snapshot) SinkFailed() (n uint64) {
+func (s Snapshot) SinkFailed() (n uint64) {
 	for _, k := range s.Sinks {
 		n += k.Failed
 	}
