@@ -229,6 +229,9 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 			if s, ok := d.advice.Finish(c.ID, time.Now()); ok {
 				d.sendSummary(s)
 			}
+			if d.metrics != nil {
+				d.metrics.Events.Forget(c.Namespace, c.Pod, c.Name)
+			}
 		},
 	})
 	if err != nil {

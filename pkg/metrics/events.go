@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -31,6 +32,8 @@ type labelSet struct {
 type series struct {
 	labels labelSet
 	n      atomic.Uint64
+	// gone: its container was removed (Forget); guarded by EventCounter.mu.
+	gone bool
 	// pairs are the labels as a scrape writes them, made once (sorted by
 	// name as Prometheus wants), so a scrape of many series only reads n.
 	pairs []*dto.LabelPair
@@ -83,14 +86,18 @@ type EventCounter struct {
 	maxSeries int
 	desc      *prometheus.Desc
 	foldDesc  *prometheus.Desc
+	evictDesc *prometheus.Desc
 
 	fast map[uint64]*cgroupSeries // the reader's cache by cgroup ID; cleared when it grows past fastMax
 
-	mu     sync.Mutex // guards bySet and list; taken on a cache miss and by Collect
-	bySet  map[labelSet]*series
-	list   []*series
-	other  *series
-	folded atomic.Uint64
+	mu    sync.Mutex // guards bySet, list, gone; taken on a cache miss, by Forget and by Collect
+	bySet map[labelSet]*series
+	list  []*series
+	gone  []*series // series of removed containers, oldest first: evicted before folding
+	// evicted counts series dropped to make room (guarded by mu).
+	evicted uint64
+	other   *series
+	folded  atomic.Uint64
 }
 
 // NewEventCounter returns a counter of at most maxSeries label sets (plus
@@ -108,6 +115,9 @@ func NewEventCounter(maxSeries int) *EventCounter {
 		foldDesc: prometheus.NewDesc("captrace_events_series_folded_total",
 			"Label sets of captrace_events_total counted in the \"other\" series because metrics.max_series was reached.",
 			nil, nil),
+		evictDesc: prometheus.NewDesc("captrace_events_series_evicted_total",
+			"Series of captrace_events_total of removed containers dropped to make room for new ones (before any fold).",
+			nil, nil),
 		fast:  make(map[uint64]*cgroupSeries),
 		bySet: make(map[labelSet]*series),
 	}
@@ -124,7 +134,11 @@ const fastMax = 4096
 // event whose container is not known: empty labels).
 func (c *EventCounter) Observe(ev *bpf.Event, ctr *cgmap.Container) {
 	if uint32(ev.Cap) >= maxCap {
-		c.series(ev, ctr).n.Add(1)
+		s, evicted := c.series(ev, ctr)
+		if evicted {
+			clear(c.fast)
+		}
+		s.n.Add(1)
 		return
 	}
 	verdict := 0
@@ -141,14 +155,22 @@ func (c *EventCounter) Observe(ev *bpf.Event, ctr *cgmap.Container) {
 	}
 	s := cs[verdict][ev.Cap]
 	if s == nil {
-		s = c.series(ev, ctr)
+		var evicted bool
+		if s, evicted = c.series(ev, ctr); evicted {
+			// The cache may point to the evicted series: start it afresh.
+			clear(c.fast)
+			cs = new(cgroupSeries)
+			c.fast[ev.CgroupID] = cs
+		}
 		cs[verdict][ev.Cap] = s
 	}
 	s.n.Add(1)
 }
 
-// series finds or makes the series of the labels of ev in ctr.
-func (c *EventCounter) series(ev *bpf.Event, ctr *cgmap.Container) *series {
+// series finds or makes the series of the labels of ev in ctr; evicted says
+// that a gone container's series was dropped to make room. Only the reader
+// calls it.
+func (c *EventCounter) series(ev *bpf.Event, ctr *cgmap.Container) (_ *series, evicted bool) {
 	capable := "false"
 	if ev.Capable {
 		capable = "true"
@@ -157,28 +179,50 @@ func (c *EventCounter) series(ev *bpf.Event, ctr *cgmap.Container) *series {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if s, ok := c.bySet[ls]; ok {
-		return s
+		s.gone = false // a container of the same names runs again
+		return s, false
 	}
 	if len(c.list) >= c.maxSeries {
-		c.folded.Add(1)
-		return c.other
+		if evicted = c.evictGone(); !evicted {
+			c.folded.Add(1)
+			return c.other, false
+		}
 	}
 	s := newSeries(ls)
 	c.bySet[ls] = s
 	c.list = append(c.list, s)
-	return s
+	return s, evicted
+}
+
+// evictGone drops the oldest series whose container is gone, if any.
+func (c *EventCounter) evictGone() bool {
+	for len(c.gone) > 0 {
+		s := c.gone[0]
+		c.gone = c.gone[1:]
+		if !s.gone || c.bySet[s.labels] != s {
+			continue // revived, or already dropped
+		}
+		delete(c.bySet, s.labels)
+		i := slices.Index(c.list, s)
+		c.list = slices.Delete(c.list, i, i+1)
+		c.evicted++
+		return true
+	}
+	return false
 }
 
 // Describe implements prometheus.Collector.
 func (c *EventCounter) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.desc
 	ch <- c.foldDesc
+	ch <- c.evictDesc
 }
 
 // Collect implements prometheus.Collector.
 func (c *EventCounter) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
-	list := c.list[:len(c.list):len(c.list)]
+	list := slices.Clone(c.list) // evictGone shifts c.list in place
+	evicted := c.evicted
 	c.mu.Unlock()
 	for _, s := range list {
 		ch <- seriesMetric{s, c.desc}
@@ -187,6 +231,31 @@ func (c *EventCounter) Collect(ch chan<- prometheus.Metric) {
 		ch <- seriesMetric{c.other, c.desc}
 	}
 	ch <- prometheus.MustNewConstMetric(c.foldDesc, prometheus.CounterValue, float64(c.folded.Load()))
+	ch <- prometheus.MustNewConstMetric(c.evictDesc, prometheus.CounterValue, float64(evicted))
+}
+
+// Forget marks the series of a container that is gone (its pod's namespace,
+// pod and container name). They are still collected, so the last counts
+// reach Prometheus; when the bound is reached, the oldest gone series make
+// room for new ones before anything folds into "other". On a node where pods
+// come and go, the bound so holds the live containers rather than the first
+// ones ever seen. A dropped series that comes back starts from 0, which
+// Prometheus's rate() reads as a counter reset.
+func (c *EventCounter) Forget(namespace, pod, container string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.list {
+		l := &s.labels
+		if l.namespace == namespace && l.workload == pod && l.container == container && !s.gone {
+			s.gone = true
+			c.gone = append(c.gone, s)
+		}
+	}
+	// Bound the queue: entries revived or dropped are skipped by evictGone,
+	// and at most every series is gone once.
+	if len(c.gone) > 2*c.maxSeries {
+		c.gone = slices.DeleteFunc(c.gone, func(s *series) bool { return !s.gone || c.bySet[s.labels] != s })
+	}
 }
 
 // Series is the number of label sets held, not counting "other".

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/captrace/captrace/bpf"
 	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/metrics/metricstest"
@@ -167,6 +170,64 @@ func TestEventSeriesAreBounded(t *testing.T) {
 	}
 	if got := value(t, fams, "captrace_events_series_folded_total"); got != float64(pods*caps-bound) {
 		t.Errorf("captrace_events_series_folded_total = %v, want %d", got, pods*caps-bound)
+	}
+}
+
+// Series of removed containers stay collected until room is needed; then
+// they make room for new containers before anything folds into "other".
+func TestGoneContainersMakeRoom(t *testing.T) {
+	const bound = 10
+	c := NewEventCounter(bound)
+	observe := func(pod string, cgroup uint64) {
+		ev := bpf.Event{CgroupID: cgroup, Cap: 21, Capable: true}
+		c.Observe(&ev, &cgmap.Container{Namespace: "ns", Pod: pod, Name: "app"})
+	}
+	for i := range bound {
+		observe(fmt.Sprint("old-", i), uint64(100+i))
+	}
+	for i := range 4 {
+		c.Forget("ns", fmt.Sprint("old-", i), "app")
+	}
+	c.Forget("ns", "old-3", "app") // twice: once in the queue
+	observe("old-3", 303)          // restarted (a new cgroup): revived, kept
+	if got := c.Series(); got != bound {
+		t.Fatalf("series = %d before any new container, want %d (gone ones still collected)", got, bound)
+	}
+	for i := range 5 {
+		observe(fmt.Sprint("new-", i), uint64(200+i))
+	}
+	// 3 gone series made room; the other 2 new ones fold.
+	if got, folded := c.Series(), c.Folded(); got != bound || folded != 2 {
+		t.Errorf("series %d folded %d, want %d and 2", got, folded, bound)
+	}
+	ch := make(chan prometheus.Metric, 64)
+	c.Collect(ch)
+	close(ch)
+	pods := map[string]bool{}
+	for m := range ch {
+		var out dto.Metric
+		m.Write(&out)
+		for _, l := range out.Label {
+			if l.GetName() == "workload" {
+				pods[l.GetValue()] = true
+			}
+		}
+	}
+	for _, gone := range []string{"old-0", "old-1", "old-2"} {
+		if pods[gone] {
+			t.Errorf("evicted series %s still collected", gone)
+		}
+	}
+	for _, kept := range []string{"old-3", "old-9", "new-0", "new-2", OtherLabel} {
+		if !pods[kept] {
+			t.Errorf("series %s not collected: %v", kept, pods)
+		}
+	}
+	// A check of an evicted container's cgroup counts again (from 0), not
+	// into the dropped series: the reader's cache was cleared.
+	observe("old-0", 100)
+	if c.Folded() != 3 {
+		t.Errorf("folded %d, want 3 (no room left for old-0)", c.Folded())
 	}
 }
 
