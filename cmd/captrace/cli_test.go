@@ -210,6 +210,18 @@ func TestDoctorReportsMissingItemsWithFixes(t *testing.T) {
 		t.Errorf("doctor exit %d, want 1 (BTF missing)", code)
 	}
 
+	// -o json: the same findings, machine-readable, same exit code.
+	var js bytes.Buffer
+	if code := runDoctor(cfg, formatJSON, &js, env); code != 1 {
+		t.Errorf("doctor -o json exit %d, want 1", code)
+	}
+	var res doctorResult
+	if err := json.Unmarshal(js.Bytes(), &res); err != nil || res.CanRun || res.Missing != 1 || len(res.Checks) != 9 ||
+		res.Checks[5] != (doctorCheck{Check: "kernel BTF", Needed: true, Detail: "stat " + env.btfPath + ": no such file or directory",
+			Fix: "captrace's CO-RE program needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 5.4 are)"}) {
+		t.Errorf("doctor -o json: %v\n%s", err, js.String())
+	}
+
 	// Nothing usable: the summary says what the kernel needs; the NRI fix names the drop-in.
 	env.probe = func() []bpf.TierProbe { return nil }
 	env.statfsType = func(string) (int64, error) { return cgroup2Magic, nil }

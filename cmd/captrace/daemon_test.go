@@ -473,3 +473,34 @@ func TestDaemonMetricsAddressInUse(t *testing.T) {
 		t.Errorf("runDaemon = %v", err)
 	}
 }
+
+// /healthz and the watchdog fail when the reader has spent longer than
+// readerStuckAfter on one event, or stopped outside a shutdown.
+func TestReaderLiveness(t *testing.T) {
+	d := &daemon{started: time.Now().Add(-time.Hour), readerDone: make(chan struct{})}
+	if err := d.live(); err != nil {
+		t.Errorf("live while starting: %v", err)
+	}
+	d.up.Store(true)
+	d.readerLeave() // waiting for an event: alive however long it waits
+	if err := d.live(); err != nil {
+		t.Errorf("live while the reader waits: %v", err)
+	}
+	d.readerEnter(time.Since(d.started) - readerStuckAfter/2)
+	if err := d.live(); err != nil {
+		t.Errorf("live on an event taken %v ago: %v", readerStuckAfter/2, err)
+	}
+	d.readerEnter(time.Since(d.started) - 2*readerStuckAfter)
+	if err := d.live(); err == nil || !strings.Contains(err.Error(), "the ring reader has been handling one event for 1m") {
+		t.Errorf("live with a stuck reader: %v", err)
+	}
+	d.readerLeave()
+	close(d.readerDone)
+	if err := d.live(); err == nil || !strings.Contains(err.Error(), "the ring reader stopped") {
+		t.Errorf("live after the reader stopped: %v", err)
+	}
+	d.stopping.Store(true)
+	if err := d.live(); err != nil {
+		t.Errorf("live during shutdown: %v", err)
+	}
+}
