@@ -89,6 +89,9 @@ type EventCounter struct {
 	evictDesc *prometheus.Desc
 
 	fast map[uint64]*cgroupSeries // the reader's cache by cgroup ID; cleared when it grows past fastMax
+	// lastCgroup and lastSeries are the reader's most recent cache entry.
+	lastCgroup uint64
+	lastSeries *cgroupSeries
 
 	mu    sync.Mutex // guards bySet, list, gone; taken on a cache miss, by Forget and by Collect
 	bySet map[labelSet]*series
@@ -137,6 +140,7 @@ func (c *EventCounter) Observe(ev *bpf.Event, ctr *cgmap.Container) {
 		s, evicted := c.series(ev, ctr)
 		if evicted {
 			clear(c.fast)
+			c.lastSeries = nil
 		}
 		s.n.Add(1)
 		return
@@ -145,10 +149,15 @@ func (c *EventCounter) Observe(ev *bpf.Event, ctr *cgmap.Container) {
 	if ev.Capable {
 		verdict = 1
 	}
-	cs := c.fast[ev.CgroupID]
+	// Checks come in runs from one container: the last cgroup's series
+	// spare the map lookup.
+	cs := c.lastSeries
+	if ev.CgroupID != c.lastCgroup || cs == nil {
+		cs = c.fast[ev.CgroupID]
+	}
 	if cs == nil {
 		if len(c.fast) >= fastMax {
-			clear(c.fast)
+			clear(c.fast) // lastSeries is replaced below
 		}
 		cs = new(cgroupSeries)
 		c.fast[ev.CgroupID] = cs
@@ -164,6 +173,7 @@ func (c *EventCounter) Observe(ev *bpf.Event, ctr *cgmap.Container) {
 		}
 		cs[verdict][ev.Cap] = s
 	}
+	c.lastCgroup, c.lastSeries = ev.CgroupID, cs
 	s.n.Add(1)
 }
 
