@@ -169,7 +169,8 @@ func TestDoctorReportsMissingItemsWithFixes(t *testing.T) {
 	mountinfo := filepath.Join(dir, "mountinfo")
 	os.WriteFile(mountinfo, []byte("41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"), 0o644)
 	env := doctorEnv{
-		euid: 0,
+		euid:         0,
+		capabilities: func() (uint64, error) { return 0x1fffeffffff, nil }, // root without CAP_SYS_RESOURCE
 		probe: func() []bpf.TierProbe {
 			return []bpf.TierProbe{
 				{Tier: bpf.TierFexit, Err: errors.New("fexit/cap_capable: permission denied (BPF trampolines)")},
@@ -189,6 +190,7 @@ func TestDoctorReportsMissingItemsWithFixes(t *testing.T) {
 	code := runDoctor(cfg, formatTable, &out, env)
 	want := []string{
 		"[ok]      privileges: running as root",
+		"[ok]      capabilities: CAP_SYSLOG, CAP_PERFMON, CAP_BPF held, and 37 more the daemon does not need",
 		"[note]    attach tier fexit: fexit/cap_capable: permission denied (BPF trampolines)",
 		"[ok]      attach tier tp_btf: loads and attaches (the daemon will use it)",
 		"[note]    attach tier kprobe: kprobes not built in",
@@ -216,8 +218,8 @@ func TestDoctorReportsMissingItemsWithFixes(t *testing.T) {
 		t.Errorf("doctor -o json exit %d, want 1", code)
 	}
 	var res doctorResult
-	if err := json.Unmarshal(js.Bytes(), &res); err != nil || res.CanRun || res.Missing != 1 || len(res.Checks) != 9 ||
-		res.Checks[5] != (doctorCheck{Check: "kernel BTF", Needed: true, Detail: "stat " + env.btfPath + ": no such file or directory",
+	if err := json.Unmarshal(js.Bytes(), &res); err != nil || res.CanRun || res.Missing != 1 || len(res.Checks) != 10 ||
+		res.Checks[6] != (doctorCheck{Check: "kernel BTF", Needed: true, Detail: "stat " + env.btfPath + ": no such file or directory",
 			Fix: "captrace's CO-RE program needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 5.4 are)"}) {
 		t.Errorf("doctor -o json: %v\n%s", err, js.String())
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/captrace/captrace/config"
 	"github.com/captrace/captrace/internal/buildinfo"
 	"github.com/captrace/captrace/internal/exitcode"
+	"github.com/captrace/captrace/internal/privilege"
 	"github.com/captrace/captrace/pkg/advisor"
 	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/metrics"
@@ -64,6 +65,13 @@ func hostDeps(stdout io.Writer) daemonDeps {
 		openTracer: func(o bpf.Options) (tracer, error) {
 			t, err := bpf.Open(o)
 			if err != nil {
+				// Name the capability that is missing, if one is: the
+				// kernel only says "operation not permitted".
+				if eff, effErr := privilege.Effective(); effErr == nil {
+					if missing := privilege.Compare(eff).MissingError(); missing != nil {
+						return nil, fmt.Errorf("%w; %v", err, missing)
+					}
+				}
 				return nil, err
 			}
 			return t, nil
@@ -104,6 +112,8 @@ func runDaemonCommand(f *daemonFlags, stdout, stderr io.Writer) error {
 		log.WithFields(fields).Info("starting")
 	}
 
+	logPrivileges(log)
+
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	hup := make(chan os.Signal, 1)
@@ -115,6 +125,26 @@ func runDaemonCommand(f *daemonFlags, stdout, stderr io.Writer) error {
 		return exitWith(exitcode.Findings)
 	}
 	return nil
+}
+
+// logPrivileges says which of the capabilities captrace needs it lacks, and
+// how many it holds beyond them (internal/privilege is the one list).
+func logPrivileges(log logrus.FieldLogger) {
+	eff, err := privilege.Effective()
+	if err != nil {
+		log.WithError(err).Warn("cannot read this process's capabilities")
+		return
+	}
+	r := privilege.Compare(eff)
+	if err := r.MissingError(); err != nil {
+		// CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, so go on:
+		// the tracer's load says whether the kernel agrees.
+		log.WithError(err).Warn("capabilities missing")
+	}
+	if r.Excess > 0 {
+		log.WithField("needed", strings.Join(privilege.Names(), ",")).WithField("excess", r.Excess).
+			Info("captrace holds capabilities it does not need; confine it with CapabilityBoundingSet (deploy/captrace.service does)")
+	}
 }
 
 // daemon holds the running pieces and the counters the stats line reports.
@@ -287,7 +317,8 @@ loop:
 			d.notifySystemd(d.status())
 		case <-hup:
 			if err := d.fanout.Reopen(); err != nil {
-				log.WithError(err).Error("SIGHUP: reopening the output file failed; its events are counted as failed")
+				log.WithError(err).Error("SIGHUP: reopening the output file failed; events still go to the file open before " +
+					"(the rotated one) and the open is retried every second; fix the path, or send SIGHUP again")
 			} else {
 				log.Info("SIGHUP: output file reopened")
 			}
@@ -524,6 +555,7 @@ func (d *daemon) logStats(final bool) {
 	fields["filter_update_failed"] = now.filterFailed
 	fields["nri_connected"] = s.NRI.Connected
 	fields["nri_connects"] = s.NRI.Connects
+	fields["nri_abandoned_stubs"] = s.NRI.AbandonedStubs
 	fields["cgroup_misses"] = s.NRI.CgroupMisses
 	fields["trace_failed"] = s.NRI.TraceFailed
 	now.cgroupMisses, now.traceFailed = s.NRI.CgroupMisses, s.NRI.TraceFailed

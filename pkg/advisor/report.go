@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/captrace/captrace/internal/exitcode"
+	"github.com/captrace/captrace/pkg/output"
 )
 
 // maxLineBytes bounds one input line; longer lines are skipped, not buffered.
@@ -116,7 +117,9 @@ func (c *ReportCommand) Run(args []string, stdin io.Reader, stdout, stderr io.Wr
 		if f.unit != "" {
 			jargs = append(jargs, "-u", f.unit)
 		} else {
-			jargs = append(jargs, "SYSLOG_IDENTIFIER=captrace")
+			// Any local user can write entries with this identifier
+			// (logger -t captrace): only root's count, _UID=0.
+			jargs = append(jargs, "SYSLOG_IDENTIFIER=captrace", "_UID=0")
 		}
 		if f.journalDir != "" {
 			jargs = append(jargs, "-D", f.journalDir)
@@ -180,7 +183,7 @@ func (c *ReportCommand) Run(args []string, stdin io.Reader, stdout, stderr io.Wr
 		fmt.Fprintln(stderr, "captrace report: no capability checks read that match the filters: no advice")
 		if f.input == "" && agg.lines == 0 && f.unit != "" {
 			fmt.Fprintf(stderr, "  journald has no entries of unit %s; if captrace does not run as that systemd unit, "+
-				"try --unit '' (entries with SYSLOG_IDENTIFIER=captrace) or -D DIR for another journal\n", f.unit)
+				"try --unit '' (entries with SYSLOG_IDENTIFIER=captrace written by root, _UID=0) or -D DIR for another journal\n", f.unit)
 		}
 		return exitcode.NoRecords
 	}
@@ -492,7 +495,9 @@ func writeTable(w io.Writer, ss []Summary) error {
 			fmt.Fprintln(bw)
 		}
 		c := s.Container
-		fmt.Fprintf(bw, "NAMESPACE %s  POD %s  CONTAINER %s", c.Namespace, c.Pod, c.Name)
+		// Names come from pod authors (and report files from anyone):
+		// escaped, so no input can send a terminal escape sequence.
+		fmt.Fprintf(bw, "NAMESPACE %s  POD %s  CONTAINER %s", output.Printable(c.Namespace), output.Printable(c.Pod), output.Printable(c.Name))
 		if n := strings.Count(c.ID, ",") + 1; n > 1 {
 			fmt.Fprintf(bw, "  (%d container IDs: restarts add up)", n)
 		}
@@ -508,7 +513,7 @@ func writeTable(w io.Writer, ss []Summary) error {
 			if sys == "" {
 				sys = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", r.Cap, r.Granted, r.Denied, sys, Advice[r.Class])
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", output.Printable(r.Cap), r.Granted, r.Denied, output.Printable(sys), Advice[r.Class])
 		}
 		if err := tw.Flush(); err != nil {
 			return err
@@ -532,12 +537,12 @@ func writeYAML(w io.Writer, ss []Summary) error {
 				fmt.Fprintln(bw, "---") // one YAML document per pod
 			}
 			pod = p
-			fmt.Fprintf(bw, "# pod %s: merge into spec.containers\n", p)
+			fmt.Fprintf(bw, "# pod %s: merge into spec.containers\n", output.Printable(p))
 		}
 		fmt.Fprintf(bw, "# %s\n", s.Basis())
 		for _, r := range s.Rows {
 			if r.Class != ClassAdd {
-				fmt.Fprintf(bw, "# %s (granted %d, denied %d): %s\n", r.Cap, r.Granted, r.Denied, Advice[r.Class])
+				fmt.Fprintf(bw, "# %s (granted %d, denied %d): %s\n", output.Printable(r.Cap), r.Granted, r.Denied, Advice[r.Class])
 			}
 		}
 		fmt.Fprintf(bw, "- name: %s\n", yamlScalar(c.Name))

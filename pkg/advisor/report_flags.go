@@ -32,7 +32,7 @@ func (c *ReportCommand) AddFlags(fs *pflag.FlagSet) {
 	f := &c.f
 	fs.StringVarP(&f.input, "input", "i", "", "read records from `FILE` (- for stdin) instead of running journalctl")
 	fs.StringVarP(&f.journalDir, "journal-dir", "D", "", "passed to journalctl as -D `DIR`")
-	fs.StringVar(&f.unit, "unit", "captrace", "systemd `unit` passed to journalctl -u; empty: match SYSLOG_IDENTIFIER=captrace instead")
+	fs.StringVar(&f.unit, "unit", "captrace", "systemd `unit` passed to journalctl -u; empty: match SYSLOG_IDENTIFIER=captrace written by root (_UID=0) instead")
 	fs.StringVar(&f.journalctl, "journalctl", c.env.journalctl, "journalctl `binary` to run")
 	fs.StringVarP(&f.format, "output", "o", "table", "output `FORMAT`: table, yaml or json")
 	fs.StringVar(&f.namespace, "namespace", "", "only this Kubernetes `namespace`")
