@@ -79,6 +79,7 @@ var (
 	tracedDesc        = desc("captrace_traced_containers", "Containers in the kernel's filter map.")
 	nriConnectedDesc  = desc("captrace_nri_connected", "1 while registered with containerd over NRI and synchronized, else 0.")
 	nriConnectsDesc   = desc("captrace_nri_connects_total", "Registrations with containerd: 1, plus one per reconnection.")
+	nriAbandonedDesc  = desc("captrace_nri_abandoned_stubs_total", "NRI connections given up because containerd sent no Synchronize after the registration.")
 	cgroupMissesDesc  = desc("captrace_cgroup_misses_total", "Opted-in containers not traced: their cgroup v2 directory was not found.")
 	traceFailedDesc   = desc("captrace_trace_failed_total", "Opted-in containers not traced: the kernel's filter map refused them.")
 	policyWarnDesc    = desc("captrace_policy_warnings_total", "Pods not traced because of a bad annotation value or a namespace the config keeps out.")
@@ -94,7 +95,7 @@ var (
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{infoDesc, eventsReadDesc, unknownDesc, readErrorsDesc, ringLostDesc, dedupFailedDesc,
 		filterFailDesc, sinkWrittenDesc, sinkDroppedDesc, sinkFailedDesc, sinkQueuedDesc, tracedDesc, nriConnectedDesc,
-		nriConnectsDesc, cgroupMissesDesc, traceFailedDesc, policyWarnDesc, untraceFailedDesc, advContainersDesc,
+		nriConnectsDesc, nriAbandonedDesc, cgroupMissesDesc, traceFailedDesc, policyWarnDesc, untraceFailedDesc, advContainersDesc,
 		advUntrackedCDesc, advUntrackedEDesc, advFoldedDesc, advLateDesc} {
 		ch <- d
 	}
@@ -131,6 +132,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(nriConnectedDesc, connected)
 	counter(nriConnectsDesc, s.NRI.Connects)
+	counter(nriAbandonedDesc, s.NRI.AbandonedStubs)
 	counter(cgroupMissesDesc, s.NRI.CgroupMisses)
 	counter(traceFailedDesc, s.NRI.TraceFailed)
 	counter(policyWarnDesc, s.NRI.PolicyWarnings)
