@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"runtime"
@@ -17,17 +16,17 @@ import (
 	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/metrics"
 	"github.com/captrace/captrace/pkg/output"
+	"github.com/captrace/captrace/pkg/pipeline"
 )
 
-// sliceTracer hands out n events cycling through evs, then ErrClosed: the
+// sliceRing hands out n events cycling through evs, then ErrClosed: the
 // ring reader's cost without the kernel.
-type sliceTracer struct {
-	fakeFilter
+type sliceRing struct {
 	evs  []bpf.Event
 	n, i int
 }
 
-func (s *sliceTracer) Read(ev *bpf.Event) error {
+func (s *sliceRing) Read(ev *bpf.Event) error {
 	if s.i >= s.n {
 		return bpf.ErrClosed
 	}
@@ -36,60 +35,47 @@ func (s *sliceTracer) Read(ev *bpf.Event) error {
 	return nil
 }
 
-func (s *sliceTracer) Stats() (bpf.Stats, error) { return bpf.Stats{}, nil }
-func (s *sliceTracer) Tier() bpf.Tier            { return bpf.TierTpBTF }
-func (s *sliceTracer) Detach()                   {}
-func (s *sliceTracer) Close() error              { return nil }
+func (s *sliceRing) Wake() error                         { return nil }
+func (s *sliceRing) WaitPrograms() error                 { return nil }
+func (s *sliceRing) ForgetUnique(...uint64) (int, error) { return 0, nil }
+func (s *sliceRing) Detach()                             {}
 
-type fakeFilter struct{}
-
-func (fakeFilter) Trace(uint64, bpf.Settings) error { return nil }
-func (fakeFilter) Untrace(uint64) error             { return nil }
-
-// discardSink accepts every record and writes nothing.
+// discardSink takes every record and writes nothing.
 type discardSink struct{}
 
-func (discardSink) Name() string                      { return "discard" }
-func (discardSink) Write(*output.EnrichedEvent) error { return nil }
-func (discardSink) WriteEntry(*output.Entry) error    { return nil }
-func (discardSink) Close() error                      { return nil }
+func (discardSink) Send(*output.EnrichedEvent) {}
+func (discardSink) SendEntry(*output.Entry)    {}
 
-// readLoopRate runs the daemon's ring reader over n events of 8 traced
-// containers (12 capabilities, both verdicts) and returns events per second.
+// readLoopRate runs the pipeline's reader over n events of 8 traced
+// containers (12 capabilities, both verdicts) and returns events per second
+// of the reader thread's CPU time.
 func readLoopRate(b *testing.B, n int, withMetrics bool) float64 {
 	log := logrus.New()
 	log.Out = io.Discard
-	tr := &sliceTracer{n: n}
-	reg := cgmap.NewRegistry(tr, log)
+	ring := &sliceRing{n: n}
+	opts := pipeline.Options{Ring: ring, Advisor: advisor.NewTracker(advisor.Limits{MaxContainers: 64}), Sink: discardSink{},
+		WallTime: func(k uint64) time.Time { return time.Unix(0, int64(k)) }, Log: log}
+	if withMetrics {
+		opts.Counter = metrics.NewEventCounter(metrics.DefaultMaxSeries)
+	}
+	p := pipeline.New(opts)
 	for c := range 8 {
-		if err := reg.Add(cgmap.Container{ID: fmt.Sprint("c", c), Name: "app", Namespace: "bench", Pod: fmt.Sprint("pod-", c), CgroupID: uint64(100 + c)}); err != nil {
-			b.Fatal(err)
-		}
+		p.Traced(cgmap.Container{ID: fmt.Sprint("c", c), Name: "app", Namespace: "bench", Pod: fmt.Sprint("pod-", c), CgroupID: uint64(100 + c)})
 		for k := range 12 {
 			ev := event(uint32(c*100+k), uint64(100+c))
 			ev.Cap, ev.Capable = bpf.Capability(k), k%3 != 0
-			tr.evs = append(tr.evs, ev)
+			ring.evs = append(ring.evs, ev)
 		}
-	}
-	d := &daemon{log: log, tracer: tr, reg: reg, started: time.Now(),
-		deps:   daemonDeps{wallTime: func(k uint64) time.Time { return time.Unix(0, int64(k)) }},
-		advice: advisor.NewTracker(advisor.Limits{MaxContainers: 64}),
-		fanout: output.NewFanout([]output.Sink{discardSink{}}, 1<<16, log)}
-	for _, c := range reg.List() {
-		d.advice.Start(c, time.Now())
-	}
-	if withMetrics {
-		d.metrics = metrics.New(d.snapshot, d.tierName, metrics.BuildInfo{}, metrics.DefaultMaxSeries)
 	}
 	// The reader's own CPU time, not the wall clock: the cost per event the
 	// issue bounds, and far less disturbed by other load on the machine.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	t0 := threadCPU(b)
-	d.readLoop()
-	rate := float64(n) / (threadCPU(b) - t0).Seconds()
-	_ = d.fanout.Close(context.Background())
-	return rate
+	if err := p.Run(); err != nil {
+		b.Fatal(err)
+	}
+	return float64(n) / (threadCPU(b) - t0).Seconds()
 }
 
 // threadCPU is the calling thread's user and system CPU time.

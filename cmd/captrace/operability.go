@@ -10,6 +10,7 @@ import (
 	"github.com/captrace/captrace/config"
 	"github.com/captrace/captrace/internal/buildinfo"
 	"github.com/captrace/captrace/pkg/metrics"
+	"github.com/captrace/captrace/pkg/pipeline"
 )
 
 // What an operator sees of the running daemon besides events: the stats
@@ -21,22 +22,13 @@ import (
 // microseconds; only a deadlock or a wedged lock makes it take seconds.
 const readerStuckAfter = 30 * time.Second
 
-// snapshot reads every counter at once: the stats line and the metrics show it.
-func (d *daemon) snapshot() metrics.Snapshot {
+// snapshot is the pipeline's one stats snapshot: the stats line and the
+// metrics show it.
+func (d *daemon) snapshot() pipeline.Stats {
 	if !d.up.Load() {
-		return metrics.Snapshot{}
+		return pipeline.Stats{}
 	}
-	s := metrics.Snapshot{
-		Events:           d.events.Load(),
-		UnknownContainer: d.unknown.Load(),
-		ReadErrors:       d.readErrors.Load(),
-		Sinks:            d.fanout.Stats(),
-		NRI:              d.plugin.Stats(),
-		Registry:         d.reg.Stats(),
-		Advisor:          d.advice.Stats(),
-	}
-	s.Tracer, s.TracerError = d.tracer.Stats()
-	return s
+	return d.pipeline.Stats()
 }
 
 func (d *daemon) tierName() string {
@@ -46,30 +38,22 @@ func (d *daemon) tierName() string {
 	return string(d.tracer.Tier())
 }
 
-// readerEnter and readerLeave bracket the reader's work on one event, so
-// that live can tell a reader waiting for events from one stuck on an event.
-func (d *daemon) readerEnter(now time.Duration) { d.readerBusySince.Store(int64(now) | 1) }
-func (d *daemon) readerLeave()                  { d.readerBusySince.Store(0) }
-
 // live is /healthz and the watchdog: the process answers and its ring reader
-// is running and not stuck on one event.
+// is not stuck on one event or change.
 func (d *daemon) live() error {
 	if !d.up.Load() {
 		return nil // starting: the reader does not run yet
 	}
-	select {
-	case <-d.readerDone:
-		if !d.stopping.Load() {
-			return errors.New("the ring reader stopped")
-		}
-	default:
-	}
-	if since := d.readerBusySince.Load(); since != 0 {
-		if busy := time.Since(d.started) - time.Duration(since); busy > readerStuckAfter {
-			return fmt.Errorf("the ring reader has been handling one event for %v", busy.Round(time.Second))
-		}
+	if busy := d.pipeline.ReaderBusy(); busy > readerStuckAfter {
+		return fmt.Errorf("the ring reader has been handling one event for %v", busy.Round(time.Second))
 	}
 	return nil
+}
+
+func (d *daemon) observeNRIRequest(request string, took time.Duration) {
+	if d.metrics != nil {
+		d.metrics.ObserveNRIRequest(request, took)
+	}
 }
 
 // ready is /readyz: BPF is attached and containerd synchronized captrace

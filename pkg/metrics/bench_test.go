@@ -13,6 +13,7 @@ import (
 
 	"github.com/captrace/captrace/bpf"
 	"github.com/captrace/captrace/pkg/cgmap"
+	"github.com/captrace/captrace/pkg/pipeline"
 )
 
 // BenchmarkObserve is the per-event cost of captrace_events_total on the
@@ -52,7 +53,7 @@ func scrapeTime(b *testing.B, h http.Handler, n int) time.Duration {
 // series held by client_golang's own CounterVec, scraped in the same run
 // (the library's floor).
 func BenchmarkScrape10000Series(b *testing.B) {
-	m := New(func() Snapshot { return Snapshot{} }, func() string { return "tp_btf" }, BuildInfo{}, 10_000)
+	m := New(func() pipeline.Stats { return pipeline.Stats{} }, func() string { return "tp_btf" }, BuildInfo{}, 10_000)
 	for p := range 250 {
 		ctr := cgmap.Container{Namespace: "ns", Pod: fmt.Sprintf("pod-%d", p), Name: "app"}
 		for c := range 40 {

@@ -6,6 +6,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/captrace/captrace/pkg/pipeline"
 )
 
 // BuildInfo names the binary in captrace_info.
@@ -24,7 +26,7 @@ type Metrics struct {
 
 // New returns the metrics of a daemon whose counters snapshot reads, with
 // captrace_events_total bounded to maxSeries label sets.
-func New(snapshot func() Snapshot, tier func() string, build BuildInfo, maxSeries int) *Metrics {
+func New(snapshot func() pipeline.Stats, tier func() string, build BuildInfo, maxSeries int) *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
 		Events:   NewEventCounter(maxSeries),
@@ -52,7 +54,7 @@ func (m *Metrics) ObserveNRIRequest(request string, took time.Duration) {
 
 // statsCollector turns a Snapshot into metrics at each scrape.
 type statsCollector struct {
-	snapshot func() Snapshot
+	snapshot func() pipeline.Stats
 	tier     func() string
 	build    BuildInfo
 }
@@ -89,14 +91,22 @@ var (
 	advUntrackedCDesc = desc("captrace_advisor_untracked_containers_total", "Traced containers beyond the advisor's limit: no summary.")
 	advUntrackedEDesc = desc("captrace_advisor_untracked_events_total", "Checks of containers beyond the advisor's limit.")
 	advFoldedDesc     = desc("captrace_advisor_folded_events_total", "Checks whose syscall detail the advisor folded at its tuple limit.")
-	advLateDesc       = desc("captrace_advisor_late_events_total", "Checks read after their container's summary was written.")
+
+	barriersDesc      = desc("captrace_barriers_total", "Ring barriers run before stopped containers' summaries (one per batch of stops).")
+	barrierFailedDesc = desc("captrace_barrier_failed_total", "Barriers that failed: their containers were finished without waiting.")
+	wakeFailedDesc    = desc("captrace_wake_failed_total", "Failed wake-ups of the ring reader (the change waited for the next one).")
+	finishedDesc      = desc("captrace_containers_finished_total", "Containers whose tracing ended.")
+	keysForgotDesc    = desc("captrace_unique_keys_forgotten_total", "Unique-mode kernel keys deleted for stopped containers.")
+	forgetFailedDesc  = desc("captrace_unique_forget_failed_total", "Batches of unique-mode keys that could not be deleted (the LRU map ages them out).")
+	staleFilterDesc   = desc("captrace_stale_filter_entries", "Untraced cgroups whose filter map entry could not be deleted yet (retried).")
 )
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{infoDesc, eventsReadDesc, unknownDesc, readErrorsDesc, ringLostDesc, dedupFailedDesc,
 		filterFailDesc, sinkWrittenDesc, sinkDroppedDesc, sinkFailedDesc, sinkQueuedDesc, tracedDesc, nriConnectedDesc,
 		nriConnectsDesc, nriAbandonedDesc, cgroupMissesDesc, traceFailedDesc, policyWarnDesc, untraceFailedDesc, advContainersDesc,
-		advUntrackedCDesc, advUntrackedEDesc, advFoldedDesc, advLateDesc} {
+		advUntrackedCDesc, advUntrackedEDesc, advFoldedDesc, barriersDesc, barrierFailedDesc, wakeFailedDesc,
+		finishedDesc, keysForgotDesc, forgetFailedDesc, staleFilterDesc} {
 		ch <- d
 	}
 }
@@ -119,6 +129,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(dedupFailedDesc, s.Tracer.DedupUpdateFailed)
 		counter(filterFailDesc, s.Tracer.FilterUpdateFailed)
 		gauge(tracedDesc, float64(s.Tracer.Traced))
+		gauge(staleFilterDesc, float64(s.Tracer.StaleFilterEntries))
 	}
 	for _, k := range s.Sinks {
 		counter(sinkWrittenDesc, k.Written, k.Name)
@@ -141,5 +152,10 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(advUntrackedCDesc, s.Advisor.UntrackedContainers)
 	counter(advUntrackedEDesc, s.Advisor.UntrackedEvents)
 	counter(advFoldedDesc, s.Advisor.FoldedEvents)
-	counter(advLateDesc, s.Advisor.LateEvents)
+	counter(barriersDesc, s.Barriers)
+	counter(barrierFailedDesc, s.BarrierFailed)
+	counter(wakeFailedDesc, s.WakeFailed)
+	counter(finishedDesc, s.ContainersFinished)
+	counter(keysForgotDesc, s.UniqueKeysForgotten)
+	counter(forgetFailedDesc, s.UniqueForgetFailed)
 }

@@ -268,6 +268,9 @@ func (c *EventCounter) Forget(namespace, pod, container string) {
 	}
 }
 
+// Finished is Forget for a container whose tracing ended (pipeline.EventCounter).
+func (c *EventCounter) Finished(ctr cgmap.Container) { c.Forget(ctr.Namespace, ctr.Pod, ctr.Name) }
+
 // Series is the number of label sets held, not counting "other".
 func (c *EventCounter) Series() int {
 	c.mu.Lock()

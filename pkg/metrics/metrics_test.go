@@ -18,6 +18,7 @@ import (
 	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/metrics/metricstest"
 	"github.com/captrace/captrace/pkg/output"
+	"github.com/captrace/captrace/pkg/pipeline"
 	"github.com/captrace/captrace/plugin"
 )
 
@@ -49,8 +50,8 @@ func value(t testing.TB, fams metricstest.Families, name string, want ...string)
 	return v
 }
 
-func testSnapshot() Snapshot {
-	return Snapshot{
+func testSnapshot() pipeline.Stats {
+	return pipeline.Stats{
 		Events: 1432, UnknownContainer: 2, ReadErrors: 1,
 		Tracer: bpf.Stats{Tier: bpf.TierTpBTF, Traced: 3, RingLost: 9944, DedupUpdateFailed: 5, FilterUpdateFailed: 6},
 		Sinks: []output.SinkStats{{Name: "journald", Written: 1400, Dropped: 32, Failed: 1, Queued: 7},
@@ -78,7 +79,7 @@ func serve(t *testing.T, m *Metrics, checks Checks) (base string, client *http.C
 // metric, Go and process collectors, and the NRI histogram.
 func TestScrapeShowsTheSnapshot(t *testing.T) {
 	snap := testSnapshot()
-	m := New(func() Snapshot { return snap }, func() string { return "tp_btf" }, BuildInfo{Version: "v1.2.3", Commit: "abc"}, 100)
+	m := New(func() pipeline.Stats { return snap }, func() string { return "tp_btf" }, BuildInfo{Version: "v1.2.3", Commit: "abc"}, 100)
 	m.ObserveNRIRequest("StartContainer", 40*time.Microsecond)
 	ev := bpf.Event{CgroupID: 7, Cap: 23, Capable: true}
 	m.Events.Observe(&ev, &cgmap.Container{Namespace: "default", Pod: "web-0", Name: "app"})
@@ -135,7 +136,7 @@ func TestScrapeShowsTheSnapshot(t *testing.T) {
 // event is lost from the sum.
 func TestEventSeriesAreBounded(t *testing.T) {
 	const bound, pods, caps = 1000, 250, 40
-	m := New(func() Snapshot { return Snapshot{} }, func() string { return "tp_btf" }, BuildInfo{}, bound)
+	m := New(func() pipeline.Stats { return pipeline.Stats{} }, func() string { return "tp_btf" }, BuildInfo{}, bound)
 	events := 0
 	for p := range pods {
 		ctr := cgmap.Container{Namespace: "ns", Pod: fmt.Sprintf("pod-%d", p), Name: "app"}
@@ -233,7 +234,7 @@ func TestGoneContainersMakeRoom(t *testing.T) {
 }
 
 func TestHealthAndReadiness(t *testing.T) {
-	m := New(func() Snapshot { return Snapshot{} }, func() string { return "" }, BuildInfo{}, 10)
+	m := New(func() pipeline.Stats { return pipeline.Stats{} }, func() string { return "" }, BuildInfo{}, 10)
 	var live, ready error = nil, errors.New("NRI not synchronized yet")
 	base, client := serve(t, m, Checks{Live: func() error { return live }, Ready: func() error { return ready }})
 	get := func(path string) (int, string) {
