@@ -93,7 +93,7 @@ func threadCPU(b *testing.B) time.Duration {
 // of the ratios of back-to-back pairs (their order alternating), so that
 // the machine's drifting load cancels. Issue 15's bar: ≥ 0.95.
 func BenchmarkReaderMetricsOverhead(b *testing.B) {
-	const n = 200_000
+	const n = 1_000_000
 	var offs, ons, ratios []float64
 	for i := range b.N {
 		var off, on float64
