@@ -29,8 +29,11 @@ func TestMetricsDuringARun(t *testing.T) {
 	client := metricstest.NewClient(st.MetricsAddr())
 	cfg := st.CaptraceConfig()
 	cfg.RingBufferBytes = 4096
+	// The daemon's stderr on journald's stream, as under systemd.
+	st.SetStderrToJournal(true)
 	t.Cleanup(func() {
 		cfg.RingBufferBytes = 0
+		st.SetStderrToJournal(false)
 		if err := st.RestartCaptrace(context.Background()); err != nil {
 			t.Errorf("restart captrace with the default ring: %v", err)
 		}

@@ -358,12 +358,23 @@ func DiffSinks(b Both) []string {
 	return diffs
 }
 
-// CaptraceStats returns the fields of the last `msg=stats` line the daemon
-// wrote to the journal (it logs one every 30 s and at shutdown).
+// CaptraceStats returns the fields of the last `msg=stats` line of the
+// daemon's own log, or of the journal when its stderr goes there (it logs
+// one every 30 s and at shutdown).
 func (s *Stack) CaptraceStats() (map[string]string, error) {
-	lines, err := s.CaptraceOperationalLines()
-	if err != nil {
-		return nil, err
+	where := "the journal (journalctl -t captrace _TRANSPORT=stdout)"
+	var lines []string
+	if s.captraceToJournal {
+		var err error
+		if lines, err = s.CaptraceOperationalLines(); err != nil {
+			return nil, err
+		}
+	} else {
+		data, err := os.ReadFile(s.CaptraceLog())
+		if err != nil {
+			return nil, err
+		}
+		lines, where = strings.Split(string(data), "\n"), s.CaptraceLog()
 	}
 	var last map[string]string
 	for _, line := range lines {
@@ -375,7 +386,7 @@ func (s *Stack) CaptraceStats() (map[string]string, error) {
 		}
 	}
 	if last == nil {
-		return nil, fmt.Errorf("no msg=stats line in the journal (journalctl -t captrace _TRANSPORT=stdout)")
+		return nil, fmt.Errorf("no msg=stats line in %s", where)
 	}
 	return last, nil
 }

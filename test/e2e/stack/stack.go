@@ -62,6 +62,9 @@ type Stack struct {
 	containerd *proc
 	captrace   *proc
 	captraceOK bool
+	// stderrToJournal: StartCaptrace connects the daemon's stderr to
+	// journald's stream; captraceToJournal: the running daemon's stderr is.
+	stderrToJournal, captraceToJournal bool
 }
 
 // StepError says which step of the stack failed, with the log tails a person
@@ -400,10 +403,15 @@ func (s *Stack) importImages(ctx context.Context) error {
 
 // ---- captrace ----
 
-// CaptraceLog is the daemon's stdout (and nsenter's messages). Its own
-// operational lines (stderr) go to the private journal, as under systemd:
-// CaptraceOperationalLines.
+// CaptraceLog is the daemon's own (stderr) log, unless SetStderrToJournal
+// sent it to the journal (CaptraceOperationalLines).
 func (s *Stack) CaptraceLog() string { return filepath.Join(s.Dir, "logs", "captrace.log") }
+
+// SetStderrToJournal makes the next StartCaptrace connect the daemon's
+// stderr to the private journald's stdout stream, as systemd connects a
+// unit's (JOURNAL_STREAM set, so lines carry their priority); false (the
+// default) sends it to CaptraceLog. A journald restart ends such a stream.
+func (s *Stack) SetStderrToJournal(on bool) { s.stderrToJournal = on }
 
 // MetricsAddr is the daemon's metrics.listen: a Unix socket in the stack's directory.
 func (s *Stack) MetricsAddr() string { return "unix:" + filepath.Join(s.Dir, "metrics.sock") }
@@ -521,17 +529,20 @@ func (s *Stack) startCaptrace(wait bool) error {
 	}
 	defer syscall.Close(cgfd)
 	before := s.pluginSyncs()
-	stream, journalStream, err := s.journalStream("captrace")
+	opts := spawnOpts{cgroupFD: cgfd}
+	if s.stderrToJournal {
+		stream, journalStream, err := s.journalStream("captrace")
+		if err != nil {
+			return err
+		}
+		defer stream.Close()
+		opts.stderr, opts.env = stream, []string{"JOURNAL_STREAM=" + journalStream}
+	}
+	p, err := s.spawn("captrace", s.inNamespace(s.ConfinedArgv(s.opts.CaptraceBin, "--config", s.CaptraceConfigPath())...), opts)
 	if err != nil {
 		return err
 	}
-	defer stream.Close()
-	p, err := s.spawn("captrace", s.inNamespace(s.ConfinedArgv(s.opts.CaptraceBin, "--config", s.CaptraceConfigPath())...),
-		spawnOpts{cgroupFD: cgfd, stderr: stream, env: []string{"JOURNAL_STREAM=" + journalStream}})
-	if err != nil {
-		return err
-	}
-	s.captrace = p
+	s.captrace, s.captraceToJournal = p, s.stderrToJournal
 	if !wait {
 		return nil
 	}
@@ -577,10 +588,11 @@ func (s *Stack) WaitCaptraceResync(before int, timeout time.Duration) error {
 // PluginSyncs is the number of times containerd synchronized captrace so far.
 func (s *Stack) PluginSyncs() int { return s.pluginSyncs() }
 
-// StopCaptrace stops the daemon with SIGTERM (as systemd would), and waits
-// until journald has stored its last line (msg=stopped).
+// StopCaptrace stops the daemon with SIGTERM (as systemd would); when its
+// stderr is the journal, it waits until journald has stored its last line
+// (msg=stopped).
 func (s *Stack) StopCaptrace() {
-	if s.captrace != nil && !s.captrace.exited() {
+	if s.captrace != nil && !s.captrace.exited() && s.captraceToJournal {
 		stopped := s.countOperational("msg=stopped")
 		s.captrace.stop(15 * time.Second)
 		if err := waitFor(10*time.Second, nil, "journald to store captrace's last line (msg=stopped)", func() bool {

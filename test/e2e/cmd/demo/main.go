@@ -92,7 +92,7 @@ func run(duration, period time.Duration, captraceBin string, all, raw bool) erro
 	say("  %s", strings.Join(s.JournalctlArgs("-u", "captrace", "-f"), " "))
 	say("  %s", strings.Join(s.JournalctlArgs("-u", "captrace", "K8S_POD_NAME=set-priority-0", "-o", "json-pretty"), " "))
 	say("  (or inside its mount namespace, as journalctl normally runs: nsenter --mount=/proc/%d/ns/mnt journalctl -u captrace -f)", s.HolderPID())
-	say("captrace's logfmt file: %s; its own log: %s", s.EventFile, strings.Join(s.JournalctlArgs("-t", "captrace", "_TRANSPORT=stdout"), " "))
+	say("captrace's logfmt file: %s; its own log: %s", s.EventFile, s.CaptraceLog())
 	say("stopping after %v, or on Ctrl-C", duration)
 	say("")
 
