@@ -28,6 +28,12 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 enum setting_flag {
 	SETTING_AUDIT_ONLY = 1U << 0,
 	SETTING_UNIQUE = 1U << 1,
+	SETTING_KSTACK = 1U << 4, // kernel stack in the event (issue 13)
+	SETTING_USTACK = 1U << 5, // user stack in the event (issue 13)
+	// The bits from here up hold the container's index in container_states
+	// (0: none), so finding a container's limiter and loss counters costs
+	// an array lookup the verifier inlines, not a second hash lookup.
+	SETTING_STATE_SHIFT = 8,
 };
 
 // Loss counter slots (cap_losses).
@@ -35,7 +41,10 @@ enum loss_slot {
 	LOSS_RING = 0,
 	LOSS_DEDUP = 1,
 	LOSS_FILTER = 2,
-	LOSS_SLOTS = 4,
+	LOSS_RATE = 3,   // over a container's rate limit, dropped before the ring
+	LOSS_KSTACK = 4, // kernel stack asked for, walk failed (event still sent)
+	LOSS_USTACK = 5, // user stack asked for, walk failed (event still sent)
+	LOSS_SLOTS = 8,
 };
 
 // Stack matching for the audit flag on the tracepoint tier.
@@ -107,6 +116,42 @@ struct cap_event {
 	__u8 pad[3];
 };
 
+// Stacks (issue 13). A cgroup with stacks on gets a longer record: the event,
+// then the stacks, copied into the ring record by bpf_get_stack (no stack
+// map: see bpf/README.md for the measurement). A cgroup with stacks off gets
+// the plain 64-byte cap_event, so the reader tells them apart by length.
+#define STACK_DEPTH_MAX 32
+struct stack_head {
+	__s32 kstack_bytes; // bytes of kstack written; 0: not asked; < 0: the walk's errno
+	__s32 ustack_bytes; // same for ustack
+};
+
+struct cap_event_kstack {
+	struct cap_event ev;
+	struct stack_head head;
+	__u64 kstack[STACK_DEPTH_MAX]; // innermost first
+};
+
+// The main executable of the task: frames the kernel could not give a
+// build ID for (Go's linker leaves its GNU build-ID note outside PT_NOTE)
+// resolve through the file with this device and inode, whose text is
+// mapped at start_code.
+struct exe_id {
+	__u64 ino;
+	__u32 dev;  // kernel encoding: major << 20 | minor
+	__u32 ppid; // the parent's tgid: often alive (the container's shell), its root is the container's
+	__u64 start_code;
+	__u64 end_code;
+};
+
+struct cap_event_stacks {
+	struct cap_event ev;
+	struct stack_head head;
+	__u64 kstack[STACK_DEPTH_MAX];
+	struct bpf_stack_build_id ustack[STACK_DEPTH_MAX]; // build ID + file offset, or the bare IP
+	struct exe_id exe;
+};
+
 // max_entries of the hash maps and the ring are set by user space before load.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -166,6 +211,28 @@ struct {
 	__type(value, struct pending_check);
 } cap_pending SEC(".maps");
 
+// Per traced container: its rate limit and the checks it lost, indexed by the
+// upper bits of its settings flags. User space writes the whole value when it
+// traces a container (resetting the counters) and reads the counters when it
+// finishes one. max_entries is set by user space (tracer.max_containers + 1).
+struct container_state {
+	// Rate limit as a generic cell rate algorithm: one check per interval_ns
+	// on average, up to burst checks at once. interval_ns 0: unlimited.
+	__u64 interval_ns;
+	__u64 tolerance_ns; // (burst - 1) * interval_ns
+	__u64 tat;          // theoretical arrival time of the next check, boot ns
+	__u64 last_now;     // the latest time a check of the container saw
+	__u64 rate_limited; // checks dropped by the limit
+	__u64 ring_lost;    // checks lost because the ring buffer was full
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4097);
+	__type(key, __u32);
+	__type(value, struct container_state);
+} container_states SEC(".maps");
+
 // Per CPU: the scheduler tick (jiffies) of the last timestamp and its value.
 struct clock_cache {
 	__u64 jiffies;
@@ -183,6 +250,8 @@ struct {
 volatile const __u64 wakeup_bytes = 64 << 10;    // force a wakeup once this much is queued
 volatile const __u64 audit_walk_caps = 0;        // caps that have non-audited callers (bit n = cap n)
 volatile const __u32 audit_nranges = 0;          // used entries of audit_ranges
+volatile const __u32 stacks_enabled = 0;         // 0: the kernel refused the stack helper; stack code is dead
+volatile const __u32 stack_depth = STACK_DEPTH_MAX; // frames per stack, 1..STACK_DEPTH_MAX
 // Writable data, not .rodata: with constant bounds the verifier would track
 // every frame's range against each one and explode; unknown bounds keep it small.
 struct audit_range audit_ranges[AUDIT_RANGES] = {};
@@ -268,11 +337,193 @@ static __always_inline int stack_opts(void *ctx)
 	return STACK_AUDIT;
 }
 
+static __always_inline struct container_state *container_state(__u32 flags)
+{
+	__u32 idx = flags >> SETTING_STATE_SHIFT;
+	if (!idx)
+		return NULL;
+	return bpf_map_lookup_elem(&container_states, &idx);
+}
+
+// over_rate_limit applies the container's limit to one check at time now and
+// counts what it drops. One state word and no division: a check passes while
+// the schedule (tat) runs at most tolerance_ns ahead of now, and each pass
+// moves the schedule one interval on. Over a time D it passes D/interval +
+// burst checks. Two CPUs of one container racing on tat can each pass one
+// check the schedule had room for only once: the excess is bounded by the
+// CPUs, never a loss.
+static __always_inline bool over_rate_limit(struct container_state *cs, __u64 now)
+{
+	__u64 interval = cs->interval_ns;
+	if (!interval)
+		return false;
+	// event_time() is each CPU's first reading in the current tick: a check
+	// on another CPU can read a time a little before the one that set tat,
+	// and a busy CPU's reading can lag. So the container's clock never runs
+	// backwards, and a check is dropped only on the exact clock (a drop pays
+	// the ~100 ns reading; a pass does not).
+	__u64 last = cs->last_now;
+	if (now < last)
+		now = last;
+	__u64 tat = cs->tat;
+	if (tat < now)
+		tat = now;
+	if (tat - now > cs->tolerance_ns) {
+		__u64 exact = bpf_ktime_get_boot_ns();
+		if (exact > now) {
+			now = exact;
+			if (tat < now)
+				tat = now;
+		}
+		if (tat - now > cs->tolerance_ns) {
+			__sync_fetch_and_add(&cs->rate_limited, 1);
+			count_loss(LOSS_RATE);
+			return true;
+		}
+	}
+	if (now > last)
+		cs->last_now = now;
+	cs->tat = tat + interval;
+	return false;
+}
+
+// ring_full counts a check lost because the ring buffer was full, against
+// its container too.
+static __always_inline void ring_full(struct container_state *cs)
+{
+	count_loss(LOSS_RING);
+	if (cs)
+		__sync_fetch_and_add(&cs->ring_lost, 1);
+}
+
 // seen says whether unique already reported this (cgroup, cap, verdict, audit).
 static __always_inline bool seen(struct dedup_key *key, bool audit)
 {
 	key->audit = audit;
 	return bpf_map_lookup_elem(&cap_dedup, key) != NULL;
+}
+
+// claim_dedup remembers a unique check once its record is reserved; it
+// discards the record and returns false when another CPU reported it first.
+// ev->keyed tells user space this check added its key (the exact keys to
+// delete when the cgroup goes).
+static __always_inline bool claim_dedup(void *rec, struct cap_event *ev, bool unique, struct dedup_key *key)
+{
+	ev->keyed = 0;
+	if (!unique)
+		return true;
+	__u8 one = 1;
+	long err = bpf_map_update_elem(&cap_dedup, key, &one, BPF_NOEXIST);
+	if (err == -17 /* EEXIST: another CPU reported it */) {
+		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
+		return false;
+	}
+	if (err)
+		count_loss(LOSS_DEDUP); // still reported; a later check may repeat it
+	else
+		ev->keyed = 1;
+	return true;
+}
+
+static __always_inline void fill_event(struct cap_event *e, __u64 now, __u64 cgroup_id, __s32 cap, bool capable,
+				       bool audit, bool opts_known, __u32 opts, struct task_struct *task)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+	e->cgroup_id = cgroup_id;
+	e->ktime_ns = now;
+	e->pid = pid_tgid >> 32;
+	e->tid = (__u32)pid_tgid;
+	e->uid = (__u32)uid_gid;
+	e->gid = uid_gid >> 32;
+	e->cap = cap;
+	e->syscall = current_syscall(task);
+	e->capable = capable;
+	e->audit = audit;
+	e->insetid = !!(opts & CAP_OPT_INSETID);
+	// Without opts, insetid is known when the stack ranges were resolved.
+	e->insetid_known = opts_known || audit_nranges > 0;
+	e->pad[0] = e->pad[1] = e->pad[2] = 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+}
+
+static __always_inline void submit_event(void *e)
+{
+	__u64 queued = bpf_ringbuf_query(&cap_events, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(e, queued >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
+// Stacks (issue 13): walked only here, after the filter, dedup, the cred
+// check and a successful ring reservation, so a dropped check costs no walk.
+static __always_inline __u32 stack_bytes(__u32 frame_size)
+{
+	__u32 d = stack_depth;
+	if (d < 1 || d > STACK_DEPTH_MAX)
+		d = STACK_DEPTH_MAX;
+	return d * frame_size;
+}
+
+static __always_inline __s32 walk_kernel_stack(void *ctx, __u64 *frames)
+{
+	long n = bpf_get_stack(ctx, frames, stack_bytes(sizeof(__u64)), 0);
+	if (n < 0)
+		count_loss(LOSS_KSTACK);
+	return n;
+}
+
+static __always_inline int send_stacked(void *ctx, __u32 stacks, bool unique, struct dedup_key *key,
+					__u64 cgroup_id, __s32 cap, bool capable, bool audit, bool opts_known,
+					__u32 opts, struct task_struct *task, __u64 now, struct container_state *cs)
+{
+	if (!(stacks & SETTING_USTACK)) {
+		struct cap_event_kstack *k = bpf_ringbuf_reserve(&cap_events, sizeof(*k), 0);
+		if (!k) {
+			ring_full(cs);
+			return 0;
+		}
+		if (!claim_dedup(k, &k->ev, unique, key))
+			return 0;
+		fill_event(&k->ev, now, cgroup_id, cap, capable, audit, opts_known, opts, task);
+		k->head.kstack_bytes = walk_kernel_stack(ctx, k->kstack);
+		k->head.ustack_bytes = 0;
+		submit_event(k);
+		return 0;
+	}
+	struct cap_event_stacks *s = bpf_ringbuf_reserve(&cap_events, sizeof(*s), 0);
+	if (!s) {
+		ring_full(cs);
+		return 0;
+	}
+	if (!claim_dedup(s, &s->ev, unique, key))
+		return 0;
+	fill_event(&s->ev, now, cgroup_id, cap, capable, audit, opts_known, opts, task);
+	s->head.kstack_bytes = 0;
+	if (stacks & SETTING_KSTACK)
+		s->head.kstack_bytes = walk_kernel_stack(ctx, s->kstack);
+	// Build ID and file offset per frame: they name the code even after the
+	// process exited (a one-shot entrypoint lives a millisecond).
+	long n = bpf_get_stack(ctx, s->ustack, stack_bytes(sizeof(struct bpf_stack_build_id)),
+			       BPF_F_USER_STACK | BPF_F_USER_BUILD_ID);
+	if (n < 0)
+		count_loss(LOSS_USTACK);
+	s->head.ustack_bytes = n;
+	struct mm_struct *mm = task->mm;
+	s->exe.ino = 0;
+	s->exe.dev = 0;
+	s->exe.ppid = task->real_parent->tgid;
+	s->exe.start_code = 0;
+	s->exe.end_code = 0;
+	if (mm) {
+		struct file *exe = mm->exe_file;
+		if (exe) {
+			s->exe.ino = exe->f_inode->i_ino;
+			s->exe.dev = exe->f_inode->i_sb->s_dev;
+		}
+		s->exe.start_code = mm->start_code;
+		s->exe.end_code = mm->end_code;
+	}
+	submit_event(s);
+	return 0;
 }
 
 // report_check is the core shared by every tier. The caller has already
@@ -339,47 +590,28 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
 		}
 	}
 
+	// The rate limit comes after every reason to drop a check for free
+	// (filter, dedup, borrowed creds, audit_only) and before the ring: a
+	// check over the limit costs no ring space and no user-space CPU.
+	__u64 now = event_time();
+	struct container_state *cs = container_state(flags);
+	if (cs && over_rate_limit(cs, now))
+		return 0; // not remembered in dedup: the next identical check tries again
+
+	__u32 stacks = stacks_enabled ? flags & (SETTING_KSTACK | SETTING_USTACK) : 0;
+	if (stacks)
+		return send_stacked(ctx, stacks, unique, &key, cgroup_id, cap, capable, audit, opts_known, opts, task, now, cs);
+
 	struct cap_event *e = bpf_ringbuf_reserve(&cap_events, sizeof(*e), 0);
 	if (!e) {
 		// Not remembered in dedup: the next identical check tries again.
-		count_loss(LOSS_RING);
+		ring_full(cs);
 		return 0;
 	}
-
-	e->keyed = 0;
-	if (unique) {
-		__u8 one = 1;
-		long err = bpf_map_update_elem(&cap_dedup, &key, &one, BPF_NOEXIST);
-		if (err == -17 /* EEXIST: another CPU reported it */) {
-			bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
-			return 0;
-		}
-		if (err)
-			count_loss(LOSS_DEDUP); // still reported; a later check may repeat it
-		else
-			e->keyed = 1;
-	}
-
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u64 uid_gid = bpf_get_current_uid_gid();
-	e->cgroup_id = cgroup_id;
-	e->ktime_ns = event_time();
-	e->pid = pid_tgid >> 32;
-	e->tid = (__u32)pid_tgid;
-	e->uid = (__u32)uid_gid;
-	e->gid = uid_gid >> 32;
-	e->cap = cap;
-	e->syscall = current_syscall(task);
-	e->capable = capable;
-	e->audit = audit;
-	e->insetid = !!(opts & CAP_OPT_INSETID);
-	// Without opts, insetid is known when the stack ranges were resolved.
-	e->insetid_known = opts_known || audit_nranges > 0;
-	e->pad[0] = e->pad[1] = e->pad[2] = 0;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
-
-	__u64 queued = bpf_ringbuf_query(&cap_events, BPF_RB_AVAIL_DATA);
-	bpf_ringbuf_submit(e, queued >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	if (!claim_dedup(e, e, unique, &key))
+		return 0;
+	fill_event(e, now, cgroup_id, cap, capable, audit, opts_known, opts, task);
+	submit_event(e);
 	return 0;
 }
 
@@ -487,6 +719,8 @@ int captrace_kret(struct pt_regs *ctx)
 // types of globals and functions, not of locals. Never read or written.
 struct captrace_btf_anchor {
 	struct cap_event event;
+	struct stack_head stack_head; // issue 13: the stacked records' parts
+	struct exe_id exe_id;
 	enum setting_flag setting_flag;
 	enum loss_slot loss_slot;
 } btf_anchor __attribute__((unused));

@@ -72,6 +72,19 @@ type captraceCaptraceBtfAnchor struct {
 		Keyed        uint8
 		Pad          [3]uint8
 	}
+	StackHead struct {
+		_           structs.HostLayout
+		KstackBytes int32
+		UstackBytes int32
+	}
+	ExeId struct {
+		_         structs.HostLayout
+		Ino       uint64
+		Dev       uint32
+		Ppid      uint32
+		StartCode uint64
+		EndCode   uint64
+	}
 	SettingFlag uint32
 	LossSlot    uint32
 }
@@ -82,6 +95,16 @@ type captraceClockCache struct {
 	BootNs  uint64
 }
 
+type captraceContainerState struct {
+	_           structs.HostLayout
+	IntervalNs  uint64
+	ToleranceNs uint64
+	Tat         uint64
+	LastNow     uint64
+	RateLimited uint64
+	RingLost    uint64
+}
+
 type captraceDedupKey struct {
 	_        structs.HostLayout
 	CgroupId uint64
@@ -89,6 +112,15 @@ type captraceDedupKey struct {
 	Capable  uint8
 	Audit    uint8
 	Pad      uint16
+}
+
+type captraceExeId struct {
+	_         structs.HostLayout
+	Ino       uint64
+	Dev       uint32
+	Ppid      uint32
+	StartCode uint64
+	EndCode   uint64
 }
 
 type captraceFilterSlot struct {
@@ -104,7 +136,10 @@ const (
 	captraceLossSlotLOSS_RING   captraceLossSlot = 0
 	captraceLossSlotLOSS_DEDUP  captraceLossSlot = 1
 	captraceLossSlotLOSS_FILTER captraceLossSlot = 2
-	captraceLossSlotLOSS_SLOTS  captraceLossSlot = 4
+	captraceLossSlotLOSS_RATE   captraceLossSlot = 3
+	captraceLossSlotLOSS_KSTACK captraceLossSlot = 4
+	captraceLossSlotLOSS_USTACK captraceLossSlot = 5
+	captraceLossSlotLOSS_SLOTS  captraceLossSlot = 8
 )
 
 type captracePendingCheck struct {
@@ -117,8 +152,11 @@ type captracePendingCheck struct {
 type captraceSettingFlag uint32
 
 const (
-	captraceSettingFlagSETTING_AUDIT_ONLY captraceSettingFlag = 1
-	captraceSettingFlagSETTING_UNIQUE     captraceSettingFlag = 2
+	captraceSettingFlagSETTING_AUDIT_ONLY  captraceSettingFlag = 1
+	captraceSettingFlagSETTING_UNIQUE      captraceSettingFlag = 2
+	captraceSettingFlagSETTING_KSTACK      captraceSettingFlag = 16
+	captraceSettingFlagSETTING_USTACK      captraceSettingFlag = 32
+	captraceSettingFlagSETTING_STATE_SHIFT captraceSettingFlag = 8
 )
 
 type captraceSettings struct {
@@ -134,6 +172,12 @@ const (
 	captraceSlotStateSLOT_SHARED captraceSlotState = 2
 )
 
+type captraceStackHead struct {
+	_           structs.HostLayout
+	KstackBytes int32
+	UstackBytes int32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -145,6 +189,7 @@ const (
 	captraceMapCapPending        = "cap_pending"
 	captraceMapCgroupFilter      = "cgroup_filter"
 	captraceMapCgroupFilterSlots = "cgroup_filter_slots"
+	captraceMapContainerStates   = "container_states"
 	captraceProgCaptraceFexit    = "captrace_fexit"
 	captraceProgCaptraceKprobe   = "captrace_kprobe"
 	captraceProgCaptraceKret     = "captrace_kret"
@@ -153,6 +198,8 @@ const (
 	captraceVarAuditRanges       = "audit_ranges"
 	captraceVarAuditWalkCaps     = "audit_walk_caps"
 	captraceVarBtfAnchor         = "btf_anchor"
+	captraceVarStackDepth        = "stack_depth"
+	captraceVarStacksEnabled     = "stacks_enabled"
 	captraceVarWakeupBytes       = "wakeup_bytes"
 )
 
@@ -215,6 +262,7 @@ type captraceMapSpecs struct {
 	CapPending        *ebpf.MapSpec `ebpf:"cap_pending"`
 	CgroupFilter      *ebpf.MapSpec `ebpf:"cgroup_filter"`
 	CgroupFilterSlots *ebpf.MapSpec `ebpf:"cgroup_filter_slots"`
+	ContainerStates   *ebpf.MapSpec `ebpf:"container_states"`
 }
 
 // captraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -225,6 +273,8 @@ type captraceVariableSpecs struct {
 	AuditRanges   *ebpf.VariableSpec `ebpf:"audit_ranges"`
 	AuditWalkCaps *ebpf.VariableSpec `ebpf:"audit_walk_caps"`
 	BtfAnchor     *ebpf.VariableSpec `ebpf:"btf_anchor"`
+	StackDepth    *ebpf.VariableSpec `ebpf:"stack_depth"`
+	StacksEnabled *ebpf.VariableSpec `ebpf:"stacks_enabled"`
 	WakeupBytes   *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
@@ -255,6 +305,7 @@ type captraceMaps struct {
 	CapPending        *ebpf.Map `ebpf:"cap_pending"`
 	CgroupFilter      *ebpf.Map `ebpf:"cgroup_filter"`
 	CgroupFilterSlots *ebpf.Map `ebpf:"cgroup_filter_slots"`
+	ContainerStates   *ebpf.Map `ebpf:"container_states"`
 }
 
 func (m *captraceMaps) Close() error {
@@ -266,6 +317,7 @@ func (m *captraceMaps) Close() error {
 		m.CapPending,
 		m.CgroupFilter,
 		m.CgroupFilterSlots,
+		m.ContainerStates,
 	)
 }
 
@@ -277,6 +329,8 @@ type captraceVariables struct {
 	AuditRanges   *ebpf.Variable `ebpf:"audit_ranges"`
 	AuditWalkCaps *ebpf.Variable `ebpf:"audit_walk_caps"`
 	BtfAnchor     *ebpf.Variable `ebpf:"btf_anchor"`
+	StackDepth    *ebpf.Variable `ebpf:"stack_depth"`
+	StacksEnabled *ebpf.Variable `ebpf:"stacks_enabled"`
 	WakeupBytes   *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 

@@ -36,6 +36,7 @@ func (s Summary) pairs() [][3]string {
 		{schema.RecommendDrop.Key, schema.RecommendDrop.Journal, strings.Join(s.Recommended.Drop, ",")},
 		{schema.RecommendAdd.Key, schema.RecommendAdd.Journal, strings.Join(s.Recommended.Add, ",")},
 		{schema.DeniedOnly.Key, schema.DeniedOnly.Journal, strings.Join(s.DeniedOnly, ",")},
+		{schema.Code.Key, schema.Code.Journal, strings.Join(s.Code, "; ")},
 		{schema.CapsProbed.Key, schema.CapsProbed.Journal, strings.Join(s.Probed, ",")},
 		{schema.CapsRuntime.Key, schema.CapsRuntime.Journal, strings.Join(s.RuntimeOnly, ",")},
 		{schema.WindowStart.Key, schema.WindowStart.Journal, formatTime(s.Window.Start)},
@@ -50,6 +51,10 @@ func (s Summary) pairs() [][3]string {
 		{schema.AuditOnly.Key, schema.AuditOnly.Journal, strconv.FormatBool(s.AuditOnly)},
 		{schema.Unique.Key, schema.Unique.Journal, strconv.FormatBool(s.Unique)},
 		{schema.SecurityContext.Key, schema.SecurityContext.Journal, s.SecurityContext(0)},
+		{schema.RateLimited.Key, schema.RateLimited.Journal, strconv.FormatUint(s.Lost.RateLimited, 10)},
+		{schema.RingLost.Key, schema.RingLost.Journal, strconv.FormatUint(s.Lost.RingLost, 10)},
+		{schema.SinkDropped.Key, schema.SinkDropped.Journal, strconv.FormatUint(s.Lost.SinkDropped, 10)},
+		{schema.Incomplete.Key, schema.Incomplete.Journal, strconv.FormatBool(s.Lost.Unseen() > 0)},
 	}
 }
 

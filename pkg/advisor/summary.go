@@ -35,6 +35,9 @@ type Check struct {
 	Count   uint64
 	First   time.Time
 	Last    time.Time
+	// UserStack is the user stack of one of these checks (schema.UserStack:
+	// frames joined by ';', innermost first), "" when none was captured.
+	UserStack string
 }
 
 // Class says what a row of the summary means for the recommendation.
@@ -70,6 +73,9 @@ type Row struct {
 	Granted  uint64   `json:"granted"`
 	Denied   uint64   `json:"denied"`
 	Syscalls []string `json:"syscalls"`
+	// Code names the top user frames behind the row's checks, e.g.
+	// "setpriority ← main (nice)", when user stacks were captured.
+	Code string `json:"code,omitempty"`
 }
 
 // Window is the time a summary rests on.
@@ -113,6 +119,8 @@ type Summary struct {
 	// Folded counts events whose syscall detail was dropped because the
 	// tracker's tuple limit was reached; their verdicts are still counted.
 	Folded uint64 `json:"folded_events"`
+	// Lost are the container's checks that never reached the advisor.
+	Lost Losses `json:"lost"`
 
 	Rows []Row `json:"rows"`
 	// Granted and Denied are the plain facts: every capability granted (denied)
@@ -127,7 +135,22 @@ type Summary struct {
 	Probed []string `json:"probed"`
 	// RuntimeOnly lists capabilities checked by runc init and not by the workload.
 	RuntimeOnly []string `json:"runtime_only"`
+	// Code names, for each recommended or denied capability whose checks
+	// carried a user stack, the code that asked: "SYS_NICE ← setpriority ← main (nice)".
+	Code []string `json:"code,omitempty"`
 }
+
+// Losses are a container's checks that were not seen, by cause.
+type Losses struct {
+	RateLimited uint64 `json:"rate_limited"` // over the rate limit, dropped in the kernel
+	RingLost    uint64 `json:"ring_lost"`    // the kernel's ring buffer was full
+	// SinkDropped is the most any one sink's queue dropped: what the advisor
+	// saw is not affected, but that sink's record of the container is short.
+	SinkDropped uint64 `json:"sink_dropped"`
+}
+
+// Unseen is how many of the container's checks the advisor never saw.
+func (l Losses) Unseen() uint64 { return l.RateLimited + l.RingLost }
 
 // Summarize applies the rules (README, "Capability advice") to the checks of
 // one container.
@@ -186,6 +209,9 @@ func Summarize(ref ContainerRef, checks []Check, w Window, minWindow time.Durati
 		if c.Syscall != "" {
 			syscalls[k][c.Syscall] = true
 		}
+		if r.Code == "" && c.UserStack != "" && (class == ClassAdd || class == ClassDenied) {
+			r.Code = CodeOf(c.UserStack)
+		}
 		if classes[kube] == nil {
 			classes[kube] = map[Class]bool{}
 		}
@@ -203,6 +229,11 @@ func Summarize(ref ContainerRef, checks []Check, w Window, minWindow time.Durati
 		return a.Cap < b.Cap
 	})
 
+	for _, r := range s.Rows {
+		if r.Code != "" {
+			s.Code = append(s.Code, r.Cap+" ← "+r.Code)
+		}
+	}
 	s.Granted = sortedKeys(granted)
 	s.Denied = sortedKeys(denied)
 	s.Recommended = Capabilities{Drop: []string{"ALL"}, Add: []string{}}
@@ -273,6 +304,12 @@ func (s Summary) Basis() string {
 	if s.Folded > 0 {
 		b += fmt.Sprintf("; %d checks lost their syscall detail to the tuple limit", s.Folded)
 	}
+	if n := s.Lost.Unseen(); n > 0 {
+		b += fmt.Sprintf("; incomplete: %d checks not seen (%d over the rate limit, %d lost in the ring buffer): a capability checked only there is missing", n, s.Lost.RateLimited, s.Lost.RingLost)
+	}
+	if s.Lost.SinkDropped > 0 {
+		b += fmt.Sprintf("; %d of its checks were dropped by a sink's queue (the advice saw them)", s.Lost.SinkDropped)
+	}
 	return b
 }
 
@@ -284,6 +321,9 @@ func (s Summary) Message() string {
 		output.Printable(strings.Join(s.Recommended.Add, " ")))
 	if len(s.DeniedOnly) > 0 {
 		fmt.Fprintf(&b, "; denied [%s]: add it only if the workload failed without it", output.Printable(strings.Join(s.DeniedOnly, " ")))
+	}
+	if len(s.Code) > 0 {
+		fmt.Fprintf(&b, "; code: %s", strings.Join(s.Code, "; "))
 	}
 	fmt.Fprintf(&b, "; %s", s.Basis())
 	return b.String()

@@ -26,6 +26,7 @@ const (
 	TypeCapList Type = "capability list"
 	TypeSeconds Type = "seconds, 3 decimals"
 	TypeYAML    Type = "YAML"
+	TypeStack   Type = "frames joined by `;`, innermost first, outermost last"
 )
 
 // Field is one output field.
@@ -62,6 +63,9 @@ var (
 	Syscall          = Field{"syscall", "SYSCALL", TypeString, "`SYS_SETPRIORITY`; empty outside a system call", "SYSCALL"}
 	CgroupID         = Field{"cgroup_id", "CAPTRACE_CGROUP_ID", TypeInteger, "cgroup v2 ID of the container (inode of its cgroup directory)", ""}
 	SyslogIdentifier = Field{"", "SYSLOG_IDENTIFIER", TypeString, "always `captrace`", ""}
+	// Call stacks, only when the pod asked for them (captrace.io/stacks).
+	KernelStack = Field{"kstack", "KERNEL_STACK", TypeStack, "kernel frames `symbol+0xoff` from cap_capable's caller to the syscall entry; only with `captrace.io/stacks` kernel", "KERNEL_STACK"}
+	UserStack   = Field{"ustack", "USER_STACK", TypeStack, "user frames `function+0xoff (module)`, `module+0xoff` when stripped, `[unknown] 0x… (module)` when unresolved; only with `captrace.io/stacks` user", "USER_STACK"}
 )
 
 // Identifier is the SYSLOG_IDENTIFIER of every captrace journal entry.
@@ -82,6 +86,7 @@ var (
 	RecommendDrop    = Field{"recommend_drop", "RECOMMENDED_DROP", TypeCapList, "always `ALL`", ""}
 	RecommendAdd     = Field{"recommend_add", "RECOMMENDED_ADD", TypeCapList, "audited, granted, checked by the workload: what to add", ""}
 	DeniedOnly       = Field{"denied_only", "CAPS_DENIED_ONLY", TypeCapList, "audited, never granted: add only if the workload failed without it", ""}
+	Code             = Field{"code", "CAPTRACE_CODE", TypeString, "the code behind each recommended or denied capability, `; `-separated: `SYS_NICE ← setpriority ← main (nice)`; `unnamed code (module+0xoff)` for a stripped binary; only with user stacks", ""}
 	CapsProbed       = Field{"caps_probed", "CAPS_PROBED", TypeCapList, "seen only in non-audited checks: probes, not needs", ""}
 	CapsRuntime      = Field{"caps_runtime", "CAPS_RUNTIME", TypeCapList, "checked only by runc init", ""}
 	WindowStart      = Field{"window_start", "WINDOW_START", TypeTime, "start of the observation window", ""}
@@ -96,7 +101,24 @@ var (
 	AuditOnly        = Field{"audit_only", "AUDIT_ONLY", TypeBool, "the container's audit_only setting", ""}
 	Unique           = Field{"unique", "UNIQUE", TypeBool, "the container's unique setting", ""}
 	SecurityContext  = Field{"security_context", "SECURITY_CONTEXT", TypeYAML, "the ready-to-paste securityContext", ""}
+	// The container's checks that were not seen, by cause (a throttle entry carries the first two too).
+	RateLimited = Field{"rate_limited", "RATE_LIMITED", TypeInteger, "checks over the container's rate limit, dropped in the kernel", ""}
+	RingLost    = Field{"ring_lost", "RING_LOST", TypeInteger, "checks lost because the kernel's ring buffer was full", ""}
+	SinkDropped = Field{"sink_dropped", "SINK_DROPPED", TypeInteger, "checks a sink's queue dropped for this container, the most of any sink", ""}
+	Incomplete  = Field{"incomplete", "PROFILE_INCOMPLETE", TypeBool, "`true`: checks were lost (the three fields above), so the advice rests on part of the evidence", ""}
 )
+
+// A throttle entry (msg=rate_limited, journald CAPTRACE_THROTTLED=1) is
+// written at most once a second per container while the kernel drops its
+// checks over the rate limit. It carries the container's identity and:
+var (
+	Throttled = Field{"", "CAPTRACE_THROTTLED", TypeDigit, "marks a throttle entry (journald `1`; logfmt msg=rate_limited)", ""}
+	Dropped   = Field{"dropped", "DROPPED", TypeInteger, "checks the rate limit dropped since the previous throttle entry", ""}
+	RateLimit = Field{"rate_limit", "RATE_LIMIT", TypeInteger, "the container's limit, checks per second", ""}
+)
+
+// ThrottleMessage is the msg of a throttle entry.
+const ThrottleMessage = "rate_limited"
 
 // EventFields are an event's fields, in the order of every logfmt line (then
 // any other key alphabetically); README's "Fields" table lists them so.
@@ -105,6 +127,7 @@ var EventFields = []Field{
 	Namespace, Pod, Container, ContainerID, PodUID,
 	Comm, Pid, Tid, Uid, Gid,
 	Cap, Capable, Audit, Insetid, Syscall, CgroupID,
+	KernelStack, UserStack,
 	SyslogIdentifier,
 }
 
@@ -112,9 +135,15 @@ var EventFields = []Field{
 var SummaryFields = []Field{
 	Summary,
 	Namespace, Pod, PodUID, Container, ContainerID,
-	CapsGranted, CapsDenied, RecommendDrop, RecommendAdd, DeniedOnly, CapsProbed, CapsRuntime,
+	CapsGranted, CapsDenied, RecommendDrop, RecommendAdd, DeniedOnly, Code, CapsProbed, CapsRuntime,
 	WindowStart, WindowEnd, FirstEvent, LastEvent, ObservedSeconds, Events, Partial, MinWindowSeconds,
 	FoldedEvents, AuditOnly, Unique, SecurityContext,
+	RateLimited, RingLost, SinkDropped, Incomplete,
+}
+
+// ThrottleFields are a throttle entry's fields, in README's order.
+var ThrottleFields = []Field{
+	Throttled, Namespace, Pod, PodUID, Container, ContainerID, CgroupID, Dropped, RateLimited, RateLimit,
 }
 
 // KeyOrder is the order of logfmt keys in every line: these first, then any

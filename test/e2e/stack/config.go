@@ -89,8 +89,10 @@ type CaptraceConfig struct {
 	Unique    bool
 	// MetricsListen is metrics.listen (the stack sets a Unix socket in its directory).
 	MetricsListen string
-	// RingBufferBytes is tracer.ring_buffer_bytes; 0 keeps the default.
+	// RingBufferBytes and QueueSize, when set, replace captrace's defaults
+	// (tracer.ring_buffer_bytes, output.queue_size).
 	RingBufferBytes int
+	QueueSize       int
 }
 
 func (c CaptraceConfig) render() string {
@@ -107,12 +109,20 @@ unique = %t
 [output]
 sinks = ["journald", "file"]
 file = %q
-
-[metrics]
-listen = %q
-`, c.NRISocket, c.AuditOnly, c.Unique, c.EventFile, c.MetricsListen) + c.tracer()
+`, c.NRISocket, c.AuditOnly, c.Unique, c.EventFile) + c.sizes() + fmt.Sprintf("\n[metrics]\nlisten = %q\n", c.MetricsListen) + c.tracer()
 }
 
+// sizes renders output.queue_size when set: [output] is the last table
+// above, so the key joins it.
+func (c CaptraceConfig) sizes() string {
+	if c.QueueSize > 0 {
+		return fmt.Sprintf("queue_size = %d\n", c.QueueSize)
+	}
+	return ""
+}
+
+// tracer renders [tracer] when a size replaces the default (TOML allows a
+// table only once, so it goes after everything else).
 func (c CaptraceConfig) tracer() string {
 	if c.RingBufferBytes == 0 {
 		return ""
