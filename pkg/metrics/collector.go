@@ -98,6 +98,11 @@ var (
 	finishedDesc      = desc("captrace_containers_finished_total", "Containers whose tracing ended.")
 	keysForgotDesc    = desc("captrace_unique_keys_forgotten_total", "Unique-mode kernel keys deleted for stopped containers.")
 	forgetFailedDesc  = desc("captrace_unique_forget_failed_total", "Batches of unique-mode keys that could not be deleted (the LRU map ages them out).")
+	rateLimitedDesc   = desc("captrace_rate_limited_total", "Checks the kernel dropped because their container was over its rate limit (trace.rate_limit).")
+	throttleDesc      = desc("captrace_throttle_entries_total", "Throttle entries written for containers over their rate limit.")
+	kstackFailedDesc  = desc("captrace_kernel_stack_failed_total", "Kernel stack walks the kernel refused (the check was sent without that stack).")
+	ustackFailedDesc  = desc("captrace_user_stack_failed_total", "User stack walks the kernel refused (the check was sent without that stack).")
+	ufUnresolvedDesc  = desc("captrace_user_frames_unresolved_total", "User frames printed as [unknown] (the file behind them could not be read).")
 	staleFilterDesc   = desc("captrace_stale_filter_entries", "Untraced cgroups whose filter map entry could not be deleted yet (retried).")
 )
 
@@ -106,7 +111,8 @@ func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 		filterFailDesc, sinkWrittenDesc, sinkDroppedDesc, sinkFailedDesc, sinkQueuedDesc, tracedDesc, nriConnectedDesc,
 		nriConnectsDesc, nriAbandonedDesc, cgroupMissesDesc, traceFailedDesc, policyWarnDesc, untraceFailedDesc, advContainersDesc,
 		advUntrackedCDesc, advUntrackedEDesc, advFoldedDesc, barriersDesc, barrierFailedDesc, wakeFailedDesc,
-		finishedDesc, keysForgotDesc, forgetFailedDesc, staleFilterDesc} {
+		finishedDesc, keysForgotDesc, forgetFailedDesc, staleFilterDesc, rateLimitedDesc, throttleDesc, kstackFailedDesc,
+		ustackFailedDesc, ufUnresolvedDesc} {
 		ch <- d
 	}
 }
@@ -130,6 +136,9 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(filterFailDesc, s.Tracer.FilterUpdateFailed)
 		gauge(tracedDesc, float64(s.Tracer.Traced))
 		gauge(staleFilterDesc, float64(s.Tracer.StaleFilterEntries))
+		counter(rateLimitedDesc, s.Tracer.RateLimited)
+		counter(kstackFailedDesc, s.Tracer.KernelStackFailed)
+		counter(ustackFailedDesc, s.Tracer.UserStackFailed)
 	}
 	for _, k := range s.Sinks {
 		counter(sinkWrittenDesc, k.Written, k.Name)
@@ -158,4 +167,6 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(finishedDesc, s.ContainersFinished)
 	counter(keysForgotDesc, s.UniqueKeysForgotten)
 	counter(forgetFailedDesc, s.UniqueForgetFailed)
+	counter(throttleDesc, s.ThrottleEntries)
+	counter(ufUnresolvedDesc, s.UserFramesUnresolved)
 }

@@ -53,7 +53,7 @@ func value(t testing.TB, fams metricstest.Families, name string, want ...string)
 func testSnapshot() pipeline.Stats {
 	return pipeline.Stats{
 		Events: 1432, UnknownContainer: 2, ReadErrors: 1,
-		Tracer: bpf.Stats{Tier: bpf.TierTpBTF, Traced: 3, RingLost: 9944, DedupUpdateFailed: 5, FilterUpdateFailed: 6},
+		Tracer: bpf.Stats{Tier: bpf.TierTpBTF, Traced: 3, RingLost: 9944, DedupUpdateFailed: 5, FilterUpdateFailed: 6, RateLimited: 9},
 		Sinks: []output.SinkStats{{Name: "journald", Written: 1400, Dropped: 32, Failed: 1, Queued: 7},
 			{Name: "file", Written: 1432}},
 		NRI:      plugin.Stats{Connected: true, Connects: 2, CgroupMisses: 3, TraceFailed: 4, PolicyWarnings: 5, AbandonedStubs: 8},
@@ -105,6 +105,7 @@ func TestScrapeShowsTheSnapshot(t *testing.T) {
 		{"captrace_nri_connected", nil, 1},
 		{"captrace_nri_connects_total", nil, 2},
 		{"captrace_nri_abandoned_stubs_total", nil, 8},
+		{"captrace_rate_limited_total", nil, 9},
 		{"captrace_cgroup_misses_total", nil, 3},
 		{"captrace_trace_failed_total", nil, 4},
 		{"captrace_policy_warnings_total", nil, 5},
