@@ -78,7 +78,8 @@ test-kernels:
 
 bench:
 	scripts/install-deps.sh bench
-	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./bpf/ ./plugin/ ./pkg/pipeline/ ./pkg/symbolize/ ./pkg/output/
+	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./bpf/ ./plugin/ ./pkg/pipeline/ ./pkg/symbolize/ ./pkg/output/ ./pkg/metrics/
+	$(GO) test -run '^$$' -bench ReaderMetricsOverhead -benchtime 10x -count 1 ./cmd/captrace/
 
 # The seed's set-priority guide on a private stack; Ctrl-C or DEMO_FLAGS=-duration=… ends it.
 DEMO_FLAGS ?=

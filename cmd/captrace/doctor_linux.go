@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	"github.com/captrace/captrace/bpf"
+	"github.com/captrace/captrace/config"
+	"github.com/captrace/captrace/internal/exitcode"
 	"github.com/captrace/captrace/internal/privilege"
 	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/output"
@@ -61,21 +62,25 @@ type finding struct {
 	fix    string
 }
 
-func runDoctor(args []string, stdout, stderr io.Writer, env doctorEnv) int {
-	f := newDaemonFlags("captrace doctor", stderr)
-	if err := f.fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	cfg, _, err := f.loadConfig()
-	if err != nil {
-		for _, e := range configErrors(err) {
-			fmt.Fprintf(stderr, "captrace: invalid configuration: %v\n", e)
-		}
-		return 1
-	}
+// doctorCheck is one line of doctor -o json|yaml.
+type doctorCheck struct {
+	Check  string `json:"check"`
+	OK     bool   `json:"ok"`
+	Needed bool   `json:"needed"`
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+// doctorResult is what doctor -o json|yaml prints.
+type doctorResult struct {
+	Checks  []doctorCheck `json:"checks"`
+	Missing int           `json:"missing"`
+	CanRun  bool          `json:"canRun"`
+}
+
+// runDoctor checks the node for cfg and returns the exit code: 1 when a
+// needed item is missing.
+func runDoctor(cfg config.Config, format string, stdout io.Writer, env doctorEnv) int {
 	findings := []finding{checkRoot(env)}
 	if env.capabilities != nil {
 		findings = append(findings, checkCapabilities(env))
@@ -84,27 +89,47 @@ func runDoctor(args []string, stdout, stderr io.Writer, env doctorEnv) int {
 	findings = append(findings, checkKernelRequirements(env)...)
 	findings = append(findings, checkBTF(env), checkCgroups(env), checkNRISocket(cfg.NRI.Socket), checkJournald(env))
 
-	failed := 0
+	res := doctorResult{Checks: []doctorCheck{}}
 	for _, fd := range findings {
+		if !fd.ok && fd.needed {
+			res.Missing++
+		}
+		c := doctorCheck{Check: fd.what, OK: fd.ok, Needed: fd.needed, Detail: fd.detail}
+		if !fd.ok {
+			c.Fix = fd.fix
+		}
+		res.Checks = append(res.Checks, c)
+	}
+	res.CanRun = res.Missing == 0
+	code := exitcode.OK
+	if !res.CanRun {
+		code = exitcode.Findings
+	}
+	if format != formatTable {
+		if err := writeStructured(stdout, format, res); err != nil {
+			return exitcode.Usage
+		}
+		return code
+	}
+	for _, c := range res.Checks {
 		mark := "[ok]     "
 		switch {
-		case !fd.ok && fd.needed:
+		case !c.OK && c.Needed:
 			mark = "[MISSING]"
-			failed++
-		case !fd.ok:
+		case !c.OK:
 			mark = "[note]   "
 		}
-		fmt.Fprintf(stdout, "%s %s: %s\n", mark, fd.what, fd.detail)
-		if !fd.ok && fd.fix != "" {
-			fmt.Fprintf(stdout, "          fix: %s\n", fd.fix)
+		fmt.Fprintf(stdout, "%s %s: %s\n", mark, c.Check, c.Detail)
+		if c.Fix != "" {
+			fmt.Fprintf(stdout, "          fix: %s\n", c.Fix)
 		}
 	}
-	if failed > 0 {
-		fmt.Fprintf(stdout, "%d needed item(s) missing\n", failed)
-		return 1
+	if !res.CanRun {
+		fmt.Fprintf(stdout, "%d needed item(s) missing\n", res.Missing)
+	} else {
+		fmt.Fprintln(stdout, "this node can run captrace")
 	}
-	fmt.Fprintln(stdout, "this node can run captrace")
-	return 0
+	return code
 }
 
 func checkRoot(env doctorEnv) finding {
