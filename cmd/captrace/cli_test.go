@@ -227,8 +227,8 @@ func TestDoctorReportsMissingItemsWithFixes(t *testing.T) {
 		t.Errorf("doctor -o json exit %d, want 1", code)
 	}
 	var res doctorResult
-	if err := json.Unmarshal(js.Bytes(), &res); err != nil || res.CanRun || res.Missing != 1 || len(res.Checks) != 10 ||
-		res.Checks[6] != (doctorCheck{Check: "kernel BTF", Needed: true, Detail: "stat " + env.btfPath + ": no such file or directory",
+	if err := json.Unmarshal(js.Bytes(), &res); err != nil || res.CanRun || res.Missing != 1 || len(res.Checks) != 12 ||
+		res.Checks[8] != (doctorCheck{Check: "kernel BTF", Needed: true, Detail: "stat " + env.btfPath + ": no such file or directory",
 			Fix: "captrace's CO-RE program needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 5.4 are)"}) {
 		t.Errorf("doctor -o json: %v\n%s", err, js.String())
 	}
