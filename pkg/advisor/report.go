@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +14,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/pflag"
+
+	"github.com/captrace/captrace/internal/exitcode"
 	"github.com/captrace/captrace/pkg/output"
 )
 
@@ -27,11 +29,13 @@ type reportEnv struct {
 	journalctl string
 }
 
-// RunReport implements `captrace report [flags] [FILE|-]`; it returns the exit
-// code: 0 advice printed, 1 nothing usable read (or the input failed), 2 usage.
+// RunReport implements `captrace report [flags] [FILE|-]` for a caller
+// without cobra; it returns the exit code (see Run).
 func RunReport(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	return runReport(args, stdin, stdout, stderr, reportEnv{now: time.Now, journalctl: "journalctl"})
+	return runReport(args, stdin, stdout, stderr, hostReportEnv())
 }
+
+func hostReportEnv() reportEnv { return reportEnv{now: time.Now, journalctl: "journalctl"} }
 
 type reportFlags struct {
 	input      string
@@ -46,77 +50,63 @@ type reportFlags struct {
 	minWindow  time.Duration
 }
 
-const reportUsage = `usage: captrace report [flags] [FILE|-]
-
-Reads captrace's capability records and prints, per pod and container, the
-checks seen (cap, granted and denied counts, syscalls) and a ready-to-paste
-securityContext. Input: by default the output of
-  journalctl -u captrace -o json
-which it runs itself; or FILE (logfmt from the file sink, or journalctl's JSON,
-detected line by line); or - for stdin.
-
-Flags:
-`
-
 func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env reportEnv) int {
-	var f reportFlags
-	fs := flag.NewFlagSet("captrace report", flag.ContinueOnError)
+	c := newReportCommand(env)
+	fs := pflag.NewFlagSet("captrace report", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprint(stderr, reportUsage)
+		fmt.Fprint(stderr, "usage: captrace report [flags] [FILE|-]\n\n"+ReportHelp+"\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	fs.StringVar(&f.input, "input", "", "read records from `FILE` (- for stdin) instead of running journalctl")
-	fs.StringVar(&f.input, "i", "", "short for --input")
-	fs.StringVar(&f.journalDir, "journal-dir", "", "passed to journalctl as -D `DIR`")
-	fs.StringVar(&f.journalDir, "D", "", "short for --journal-dir")
-	fs.StringVar(&f.unit, "unit", "captrace", "systemd `unit` passed to journalctl -u; empty: match SYSLOG_IDENTIFIER=captrace written by root (_UID=0) instead")
-	fs.StringVar(&f.journalctl, "journalctl", env.journalctl, "journalctl `binary` to run")
-	fs.StringVar(&f.format, "format", "table", "output `format`: table, yaml or json")
-	fs.StringVar(&f.namespace, "namespace", "", "only this Kubernetes `namespace`")
-	fs.StringVar(&f.pod, "pod", "", "only this `pod` name")
-	fs.StringVar(&f.container, "container", "", "only this `container` name")
-	fs.StringVar(&f.since, "since", "", "only checks at or after `TIME`: a duration back from now (2h, 30m) or a time (RFC 3339, \"2006-01-02 15:04:05\" UTC, 2006-01-02)")
-	fs.DurationVar(&f.minWindow, "min-window", DefaultMinWindow, "observation time below which a profile is called partial")
+	c.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
+		if errors.Is(err, pflag.ErrHelp) {
+			return exitcode.OK
 		}
-		return 2
+		fmt.Fprintf(stderr, "captrace report: %v\n", err)
+		return exitcode.Usage
 	}
-	switch fs.NArg() {
+	return c.Run(fs.Args(), stdin, stdout, stderr)
+}
+
+// Run reports on the inputs args (the command line's arguments after its
+// flags were parsed into c) and returns the exit code (internal/exitcode):
+// 0 advice printed, 2 a usage or input error, 3 no records found.
+func (c *ReportCommand) Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	f, env := c.f, c.env
+	switch len(args) {
 	case 0:
 	case 1:
 		if f.input != "" {
 			fmt.Fprintln(stderr, "captrace report: give the input either as --input or as an argument, not both")
-			return 2
+			return exitcode.Usage
 		}
-		f.input = fs.Arg(0)
+		f.input = args[0]
 	default:
-		fmt.Fprintf(stderr, "captrace report: one input expected, got %q\n", fs.Args())
-		return 2
+		fmt.Fprintf(stderr, "captrace report: one input expected, got %q\n", args)
+		return exitcode.Usage
 	}
 	switch f.format {
 	case "table", "yaml", "json":
 	default:
-		fmt.Fprintf(stderr, "captrace report: --format %q: want table, yaml or json\n", f.format)
-		return 2
+		fmt.Fprintf(stderr, "captrace report: unknown output format %q: expected one of table, yaml, json\n", f.format)
+		return exitcode.Usage
 	}
 	if f.minWindow <= 0 {
 		fmt.Fprintln(stderr, "captrace report: --min-window must be positive")
-		return 2
+		return exitcode.Usage
 	}
 	var since time.Time
 	if f.since != "" {
 		var err error
 		if since, err = parseSince(f.since, env.now()); err != nil {
 			fmt.Fprintf(stderr, "captrace report: --since: %v\n", err)
-			return 2
+			return exitcode.Usage
 		}
 	}
 	if f.input != "" && f.journalDir != "" {
 		fmt.Fprintln(stderr, "captrace report: --journal-dir applies to journalctl; it cannot be combined with --input")
-		return 2
+		return exitcode.Usage
 	}
 
 	agg := newAggregate(f, since)
@@ -144,12 +134,12 @@ func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env rep
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			fmt.Fprintf(stderr, "captrace report: %s: %v\n", source, err)
-			return 1
+			return exitcode.Usage
 		}
 		if err := cmd.Start(); err != nil {
 			fmt.Fprintf(stderr, "captrace report: cannot run %s: %v\n"+
 				"  read a saved copy instead: journalctl -u captrace -o json | captrace report -, or captrace report --input FILE\n", source, err)
-			return 1
+			return exitcode.Usage
 		}
 		readErr := agg.read(out)
 		if readErr != nil {
@@ -161,26 +151,26 @@ func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env rep
 			if msg := strings.TrimSpace(errBuf.String()); msg != "" {
 				fmt.Fprintf(stderr, "  journalctl said: %s\n", msg)
 			}
-			return 1
+			return exitcode.Usage
 		}
 	case "-":
 		source = "stdin"
 		if err := agg.read(stdin); err != nil {
 			fmt.Fprintf(stderr, "captrace report: reading stdin: %v; no advice printed\n", err)
-			return 1
+			return exitcode.Usage
 		}
 	default:
 		source = f.input
 		file, err := os.Open(f.input)
 		if err != nil {
 			fmt.Fprintf(stderr, "captrace report: %v\n", err)
-			return 1
+			return exitcode.Usage
 		}
 		err = agg.read(file)
 		file.Close()
 		if err != nil {
 			fmt.Fprintf(stderr, "captrace report: reading %s: %v; no advice printed\n", f.input, err)
-			return 1
+			return exitcode.Usage
 		}
 	}
 
@@ -195,7 +185,7 @@ func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env rep
 			fmt.Fprintf(stderr, "  journald has no entries of unit %s; if captrace does not run as that systemd unit, "+
 				"try --unit '' (entries with SYSLOG_IDENTIFIER=captrace written by root, _UID=0) or -D DIR for another journal\n", f.unit)
 		}
-		return 1
+		return exitcode.NoRecords
 	}
 	var err error
 	switch f.format {
@@ -208,9 +198,9 @@ func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env rep
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "captrace report: writing the report: %v\n", err)
-		return 1
+		return exitcode.Usage
 	}
-	return 0
+	return exitcode.OK
 }
 
 func parseSince(v string, now time.Time) (time.Time, error) {
