@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/sirupsen/logrus"
 
@@ -136,9 +138,24 @@ func FuzzReportInput(f *testing.F) {
 			if code != exitcode.OK && code != exitcode.NoRecords {
 				t.Fatalf("exit %d: %s", code, errb.String())
 			}
-			if strings.ContainsAny(out.String(), "\x1b\x07\x9b") {
-				t.Fatalf("%s output holds a control character: %q", format, out.String())
+			if c, ok := terminalControl(out.String()); ok {
+				t.Fatalf("%s output holds control character %q: %q", format, c, out.String())
 			}
 		}
 	})
+}
+
+// terminalControl finds what a terminal would act on instead of printing: a
+// control character other than newline and tab (C0, DEL, C1 such as U+009B
+// CSI), or a byte that is not UTF-8 (a raw 0x9b is CSI to an 8-bit
+// terminal). U+FFFD, the replacement character, prints as itself.
+func terminalControl(s string) (string, bool) {
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if (r == utf8.RuneError && size == 1) || (unicode.IsControl(r) && r != '\n' && r != '\t') {
+			return s[i : i+size], true
+		}
+		i += size
+	}
+	return "", false
 }
