@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	"github.com/captrace/captrace/bpf"
+	"github.com/captrace/captrace/pkg/workload"
 	"github.com/containerd/nri/pkg/api"
 )
 
@@ -13,6 +14,7 @@ const (
 	AnnotationAuditOnly  = "captrace.io/audit-only"
 	AnnotationUnique     = "captrace.io/unique"
 	AnnotationContainers = "captrace.io/containers"
+	AnnotationWorkload   = workload.AnnotationWorkload
 )
 
 // Policy decides which pods may be traced and with what defaults; pod
@@ -29,6 +31,8 @@ type Policy struct {
 type decision struct {
 	trace    bool
 	settings bpf.Settings
+	workload workload.Identity
+	image    string
 	// problem, when not empty, is a pod-level reason the pod is not traced
 	// that its owner or the administrator should hear about (once per pod):
 	// a bad annotation value or a namespace the config keeps out.
@@ -76,6 +80,16 @@ func (p *Policy) decide(pod *api.PodSandbox, ctr *api.Container) decision {
 			return decision{problem: `annotation names no container (want "name1,name2"); pod not traced`, key: AnnotationContainers, value: v}
 		}
 		d.trace = named
+	}
+	id, err := workload.Of(pod.GetName(), pod.GetLabels(), ann)
+	if err != nil {
+		return decision{problem: "annotation value is not a workload: " + err.Error() + "; pod not traced",
+			key: AnnotationWorkload, value: ann[AnnotationWorkload]}
+	}
+	d.workload = id
+	if d.image, valid = workload.Image(ctr.GetAnnotations()); !valid {
+		// Not the pod author's to fix and no reason to lose the trace.
+		d.image = "(invalid image name)"
 	}
 	return d
 }

@@ -273,3 +273,27 @@ func TestHandlerTraceFailed(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+// The workload comes with the decision; a bad captrace.io/workload keeps the
+// pod out, like every other captrace annotation, and says why.
+func TestPolicyWorkload(t *testing.T) {
+	var p Policy
+	c := ctr("app")
+	c.Annotations = map[string]string{"io.kubernetes.cri.image-name": "registry.test/web:1.2"}
+	d := p.decide(pod("ns", enabled()), c)
+	if !d.trace || d.workload.String() != "Pod/web" || d.image != "registry.test/web:1.2" {
+		t.Errorf("plain pod: %+v", d)
+	}
+	d = p.decide(pod("ns", enabled(AnnotationWorkload, "daemonset/agent")), c)
+	if !d.trace || d.workload.String() != "DaemonSet/agent" {
+		t.Errorf("annotated pod: %+v", d)
+	}
+	d = p.decide(pod("ns", enabled(AnnotationWorkload, "deployment/web\nlevel=error")), c)
+	if d.trace || d.key != AnnotationWorkload || !strings.Contains(d.problem, "workload") {
+		t.Errorf("bad annotation: %+v", d)
+	}
+	c.Annotations["io.kubernetes.cri.image-name"] = "web\x1b[2J"
+	if d := p.decide(pod("ns", enabled()), c); !d.trace || d.image != "(invalid image name)" {
+		t.Errorf("bad image: %+v", d)
+	}
+}

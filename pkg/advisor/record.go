@@ -34,11 +34,20 @@ type Record struct {
 	PodUID      string
 	Container   string
 	ContainerID string
-	Comm        string
-	Cap         string // e.g. "CAP_SYS_NICE"
-	Syscall     string
-	Capable     bool
-	Audit       bool
+	// WorkloadKind, Workload, Image and Node: see cgmap.Container; empty in
+	// records written before captrace recorded them.
+	WorkloadKind string
+	Workload     string
+	Image        string
+	Node         string
+	// NonRoot: the checking process ran as a user ID other than 0 (events
+	// only; false when the record does not say).
+	NonRoot bool
+	Comm    string
+	Cap     string // e.g. "CAP_SYS_NICE"
+	Syscall string
+	Capable bool
+	Audit   bool
 	// WindowStart, WindowEnd and Events are set on summaries: the window the
 	// tracker observed and how many checks it saw in it.
 	WindowStart time.Time
@@ -54,6 +63,7 @@ type names struct {
 	time, namespace, pod, podUID, container, containerID, comm            string
 	cap, capable, audit, syscall, summary, windowStart, windowEnd, events string
 	unique, auditOnly                                                     string
+	workloadKind, workload, image, node, uid                              string
 }
 
 var logfmtNames = names{
@@ -63,6 +73,8 @@ var logfmtNames = names{
 	capable: output.KeyCapable, audit: output.KeyAudit, syscall: output.KeySyscall,
 	summary: KeySummary, windowStart: KeyWindowStart, windowEnd: KeyWindowEnd, events: KeyEvents,
 	unique: KeyUnique, auditOnly: KeyAuditOnly,
+	workloadKind: output.KeyWorkloadKind, workload: output.KeyWorkload, image: output.KeyImage,
+	node: output.KeyNode, uid: output.KeyUid,
 }
 
 var journalNames = names{
@@ -72,6 +84,8 @@ var journalNames = names{
 	capable: output.FieldCapable, audit: output.FieldAudit, syscall: output.FieldSyscall,
 	summary: FieldSummary, windowStart: FieldWindowStart, windowEnd: FieldWindowEnd, events: FieldEvents,
 	unique: FieldUnique, auditOnly: FieldAuditOnly,
+	workloadKind: output.FieldWorkloadKind, workload: output.FieldWorkload, image: output.FieldImage,
+	node: output.FieldNode, uid: output.FieldUid,
 }
 
 // journald's receive time, µs since the epoch, on every `journalctl -o json` entry.
@@ -154,6 +168,14 @@ func buildRecord(get func(string) (string, bool, error), n names) (Record, error
 	r.Namespace, r.Pod, r.PodUID = str(n.namespace), str(n.pod), str(n.podUID)
 	r.Container, r.ContainerID, r.Comm = str(n.container), str(n.containerID), str(n.comm)
 	r.Cap, r.Syscall = str(n.cap), str(n.syscall)
+	r.WorkloadKind, r.Workload, r.Image, r.Node = str(n.workloadKind), str(n.workload), str(n.image), str(n.node)
+	if v := str(n.uid); v != "" {
+		uid, err := strconv.ParseUint(v, 10, 32)
+		if err != nil {
+			return Record{}, fmt.Errorf("field %s: %v", n.uid, err)
+		}
+		r.NonRoot = uid != 0
+	}
 	if firstErr != nil {
 		return Record{}, firstErr
 	}
@@ -265,7 +287,7 @@ func init() {
 	for _, n := range []names{journalNames, logfmtNames} {
 		for _, name := range []string{n.time, n.namespace, n.pod, n.podUID, n.container, n.containerID,
 			n.comm, n.cap, n.capable, n.audit, n.syscall, n.summary, n.windowStart, n.windowEnd, n.events,
-			n.unique, n.auditOnly} {
+			n.unique, n.auditOnly, n.workloadKind, n.workload, n.image, n.node, n.uid} {
 			add(name)
 		}
 	}

@@ -20,6 +20,11 @@ type ContainerRef struct {
 	Namespace string `json:"namespace"`
 	Pod       string `json:"pod"`
 	PodUID    string `json:"pod_uid,omitempty"`
+	// The pod's owner (pkg/workload), the container's image and the node.
+	WorkloadKind string `json:"workload_kind,omitempty"`
+	Workload     string `json:"workload,omitempty"`
+	Image        string `json:"image,omitempty"`
+	Node         string `json:"node,omitempty"`
 }
 
 // Check is one distinct capability check of a container: the (cap, verdict,

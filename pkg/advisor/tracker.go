@@ -158,7 +158,8 @@ func (t *Tracker) newState(c cgmap.Container, at time.Time) *containerState {
 	}
 	st := &containerState{
 		ref: ContainerRef{ID: c.ID, Name: c.Name, Namespace: c.Namespace,
-			Pod: c.Pod, PodUID: c.PodUID},
+			Pod: c.Pod, PodUID: c.PodUID, WorkloadKind: c.WorkloadKind, Workload: c.Workload,
+			Image: c.Image, Node: c.Node},
 		settings: c.Settings,
 		start:    at.UnixNano(),
 		tuples:   make(map[tupleKey]*tupleStats, 8),

@@ -27,8 +27,15 @@ type Container struct {
 	Namespace string
 	Pod       string
 	PodUID    string
-	CgroupID  uint64
-	Settings  bpf.Settings
+	// WorkloadKind and Workload name the pod's owner (pkg/workload: "Deployment",
+	// "web"); Image is the container's image reference ("" when unknown);
+	// Node is the node captrace runs on.
+	WorkloadKind string
+	Workload     string
+	Image        string
+	Node         string
+	CgroupID     uint64
+	Settings     bpf.Settings
 }
 
 // Registry is the set of traced containers, keyed by container ID and by cgroup

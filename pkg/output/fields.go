@@ -27,6 +27,19 @@ const (
 	KeyCgroupID    = "cgroup_id" // cgroup v2 ID of the container (inode of its cgroup directory)
 )
 
+// Workload identity (pkg/workload), on every event and summary: the owner's
+// kind ("Deployment") and name, the container's image, the node.
+const (
+	KeyWorkloadKind   = "workload_kind"
+	KeyWorkload       = "workload"
+	KeyImage          = "image"
+	KeyNode           = "node"
+	FieldWorkloadKind = "K8S_WORKLOAD_KIND"
+	FieldWorkload     = "K8S_WORKLOAD_NAME"
+	FieldImage        = "CONTAINER_IMAGE"
+	FieldNode         = "K8S_NODE_NAME"
+)
+
 // Keys of every logfmt line that logrus sets itself.
 const (
 	KeyLevel = "level"
@@ -45,6 +58,7 @@ const EventMessage = "cap_check"
 var KeyOrder = []string{
 	KeyTime, KeyLevel, KeyMsg,
 	KeyNamespace, KeyPod, KeyContainer, KeyContainerID, KeyPodUID,
+	KeyWorkloadKind, KeyWorkload, KeyImage, KeyNode,
 	KeyComm, KeyPid, KeyTid, KeyUid, KeyGid,
 	KeyCap, KeyCapable, KeyAudit, KeyInsetid, KeySyscall, KeyCgroupID,
 }

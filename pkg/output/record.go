@@ -76,21 +76,25 @@ func boolDigit(b bool) string {
 func (r *Record) LogFields() logrus.Fields {
 	ev := &r.Event
 	f := logrus.Fields{
-		KeyNamespace:   r.Container.Namespace,
-		KeyPod:         r.Container.Pod,
-		KeyContainer:   r.Container.Name,
-		KeyContainerID: r.Container.ID,
-		KeyPodUID:      r.Container.PodUID,
-		KeyComm:        r.Comm(),
-		KeyPid:         ev.Pid,
-		KeyTid:         ev.Tid,
-		KeyUid:         ev.Uid,
-		KeyGid:         ev.Gid,
-		KeyCap:         ev.Cap.String(),
-		KeyCapable:     strconv.FormatBool(ev.Capable),
-		KeyAudit:       boolDigit(ev.Audit),
-		KeySyscall:     r.Syscall(),
-		KeyCgroupID:    ev.CgroupID,
+		KeyNamespace:    r.Container.Namespace,
+		KeyPod:          r.Container.Pod,
+		KeyContainer:    r.Container.Name,
+		KeyContainerID:  r.Container.ID,
+		KeyPodUID:       r.Container.PodUID,
+		KeyWorkloadKind: r.Container.WorkloadKind,
+		KeyWorkload:     r.Container.Workload,
+		KeyImage:        r.Container.Image,
+		KeyNode:         r.Container.Node,
+		KeyComm:         r.Comm(),
+		KeyPid:          ev.Pid,
+		KeyTid:          ev.Tid,
+		KeyUid:          ev.Uid,
+		KeyGid:          ev.Gid,
+		KeyCap:          ev.Cap.String(),
+		KeyCapable:      strconv.FormatBool(ev.Capable),
+		KeyAudit:        boolDigit(ev.Audit),
+		KeySyscall:      r.Syscall(),
+		KeyCgroupID:     ev.CgroupID,
 	}
 	if ev.InSetIDKnown {
 		f[KeyInsetid] = boolDigit(ev.InSetID)
@@ -125,6 +129,7 @@ func (r *Record) JournalFields() map[string]string {
 	for field, value := range map[string]string{
 		FieldNamespace: c.Namespace, FieldPod: c.Pod, FieldPodUID: c.PodUID,
 		FieldContainer: c.Name, FieldContainerID: c.ID,
+		FieldWorkloadKind: c.WorkloadKind, FieldWorkload: c.Workload, FieldImage: c.Image, FieldNode: c.Node,
 	} {
 		if value != "" {
 			f[field] = value
