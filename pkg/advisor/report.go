@@ -10,10 +10,13 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/captrace/captrace/pkg/workload"
 )
 
 // maxLineBytes bounds one input line; longer lines are skipped, not buffered.
@@ -42,38 +45,87 @@ type reportFlags struct {
 	container  string
 	since      string
 	minWindow  time.Duration
+	// inputs are files or "-" (stdin), read in turn; none: journalctl.
+	inputs []string
+	// by groups the advice: ByWorkload (default) or ByPod.
+	by string
+	// workload keeps only records of this workload ("deployment/web").
+	workload workloadFilter
+	// checks are manifests to check against the evidence (--check).
+	checks []string
 }
 
-const reportUsage = `usage: captrace report [flags] [FILE|-]
+// Groupings of --by.
+const (
+	ByWorkload = "workload"
+	ByPod      = "pod"
+)
 
-Reads captrace's capability records and prints, per pod and container, the
-checks seen (cap, granted and denied counts, syscalls) and a ready-to-paste
-securityContext. Input: by default the output of
+// workloadFilter is --workload KIND/NAME.
+type workloadFilter string
+
+func (w workloadFilter) matches(r Record) bool {
+	kind, name, _ := strings.Cut(string(w), "/")
+	rk, rn := r.WorkloadKind, r.Workload
+	if rk == "" && rn == "" {
+		rk, rn = workload.KindPod, r.Pod
+	}
+	return strings.EqualFold(kind, rk) && name == rn
+}
+
+const reportUsage = `usage: captrace report [flags] [FILE|-]...
+
+Reads captrace's capability records and prints, per workload (namespace,
+Deployment/StatefulSet/DaemonSet/Job/CronJob or pod, container name, image),
+the checks seen (cap, granted and denied counts, syscalls, on how many pods
+and nodes) and a ready-to-paste securityContext. Replicas and nodes add up;
+a container found in several inputs counts once. Input: by default the
+output of
   journalctl -u captrace -o json
-which it runs itself; or FILE (logfmt from the file sink, or journalctl's JSON,
-detected line by line); or - for stdin.
+which it runs itself; or any number of FILEs (logfmt from the file sink, or
+journalctl's JSON, detected line by line, e.g. one journal export per node);
+- for stdin.
+
+--check MANIFEST compares Kubernetes manifests (Deployment, StatefulSet,
+DaemonSet, Job, CronJob, Pod; multi-document YAML) with the evidence.
+
+Exit status: 0 advice printed (with --check: the manifests match the
+evidence); 1 nothing usable read, the input failed, or (with --check) a
+manifest lacks a used capability, grants an unused one or keeps the runtime's
+default set; 2 usage or a manifest that is not a valid Kubernetes object.
 
 Flags:
 `
 
 func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env reportEnv) int {
 	var f reportFlags
+	var input string
 	fs := flag.NewFlagSet("captrace report", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, reportUsage)
 		fs.PrintDefaults()
 	}
-	fs.StringVar(&f.input, "input", "", "read records from `FILE` (- for stdin) instead of running journalctl")
-	fs.StringVar(&f.input, "i", "", "short for --input")
+	fs.StringVar(&input, "input", "", "read records from `FILE` (- for stdin) instead of running journalctl")
+	fs.StringVar(&input, "i", "", "short for --input")
 	fs.StringVar(&f.journalDir, "journal-dir", "", "passed to journalctl as -D `DIR`")
 	fs.StringVar(&f.journalDir, "D", "", "short for --journal-dir")
 	fs.StringVar(&f.unit, "unit", "captrace", "systemd `unit` passed to journalctl -u; empty: match SYSLOG_IDENTIFIER=captrace instead")
 	fs.StringVar(&f.journalctl, "journalctl", env.journalctl, "journalctl `binary` to run")
-	fs.StringVar(&f.format, "format", "table", "output `format`: table, yaml or json")
+	fs.StringVar(&f.format, "format", "table", "output `format`: table, yaml (one Kubernetes object per workload), patch (strategic-merge patch per workload) or json")
+	fs.StringVar(&f.by, "by", ByWorkload, "group the advice by `workload` (namespace, workload, container, image) or by pod (namespace, pod, container)")
 	fs.StringVar(&f.namespace, "namespace", "", "only this Kubernetes `namespace`")
 	fs.StringVar(&f.pod, "pod", "", "only this `pod` name")
 	fs.StringVar(&f.container, "container", "", "only this `container` name")
+	fs.Func("workload", "only this `KIND/NAME` (deployment/web)", func(v string) error {
+		id, err := workload.ParseAnnotation(v)
+		f.workload = workloadFilter(id.String())
+		return err
+	})
+	fs.Func("check", "compare the Kubernetes `MANIFEST` (file, - for stdin; repeatable) with the evidence", func(v string) error {
+		f.checks = append(f.checks, v)
+		return nil
+	})
 	fs.StringVar(&f.since, "since", "", "only checks at or after `TIME`: a duration back from now (2h, 30m) or a time (RFC 3339, \"2006-01-02 15:04:05\" UTC, 2006-01-02)")
 	fs.DurationVar(&f.minWindow, "min-window", DefaultMinWindow, "observation time below which a profile is called partial")
 	if err := fs.Parse(args); err != nil {
@@ -82,22 +134,46 @@ func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env rep
 		}
 		return 2
 	}
-	switch fs.NArg() {
-	case 0:
-	case 1:
-		if f.input != "" {
-			fmt.Fprintln(stderr, "captrace report: give the input either as --input or as an argument, not both")
-			return 2
+	if input != "" {
+		f.inputs = append(f.inputs, input)
+	}
+	f.inputs = append(f.inputs, fs.Args()...)
+	return reportWith(f, stdin, stdout, stderr, env)
+}
+
+// reportWith runs the report with parsed options (the flag parser's only
+// job is to fill reportFlags).
+func reportWith(f reportFlags, stdin io.Reader, stdout, stderr io.Writer, env reportEnv) int {
+	stdinUses := 0
+	for _, in := range f.inputs {
+		if in == "-" {
+			stdinUses++
 		}
-		f.input = fs.Arg(0)
-	default:
-		fmt.Fprintf(stderr, "captrace report: one input expected, got %q\n", fs.Args())
+	}
+	for _, c := range f.checks {
+		if c == "-" {
+			stdinUses++
+		}
+	}
+	if stdinUses > 1 {
+		fmt.Fprintln(stderr, "captrace report: stdin (-) can be read once: give the other inputs as files")
 		return 2
 	}
 	switch f.format {
-	case "table", "yaml", "json":
+	case "table", "yaml", "json", "patch":
 	default:
-		fmt.Fprintf(stderr, "captrace report: --format %q: want table, yaml or json\n", f.format)
+		fmt.Fprintf(stderr, "captrace report: --format %q: want table, yaml, patch or json\n", f.format)
+		return 2
+	}
+	switch f.by {
+	case ByWorkload:
+	case ByPod:
+		if f.format == "patch" {
+			fmt.Fprintln(stderr, "captrace report: --format patch applies to workloads: drop --by pod")
+			return 2
+		}
+	default:
+		fmt.Fprintf(stderr, "captrace report: --by %q: want workload or pod\n", f.by)
 		return 2
 	}
 	if f.minWindow <= 0 {
@@ -112,15 +188,25 @@ func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env rep
 			return 2
 		}
 	}
-	if f.input != "" && f.journalDir != "" {
-		fmt.Fprintln(stderr, "captrace report: --journal-dir applies to journalctl; it cannot be combined with --input")
+	if len(f.inputs) > 0 && f.journalDir != "" {
+		fmt.Fprintln(stderr, "captrace report: --journal-dir applies to journalctl; it cannot be combined with input files")
 		return 2
+	}
+	// Manifests are read before the evidence: a bad one is a usage error
+	// that no amount of evidence fixes.
+	var manifests []manifestWorkload
+	for _, path := range f.checks {
+		ws, err := readManifests(path, stdin)
+		if err != nil {
+			fmt.Fprintf(stderr, "captrace report: --check: %v\n", err)
+			return 2
+		}
+		manifests = append(manifests, ws...)
 	}
 
 	agg := newAggregate(f, since)
-	var source string
-	switch f.input {
-	case "":
+	var sources []string
+	if len(f.inputs) == 0 {
 		jargs := []string{"-o", "json", "--no-pager"}
 		if f.unit != "" {
 			jargs = append(jargs, "-u", f.unit)
@@ -133,7 +219,8 @@ func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env rep
 		if !since.IsZero() {
 			jargs = append(jargs, "--since", "@"+strconv.FormatInt(since.Unix(), 10))
 		}
-		source = f.journalctl + " " + strings.Join(jargs, " ")
+		source := f.journalctl + " " + strings.Join(jargs, " ")
+		sources = append(sources, source)
 		cmd := exec.Command(f.journalctl, jargs...)
 		var errBuf bytes.Buffer
 		cmd.Stderr = &limitedBuffer{buf: &errBuf, max: 4096}
@@ -144,10 +231,10 @@ func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env rep
 		}
 		if err := cmd.Start(); err != nil {
 			fmt.Fprintf(stderr, "captrace report: cannot run %s: %v\n"+
-				"  read a saved copy instead: journalctl -u captrace -o json | captrace report -, or captrace report --input FILE\n", source, err)
+				"  read a saved copy instead: journalctl -u captrace -o json | captrace report -, or captrace report FILE...\n", source, err)
 			return 1
 		}
-		readErr := agg.read(out)
+		readErr := agg.read(out, "journalctl")
 		if readErr != nil {
 			_, _ = io.Copy(io.Discard, out)
 		}
@@ -159,27 +246,30 @@ func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env rep
 			}
 			return 1
 		}
-	case "-":
-		source = "stdin"
-		if err := agg.read(stdin); err != nil {
-			fmt.Fprintf(stderr, "captrace report: reading stdin: %v; no advice printed\n", err)
-			return 1
+	}
+	for _, in := range f.inputs {
+		if in == "-" {
+			sources = append(sources, "stdin")
+			if err := agg.read(stdin, "stdin"); err != nil {
+				fmt.Fprintf(stderr, "captrace report: reading stdin: %v; no advice printed\n", err)
+				return 1
+			}
+			continue
 		}
-	default:
-		source = f.input
-		file, err := os.Open(f.input)
+		sources = append(sources, in)
+		file, err := os.Open(in)
 		if err != nil {
 			fmt.Fprintf(stderr, "captrace report: %v\n", err)
 			return 1
 		}
-		err = agg.read(file)
+		err = agg.read(file, in)
 		file.Close()
 		if err != nil {
-			fmt.Fprintf(stderr, "captrace report: reading %s: %v; no advice printed\n", f.input, err)
+			fmt.Fprintf(stderr, "captrace report: reading %s: %v; no advice printed\n", in, err)
 			return 1
 		}
 	}
-
+	source := strings.Join(sources, ", ")
 	agg.describe(stderr, source)
 	summaries, notes := agg.summaries(f.minWindow)
 	for _, n := range notes {
@@ -187,18 +277,23 @@ func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env rep
 	}
 	if len(summaries) == 0 {
 		fmt.Fprintln(stderr, "captrace report: no capability checks read that match the filters: no advice")
-		if f.input == "" && agg.lines == 0 && f.unit != "" {
+		if len(f.inputs) == 0 && agg.lines == 0 && f.unit != "" {
 			fmt.Fprintf(stderr, "  journald has no entries of unit %s; if captrace does not run as that systemd unit, "+
 				"try --unit '' (entries with SYSLOG_IDENTIFIER=captrace) or -D DIR for another journal\n", f.unit)
 		}
 		return 1
+	}
+	if len(manifests) > 0 {
+		return checkManifests(stdout, stderr, manifests, summaries)
 	}
 	var err error
 	switch f.format {
 	case "table":
 		err = writeTable(stdout, summaries)
 	case "yaml":
-		err = writeYAML(stdout, summaries)
+		err = writeYAML(stdout, summaries, f.by)
+	case "patch":
+		err = writePatches(stdout, summaries)
 	case "json":
 		err = writeJSON(stdout, summaries, agg)
 	}
@@ -241,25 +336,27 @@ func (l *limitedBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// groupKey is one report entry: a container of a pod. Restarts of a container
-// (new container IDs) add up under the same entry.
-type groupKey struct{ namespace, pod, container string }
+// instanceKey is one container instance: its ID, or where records carry no
+// ID, its names.
+type instanceKey struct{ id, namespace, pod, container string }
 
 type checkKey struct {
-	cap, syscall            string
-	capable, audit, runtime bool
+	cap, syscall                     string
+	capable, audit, runtime, nonRoot bool
 }
 
-type group struct {
+// instance is what one input said about one container instance. The same
+// container may be in several inputs (a node's journal and a saved copy of
+// it): each input's view is kept apart until the input ends, and the view
+// with the most checks read is the one the report uses, so a container seen
+// twice counts once.
+type instance struct {
 	ref         ContainerRef
-	ids         map[string]bool
 	checks      map[checkKey]*Check
 	events      uint64
 	first, last time.Time
 	start, end  time.Time // from summary entries
-	// Per container ID: checks read, and checks its summary entries counted.
-	readByID   map[string]uint64
-	summedByID map[string]uint64
+	summed      uint64    // checks its summary entries counted
 	// Tracing settings stated by summary entries: any unique, all audit-only.
 	unique, auditOnly bool
 	settingsSeen      bool
@@ -267,31 +364,42 @@ type group struct {
 
 // skipNote is one unreadable line, shown on stderr.
 type skipNote struct {
+	source string
 	line   int
 	reason string
 }
 
 const maxSkipNotes = 5
 
-// aggregate is what the report read: the checks per container and a count of
-// every line by what became of it.
+// aggregate is what the report read: the checks per container instance and
+// a count of every line by what became of it. Its memory grows with the
+// containers and distinct checks, never with the input.
 type aggregate struct {
 	f     reportFlags
 	since time.Time
 
 	lines, blank, events, nSummaries, other, skipped int
 	filtered, noTime, unattributed                   int
-	skipNotes                                        []skipNote
-	groups                                           map[groupKey]*group
+	// duplicates counts checks of container instances that another input
+	// also held (the view with more checks was kept).
+	duplicates uint64
+	skipNotes  []skipNote
+	source     string // the input being read
+	lineNo     int    // its line number
+
+	current   map[instanceKey]*instance // the input being read
+	instances map[instanceKey]*instance // the inputs read
 }
 
 func newAggregate(f reportFlags, since time.Time) *aggregate {
-	return &aggregate{f: f, since: since, groups: map[groupKey]*group{}}
+	return &aggregate{f: f, since: since, current: map[instanceKey]*instance{}, instances: map[instanceKey]*instance{}}
 }
 
-// read consumes r line by line. Only an I/O error is returned: unreadable
-// lines are counted and noted.
-func (a *aggregate) read(r io.Reader) error {
+// read consumes r, named source, line by line. Only an I/O error is
+// returned: unreadable lines are counted and noted.
+func (a *aggregate) read(r io.Reader, source string) error {
+	a.source, a.lineNo = source, 0
+	defer a.endInput()
 	br := bufio.NewReaderSize(r, 64*1024)
 	var long []byte
 	tooLong := false
@@ -315,6 +423,7 @@ func (a *aggregate) read(r io.Reader) error {
 				}
 			}
 			a.lines++
+			a.lineNo++
 			if tooLong {
 				a.skip(fmt.Sprintf("longer than %d bytes", maxLineBytes))
 			} else {
@@ -331,10 +440,27 @@ func (a *aggregate) read(r io.Reader) error {
 	}
 }
 
+// endInput keeps, per container instance, the view with more checks.
+func (a *aggregate) endInput() {
+	for k, in := range a.current {
+		old := a.instances[k]
+		switch {
+		case old == nil:
+			a.instances[k] = in
+		case in.events > old.events:
+			a.duplicates += old.events
+			a.instances[k] = in
+		default:
+			a.duplicates += in.events
+		}
+	}
+	a.current = map[instanceKey]*instance{}
+}
+
 func (a *aggregate) skip(reason string) {
 	a.skipped++
 	if len(a.skipNotes) < maxSkipNotes {
-		a.skipNotes = append(a.skipNotes, skipNote{a.lines, reason})
+		a.skipNotes = append(a.skipNotes, skipNote{a.source, a.lineNo, reason})
 	}
 }
 
@@ -358,7 +484,8 @@ func (a *aggregate) add(line []byte) {
 	}
 	if (a.f.namespace != "" && rec.Namespace != a.f.namespace) ||
 		(a.f.pod != "" && rec.Pod != a.f.pod) ||
-		(a.f.container != "" && rec.Container != a.f.container) {
+		(a.f.container != "" && rec.Container != a.f.container) ||
+		(a.f.workload != "" && !a.f.workload.matches(rec)) {
 		a.filtered++
 		return
 	}
@@ -372,40 +499,44 @@ func (a *aggregate) add(line []byte) {
 			return
 		}
 	}
-	k := groupKey{rec.Namespace, rec.Pod, rec.Container}
-	g := a.groups[k]
-	if g == nil {
-		g = &group{ref: ContainerRef{Name: rec.Container, Namespace: rec.Namespace, Pod: rec.Pod, PodUID: rec.PodUID},
-			ids: map[string]bool{}, checks: map[checkKey]*Check{},
-			readByID: map[string]uint64{}, summedByID: map[string]uint64{}}
-		a.groups[k] = g
+	k := instanceKey{id: rec.ContainerID}
+	if k.id == "" {
+		k = instanceKey{namespace: rec.Namespace, pod: rec.Pod, container: rec.Container}
 	}
-	if rec.ContainerID != "" {
-		g.ids[rec.ContainerID] = true
+	in := a.current[k]
+	if in == nil {
+		kind, name := rec.WorkloadKind, rec.Workload
+		if kind == "" && name == "" {
+			// Written before captrace named workloads: the pod is all we know.
+			kind, name = workload.KindPod, rec.Pod
+		}
+		in = &instance{ref: ContainerRef{ID: rec.ContainerID, Name: rec.Container, Namespace: rec.Namespace,
+			Pod: rec.Pod, PodUID: rec.PodUID, WorkloadKind: kind, Workload: name, Image: rec.Image, Node: rec.Node},
+			checks: map[checkKey]*Check{}}
+		a.current[k] = in
 	}
 	if rec.Kind == KindSummary {
 		a.nSummaries++
-		g.summedByID[rec.ContainerID] += rec.Events
-		g.unique = g.unique || rec.Unique
-		g.auditOnly = rec.AuditOnly && (g.auditOnly || !g.settingsSeen)
-		g.settingsSeen = true
-		if !rec.WindowStart.IsZero() && (g.start.IsZero() || rec.WindowStart.Before(g.start)) {
-			g.start = rec.WindowStart
+		in.summed += rec.Events
+		in.unique = in.unique || rec.Unique
+		in.auditOnly = rec.AuditOnly && (in.auditOnly || !in.settingsSeen)
+		in.settingsSeen = true
+		if !rec.WindowStart.IsZero() && (in.start.IsZero() || rec.WindowStart.Before(in.start)) {
+			in.start = rec.WindowStart
 		}
-		if rec.WindowEnd.After(g.end) {
-			g.end = rec.WindowEnd
+		if rec.WindowEnd.After(in.end) {
+			in.end = rec.WindowEnd
 		}
 		return
 	}
 	a.events++
-	g.events++
-	g.readByID[rec.ContainerID]++
-	ck := checkKey{rec.Cap, rec.Syscall, rec.Capable, rec.Audit, isRuntimeComm(rec.Comm)}
-	c := g.checks[ck]
+	in.events++
+	ck := checkKey{rec.Cap, rec.Syscall, rec.Capable, rec.Audit, isRuntimeComm(rec.Comm), rec.NonRoot}
+	c := in.checks[ck]
 	if c == nil {
 		c = &Check{Cap: rec.Cap, Syscall: rec.Syscall, Capable: rec.Capable, Audit: rec.Audit,
-			Runtime: ck.runtime, First: rec.Time, Last: rec.Time}
-		g.checks[ck] = c
+			Runtime: ck.runtime, NonRoot: rec.NonRoot, First: rec.Time, Last: rec.Time}
+		in.checks[ck] = c
 	}
 	c.Count++
 	if !rec.Time.IsZero() {
@@ -415,11 +546,11 @@ func (a *aggregate) add(line []byte) {
 		if rec.Time.After(c.Last) {
 			c.Last = rec.Time
 		}
-		if g.first.IsZero() || rec.Time.Before(g.first) {
-			g.first = rec.Time
+		if in.first.IsZero() || rec.Time.Before(in.first) {
+			in.first = rec.Time
 		}
-		if rec.Time.After(g.last) {
-			g.last = rec.Time
+		if rec.Time.After(in.last) {
+			in.last = rec.Time
 		}
 	}
 }
@@ -435,7 +566,10 @@ func (a *aggregate) describe(w io.Writer, source string) {
 		fmt.Fprintf(w, ", %d more checks left out: they name no container (it was gone when captrace read them)", a.unattributed)
 	}
 	if a.filtered > 0 {
-		fmt.Fprintf(w, ", %d outside --namespace/--pod/--container/--since", a.filtered)
+		fmt.Fprintf(w, ", %d outside --namespace/--pod/--container/--workload/--since", a.filtered)
+	}
+	if a.duplicates > 0 {
+		fmt.Fprintf(w, ", %d checks of containers another input also held (counted once)", a.duplicates)
 	}
 	if a.noTime > 0 {
 		fmt.Fprintf(w, ", %d without a time left out by --since", a.noTime)
@@ -444,7 +578,7 @@ func (a *aggregate) describe(w io.Writer, source string) {
 	if a.skipped > 0 {
 		fmt.Fprintf(w, "captrace report: SKIPPED %d unreadable lines (not captrace records, truncated or malformed); the advice below rests only on the lines read:\n", a.skipped)
 		for _, n := range a.skipNotes {
-			fmt.Fprintf(w, "  line %d: %s\n", n.line, n.reason)
+			fmt.Fprintf(w, "  %s line %d: %s\n", n.source, n.line, n.reason)
 		}
 		if a.skipped > len(a.skipNotes) {
 			fmt.Fprintf(w, "  … and %d more\n", a.skipped-len(a.skipNotes))
@@ -452,46 +586,159 @@ func (a *aggregate) describe(w io.Writer, source string) {
 	}
 }
 
-// summaries applies the rules to every container that has checks. A
-// container known only from summary entries gets none: its checks were not
-// read (outside --since, or lost), and advice from them would rest on data
-// this report did not see. The window a summary entry states is used only
-// when every check it counted was read; notes says where that was not so.
+// groupKey is one report entry: by workload, (namespace, workload, container
+// name, image); by pod, (namespace, pod, container name). Restarts of a
+// container (new container IDs) and replicas add up under one entry; images
+// never do.
+type groupKey struct{ namespace, kind, workload, pod, container, image string }
+
+func (a *aggregate) groupOf(ref ContainerRef) groupKey {
+	if a.f.by == ByPod {
+		return groupKey{namespace: ref.Namespace, pod: ref.Pod, container: ref.Name}
+	}
+	return groupKey{namespace: ref.Namespace, kind: ref.WorkloadKind, workload: ref.Workload,
+		container: ref.Name, image: ref.Image}
+}
+
+// podOf names the pod an instance ran in, for counting pods.
+func podOf(ref ContainerRef) string {
+	if ref.PodUID != "" {
+		return ref.PodUID
+	}
+	return ref.Namespace + "/" + ref.Pod
+}
+
+// summaries applies the rules to every group that has checks. A container
+// known only from summary entries adds no checks: they were not read (outside
+// --since, or lost), and advice from them would rest on data this report did
+// not see; its pod still counts among the pods seen, so the group's advice
+// is marked partial. The window a summary entry states is used only when
+// every check it counted was read; notes says where that was not so.
 func (a *aggregate) summaries(minWindow time.Duration) (out []Summary, notes []string) {
-	for _, g := range a.groups {
+	type group struct {
+		ref               ContainerRef
+		ids               []string
+		pods, nodes       map[string]bool
+		podsWithChecks    map[string]bool
+		checks            []Check
+		events            uint64
+		start, end        time.Time
+		first, last       time.Time
+		unique, auditOnly bool
+		settingsSeen      bool
+	}
+	groups := map[groupKey]*group{}
+	for _, k := range sortedInstanceKeys(a.instances) {
+		in := a.instances[k]
+		gk := a.groupOf(in.ref)
+		g := groups[gk]
+		if g == nil {
+			g = &group{ref: in.ref, pods: map[string]bool{}, nodes: map[string]bool{}, podsWithChecks: map[string]bool{}}
+			if a.f.by != ByPod {
+				// A bare pod's workload is the pod, whatever its UIDs.
+				g.ref.Pod, g.ref.PodUID, g.ref.Node = "", "", ""
+				if g.ref.WorkloadKind == workload.KindPod {
+					g.ref.Pod = g.ref.Workload
+				}
+			}
+			groups[gk] = g
+		}
+		pod := podOf(in.ref)
+		g.pods[pod] = true
+		if in.ref.Node != "" {
+			g.nodes[in.ref.Node] = true
+		}
+		if in.ref.ID != "" {
+			g.ids = append(g.ids, in.ref.ID)
+		}
+		if in.settingsSeen {
+			g.unique = g.unique || in.unique
+			g.auditOnly = in.auditOnly && (g.auditOnly || !g.settingsSeen)
+			g.settingsSeen = true
+		}
+		if in.events == 0 {
+			continue
+		}
+		g.podsWithChecks[pod] = true
+		g.events += in.events
+		for _, c := range in.checks {
+			cc := *c
+			cc.Pod, cc.Node = pod, in.ref.Node
+			g.checks = append(g.checks, cc)
+		}
+		start, end := in.first, in.last
+		if in.summed > in.events {
+			notes = append(notes, fmt.Sprintf("%s/%s/%s: the summary entries of container %s counted %d checks, %d were read "+
+				"(the rest fell outside --since, was dropped by a sink or left the journal); the advice rests on the %d read and their own time span",
+				in.ref.Namespace, in.ref.Pod, in.ref.Name, in.ref.ID, in.summed, in.events, in.events))
+		} else {
+			if !in.start.IsZero() && in.start.Before(start) {
+				start = in.start
+			}
+			if in.end.After(end) {
+				end = in.end
+			}
+		}
+		if g.start.IsZero() || start.Before(g.start) {
+			g.start = start
+		}
+		if end.After(g.end) {
+			g.end = end
+		}
+		if g.first.IsZero() || in.first.Before(g.first) {
+			g.first = in.first
+		}
+		if in.last.After(g.last) {
+			g.last = in.last
+		}
+	}
+	images := map[groupKey]map[string]bool{} // per workload container, the images seen
+	for gk, g := range groups {
 		if g.events == 0 {
 			continue
 		}
-		checks := make([]Check, 0, len(g.checks))
-		for _, c := range g.checks {
-			checks = append(checks, *c)
-		}
-		w := Window{Start: g.first, End: g.last, FirstEvent: g.first, LastEvent: g.last, Events: g.events}
-		complete := true
-		for _, id := range sortedKeys(g.summedByID) {
-			if read, counted := g.readByID[id], g.summedByID[id]; read < counted {
-				complete = false
-				notes = append(notes, fmt.Sprintf("%s/%s/%s: the summary entries of container %s counted %d checks, %d were read "+
-					"(the rest fell outside --since, was dropped by a sink or left the journal); the advice rests on the %d read and their own time span",
-					g.ref.Namespace, g.ref.Pod, g.ref.Name, id, counted, read, read))
-			}
-		}
-		if complete {
-			if !g.start.IsZero() && g.start.Before(w.Start) {
-				w.Start = g.start
-			}
-			if g.end.After(w.End) {
-				w.End = g.end
-			}
-		}
+		w := Window{Start: g.start, End: g.end, FirstEvent: g.first, LastEvent: g.last, Events: g.events}
 		ref := g.ref
-		ref.ID = strings.Join(sortedKeys(g.ids), ",")
-		s := Summarize(ref, checks, w, minWindow)
+		sort.Strings(g.ids)
+		ref.ID = strings.Join(g.ids, ",")
+		s := Summarize(ref, g.checks, w, minWindow)
 		s.Unique, s.AuditOnly = g.unique, g.auditOnly
+		s.Pods, s.PodsWithChecks, s.Nodes = len(g.pods), len(g.podsWithChecks), len(g.nodes)
+		if s.PodsWithChecks < s.Pods {
+			s.Partial = true
+		}
 		out = append(out, s)
+		wk := gk
+		wk.image = ""
+		if images[wk] == nil {
+			images[wk] = map[string]bool{}
+		}
+		images[wk][gk.image] = true
 	}
+	for wk, imgs := range images {
+		if len(imgs) > 1 {
+			notes = append(notes, fmt.Sprintf("%s/%s %s container %s ran %d images (%s): each is reported apart",
+				wk.namespace, wk.kind, wk.workload, wk.container, len(imgs), strings.Join(sortedKeys(imgs), ", ")))
+		}
+	}
+	sort.Strings(notes)
 	sortSummaries(out)
 	return out, notes
+}
+
+func sortedInstanceKeys(m map[instanceKey]*instance) []instanceKey {
+	keys := make([]instanceKey, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		a, b := keys[i], keys[j]
+		if a.id != b.id {
+			return a.id < b.id
+		}
+		return a.namespace+"/"+a.pod+"/"+a.container < b.namespace+"/"+b.pod+"/"+b.container
+	})
+	return keys
 }
 
 func writeTable(w io.Writer, ss []Summary) error {
@@ -501,9 +748,17 @@ func writeTable(w io.Writer, ss []Summary) error {
 			fmt.Fprintln(bw)
 		}
 		c := s.Container
-		fmt.Fprintf(bw, "NAMESPACE %s  POD %s  CONTAINER %s", c.Namespace, c.Pod, c.Name)
+		if c.Pod != "" {
+			fmt.Fprintf(bw, "NAMESPACE %s  POD %s  CONTAINER %s", printable(c.Namespace), printable(c.Pod), printable(c.Name))
+		} else {
+			fmt.Fprintf(bw, "NAMESPACE %s  %s %s  CONTAINER %s", printable(c.Namespace), strings.ToUpper(c.WorkloadKind),
+				printable(c.Workload), printable(c.Name))
+		}
+		if c.Image != "" {
+			fmt.Fprintf(bw, "  IMAGE %s", printable(c.Image))
+		}
 		if n := strings.Count(c.ID, ",") + 1; n > 1 {
-			fmt.Fprintf(bw, "  (%d container IDs: restarts add up)", n)
+			fmt.Fprintf(bw, "  (%d container IDs add up)", n)
 		}
 		fmt.Fprintln(bw)
 		fmt.Fprintf(bw, "based on %s\n", s.Basis())
@@ -511,13 +766,21 @@ func writeTable(w io.Writer, ss []Summary) error {
 			fmt.Fprintf(bw, "checks from %s to %s\n", formatTime(s.Window.FirstEvent), formatTime(s.Window.LastEvent))
 		}
 		tw := tabwriter.NewWriter(bw, 0, 8, 2, ' ', 0)
-		fmt.Fprintln(tw, "CAP\tGRANTED\tDENIED\tSYSCALLS\tADVICE")
+		if s.manyPlaces() {
+			fmt.Fprintln(tw, "CAP\tGRANTED\tDENIED\tSEEN ON\tSYSCALLS\tADVICE")
+		} else {
+			fmt.Fprintln(tw, "CAP\tGRANTED\tDENIED\tSYSCALLS\tADVICE")
+		}
 		for _, r := range s.Rows {
 			sys := strings.Join(r.Syscalls, ",")
 			if sys == "" {
 				sys = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", r.Cap, r.Granted, r.Denied, sys, Advice[r.Class])
+			if s.manyPlaces() {
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\n", r.Cap, r.Granted, r.Denied, s.seenOn(r), sys, Advice[r.Class])
+			} else {
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", r.Cap, r.Granted, r.Denied, sys, Advice[r.Class])
+			}
 		}
 		if err := tw.Flush(); err != nil {
 			return err
@@ -528,44 +791,9 @@ func writeTable(w io.Writer, ss []Summary) error {
 	return bw.Flush()
 }
 
-// writeYAML prints, per pod, one YAML document: the containers'
-// securityContext as entries to merge under spec.containers, with what they
-// rest on as comments.
-func writeYAML(w io.Writer, ss []Summary) error {
-	bw := bufio.NewWriter(w)
-	pod := ""
-	for _, s := range ss {
-		c := s.Container
-		if p := c.Namespace + "/" + c.Pod; p != pod || pod == "" {
-			if pod != "" {
-				fmt.Fprintln(bw, "---") // one YAML document per pod
-			}
-			pod = p
-			fmt.Fprintf(bw, "# pod %s: merge into spec.containers\n", p)
-		}
-		fmt.Fprintf(bw, "# %s\n", s.Basis())
-		for _, r := range s.Rows {
-			if r.Class != ClassAdd {
-				fmt.Fprintf(bw, "# %s (granted %d, denied %d): %s\n", r.Cap, r.Granted, r.Denied, Advice[r.Class])
-			}
-		}
-		fmt.Fprintf(bw, "- name: %s\n", yamlScalar(c.Name))
-		fmt.Fprint(bw, s.SecurityContext(2))
-	}
-	return bw.Flush()
-}
-
-// yamlScalar quotes s unless it is a plain DNS-label-like name.
-func yamlScalar(s string) string {
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '.' || r >= 'A' && r <= 'Z') {
-			return strconv.Quote(s)
-		}
-	}
-	if s == "" {
-		return `""`
-	}
-	return s
+// seenOn is "3/3 pods, 2 nodes" for a row of a summary over several pods.
+func (s Summary) seenOn(r Row) string {
+	return fmt.Sprintf("%d/%d pods, %s", r.Pods, s.Pods, plural(r.Nodes, "node"))
 }
 
 type jsonSummary struct {

@@ -22,6 +22,13 @@ type rec struct {
 	at                                         time.Time
 }
 
+// wrec is a check with the fields captrace writes since it names workloads.
+type wrec struct {
+	rec
+	kind, workload, image, node string
+	uid                         int
+}
+
 // setPriority0 is the seed's set-priority-0 as records: the memory probes of
 // sh (not audited, denied) and nice's denied CAP_SYS_NICE, every 5 s.
 func setPriority0() []rec {
@@ -52,6 +59,15 @@ func setPriority1() []rec {
 // (pkg/output: empty values quoted, capable true/false, audit 1/0).
 func logfmtLines(t testing.TB, rs []rec) string {
 	t.Helper()
+	ws := make([]wrec, len(rs))
+	for i, r := range rs {
+		ws[i].rec = r
+	}
+	return wlogfmtLines(t, ws)
+}
+
+func wlogfmtLines(t testing.TB, rs []wrec) string {
+	t.Helper()
 	var buf bytes.Buffer
 	log := logrus.New()
 	log.Out = &buf
@@ -62,10 +78,10 @@ func logfmtLines(t testing.TB, rs []rec) string {
 		log.WithTime(r.at).WithFields(logrus.Fields{
 			output.KeyNamespace: r.ns, output.KeyPod: r.pod, output.KeyPodUID: "uid-" + r.pod,
 			output.KeyContainer: r.container, output.KeyContainerID: r.id, output.KeyComm: r.comm,
-			output.KeyPid: 1234, output.KeyTid: 1234, output.KeyUid: 0, output.KeyGid: 0,
+			output.KeyPid: 1234, output.KeyTid: 1234, output.KeyUid: r.uid, output.KeyGid: 0,
 			output.KeyCapable: fmt.Sprint(r.capable), output.KeyAudit: digit[r.audit],
 			output.KeyCap: r.cap, output.KeySyscall: r.syscall, "cgroup_id": 4242,
-		}).Info("cap_check")
+		}).WithFields(workloadFields(r)).Info("cap_check")
 	}
 	return buf.String()
 }
@@ -98,6 +114,17 @@ func journalJSON(t testing.TB, rs []rec, boolText func(bool) string) string {
 		buf.WriteByte('\n')
 	}
 	return buf.String()
+}
+
+func workloadFields(r wrec) logrus.Fields {
+	f := logrus.Fields{}
+	for k, v := range map[string]string{output.KeyWorkloadKind: r.kind, output.KeyWorkload: r.workload,
+		output.KeyImage: r.image, output.KeyNode: r.node} {
+		if v != "" {
+			f[k] = v
+		}
+	}
+	return f
 }
 
 func report(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
@@ -186,7 +213,7 @@ func TestReportRestartsAddUp(t *testing.T) {
 		rs[6+i].id = "c0-restarted"
 	}
 	out, errs, code := report(t, logfmtLines(t, rs), "-")
-	if code != 0 || !strings.Contains(out, "CONTAINER set-priority-0  (2 container IDs: restarts add up)\n") ||
+	if code != 0 || !strings.Contains(out, "CONTAINER set-priority-0  (2 container IDs add up)\n") ||
 		!strings.Contains(out, "based on 12 checks") {
 		t.Errorf("exit %d: %s %s", code, out, errs)
 	}
@@ -198,18 +225,20 @@ func TestReportYAML(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
-	want := "# pod default/set-priority-1: merge into spec.containers\n" +
-		"# 9 checks over 10s (partial profile: observed for less than 10m0s; exercise the workload longer before relying on it)\n" +
-		"# SYS_ADMIN (granted 0, denied 3): probe: not audited by the kernel, not a need\n" +
-		"# SETUID (granted 3, denied 0): runtime: checked by runc init, not by the workload\n" +
-		"- name: set-priority-1\n" +
-		"  securityContext:\n    capabilities:\n      drop:\n      - ALL\n      add:\n      - SYS_NICE\n"
+	want := "# captrace advice for Pod set-priority-1 in namespace default: merge each container's securityContext into your manifest\n" +
+		"# container set-priority-1: 9 checks over 10s (partial profile: observed for less than 10m0s; exercise the workload longer before relying on it)\n" +
+		"#   SYS_NICE granted 3, denied 0: add: granted in audited checks by the workload\n" +
+		"#   SYS_ADMIN granted 0, denied 3: probe: not audited by the kernel, not a need\n" +
+		"#   SETUID granted 3, denied 0: runtime: checked by runc init, not by the workload\n" +
+		"apiVersion: v1\nkind: Pod\nmetadata:\n  name: set-priority-1\n  namespace: default\nspec:\n  containers:\n" +
+		"  - name: set-priority-1\n    resources: {}\n    securityContext:\n      capabilities:\n        add:\n        - SYS_NICE\n        drop:\n        - ALL\n"
 	if !strings.Contains(out, want) {
 		t.Errorf("yaml lacks\n%s\ngot\n%s", want, out)
 	}
-	if !strings.Contains(out, "\n---\n# pod default/set-priority-1: merge into spec.containers\n") {
+	if !strings.Contains(out, "\n---\n# captrace advice for Pod set-priority-1") {
 		t.Errorf("pods are not separate YAML documents:\n%s", out)
 	}
+	strictlyDecode(t, out)
 }
 
 // logfmt as logrus writes it: quoted values with escapes, bare values, and
@@ -246,7 +275,7 @@ func TestReportFilters(t *testing.T) {
 	if cs := decodeJSONReport(t, out); code != 0 || len(cs) != 1 || cs[0].Container.Pod != "set-priority-1" {
 		t.Errorf("--pod: exit %d %s %s", code, out, errs)
 	}
-	if !strings.Contains(errs, "12 outside --namespace/--pod/--container/--since") {
+	if !strings.Contains(errs, "12 outside --namespace/--pod/--container/--workload/--since") {
 		t.Errorf("stderr: %s", errs)
 	}
 	_, errs, code = report(t, in, "--namespace", "kube-system", "-")
@@ -390,7 +419,9 @@ func TestReportSummaryEntriesExtendTheWindow(t *testing.T) {
 }
 
 func TestReportUsage(t *testing.T) {
-	for _, args := range [][]string{{"--format", "xml", "-"}, {"a", "b"}, {"--input", "a", "b"}, {"--bogus"}, {"-D", "/x", "-"}} {
+	for _, args := range [][]string{{"--format", "xml", "-"}, {"-", "-"}, {"--input", "-", "-"},
+		{"--bogus"}, {"-D", "/x", "-"}, {"--by", "node", "-"}, {"--by", "pod", "--format", "patch", "-"},
+		{"--workload", "deployment", "-"}, {"--check", "-", "-"}} {
 		if _, errs, code := report(t, "", args...); code != 2 || errs == "" {
 			t.Errorf("%q: exit %d, stderr %q", args, code, errs)
 		}

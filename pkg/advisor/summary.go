@@ -35,9 +35,13 @@ type Check struct {
 	Capable bool   // granted
 	Audit   bool   // the kernel would audit the check (not a CAP_OPT_NOAUDIT probe)
 	Runtime bool   // made by runc's setup processes, not by the workload
-	Count   uint64
-	First   time.Time
-	Last    time.Time
+	NonRoot bool   // made by a process whose user ID was not 0
+	// Pod and Node say where the check was seen, when a summary covers
+	// several pods (captrace report); empty otherwise.
+	Pod, Node string
+	Count     uint64
+	First     time.Time
+	Last      time.Time
 }
 
 // Class says what a row of the summary means for the recommendation.
@@ -73,6 +77,10 @@ type Row struct {
 	Granted  uint64   `json:"granted"`
 	Denied   uint64   `json:"denied"`
 	Syscalls []string `json:"syscalls"`
+	// Pods and Nodes: on how many of the summary's pods and nodes the
+	// capability was seen in this class (report over several pods; else 0).
+	Pods  int `json:"pods,omitempty"`
+	Nodes int `json:"nodes,omitempty"`
 }
 
 // Window is the time a summary rests on.
@@ -130,7 +138,24 @@ type Summary struct {
 	Probed []string `json:"probed"`
 	// RuntimeOnly lists capabilities checked by runc init and not by the workload.
 	RuntimeOnly []string `json:"runtime_only"`
+	// NonRootDenied lists DeniedOnly capabilities that were denied to a
+	// process running as a non-zero user ID: `add` would not reach it
+	// (NonRootAdvice).
+	NonRootDenied []string `json:"non_root_denied,omitempty"`
+
+	// Pods is how many pods the summary covers (report by workload; 0 for a
+	// single container's summary), PodsWithChecks how many of them had checks
+	// read (fewer makes the advice partial), Nodes how many nodes they ran on.
+	Pods           int `json:"pods,omitempty"`
+	PodsWithChecks int `json:"pods_with_checks,omitempty"`
+	Nodes          int `json:"nodes,omitempty"`
 }
+
+// NonRootAdvice says why adding a capability does not help a non-root
+// process, and what does.
+const NonRootAdvice = "denied to a non-root process (runAsUser != 0): `add` does not reach it, because Kubernetes sets no " +
+	"ambient capabilities (kubernetes/kubernetes#56374); what works: run the container as root (runAsUser: 0) with " +
+	"drop: [ALL] plus add, or give the binary file capabilities in the image (setcap cap_x+ep) and keep the capability in add"
 
 // Summarize applies the rules (README, "Capability advice") to the checks of
 // one container.
@@ -144,6 +169,8 @@ func Summarize(ref ContainerRef, checks []Check, w Window, minWindow time.Durati
 	}
 	rows := map[rowKey]*Row{}
 	syscalls := map[rowKey]map[string]bool{}
+	pods, nodes := map[rowKey]map[string]bool{}, map[rowKey]map[string]bool{}
+	nonRootDenied := map[string]bool{}
 	grantedAudited := map[string]bool{} // by the workload
 	granted, denied := map[string]bool{}, map[string]bool{}
 	classes := map[string]map[Class]bool{}
@@ -180,6 +207,16 @@ func Summarize(ref ContainerRef, checks []Check, w Window, minWindow time.Durati
 			r = &Row{Cap: kube, Class: class}
 			rows[k] = r
 			syscalls[k] = map[string]bool{}
+			pods[k], nodes[k] = map[string]bool{}, map[string]bool{}
+		}
+		if c.Pod != "" {
+			pods[k][c.Pod] = true
+		}
+		if c.Node != "" {
+			nodes[k][c.Node] = true
+		}
+		if class == ClassDenied && c.NonRoot && !c.Capable {
+			nonRootDenied[kube] = true
 		}
 		if c.Capable {
 			r.Granted += c.Count
@@ -196,6 +233,7 @@ func Summarize(ref ContainerRef, checks []Check, w Window, minWindow time.Durati
 	}
 	for k, r := range rows {
 		r.Syscalls = sortedKeys(syscalls[k])
+		r.Pods, r.Nodes = len(pods[k]), len(nodes[k])
 		s.Rows = append(s.Rows, *r)
 	}
 	sort.Slice(s.Rows, func(i, j int) bool {
@@ -217,6 +255,9 @@ func Summarize(ref ContainerRef, checks []Check, w Window, minWindow time.Durati
 			s.Recommended.Add = append(s.Recommended.Add, cap)
 		case cl[ClassDenied]:
 			s.DeniedOnly = append(s.DeniedOnly, cap)
+			if nonRootDenied[cap] {
+				s.NonRootDenied = append(s.NonRootDenied, cap)
+			}
 		case cl[ClassProbe]:
 			s.Probed = append(s.Probed, cap)
 		case cl[ClassRuntime]:
@@ -251,6 +292,20 @@ func sortedKeys[V any](m map[string]V) []string {
 
 // Basis says what the advice rests on: events, time, and whether that is
 // enough to call the profile more than partial.
+func plural(n int, noun string) string {
+	if n == 0 {
+		return "unknown " + noun + "s"
+	}
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// manyPlaces reports whether the summary covers more than one pod or names
+// its node: then each row says on how many pods and nodes it was seen.
+func (s Summary) manyPlaces() bool { return s.Pods > 1 || s.Nodes > 0 }
+
 func (s Summary) Basis() string {
 	d := s.Window.Duration().Round(time.Second)
 	noun := "checks"
@@ -258,9 +313,20 @@ func (s Summary) Basis() string {
 		noun = "check"
 	}
 	b := fmt.Sprintf("%d %s over %s", s.Window.Events, noun, d)
-	if s.Partial {
+	if s.manyPlaces() {
+		b += fmt.Sprintf(" from %s on %s", plural(s.Pods, "pod"), plural(s.Nodes, "node"))
+	}
+	short := s.Window.Duration() < s.MinWindow
+	switch {
+	case s.PodsWithChecks < s.Pods:
+		b += fmt.Sprintf(" (partial profile: checks read from only %d of the %d pods seen", s.PodsWithChecks, s.Pods)
+		if short {
+			b += fmt.Sprintf(", observed for less than %s", s.MinWindow)
+		}
+		b += ")"
+	case s.Partial:
 		b += fmt.Sprintf(" (partial profile: observed for less than %s; exercise the workload longer before relying on it)", s.MinWindow)
-	} else {
+	default:
 		b += fmt.Sprintf(" (observed for at least %s; paths the workload did not take are still not covered)", s.MinWindow)
 	}
 	if s.Unique {
@@ -287,6 +353,9 @@ func (s Summary) Message() string {
 	if len(s.DeniedOnly) > 0 {
 		fmt.Fprintf(&b, "; denied [%s]: add it only if the workload failed without it", strings.Join(s.DeniedOnly, " "))
 	}
+	if len(s.NonRootDenied) > 0 {
+		fmt.Fprintf(&b, "; [%s] %s", strings.Join(s.NonRootDenied, " "), NonRootAdvice)
+	}
 	fmt.Fprintf(&b, "; %s", s.Basis())
 	return b.String()
 }
@@ -310,6 +379,9 @@ func (s Summary) SecurityContext(indent int) string {
 	}
 	if len(s.DeniedOnly) > 0 {
 		fmt.Fprintf(&b, "%s    # denied, add only if the workload failed without it: %s\n", p, strings.Join(s.DeniedOnly, ", "))
+	}
+	if len(s.NonRootDenied) > 0 {
+		fmt.Fprintf(&b, "%s    # %s: %s\n", p, strings.Join(s.NonRootDenied, ", "), NonRootAdvice)
 	}
 	return b.String()
 }

@@ -341,6 +341,12 @@ func sortSummaries(s []Summary) {
 		if a.Namespace != b.Namespace {
 			return a.Namespace < b.Namespace
 		}
+		if a.WorkloadKind+"/"+a.Workload != b.WorkloadKind+"/"+b.Workload {
+			return a.WorkloadKind+"/"+a.Workload < b.WorkloadKind+"/"+b.Workload
+		}
+		if a.Image != b.Image {
+			return a.Image < b.Image
+		}
 		if a.Pod != b.Pod {
 			return a.Pod < b.Pod
 		}
