@@ -64,7 +64,7 @@ const (
 // workloadFilter is --workload KIND/NAME.
 type workloadFilter string
 
-func (w workloadFilter) matches(r Record) bool {
+func (w workloadFilter) matches(r ParsedLine) bool {
 	kind, name, _ := strings.Cut(string(w), "/")
 	rk, rn := r.WorkloadKind, r.Workload
 	if rk == "" && rn == "" {
@@ -465,7 +465,7 @@ func (a *aggregate) skip(reason string) {
 }
 
 func (a *aggregate) add(line []byte) {
-	rec, err := ParseRecord(line)
+	rec, err := ParseLine(line)
 	if err != nil {
 		a.skip(err.Error())
 		return
