@@ -140,6 +140,8 @@ func (p *Plugin) admit(pod *api.PodSandbox, ctr *api.Container, preferPID bool) 
 		Workload:     d.workload.Name,
 		Image:        d.image,
 		Node:         p.opts.NodeName,
+		Proposed:     d.proposed,
+		HasProposal:  d.hasProposal,
 	}, true
 }
 

@@ -15,6 +15,9 @@ const (
 	AnnotationUnique     = "captrace.io/unique"
 	AnnotationContainers = "captrace.io/containers"
 	AnnotationWorkload   = workload.AnnotationWorkload
+	// AnnotationProposed is a capability set to validate before enforcing
+	// it: checks granted today that it would deny are marked would_deny.
+	AnnotationProposed = "captrace.io/proposed-capabilities"
 )
 
 // Policy decides which pods may be traced and with what defaults; pod
@@ -29,10 +32,12 @@ type Policy struct {
 
 // decision is what the policy says about one container.
 type decision struct {
-	trace    bool
-	settings bpf.Settings
-	workload workload.Identity
-	image    string
+	trace       bool
+	settings    bpf.Settings
+	workload    workload.Identity
+	image       string
+	proposed    bpf.CapSet
+	hasProposal bool
 	// problem, when not empty, is a pod-level reason the pod is not traced
 	// that its owner or the administrator should hear about (once per pod):
 	// a bad annotation value or a namespace the config keeps out.
@@ -87,6 +92,14 @@ func (p *Policy) decide(pod *api.PodSandbox, ctr *api.Container) decision {
 			key: AnnotationWorkload, value: ann[AnnotationWorkload]}
 	}
 	d.workload = id
+	if v, ok := ann[AnnotationProposed]; ok {
+		set, err := bpf.ParseCapSet(v)
+		if err != nil {
+			return decision{problem: "annotation value is not a capability list: " + err.Error() + "; pod not traced",
+				key: AnnotationProposed, value: v}
+		}
+		d.proposed, d.hasProposal = set, true
+	}
 	if d.image, valid = workload.Image(ctr.GetAnnotations()); !valid {
 		// Not the pod author's to fix and no reason to lose the trace.
 		d.image = "(invalid image name)"

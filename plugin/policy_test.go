@@ -297,3 +297,22 @@ func TestPolicyWorkload(t *testing.T) {
 		t.Errorf("bad image: %+v", d)
 	}
 }
+
+func TestPolicyProposedCapabilities(t *testing.T) {
+	var p Policy
+	d := p.decide(pod("ns", enabled(AnnotationProposed, "NET_BIND_SERVICE, sys_nice")), ctr("app"))
+	if !d.trace || !d.hasProposal || !d.proposed.Has(10) || !d.proposed.Has(23) || d.proposed.Has(0) {
+		t.Errorf("proposal: %+v", d)
+	}
+	// An empty proposal is drop ALL with nothing added: every grant would be denied.
+	if d := p.decide(pod("ns", enabled(AnnotationProposed, "")), ctr("app")); !d.trace || !d.hasProposal || d.proposed != 0 {
+		t.Errorf("empty proposal: %+v", d)
+	}
+	if d := p.decide(pod("ns", enabled()), ctr("app")); d.hasProposal {
+		t.Errorf("no annotation: %+v", d)
+	}
+	d = p.decide(pod("ns", enabled(AnnotationProposed, "SYS_NICE,FLY")), ctr("app"))
+	if d.trace || d.key != AnnotationProposed || !strings.Contains(d.problem, `"FLY" is no capability name`) {
+		t.Errorf("bad proposal: %+v", d)
+	}
+}

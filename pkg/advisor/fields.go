@@ -54,6 +54,7 @@ func (s Summary) pairs() [][3]string {
 		{schema.AuditOnly.Key, schema.AuditOnly.Journal, strconv.FormatBool(s.AuditOnly)},
 		{schema.Unique.Key, schema.Unique.Journal, strconv.FormatBool(s.Unique)},
 		{schema.SecurityContext.Key, schema.SecurityContext.Journal, s.SecurityContext(0)},
+		{schema.WouldBreak.Key, schema.WouldBreak.Journal, strings.Join(s.WouldBreak, "; ")},
 	}
 }
 

@@ -104,6 +104,9 @@ func evidence(w io.Writer, s Summary) {
 	if len(s.NonRootDenied) > 0 {
 		fmt.Fprintf(w, "#   %s: %s\n", strings.Join(s.NonRootDenied, ", "), NonRootAdvice)
 	}
+	if len(s.WouldBreak) > 0 {
+		fmt.Fprintf(w, "#   would break under the proposed capabilities: %s\n", strings.Join(s.WouldBreak, "; "))
+	}
 }
 
 // writeYAML prints one Kubernetes object per workload (by pod: one Pod per

@@ -43,11 +43,14 @@ type ParsedLine struct {
 	// NonRoot: the checking process ran as a user ID other than 0 (events
 	// only; false when the record does not say).
 	NonRoot bool
-	Comm    string
-	Cap     string // e.g. "CAP_SYS_NICE"
-	Syscall string
-	Capable bool
-	Audit   bool
+	// WouldDeny: the check is marked would_deny=1 (the pod's proposed
+	// capabilities lack it).
+	WouldDeny bool
+	Comm      string
+	Cap       string // e.g. "CAP_SYS_NICE"
+	Syscall   string
+	Capable   bool
+	Audit     bool
 	// WindowStart, WindowEnd and Events are set on summaries: the window the
 	// tracker observed and how many checks it saw in it.
 	WindowStart time.Time
@@ -63,7 +66,7 @@ type names struct {
 	time, namespace, pod, podUID, container, containerID, comm            string
 	cap, capable, audit, syscall, summary, windowStart, windowEnd, events string
 	unique, auditOnly                                                     string
-	workloadKind, workload, image, node, uid                              string
+	workloadKind, workload, image, node, uid, wouldDeny                   string
 }
 
 var logfmtNames = names{
@@ -74,7 +77,7 @@ var logfmtNames = names{
 	summary: schema.Summary.Key, windowStart: schema.WindowStart.Key, windowEnd: schema.WindowEnd.Key, events: schema.Events.Key,
 	unique: schema.Unique.Key, auditOnly: schema.AuditOnly.Key,
 	workloadKind: schema.WorkloadKind.Key, workload: schema.Workload.Key, image: schema.Image.Key,
-	node: schema.Node.Key, uid: schema.Uid.Key,
+	node: schema.Node.Key, uid: schema.Uid.Key, wouldDeny: schema.WouldDeny.Key,
 }
 
 var journalNames = names{
@@ -85,7 +88,7 @@ var journalNames = names{
 	summary: schema.Summary.Journal, windowStart: schema.WindowStart.Journal, windowEnd: schema.WindowEnd.Journal, events: schema.Events.Journal,
 	unique: schema.Unique.Journal, auditOnly: schema.AuditOnly.Journal,
 	workloadKind: schema.WorkloadKind.Journal, workload: schema.Workload.Journal, image: schema.Image.Journal,
-	node: schema.Node.Journal, uid: schema.Uid.Journal,
+	node: schema.Node.Journal, uid: schema.Uid.Journal, wouldDeny: schema.WouldDeny.Journal,
 }
 
 // journald's receive time, µs since the epoch, on every `journalctl -o json` entry.
@@ -175,6 +178,13 @@ func buildRecord(get func(string) (string, bool, error), n names) (ParsedLine, e
 			return ParsedLine{}, fmt.Errorf("field %s: %v", n.uid, err)
 		}
 		r.NonRoot = uid != 0
+	}
+	if v := str(n.wouldDeny); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return ParsedLine{}, fmt.Errorf("field %s: want 1 or 0, got %q", n.wouldDeny, v)
+		}
+		r.WouldDeny = b
 	}
 	if firstErr != nil {
 		return ParsedLine{}, firstErr
@@ -287,7 +297,7 @@ func init() {
 	for _, n := range []names{journalNames, logfmtNames} {
 		for _, name := range []string{n.time, n.namespace, n.pod, n.podUID, n.container, n.containerID,
 			n.comm, n.cap, n.capable, n.audit, n.syscall, n.summary, n.windowStart, n.windowEnd, n.events,
-			n.unique, n.auditOnly, n.workloadKind, n.workload, n.image, n.node, n.uid} {
+			n.unique, n.auditOnly, n.workloadKind, n.workload, n.image, n.node, n.uid, n.wouldDeny} {
 			add(name)
 		}
 	}

@@ -341,8 +341,8 @@ func (l *limitedBuffer) Write(p []byte) (int, error) {
 type instanceKey struct{ id, namespace, pod, container string }
 
 type checkKey struct {
-	cap, syscall                     string
-	capable, audit, runtime, nonRoot bool
+	cap, syscall                                string
+	capable, audit, runtime, nonRoot, wouldDeny bool
 }
 
 // instance is what one input said about one container instance. The same
@@ -531,11 +531,11 @@ func (a *aggregate) add(line []byte) {
 	}
 	a.events++
 	in.events++
-	ck := checkKey{rec.Cap, rec.Syscall, rec.Capable, rec.Audit, isRuntimeComm(rec.Comm), rec.NonRoot}
+	ck := checkKey{rec.Cap, rec.Syscall, rec.Capable, rec.Audit, isRuntimeComm(rec.Comm), rec.NonRoot, rec.WouldDeny}
 	c := in.checks[ck]
 	if c == nil {
 		c = &Check{Cap: rec.Cap, Syscall: rec.Syscall, Capable: rec.Capable, Audit: rec.Audit,
-			Runtime: ck.runtime, NonRoot: rec.NonRoot, First: rec.Time, Last: rec.Time}
+			Runtime: ck.runtime, NonRoot: rec.NonRoot, WouldDeny: rec.WouldDeny, First: rec.Time, Last: rec.Time}
 		in.checks[ck] = c
 	}
 	c.Count++
@@ -762,6 +762,9 @@ func writeTable(w io.Writer, ss []Summary) error {
 		}
 		fmt.Fprintln(bw)
 		fmt.Fprintf(bw, "based on %s\n", s.Basis())
+		if len(s.WouldBreak) > 0 {
+			fmt.Fprintf(bw, "would break under the proposed capabilities: %s\n", strings.Join(s.WouldBreak, "; "))
+		}
 		if !s.Window.FirstEvent.IsZero() {
 			fmt.Fprintf(bw, "checks from %s to %s\n", formatTime(s.Window.FirstEvent), formatTime(s.Window.LastEvent))
 		}

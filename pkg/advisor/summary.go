@@ -36,6 +36,9 @@ type Check struct {
 	Audit   bool   // the kernel would audit the check (not a CAP_OPT_NOAUDIT probe)
 	Runtime bool   // made by runc's setup processes, not by the workload
 	NonRoot bool   // made by a process whose user ID was not 0
+	// WouldDeny: granted, but the pod's captrace.io/proposed-capabilities
+	// lacks the capability.
+	WouldDeny bool
 	// Pod and Node say where the check was seen, when a summary covers
 	// several pods (captrace report); empty otherwise.
 	Pod, Node string
@@ -149,6 +152,9 @@ type Summary struct {
 	Pods           int `json:"pods,omitempty"`
 	PodsWithChecks int `json:"pods_with_checks,omitempty"`
 	Nodes          int `json:"nodes,omitempty"`
+	// WouldBreak lists the workload's audited checks that the pod's
+	// captrace.io/proposed-capabilities would deny ("CAP_CHOWN in fchownat, 12×").
+	WouldBreak []string `json:"would_break,omitempty"`
 }
 
 // NonRootAdvice says why adding a capability does not help a non-root
@@ -231,6 +237,7 @@ func Summarize(ref ContainerRef, checks []Check, w Window, minWindow time.Durati
 		}
 		classes[kube][class] = true
 	}
+	s.WouldBreak = wouldBreak(checks)
 	for k, r := range rows {
 		r.Syscalls = sortedKeys(syscalls[k])
 		r.Pods, r.Nodes = len(pods[k]), len(nodes[k])
@@ -265,6 +272,29 @@ func Summarize(ref ContainerRef, checks []Check, w Window, minWindow time.Durati
 		}
 	}
 	return s
+}
+
+// wouldBreak lists the workload's audited checks marked WouldDeny, by
+// capability and syscall, with their counts: what the proposal breaks.
+// Probes and runc's setup checks are left out: denying them breaks nothing.
+func wouldBreak(checks []Check) []string {
+	type key struct{ cap, syscall string }
+	counts := map[key]uint64{}
+	for _, c := range checks {
+		if c.WouldDeny && c.Audit && !c.Runtime {
+			counts[key{c.Cap, c.Syscall}] += c.Count
+		}
+	}
+	out := make([]string, 0, len(counts))
+	for k, n := range counts {
+		where := ""
+		if k.syscall != "" {
+			where = " in " + strings.ToLower(strings.TrimPrefix(k.syscall, "SYS_"))
+		}
+		out = append(out, fmt.Sprintf("%s%s, %d×", k.cap, where, n))
+	}
+	sort.Strings(out)
+	return out
 }
 
 func classOrder(c Class) int {
@@ -355,6 +385,9 @@ func (s Summary) Message() string {
 	}
 	if len(s.NonRootDenied) > 0 {
 		fmt.Fprintf(&b, "; [%s] %s", strings.Join(s.NonRootDenied, " "), NonRootAdvice)
+	}
+	if len(s.WouldBreak) > 0 {
+		fmt.Fprintf(&b, "; would break under the proposed capabilities: %s", strings.Join(s.WouldBreak, "; "))
 	}
 	fmt.Fprintf(&b, "; %s", s.Basis())
 	return b.String()

@@ -105,8 +105,11 @@ type tupleStats struct {
 }
 
 type containerState struct {
-	ref         ContainerRef
-	settings    bpf.Settings
+	ref      ContainerRef
+	settings bpf.Settings
+	// The pod's captrace.io/proposed-capabilities, if any.
+	proposed    bpf.CapSet
+	hasProposal bool
 	start       int64 // unix ns: Start, or the first event
 	first, last int64 // unix ns; 0 before the first event
 	events      uint64
@@ -161,8 +164,9 @@ func (t *Tracker) newState(c cgmap.Container, at time.Time) *containerState {
 			Pod: c.Pod, PodUID: c.PodUID, WorkloadKind: c.WorkloadKind, Workload: c.Workload,
 			Image: c.Image, Node: c.Node},
 		settings: c.Settings,
-		start:    at.UnixNano(),
-		tuples:   make(map[tupleKey]*tupleStats, 8),
+		proposed: c.Proposed, hasProposal: c.HasProposal,
+		start:  at.UnixNano(),
+		tuples: make(map[tupleKey]*tupleStats, 8),
 	}
 	t.containers[c.ID] = st
 	return st
@@ -321,7 +325,8 @@ func (st *containerState) summary(at time.Time, minWindow time.Duration) Summary
 		}
 		checks = append(checks, Check{Cap: kernelCapName(k.cap()), Syscall: sys,
 			Capable: k&keyCapable != 0, Audit: k&keyAudit != 0, Runtime: k&keyRuntime != 0, Count: ts.count,
-			First: unixTime(ts.first), Last: unixTime(ts.last)})
+			WouldDeny: st.hasProposal && k&keyCapable != 0 && !st.proposed.Has(k.cap()),
+			First:     unixTime(ts.first), Last: unixTime(ts.last)})
 	}
 	end := at.UTC()
 	if ns := at.UnixNano(); ns < st.last {

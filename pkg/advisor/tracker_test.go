@@ -641,3 +641,38 @@ func TestFinishAllMarksFinished(t *testing.T) {
 		t.Errorf("after FinishAll: %+v, want 1 late event", st)
 	}
 }
+
+// The summary of a pod with captrace.io/proposed-capabilities lists the
+// workload's audited checks the proposal would deny, with counts; probes,
+// runc's checks and checks denied today are not listed.
+func TestTrackerWouldBreak(t *testing.T) {
+	tr := NewTracker(Limits{})
+	proposal, _ := bpf.ParseCapSet("SYS_NICE")
+	c := cgmap.Container{ID: "id", Name: "app", Namespace: "ns", Pod: "p", Proposed: proposal, HasProposal: true}
+	tr.Start(c, t0)
+	for _, s := range []step{
+		{"app", capChown, sysChown, true, true, 12},       // would break
+		{"app", capSysNice, sysSetpriority, true, true, 3}, // proposed
+		{"app", capSysAdmin, sysBrk, true, false, 5},       // probe
+		{"runc:[2:INIT]", capSetuid, 105, true, true, 1},   // runtime
+		{"app", capFowner, sysChmod, false, true, 1},       // denied today
+	} {
+		ev := event(s)
+		for i := 0; i < s.times; i++ {
+			tr.Observe(c, &ev, t0.Add(time.Second))
+		}
+	}
+	s, ok := tr.Finish("id", t0.Add(time.Minute))
+	if !ok {
+		t.Fatal("no summary")
+	}
+	if fmt.Sprint(s.WouldBreak) != "[CAP_CHOWN in chown, 12×]" {
+		t.Errorf("WouldBreak %q", s.WouldBreak)
+	}
+	if f := s.LogFields(); f["would_break"] != "CAP_CHOWN in chown, 12×" || !strings.Contains(s.Message(), "would break under the proposed capabilities: CAP_CHOWN in chown, 12×") {
+		t.Errorf("fields %v, message %q", f["would_break"], s.Message())
+	}
+	if s.JournalFields()["WOULD_BREAK"] != "CAP_CHOWN in chown, 12×" {
+		t.Errorf("journal %v", s.JournalFields())
+	}
+}

@@ -34,8 +34,13 @@ type Container struct {
 	Workload     string
 	Image        string
 	Node         string
-	CgroupID     uint64
-	Settings     bpf.Settings
+	// Proposed is the pod's captrace.io/proposed-capabilities, when
+	// HasProposal: a check granted today of a capability outside it would be
+	// denied under the proposal (would_deny).
+	Proposed    bpf.CapSet
+	HasProposal bool
+	CgroupID    uint64
+	Settings    bpf.Settings
 }
 
 // Registry is the set of traced containers, keyed by container ID and by cgroup

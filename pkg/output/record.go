@@ -102,6 +102,9 @@ func (r *EnrichedEvent) LogFields() logrus.Fields {
 	if ev.InSetIDKnown {
 		f[schema.Insetid.Key] = boolDigit(ev.InSetID)
 	}
+	if r.Container.HasProposal {
+		f[schema.WouldDeny.Key] = boolDigit(r.WouldDeny())
+	}
 	return f
 }
 
@@ -127,6 +130,9 @@ func (r *EnrichedEvent) JournalFields() map[string]string {
 	}
 	if ev.InSetIDKnown {
 		f[schema.Insetid.Journal] = boolDigit(ev.InSetID)
+	}
+	if r.Container.HasProposal {
+		f[schema.WouldDeny.Journal] = boolDigit(r.WouldDeny())
 	}
 	c := &r.Container
 	for field, value := range map[string]string{
@@ -172,6 +178,9 @@ func (r *EnrichedEvent) Message() string {
 	if !r.Event.Audit {
 		b.WriteString(" (not audited)")
 	}
+	if r.WouldDeny() {
+		b.WriteString(" (would be denied under the proposed capabilities)")
+	}
 	return b.String()
 }
 
@@ -193,4 +202,11 @@ func (r *EnrichedEvent) Priority() journal.Priority {
 		return journal.PriNotice
 	}
 	return journal.PriInfo
+}
+
+// WouldDeny reports whether the check was granted but would be denied under
+// the pod's captrace.io/proposed-capabilities: its capability is not in the
+// proposal. False without a proposal.
+func (r *EnrichedEvent) WouldDeny() bool {
+	return r.Known && r.Container.HasProposal && r.Event.Capable && !r.Container.Proposed.Has(r.Event.Cap)
 }

@@ -278,3 +278,37 @@ func TestSortKeys(t *testing.T) {
 		t.Errorf("sortKeys = %v, want %v", keys, want)
 	}
 }
+
+// A pod with captrace.io/proposed-capabilities gets would_deny on every
+// check: 1 exactly where the check was granted and the proposal lacks the
+// capability.
+func TestWouldDeny(t *testing.T) {
+	nice, _ := bpf.ParseCapSet("SYS_NICE")
+	for _, tc := range []struct {
+		name        string
+		proposal    bool
+		set         bpf.CapSet
+		cap         bpf.Capability
+		capable     bool
+		wantPresent bool
+		want        string
+	}{
+		{"no proposal", false, 0, capSysNice, true, false, ""},
+		{"granted, proposed", true, nice, capSysNice, true, true, "0"},
+		{"granted, not proposed", true, nice, bpf.Capability(0), true, true, "1"},
+		{"denied today", true, nice, bpf.Capability(0), false, true, "0"},
+	} {
+		r := seedRecord(t)
+		r.Container.HasProposal, r.Container.Proposed = tc.proposal, tc.set
+		r.Event.Cap, r.Event.Capable = tc.cap, tc.capable
+		_, values := parseLogfmt(t, formatLine(t, &r))
+		v, ok := values["would_deny"]
+		jv, jok := r.JournalFields()["WOULD_DENY"]
+		if ok != tc.wantPresent || v != tc.want || jok != tc.wantPresent || jv != tc.want {
+			t.Errorf("%s: logfmt would_deny=%q (%v), journald WOULD_DENY=%q (%v); want %q (%v)", tc.name, v, ok, jv, jok, tc.want, tc.wantPresent)
+		}
+		if strings.Contains(r.Message(), "would be denied") != (tc.want == "1") {
+			t.Errorf("%s: message %q", tc.name, r.Message())
+		}
+	}
+}

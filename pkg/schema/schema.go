@@ -68,6 +68,8 @@ var (
 	Workload     = Field{"workload", "K8S_WORKLOAD_NAME", TypeString, "owner's name (a bare pod: the pod's name)", ""}
 	Image        = Field{"image", "CONTAINER_IMAGE", TypeString, "container image (containerd's `io.kubernetes.cri.image-name`)", ""}
 	Node         = Field{"node", "K8S_NODE_NAME", TypeString, "node name (`$NODE_NAME`, else the host name)", ""}
+	// Shadow check of the pod's captrace.io/proposed-capabilities.
+	WouldDeny = Field{"would_deny", "WOULD_DENY", TypeDigit, "only for pods with `captrace.io/proposed-capabilities`: `1` granted today, denied under the proposal (the capability is not in it), `0` otherwise", ""}
 )
 
 // Identifier is the SYSLOG_IDENTIFIER of every captrace journal entry.
@@ -102,6 +104,7 @@ var (
 	AuditOnly        = Field{"audit_only", "AUDIT_ONLY", TypeBool, "the container's audit_only setting", ""}
 	Unique           = Field{"unique", "UNIQUE", TypeBool, "the container's unique setting", ""}
 	SecurityContext  = Field{"security_context", "SECURITY_CONTEXT", TypeYAML, "the ready-to-paste securityContext", ""}
+	WouldBreak       = Field{"would_break", "WOULD_BREAK", TypeString, "the workload's audited checks that `captrace.io/proposed-capabilities` would deny, `; `-separated: `CAP_CHOWN in fchownat, 12×`; empty when none or no proposal", ""}
 )
 
 // EventFields are an event's fields, in the order of every logfmt line (then
@@ -111,7 +114,7 @@ var EventFields = []Field{
 	Namespace, Pod, Container, ContainerID, PodUID,
 	WorkloadKind, Workload, Image, Node,
 	Comm, Pid, Tid, Uid, Gid,
-	Cap, Capable, Audit, Insetid, Syscall, CgroupID,
+	Cap, Capable, Audit, Insetid, WouldDeny, Syscall, CgroupID,
 	SyslogIdentifier,
 }
 
@@ -122,7 +125,7 @@ var SummaryFields = []Field{
 	WorkloadKind, Workload, Image, Node,
 	CapsGranted, CapsDenied, RecommendDrop, RecommendAdd, DeniedOnly, CapsProbed, CapsRuntime,
 	WindowStart, WindowEnd, FirstEvent, LastEvent, ObservedSeconds, Events, Partial, MinWindowSeconds,
-	FoldedEvents, AuditOnly, Unique, SecurityContext,
+	FoldedEvents, AuditOnly, Unique, SecurityContext, WouldBreak,
 }
 
 // KeyOrder is the order of logfmt keys in every line: these first, then any
