@@ -651,7 +651,7 @@ func TestTrackerWouldBreak(t *testing.T) {
 	c := cgmap.Container{ID: "id", Name: "app", Namespace: "ns", Pod: "p", Proposed: proposal, HasProposal: true}
 	tr.Start(c, t0)
 	for _, s := range []step{
-		{"app", capChown, sysChown, true, true, 12},       // would break
+		{"app", capChown, sysChown, true, true, 12},        // would break
 		{"app", capSysNice, sysSetpriority, true, true, 3}, // proposed
 		{"app", capSysAdmin, sysBrk, true, false, 5},       // probe
 		{"runc:[2:INIT]", capSetuid, 105, true, true, 1},   // runtime
