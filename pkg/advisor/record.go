@@ -147,13 +147,18 @@ func ParseLine(line []byte) (ParsedLine, error) {
 		}
 		return buildRecord(get, n)
 	}
-	pairs, err := parseLogfmt(line)
+	var buf [32]logfmtPair
+	pairs, err := parseLogfmt(line, buf[:0])
 	if err != nil {
 		return ParsedLine{}, err
 	}
 	get = func(k string) (string, bool, error) {
-		v, ok := pairs[k]
-		return v, ok, nil
+		for i := range pairs {
+			if pairs[i].key == k {
+				return pairs[i].val, true, nil
+			}
+		}
+		return "", false, nil
 	}
 	return buildRecord(get, logfmtNames)
 }
@@ -367,11 +372,16 @@ func jsonFieldString(raw json.RawMessage) (string, error) {
 	return string(raw), nil
 }
 
+// logfmtPair is one key=value of a logfmt line.
+type logfmtPair struct{ key, val string }
+
 // parseLogfmt reads key=value pairs as logrus's TextFormatter writes them:
 // bare values, or values quoted with Go's %q escapes. Any other token makes
-// the whole line unreadable.
-func parseLogfmt(line []byte) (map[string]string, error) {
-	pairs := map[string]string{}
+// the whole line unreadable, and so does a key given twice (a value could
+// otherwise smuggle a second one in). The pairs are appended to pairs; keys
+// and values share one copy of the line, and only a value with escapes
+// allocates again.
+func parseLogfmt(line []byte, pairs []logfmtPair) ([]logfmtPair, error) {
 	s := string(line)
 	i := 0
 	for {
@@ -396,7 +406,9 @@ func parseLogfmt(line []byte) (map[string]string, error) {
 			if err != nil {
 				return nil, fmt.Errorf("not logfmt: bad quoted value of %s at column %d", key, i+1)
 			}
-			if val, err = strconv.Unquote(q); err != nil {
+			if strings.IndexByte(q, '\\') < 0 {
+				val = q[1 : len(q)-1]
+			} else if val, err = strconv.Unquote(q); err != nil {
 				return nil, fmt.Errorf("not logfmt: bad quoted value of %s at column %d", key, i+1)
 			}
 			i += len(q)
@@ -413,10 +425,12 @@ func parseLogfmt(line []byte) (map[string]string, error) {
 			}
 			val = s[vs:i]
 		}
-		if _, dup := pairs[key]; dup {
-			return nil, fmt.Errorf("not logfmt: key %s repeated", key)
+		for _, p := range pairs {
+			if p.key == key {
+				return nil, fmt.Errorf("not logfmt: key %s repeated", key)
+			}
 		}
-		pairs[key] = val
+		pairs = append(pairs, logfmtPair{key, val})
 	}
 	if len(pairs) == 0 {
 		return nil, errors.New("not logfmt: no key=value")
