@@ -33,6 +33,9 @@ type Options struct {
 	CaptraceBin string
 	// Captrace are the daemon's config values beyond sockets and files.
 	Captrace CaptraceConfig
+	// NodeName is the daemon's NODE_NAME (the node its records name); empty:
+	// the host name.
+	NodeName string
 	// Logf receives progress lines (t.Logf, or the demo's printer).
 	Logf func(format string, args ...any)
 }
@@ -436,7 +439,11 @@ func (s *Stack) StartCaptrace(ctx context.Context) error {
 	}
 	defer syscall.Close(cgfd)
 	before := s.pluginSyncs()
-	p, err := s.spawn("captrace", s.inNamespace(s.opts.CaptraceBin, "--config", s.CaptraceConfigPath()), spawnOpts{cgroupFD: cgfd})
+	var env []string
+	if s.opts.NodeName != "" {
+		env = append(env, "NODE_NAME="+s.opts.NodeName)
+	}
+	p, err := s.spawn("captrace", s.inNamespace(s.opts.CaptraceBin, "--config", s.CaptraceConfigPath()), spawnOpts{cgroupFD: cgfd, env: env})
 	if err != nil {
 		return err
 	}
@@ -513,3 +520,7 @@ func (s *Stack) Stop() {
 	}
 	s.Dir = ""
 }
+
+// CaptraceBin is the daemon binary this stack runs (built by New when
+// Options.CaptraceBin was empty), for another stack to run the same.
+func (s *Stack) CaptraceBin() string { return s.opts.CaptraceBin }

@@ -32,6 +32,8 @@ type Summary struct {
 	Partial     bool
 	Message     string // msg / MESSAGE: the human line
 	PodSpec     string // security_context / SECURITY_CONTEXT
+	WouldBreak  string // would_break / WOULD_BREAK
+	Workload    string // workload_kind/workload, e.g. "Deployment/web"
 	Raw         string
 }
 
@@ -73,6 +75,9 @@ func summaryFromFields(f map[string]string, logfmt bool, raw string) (Summary, e
 		Denied:      list(key(schema.CapsDenied.Key, schema.CapsDenied.Journal)),
 		Message:     key(schema.Msg.Key, schema.Msg.Journal),
 		PodSpec:     key(schema.SecurityContext.Key, schema.SecurityContext.Journal),
+		WouldBreak:  key(schema.WouldBreak.Key, schema.WouldBreak.Journal),
+		Workload: key(schema.WorkloadKind.Key, schema.WorkloadKind.Journal) + "/" +
+			key(schema.Workload.Key, schema.Workload.Journal),
 	}
 	if logfmt {
 		s.Source = "logfmt"
