@@ -140,13 +140,50 @@ func writeYAML(w io.Writer, ss []Summary, by string) error {
 		if err != nil {
 			return err
 		}
-		out, err := yaml.Marshal(obj)
+		out, err := marshalPruned(obj)
 		if err != nil {
 			return err
 		}
 		bw.Write(out)
 	}
 	return bw.Flush()
+}
+
+// marshalPruned is obj as YAML without the null and empty values a typed
+// object writes for what the advice does not set (status: {},
+// creationTimestamp: null, resources: {}, selector: null): only what the
+// advice says is left to merge.
+func marshalPruned(obj any) ([]byte, error) {
+	raw, err := json.Marshal(obj)
+	if err != nil {
+		return nil, err
+	}
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return nil, err
+	}
+	return yaml.Marshal(prune(v))
+}
+
+func prune(v any) any {
+	switch t := v.(type) {
+	case map[string]any:
+		for k, e := range t {
+			if p := prune(e); p == nil {
+				delete(t, k)
+			} else {
+				t[k] = p
+			}
+		}
+		if len(t) == 0 {
+			return nil
+		}
+	case []any:
+		for i, e := range t {
+			t[i] = prune(e)
+		}
+	}
+	return v
 }
 
 // Patch builds the strategic-merge patch that sets, for each summary's

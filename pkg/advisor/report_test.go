@@ -231,7 +231,7 @@ func TestReportYAML(t *testing.T) {
 		"#   SYS_ADMIN granted 0, denied 3: probe: not audited by the kernel, not a need\n" +
 		"#   SETUID granted 3, denied 0: runtime: checked by runc init, not by the workload\n" +
 		"apiVersion: v1\nkind: Pod\nmetadata:\n  name: set-priority-1\n  namespace: default\nspec:\n  containers:\n" +
-		"  - name: set-priority-1\n    resources: {}\n    securityContext:\n      capabilities:\n        add:\n        - SYS_NICE\n        drop:\n        - ALL\n"
+		"  - name: set-priority-1\n    securityContext:\n      capabilities:\n        add:\n        - SYS_NICE\n        drop:\n        - ALL\n"
 	if !strings.Contains(out, want) {
 		t.Errorf("yaml lacks\n%s\ngot\n%s", want, out)
 	}

@@ -164,7 +164,7 @@ func checkAdvice(t *testing.T, ctx context.Context, id string, want wantAdvice) 
 	}
 	// One Pod object (a bare pod is its own workload) with the container's
 	// capabilities, built from k8s.io/api types.
-	wantCaps := "  - name: " + want.container + "\n    resources: {}\n    securityContext:\n      capabilities:\n"
+	wantCaps := "    name: " + want.container + "\n    securityContext:\n      capabilities:\n"
 	if len(want.add) > 0 {
 		wantCaps += "        add:\n"
 		for _, a := range sorted(want.add) {
