@@ -503,13 +503,22 @@ func (a *aggregate) add(line []byte) {
 	if k.id == "" {
 		k = instanceKey{namespace: rec.Namespace, pod: rec.Pod, container: rec.Container}
 	}
+	kind, name := rec.WorkloadKind, rec.Workload
+	if kind == "" && name == "" {
+		// Written before captrace named workloads: the pod is all we know.
+		kind, name = workload.KindPod, rec.Pod
+	} else {
+		// captrace writes only kinds and names it validated: anything else
+		// is a damaged or forged record, and would make invalid YAML.
+		id, err := workload.ParseAnnotation(kind + "/" + name)
+		if err != nil {
+			a.skip("workload " + strconv.Quote(kind+"/"+name) + ": " + err.Error())
+			return
+		}
+		kind, name = id.Kind, id.Name
+	}
 	in := a.current[k]
 	if in == nil {
-		kind, name := rec.WorkloadKind, rec.Workload
-		if kind == "" && name == "" {
-			// Written before captrace named workloads: the pod is all we know.
-			kind, name = workload.KindPod, rec.Pod
-		}
 		in = &instance{ref: ContainerRef{ID: rec.ContainerID, Name: rec.Container, Namespace: rec.Namespace,
 			Pod: rec.Pod, PodUID: rec.PodUID, WorkloadKind: kind, Workload: name, Image: rec.Image, Node: rec.Node},
 			checks: map[checkKey]*Check{}}

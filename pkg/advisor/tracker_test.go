@@ -565,13 +565,14 @@ func TestTupleKeyRoundTrip(t *testing.T) {
 		cap     bpf.Capability
 		syscall int32
 	}{{0, -1}, {40, 0}, {63, 335}, {21, syscallFolded}, {7, 2147483647}} {
-		for flags := 0; flags < 8; flags++ {
-			k := makeKey(c.cap, c.syscall, flags&1 != 0, flags&2 != 0, flags&4 != 0)
+		for flags := 0; flags < 16; flags++ {
+			k := makeKey(c.cap, c.syscall, flags&1 != 0, flags&2 != 0, flags&4 != 0, flags&8 != 0)
 			if k.cap() != c.cap || k.syscall() != c.syscall ||
-				(k&keyCapable != 0) != (flags&1 != 0) || (k&keyAudit != 0) != (flags&2 != 0) || (k&keyRuntime != 0) != (flags&4 != 0) {
+				(k&keyCapable != 0) != (flags&1 != 0) || (k&keyAudit != 0) != (flags&2 != 0) || (k&keyRuntime != 0) != (flags&4 != 0) ||
+				(k&keyNonRoot != 0) != (flags&8 != 0) {
 				t.Errorf("key %#x of cap %d syscall %d flags %b decodes as cap %d syscall %d", uint64(k), c.cap, c.syscall, flags, k.cap(), k.syscall())
 			}
-			if f := k.folded(); f.syscall() != syscallFolded || f.cap() != c.cap || f&7 != k&7 {
+			if f := k.folded(); f.syscall() != syscallFolded || f.cap() != c.cap || f&keyFlags != k&keyFlags {
 				t.Errorf("folded(%#x) = %#x", uint64(k), uint64(f))
 			}
 		}
@@ -674,5 +675,20 @@ func TestTrackerWouldBreak(t *testing.T) {
 	}
 	if s.JournalFields()["WOULD_BREAK"] != "CAP_CHOWN in chown, 12×" {
 		t.Errorf("journal %v", s.JournalFields())
+	}
+}
+
+// The daemon's summary names the non-root rule for a capability denied to a
+// task running as a non-zero uid, and never adds it.
+func TestTrackerNonRoot(t *testing.T) {
+	tr := NewTracker(Limits{})
+	c := container("nonroot")
+	ev := event(step{"app", capSysNice, sysSetpriority, false, true, 1})
+	ev.Uid = 1000
+	tr.Observe(c, &ev, t0)
+	s, _ := tr.Finish(c.ID, t0.Add(time.Second))
+	if fmt.Sprint(s.Recommended.Add) != "[]" || fmt.Sprint(s.NonRootDenied) != "[SYS_NICE]" ||
+		!strings.Contains(s.Message(), "denied to a non-root process") || !strings.Contains(s.SecurityContext(0), "kubernetes/kubernetes#56374") {
+		t.Errorf("non-root: %+v\n%s", s, s.Message())
 	}
 }

@@ -339,3 +339,18 @@ func TestReportNonRoot(t *testing.T) {
 		t.Errorf("non-root advice: %+v\n%s", s.Summary, s.SecurityContext)
 	}
 }
+
+// A record whose workload is no kind/name captrace writes is skipped and
+// counted, never turned into YAML.
+func TestReportForgedWorkload(t *testing.T) {
+	nodeA, _ := replicas()
+	nodeA[0].kind = "Deployment\nkind: Secret"
+	nodeA[1].workload = "Web"
+	out, errs, code := report(t, wlogfmtLines(t, nodeA), "--format", "yaml", "-")
+	if code != 0 || !strings.Contains(errs, "SKIPPED 2 unreadable lines") || strings.Contains(out, "Secret") {
+		t.Errorf("exit %d\n%s\n%s", code, out, errs)
+	}
+	if ws := strictlyDecode(t, out); len(ws) != 1 || ws[0].name != "web" {
+		t.Errorf("documents %+v", ws)
+	}
+}
