@@ -16,6 +16,8 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	kubeschema "k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/yaml"
 
 	"github.com/captrace/captrace/pkg/workload"
@@ -62,29 +64,65 @@ func workloadKey(c ContainerRef) string {
 
 func podKey(c ContainerRef) string { return c.Namespace + "\x00" + c.Pod }
 
+// kubeKind is what the advisor knows of one workload kind: its type, and
+// where its pod spec sits (in the object, and as the path of a patch).
+type kubeKind struct {
+	apiVersion string
+	newObject  func() runtime.Object
+	// podSpec returns the object's metadata and pod spec, for reading a
+	// manifest and for building advice.
+	podSpec func(runtime.Object) (*metav1.ObjectMeta, *corev1.PodSpec)
+	// specPath leads from .spec to the pod spec (empty: .spec is it).
+	specPath []string
+}
+
+var kubeKinds = map[string]kubeKind{
+	workload.KindDeployment: {"apps/v1", func() runtime.Object { return &appsv1.Deployment{} },
+		func(o runtime.Object) (*metav1.ObjectMeta, *corev1.PodSpec) {
+			d := o.(*appsv1.Deployment)
+			return &d.ObjectMeta, &d.Spec.Template.Spec
+		}, []string{"template", "spec"}},
+	workload.KindStatefulSet: {"apps/v1", func() runtime.Object { return &appsv1.StatefulSet{} },
+		func(o runtime.Object) (*metav1.ObjectMeta, *corev1.PodSpec) {
+			d := o.(*appsv1.StatefulSet)
+			return &d.ObjectMeta, &d.Spec.Template.Spec
+		}, []string{"template", "spec"}},
+	workload.KindDaemonSet: {"apps/v1", func() runtime.Object { return &appsv1.DaemonSet{} },
+		func(o runtime.Object) (*metav1.ObjectMeta, *corev1.PodSpec) {
+			d := o.(*appsv1.DaemonSet)
+			return &d.ObjectMeta, &d.Spec.Template.Spec
+		}, []string{"template", "spec"}},
+	workload.KindJob: {"batch/v1", func() runtime.Object { return &batchv1.Job{} },
+		func(o runtime.Object) (*metav1.ObjectMeta, *corev1.PodSpec) {
+			d := o.(*batchv1.Job)
+			return &d.ObjectMeta, &d.Spec.Template.Spec
+		}, []string{"template", "spec"}},
+	workload.KindCronJob: {"batch/v1", func() runtime.Object { return &batchv1.CronJob{} },
+		func(o runtime.Object) (*metav1.ObjectMeta, *corev1.PodSpec) {
+			d := o.(*batchv1.CronJob)
+			return &d.ObjectMeta, &d.Spec.JobTemplate.Spec.Template.Spec
+		}, []string{"jobTemplate", "spec", "template", "spec"}},
+	workload.KindPod: {"v1", func() runtime.Object { return &corev1.Pod{} },
+		func(o runtime.Object) (*metav1.ObjectMeta, *corev1.PodSpec) {
+			d := o.(*corev1.Pod)
+			return &d.ObjectMeta, &d.Spec
+		}, nil},
+}
+
 // kubeObject builds the Kubernetes object of kind holding containers, with
 // only what the advice sets: name, namespace and each container's
 // securityContext.capabilities.
-func kubeObject(kind, name, namespace string, containers []corev1.Container) (any, error) {
-	meta := metav1.ObjectMeta{Name: name, Namespace: namespace}
-	tmpl := corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: containers}}
-	tm := func(apiVersion string) metav1.TypeMeta { return metav1.TypeMeta{APIVersion: apiVersion, Kind: kind} }
-	switch kind {
-	case workload.KindDeployment:
-		return &appsv1.Deployment{TypeMeta: tm("apps/v1"), ObjectMeta: meta, Spec: appsv1.DeploymentSpec{Template: tmpl}}, nil
-	case workload.KindStatefulSet:
-		return &appsv1.StatefulSet{TypeMeta: tm("apps/v1"), ObjectMeta: meta, Spec: appsv1.StatefulSetSpec{Template: tmpl}}, nil
-	case workload.KindDaemonSet:
-		return &appsv1.DaemonSet{TypeMeta: tm("apps/v1"), ObjectMeta: meta, Spec: appsv1.DaemonSetSpec{Template: tmpl}}, nil
-	case workload.KindJob:
-		return &batchv1.Job{TypeMeta: tm("batch/v1"), ObjectMeta: meta, Spec: batchv1.JobSpec{Template: tmpl}}, nil
-	case workload.KindCronJob:
-		return &batchv1.CronJob{TypeMeta: tm("batch/v1"), ObjectMeta: meta,
-			Spec: batchv1.CronJobSpec{JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{Template: tmpl}}}}, nil
-	case workload.KindPod:
-		return &corev1.Pod{TypeMeta: tm("v1"), ObjectMeta: meta, Spec: tmpl.Spec}, nil
+func kubeObject(kind, name, namespace string, containers []corev1.Container) (runtime.Object, error) {
+	k, ok := kubeKinds[kind]
+	if !ok {
+		return nil, fmt.Errorf("unknown workload kind %q", kind)
 	}
-	return nil, fmt.Errorf("unknown workload kind %q", kind)
+	obj := k.newObject()
+	obj.GetObjectKind().SetGroupVersionKind(kubeschema.FromAPIVersionAndKind(k.apiVersion, kind))
+	meta, spec := k.podSpec(obj)
+	*meta = metav1.ObjectMeta{Name: name, Namespace: namespace}
+	spec.Containers = containers
+	return obj, nil
 }
 
 // evidence is a summary's basis and rows as YAML comment lines.
@@ -220,15 +258,13 @@ func Patch(group []Summary) ([]byte, error) {
 			caps["add"] = nil
 		}
 	}
-	var spec any = map[string]any{"containers": list}
-	switch c.WorkloadKind {
-	case workload.KindPod:
-	case workload.KindCronJob:
-		spec = map[string]any{"jobTemplate": map[string]any{"spec": map[string]any{"template": map[string]any{"spec": spec}}}}
-	case workload.KindDeployment, workload.KindStatefulSet, workload.KindDaemonSet, workload.KindJob:
-		spec = map[string]any{"template": map[string]any{"spec": spec}}
-	default:
+	k, ok := kubeKinds[c.WorkloadKind]
+	if !ok {
 		return nil, fmt.Errorf("unknown workload kind %q", c.WorkloadKind)
+	}
+	var spec any = map[string]any{"containers": list}
+	for i := len(k.specPath) - 1; i >= 0; i-- {
+		spec = map[string]any{k.specPath[i]: spec}
 	}
 	return yaml.Marshal(map[string]any{"spec": spec})
 }
@@ -308,41 +344,16 @@ func readManifests(path string, stdin io.Reader) ([]manifestWorkload, error) {
 		if err := yaml.Unmarshal(doc, &tm); err != nil {
 			return nil, fmt.Errorf("%s: not a Kubernetes object: %v", where, err)
 		}
-		var meta metav1.ObjectMeta
-		var spec *corev1.PodSpec
-		decode := func(obj any) error { return yaml.UnmarshalStrict(doc, obj) }
-		switch tm.APIVersion + " " + tm.Kind {
-		case "apps/v1 Deployment":
-			var o appsv1.Deployment
-			err = decode(&o)
-			meta, spec = o.ObjectMeta, &o.Spec.Template.Spec
-		case "apps/v1 StatefulSet":
-			var o appsv1.StatefulSet
-			err = decode(&o)
-			meta, spec = o.ObjectMeta, &o.Spec.Template.Spec
-		case "apps/v1 DaemonSet":
-			var o appsv1.DaemonSet
-			err = decode(&o)
-			meta, spec = o.ObjectMeta, &o.Spec.Template.Spec
-		case "batch/v1 Job":
-			var o batchv1.Job
-			err = decode(&o)
-			meta, spec = o.ObjectMeta, &o.Spec.Template.Spec
-		case "batch/v1 CronJob":
-			var o batchv1.CronJob
-			err = decode(&o)
-			meta, spec = o.ObjectMeta, &o.Spec.JobTemplate.Spec.Template.Spec
-		case "v1 Pod":
-			var o corev1.Pod
-			err = decode(&o)
-			meta, spec = o.ObjectMeta, &o.Spec
-		default:
+		k, ok := kubeKinds[tm.Kind]
+		if !ok || k.apiVersion != tm.APIVersion {
 			return nil, fmt.Errorf("%s: apiVersion %q kind %q: want apps/v1 Deployment, StatefulSet or DaemonSet, batch/v1 Job or CronJob, or v1 Pod",
 				where, tm.APIVersion, tm.Kind)
 		}
-		if err != nil {
+		obj := k.newObject()
+		if err := yaml.UnmarshalStrict(doc, obj); err != nil {
 			return nil, fmt.Errorf("%s (%s): %v", where, tm.Kind, err)
 		}
+		meta, spec := k.podSpec(obj)
 		if meta.Name == "" {
 			return nil, fmt.Errorf("%s (%s): metadata.name is empty", where, tm.Kind)
 		}
