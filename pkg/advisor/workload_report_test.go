@@ -1,6 +1,7 @@
 package advisor
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -352,5 +353,50 @@ func TestReportForgedWorkload(t *testing.T) {
 	}
 	if ws := strictlyDecode(t, out); len(ws) != 1 || ws[0].name != "web" {
 		t.Errorf("documents %+v", ws)
+	}
+}
+
+// For every kind, the patch lands on the pod spec's container and sets its
+// capabilities to exactly the advice, whatever the manifest granted.
+func TestPatchEveryKind(t *testing.T) {
+	for kind, k := range kubeKinds {
+		t.Run(kind, func(t *testing.T) {
+			orig, err := kubeObject(kind, "w", "ns", []corev1.Container{
+				{Name: "app", Image: "img:1", SecurityContext: &corev1.SecurityContext{
+					Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN"}}}},
+				{Name: "side", Image: "img:2"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			origJSON, err := json.Marshal(orig)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := Summary{Container: ContainerRef{Name: "app", WorkloadKind: kind, Workload: "w"},
+				Recommended: Capabilities{Drop: []string{"ALL"}, Add: []string{"SYS_NICE"}}}
+			p, err := Patch([]Summary{s})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pj, err := yaml.YAMLToJSON(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			patched, err := strategicpatch.StrategicMergePatch(origJSON, pj, k.newObject())
+			if err != nil {
+				t.Fatalf("%v\n%s", err, p)
+			}
+			got := k.newObject()
+			if err := yaml.UnmarshalStrict(patched, got); err != nil {
+				t.Fatal(err)
+			}
+			_, spec := k.podSpec(got)
+			if len(spec.Containers) != 2 || spec.Containers[1].SecurityContext != nil || spec.Containers[0].Image != "img:1" {
+				t.Fatalf("containers %+v", spec.Containers)
+			}
+			if c := spec.Containers[0].SecurityContext.Capabilities; fmt.Sprint(c.Add, c.Drop) != "[SYS_NICE] [ALL]" {
+				t.Errorf("capabilities %+v\npatch:\n%s", c, p)
+			}
+		})
 	}
 }
