@@ -618,17 +618,18 @@ func podOf(ref ContainerRef) string {
 }
 
 // summaries applies the rules to every group that has checks. A container
-// known only from summary entries adds no checks: they were not read (outside
-// --since, or lost), and advice from them would rest on data this report did
-// not see; its pod still counts among the pods seen, so the group's advice
-// is marked partial. The window a summary entry states is used only when
+// known only from summary entries that counted checks adds none: they were
+// not read (outside --since, or lost), and advice from them would rest on
+// data this report did not see; its pod still counts among the pods seen, so
+// the group's advice is marked partial. A summary entry that counted no
+// check is complete evidence that the container needed nothing. The window a summary entry states is used only when
 // every check it counted was read; notes says where that was not so.
 func (a *aggregate) summaries(minWindow time.Duration) (out []Summary, notes []string) {
 	type group struct {
 		ref               ContainerRef
 		ids               []string
 		pods, nodes       map[string]bool
-		podsWithChecks    map[string]bool
+		podsIncomplete    map[string]bool // pods with checks not read
 		checks            []Check
 		events            uint64
 		start, end        time.Time
@@ -642,7 +643,7 @@ func (a *aggregate) summaries(minWindow time.Duration) (out []Summary, notes []s
 		gk := a.groupOf(in.ref)
 		g := groups[gk]
 		if g == nil {
-			g = &group{ref: in.ref, pods: map[string]bool{}, nodes: map[string]bool{}, podsWithChecks: map[string]bool{}}
+			g = &group{ref: in.ref, pods: map[string]bool{}, nodes: map[string]bool{}, podsIncomplete: map[string]bool{}}
 			if a.f.by != ByPod {
 				// A bare pod's workload is the pod, whatever its UIDs.
 				g.ref.Pod, g.ref.PodUID, g.ref.Node = "", "", ""
@@ -665,10 +666,19 @@ func (a *aggregate) summaries(minWindow time.Duration) (out []Summary, notes []s
 			g.auditOnly = in.auditOnly && (g.auditOnly || !g.settingsSeen)
 			g.settingsSeen = true
 		}
+		// The pod's evidence is complete when every check its summary
+		// entries counted was read, and something was read about it: a
+		// container that checked nothing (events=0 in its summary) is
+		// complete evidence of no need.
+		if in.events < in.summed || (in.events == 0 && !in.settingsSeen) {
+			g.podsIncomplete[pod] = true
+		}
 		if in.events == 0 {
+			if in.settingsSeen && in.summed == 0 {
+				g.start, g.end = widen(g.start, g.end, in.start, in.end)
+			}
 			continue
 		}
-		g.podsWithChecks[pod] = true
 		g.events += in.events
 		for _, c := range in.checks {
 			cc := *c
@@ -688,12 +698,7 @@ func (a *aggregate) summaries(minWindow time.Duration) (out []Summary, notes []s
 				end = in.end
 			}
 		}
-		if g.start.IsZero() || start.Before(g.start) {
-			g.start = start
-		}
-		if end.After(g.end) {
-			g.end = end
-		}
+		g.start, g.end = widen(g.start, g.end, start, end)
 		if g.first.IsZero() || in.first.Before(g.first) {
 			g.first = in.first
 		}
@@ -712,8 +717,8 @@ func (a *aggregate) summaries(minWindow time.Duration) (out []Summary, notes []s
 		ref.ID = strings.Join(g.ids, ",")
 		s := Summarize(ref, g.checks, w, minWindow)
 		s.Unique, s.AuditOnly = g.unique, g.auditOnly
-		s.Pods, s.PodsWithChecks, s.Nodes = len(g.pods), len(g.podsWithChecks), len(g.nodes)
-		if s.PodsWithChecks < s.Pods {
+		s.Pods, s.PodsRead, s.Nodes = len(g.pods), len(g.pods)-len(g.podsIncomplete), len(g.nodes)
+		if s.PodsRead < s.Pods {
 			s.Partial = true
 		}
 		out = append(out, s)
@@ -733,6 +738,17 @@ func (a *aggregate) summaries(minWindow time.Duration) (out []Summary, notes []s
 	sort.Strings(notes)
 	sortSummaries(out)
 	return out, notes
+}
+
+// widen returns [start, end] grown to cover [s, e]; zero times are unknown.
+func widen(start, end, s, e time.Time) (time.Time, time.Time) {
+	if !s.IsZero() && (start.IsZero() || s.Before(start)) {
+		start = s
+	}
+	if e.After(end) {
+		end = e
+	}
+	return start, end
 }
 
 func sortedInstanceKeys(m map[instanceKey]*instance) []instanceKey {

@@ -147,11 +147,13 @@ type Summary struct {
 	NonRootDenied []string `json:"non_root_denied,omitempty"`
 
 	// Pods is how many pods the summary covers (report by workload; 0 for a
-	// single container's summary), PodsWithChecks how many of them had checks
-	// read (fewer makes the advice partial), Nodes how many nodes they ran on.
-	Pods           int `json:"pods,omitempty"`
-	PodsWithChecks int `json:"pods_with_checks,omitempty"`
-	Nodes          int `json:"nodes,omitempty"`
+	// single container's summary), PodsRead how many of them had all their
+	// checks read (fewer makes the advice partial: a pod known only from its
+	// summary entry, or whose checks were partly lost), Nodes how many nodes
+	// they ran on.
+	Pods     int `json:"pods,omitempty"`
+	PodsRead int `json:"pods_read,omitempty"`
+	Nodes    int `json:"nodes,omitempty"`
 	// WouldBreak lists the workload's audited checks that the pod's
 	// captrace.io/proposed-capabilities would deny ("CAP_CHOWN in fchownat, 12×").
 	WouldBreak []string `json:"would_break,omitempty"`
@@ -348,8 +350,8 @@ func (s Summary) Basis() string {
 	}
 	short := s.Window.Duration() < s.MinWindow
 	switch {
-	case s.PodsWithChecks < s.Pods:
-		b += fmt.Sprintf(" (partial profile: checks read from only %d of the %d pods seen", s.PodsWithChecks, s.Pods)
+	case s.PodsRead < s.Pods:
+		b += fmt.Sprintf(" (partial profile: all checks read for only %d of the %d pods seen", s.PodsRead, s.Pods)
 		if short {
 			b += fmt.Sprintf(", observed for less than %s", s.MinWindow)
 		}

@@ -81,8 +81,8 @@ func TestReportMergesReplicasAndNodes(t *testing.T) {
 	if fmt.Sprint(s.Recommended) != "{[ALL] [NET_BIND_SERVICE SYS_NICE]}" || fmt.Sprint(s.DeniedOnly) != "[CHOWN]" {
 		t.Errorf("advice %+v denied %v", s.Recommended, s.DeniedOnly)
 	}
-	if s.Pods != 3 || s.PodsWithChecks != 3 || s.Nodes != 2 || s.Window.Events != 5 {
-		t.Errorf("pods %d (%d with checks), nodes %d, events %d", s.Pods, s.PodsWithChecks, s.Nodes, s.Window.Events)
+	if s.Pods != 3 || s.PodsRead != 3 || s.Nodes != 2 || s.Window.Events != 5 {
+		t.Errorf("pods %d (%d with checks), nodes %d, events %d", s.Pods, s.PodsRead, s.Nodes, s.Window.Events)
 	}
 	rows := map[string]string{}
 	for _, r := range s.Rows {
@@ -109,15 +109,16 @@ func TestReportMergesReplicasAndNodes(t *testing.T) {
 	}
 }
 
-// A pod seen only through its summary entry (its checks were not read) makes
-// the workload's advice partial; a second image is reported apart.
+// A pod seen only through its summary entry (its 4 checks were not read)
+// makes the workload's advice partial; a pod whose summary counted no check
+// does not; a second image is reported apart.
 func TestReportPartialAndImages(t *testing.T) {
 	nodeA, nodeB := replicas()
 	nodeB[1].image = "registry.test/web:1.3"
 	nodeB[0].image = "registry.test/web:1.3"
 	summary := Summary{Container: ContainerRef{ID: "idd", Name: "app", Namespace: "shop", Pod: "web-7d4b9c8f5d-qqqqq",
 		WorkloadKind: "Deployment", Workload: "web", Image: "registry.test/web:1.2", Node: "node-b"},
-		Window: Window{Start: t0, End: t0.Add(time.Hour)}}
+		Window: Window{Start: t0, End: t0.Add(time.Hour), Events: 4}}
 	sumLine := logfmtSummary(t, summary)
 	out, errs, code := report(t, wlogfmtLines(t, append(nodeA, nodeB...))+sumLine, "--format", "json", "-")
 	if code != 0 {
@@ -127,11 +128,17 @@ func TestReportPartialAndImages(t *testing.T) {
 	if len(cs) != 2 || cs[0].Container.Image != "registry.test/web:1.2" || cs[1].Container.Image != "registry.test/web:1.3" {
 		t.Fatalf("want the two images apart: %s", out)
 	}
-	if s := cs[0]; !s.Partial || s.Pods != 3 || s.PodsWithChecks != 2 || !strings.Contains(s.Basis, "checks read from only 2 of the 3 pods seen") {
-		t.Errorf("1.2: partial %v pods %d/%d basis %q", s.Partial, s.PodsWithChecks, s.Pods, s.Basis)
+	if s := cs[0]; !s.Partial || s.Pods != 3 || s.PodsRead != 2 || !strings.Contains(s.Basis, "all checks read for only 2 of the 3 pods seen") {
+		t.Errorf("1.2: partial %v pods %d/%d basis %q", s.Partial, s.PodsRead, s.Pods, s.Basis)
 	}
 	if !strings.Contains(errs, "ran 2 images (registry.test/web:1.2, registry.test/web:1.3): each is reported apart") {
 		t.Errorf("stderr: %s", errs)
+	}
+	idle := summary
+	idle.Container.ID, idle.Window.Events = "ide", 0
+	out, errs, code = report(t, wlogfmtLines(t, nodeA)+logfmtSummary(t, idle), "--format", "json", "--min-window", "1s", "-")
+	if cs := decodeJSONReport(t, out); code != 0 || len(cs) != 1 || cs[0].Partial || cs[0].Pods != 3 || cs[0].PodsRead != 3 {
+		t.Errorf("a pod that checked nothing: exit %d %s %s", code, out, errs)
 	}
 }
 

@@ -41,7 +41,7 @@ type workloadReport struct {
 		DeniedOnly      []string `json:"denied_only"`
 		NonRootDenied   []string `json:"non_root_denied"`
 		Pods            int      `json:"pods"`
-		PodsWithChecks  int      `json:"pods_with_checks"`
+		PodsRead        int      `json:"pods_read"`
 		Nodes           int      `json:"nodes"`
 		SecurityContext string   `json:"security_context_yaml"`
 	} `json:"containers"`
@@ -139,8 +139,8 @@ func TestWorkloadAcrossNodes(t *testing.T) {
 	if got := sorted(c.Recommended.Add); !slices.Equal(got, []string{"CHOWN", "SYS_CHROOT", "SYS_NICE"}) || !slices.Equal(c.Recommended.Drop, []string{"ALL"}) {
 		t.Errorf("advice drop %v add %v, want drop [ALL] add exactly [CHOWN SYS_CHROOT SYS_NICE]", c.Recommended.Drop, got)
 	}
-	if c.Pods != 3 || c.PodsWithChecks != 3 || c.Nodes != 2 {
-		t.Errorf("pods %d (with checks %d), nodes %d; want 3, 3, 2", c.Pods, c.PodsWithChecks, c.Nodes)
+	if c.Pods != 3 || c.PodsRead != 3 || c.Nodes != 2 {
+		t.Errorf("pods %d (with checks %d), nodes %d; want 3, 3, 2", c.Pods, c.PodsRead, c.Nodes)
 	}
 	seen := map[string][2]int{}
 	for _, r := range c.Rows {
