@@ -29,13 +29,22 @@ type wantAdvice struct {
 // reportContainer is the part of `captrace report --format json` the e2e reads.
 type reportContainer struct {
 	Container struct {
-		ID        string `json:"container_id"`
-		Name      string `json:"container"`
-		Namespace string `json:"namespace"`
-		Pod       string `json:"pod"`
+		ID           string `json:"container_id"`
+		Name         string `json:"container"`
+		Namespace    string `json:"namespace"`
+		Pod          string `json:"pod"`
+		WorkloadKind string `json:"workload_kind"`
+		Workload     string `json:"workload"`
+		Image        string `json:"image"`
 	} `json:"container"`
-	Partial     bool `json:"partial"`
-	Recommended struct {
+	// Over several pods (captrace report by workload): how many, how many
+	// with all their checks read, on how many nodes.
+	Pods          int      `json:"pods"`
+	PodsRead      int      `json:"pods_read"`
+	Nodes         int      `json:"nodes"`
+	NonRootDenied []string `json:"non_root_denied"`
+	Partial       bool     `json:"partial"`
+	Recommended   struct {
 		Drop []string `json:"drop"`
 		Add  []string `json:"add"`
 	} `json:"recommended"`
@@ -49,6 +58,8 @@ type reportContainer struct {
 type reportRow struct {
 	Cap   string `json:"cap"`
 	Class string `json:"class"`
+	Pods  int    `json:"pods"`
+	Nodes int    `json:"nodes"`
 }
 
 type reportJSON struct {

@@ -18,35 +18,6 @@ import (
 	"github.com/captrace/captrace/test/e2e/stack"
 )
 
-// workloadReport is the part of `captrace report --format json` this file reads.
-type workloadReport struct {
-	Containers []struct {
-		Container struct {
-			Name         string `json:"container"`
-			Namespace    string `json:"namespace"`
-			WorkloadKind string `json:"workload_kind"`
-			Workload     string `json:"workload"`
-			Image        string `json:"image"`
-		} `json:"container"`
-		Rows []struct {
-			Cap   string `json:"cap"`
-			Class string `json:"class"`
-			Pods  int    `json:"pods"`
-			Nodes int    `json:"nodes"`
-		} `json:"rows"`
-		Recommended struct {
-			Drop []string `json:"drop"`
-			Add  []string `json:"add"`
-		} `json:"recommended"`
-		DeniedOnly      []string `json:"denied_only"`
-		NonRootDenied   []string `json:"non_root_denied"`
-		Pods            int      `json:"pods"`
-		PodsRead        int      `json:"pods_read"`
-		Nodes           int      `json:"nodes"`
-		SecurityContext string   `json:"security_context_yaml"`
-	} `json:"containers"`
-}
-
 // oneShot runs a pod with one container on s as the kubelet would for a
 // replica (generated name, labels), waits for the container to exit and
 // for its summary entry in both sinks, and removes the pod.
@@ -124,7 +95,7 @@ func TestWorkloadAcrossNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rep workloadReport
+	var rep reportJSON
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("report json: %v\n%s", err, out)
 	}
@@ -220,7 +191,7 @@ func TestNonRootAdvice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rep workloadReport
+	var rep reportJSON
 	if err := json.Unmarshal([]byte(out), &rep); err != nil || len(rep.Containers) != 1 {
 		t.Fatalf("report: %v\n%s", err, out)
 	}
