@@ -450,7 +450,7 @@ func checkManifests(stdout, stderr io.Writer, ms []manifestWorkload, ss []Summar
 				seen = true
 				used = append(used, s.Recommended.Add...)
 				nonRoot = append(nonRoot, s.NonRootDenied...)
-				bases = append(bases, fmt.Sprintf("%s image %s: %s", c.Namespace, c.Image, s.Basis()))
+				bases = append(bases, fmt.Sprintf("namespace %s, image %s: %s", printable(c.Namespace), printable(c.Image), s.Basis()))
 			}
 			if !seen {
 				fmt.Fprintf(bw, "  container %s: no evidence read for it (not traced, or filtered out): not checked\n", printable(mc.name))
