@@ -731,8 +731,12 @@ func (a *aggregate) summaries(minWindow time.Duration) (out []Summary, notes []s
 	}
 	for wk, imgs := range images {
 		if len(imgs) > 1 {
+			var names []string
+			for _, img := range sortedKeys(imgs) {
+				names = append(names, printable(img))
+			}
 			notes = append(notes, fmt.Sprintf("%s/%s %s container %s ran %d images (%s): each is reported apart",
-				wk.namespace, wk.kind, wk.workload, wk.container, len(imgs), strings.Join(sortedKeys(imgs), ", ")))
+				printable(wk.namespace), wk.kind, printable(wk.workload), printable(wk.container), len(imgs), strings.Join(names, ", ")))
 		}
 	}
 	sort.Strings(notes)
