@@ -274,6 +274,20 @@ func (r *fakeRuntime) removeContainer(pod *api.PodSandbox, ctr *api.Container) {
 	})
 }
 
+// removePod stops and removes the pod sandbox, as containerd does.
+func (r *fakeRuntime) removePod(pod *api.PodSandbox) {
+	r.t.Helper()
+	r.do(func(ctx context.Context) error {
+		r.mu.Lock()
+		delete(r.pods, pod.Id)
+		r.mu.Unlock()
+		if err := r.a.StopPodSandbox(ctx, &adaptation.StopPodSandboxRequest{Pod: pod}); err != nil {
+			return err
+		}
+		return r.a.RemovePodSandbox(ctx, &adaptation.RemovePodSandboxRequest{Pod: pod})
+	})
+}
+
 // setState changes what the runtime holds without telling any plugin, as
 // happens while the plugin is away.
 func (r *fakeRuntime) setState(f func(pods map[string]*api.PodSandbox, ctrs map[string]*api.Container)) {
@@ -298,6 +312,12 @@ func startPlugin(t testing.TB, socket string, reg *cgmap.Registry, policy Policy
 	if testing.Verbose() {
 		log.SetLevel(logrus.InfoLevel)
 	}
+	return startPluginLog(t, socket, reg, policy, log)
+}
+
+// startPluginLog is startPlugin logging to log.
+func startPluginLog(t testing.TB, socket string, reg *cgmap.Registry, policy Policy, log logrus.FieldLogger) *runningPlugin {
+	t.Helper()
 	rp := &runningPlugin{done: make(chan error, 1), removed: make(chan cgmap.Container, 4096), traced: make(chan cgmap.Container, 4096)}
 	p, err := New(reg, Options{
 		SocketPath: socket, PluginIndex: "10", Policy: policy, Log: log,

@@ -17,6 +17,7 @@ import (
 	"github.com/captrace/captrace/bpf"
 	"github.com/captrace/captrace/config"
 	"github.com/captrace/captrace/internal/buildinfo"
+	"github.com/captrace/captrace/internal/privilege"
 	"github.com/captrace/captrace/pkg/advisor"
 	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/output"
@@ -63,6 +64,13 @@ func hostDeps(stdout io.Writer) daemonDeps {
 		openTracer: func(o bpf.Options) (tracer, error) {
 			t, err := bpf.Open(o)
 			if err != nil {
+				// Name the capability that is missing, if one is: the
+				// kernel only says "operation not permitted".
+				if eff, effErr := privilege.Effective(); effErr == nil {
+					if missing := privilege.Compare(eff).MissingError(); missing != nil {
+						return nil, fmt.Errorf("%w; %v", err, missing)
+					}
+				}
 				return nil, err
 			}
 			return t, nil
@@ -116,6 +124,8 @@ func runDaemonCommand(args []string, stdout, stderr io.Writer) int {
 		log.WithFields(fields).Info("starting")
 	}
 
+	logPrivileges(log)
+
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	hup := make(chan os.Signal, 1)
@@ -127,6 +137,26 @@ func runDaemonCommand(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// logPrivileges says which of the capabilities captrace needs it lacks, and
+// how many it holds beyond them (internal/privilege is the one list).
+func logPrivileges(log logrus.FieldLogger) {
+	eff, err := privilege.Effective()
+	if err != nil {
+		log.WithError(err).Warn("cannot read this process's capabilities")
+		return
+	}
+	r := privilege.Compare(eff)
+	if err := r.MissingError(); err != nil {
+		// CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, so go on:
+		// the tracer's load says whether the kernel agrees.
+		log.WithError(err).Warn("capabilities missing")
+	}
+	if r.Excess > 0 {
+		log.WithField("needed", strings.Join(privilege.Names(), ",")).WithField("excess", r.Excess).
+			Info("captrace holds capabilities it does not need; confine it with CapabilityBoundingSet (deploy/captrace.service does)")
+	}
 }
 
 // daemon holds the running pieces and the counters the stats line reports.
@@ -244,7 +274,8 @@ loop:
 			d.logStats(false)
 		case <-hup:
 			if err := d.fanout.Reopen(); err != nil {
-				log.WithError(err).Error("SIGHUP: reopening the output file failed; its events are counted as failed")
+				log.WithError(err).Error("SIGHUP: reopening the output file failed; events still go to the file open before " +
+					"(the rotated one) and the open is retried every second; fix the path, or send SIGHUP again")
 			} else {
 				log.Info("SIGHUP: output file reopened")
 			}
@@ -469,6 +500,7 @@ func (d *daemon) logStats(final bool) {
 	ps := d.plugin.Stats()
 	fields["nri_connected"] = ps.Connected
 	fields["nri_connects"] = ps.Connects
+	fields["nri_abandoned_stubs"] = ps.AbandonedStubs
 	fields["cgroup_misses"] = ps.CgroupMisses
 	fields["trace_failed"] = ps.TraceFailed
 	now.cgroupMisses, now.traceFailed = ps.CgroupMisses, ps.TraceFailed

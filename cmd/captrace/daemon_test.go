@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -297,3 +298,18 @@ func TestDaemonJournaldSinkNeedsItsSocket(t *testing.T) {
 		t.Errorf("runDaemon = %v", err)
 	}
 }
+
+// A full filter map names the config key a user raises, not bpf's option.
+func TestFilterFullNamesConfigKey(t *testing.T) {
+	err := keyedFilter{fullFilterMap{}}.Trace(42, bpf.Settings{})
+	if err == nil || !strings.Contains(err.Error(), "raise tracer.max_containers in the config") {
+		t.Fatalf("Trace on a full map: %v", err)
+	}
+}
+
+type fullFilterMap struct{}
+
+func (fullFilterMap) Trace(id uint64, _ bpf.Settings) error {
+	return fmt.Errorf("cannot trace cgroup %d: %w (4096 cgroups traced, the limit of Options.MaxTracedCgroups)", id, bpf.ErrFilterFull)
+}
+func (fullFilterMap) Untrace(uint64) error { return nil }

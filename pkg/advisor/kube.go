@@ -8,9 +8,7 @@ import (
 	"io"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
-	"unicode"
 
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -20,18 +18,41 @@ import (
 	kubeschema "k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/yaml"
 
+	"github.com/captrace/captrace/pkg/output"
 	"github.com/captrace/captrace/pkg/workload"
 )
 
-// printable quotes s when it holds anything a terminal would not print as
-// itself: names come from pod authors.
-func printable(s string) string {
-	for _, r := range s {
-		if !unicode.IsPrint(r) || r == '"' {
-			return strconv.Quote(s)
+// kubeWritable keeps the summaries whose names can stand in a Kubernetes
+// object (namespace and container name RFC 1123 labels, the workload or pod
+// name a DNS subdomain, the image a reference): the YAML and patches are
+// valid by construction, so records with other names (damaged, forged, or
+// written before captrace named workloads with a pod it did not know) are
+// left out, and notes say which.
+func kubeWritable(ss []Summary, by string) (ok []Summary, notes []string) {
+	for _, s := range ss {
+		c := s.Container
+		name := c.Workload
+		if by == ByPod {
+			name = c.Pod
 		}
+		err := workload.ValidLabel(c.Name)
+		if err == nil && c.Namespace != "" {
+			err = workload.ValidLabel(c.Namespace)
+		}
+		if err == nil {
+			err = workload.ValidName(name)
+		}
+		if err == nil && !workload.ValidImage(c.Image) {
+			err = fmt.Errorf("image is no image reference")
+		}
+		if err != nil {
+			notes = append(notes, fmt.Sprintf("left out of the YAML: namespace %s, %s %s, container %s: %v",
+				output.Printable(c.Namespace), c.WorkloadKind, output.Printable(name), output.Printable(c.Name), err))
+			continue
+		}
+		ok = append(ok, s)
 	}
-	return s
+	return ok, notes
 }
 
 // capabilities is the advised securityContext.capabilities of a summary.
@@ -127,13 +148,13 @@ func kubeObject(kind, name, namespace string, containers []corev1.Container) (ru
 
 // evidence is a summary's basis and rows as YAML comment lines.
 func evidence(w io.Writer, s Summary) {
-	fmt.Fprintf(w, "# container %s", printable(s.Container.Name))
+	fmt.Fprintf(w, "# container %s", output.Printable(s.Container.Name))
 	if s.Container.Image != "" {
-		fmt.Fprintf(w, " (image %s)", printable(s.Container.Image))
+		fmt.Fprintf(w, " (image %s)", output.Printable(s.Container.Image))
 	}
 	fmt.Fprintf(w, ": %s\n", s.Basis())
 	for _, r := range s.Rows {
-		fmt.Fprintf(w, "#   %s granted %d, denied %d", r.Cap, r.Granted, r.Denied)
+		fmt.Fprintf(w, "#   %s granted %d, denied %d", output.Printable(r.Cap), r.Granted, r.Denied)
 		if s.manyPlaces() {
 			fmt.Fprintf(w, ", on %s", s.seenOn(r))
 		}
@@ -167,7 +188,7 @@ func writeYAML(w io.Writer, ss []Summary, by string) error {
 			fmt.Fprintln(bw, "---")
 		}
 		fmt.Fprintf(bw, "# captrace advice for %s %s in namespace %s: merge each container's securityContext into your manifest\n",
-			kind, printable(name), printable(c.Namespace))
+			kind, output.Printable(name), output.Printable(c.Namespace))
 		var containers []corev1.Container
 		for _, s := range group {
 			evidence(bw, s)
@@ -284,7 +305,7 @@ func writePatches(w io.Writer, ss []Summary) error {
 			fmt.Fprintln(bw, "---")
 		}
 		fmt.Fprintf(bw, "# kubectl patch %s %s -n %s --patch-file p.yaml\n", strings.ToLower(c.WorkloadKind),
-			printable(c.Workload), printable(c.Namespace))
+			output.Printable(c.Workload), output.Printable(c.Namespace))
 		if c.WorkloadKind == workload.KindPod {
 			fmt.Fprintln(bw, "# (a running pod's securityContext cannot change: apply it to the manifest the pod is created from)")
 		}
@@ -428,9 +449,9 @@ func checkManifests(stdout, stderr io.Writer, ms []manifestWorkload, ss []Summar
 	defer bw.Flush()
 	mismatch := false
 	for _, m := range ms {
-		fmt.Fprintf(bw, "%s %s %s", m.source, m.kind, printable(m.name))
+		fmt.Fprintf(bw, "%s %s %s", m.source, m.kind, output.Printable(m.name))
 		if m.namespace != "" {
-			fmt.Fprintf(bw, " (namespace %s)", printable(m.namespace))
+			fmt.Fprintf(bw, " (namespace %s)", output.Printable(m.namespace))
 		}
 		fmt.Fprintln(bw, ":")
 		matched := 0
@@ -450,10 +471,10 @@ func checkManifests(stdout, stderr io.Writer, ms []manifestWorkload, ss []Summar
 				seen = true
 				used = append(used, s.Recommended.Add...)
 				nonRoot = append(nonRoot, s.NonRootDenied...)
-				bases = append(bases, fmt.Sprintf("namespace %s, image %s: %s", printable(c.Namespace), printable(c.Image), s.Basis()))
+				bases = append(bases, fmt.Sprintf("namespace %s, image %s: %s", output.Printable(c.Namespace), output.Printable(c.Image), s.Basis()))
 			}
 			if !seen {
-				fmt.Fprintf(bw, "  container %s: no evidence read for it (not traced, or filtered out): not checked\n", printable(mc.name))
+				fmt.Fprintf(bw, "  container %s: no evidence read for it (not traced, or filtered out): not checked\n", output.Printable(mc.name))
 				continue
 			}
 			matched++
@@ -481,7 +502,7 @@ func checkManifests(stdout, stderr io.Writer, ms []manifestWorkload, ss []Summar
 				status = "MISMATCH"
 				mismatch = true
 			}
-			fmt.Fprintf(bw, "  container %s: %s\n", printable(mc.name), status)
+			fmt.Fprintf(bw, "  container %s: %s\n", output.Printable(mc.name), status)
 			if len(missing) > 0 {
 				fmt.Fprintf(bw, "    missing: %s (used by the workload, not granted)\n", strings.Join(missing, ", "))
 			}

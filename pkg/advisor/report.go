@@ -16,6 +16,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/captrace/captrace/pkg/output"
 	"github.com/captrace/captrace/pkg/workload"
 )
 
@@ -110,7 +111,7 @@ func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env rep
 	fs.StringVar(&input, "i", "", "short for --input")
 	fs.StringVar(&f.journalDir, "journal-dir", "", "passed to journalctl as -D `DIR`")
 	fs.StringVar(&f.journalDir, "D", "", "short for --journal-dir")
-	fs.StringVar(&f.unit, "unit", "captrace", "systemd `unit` passed to journalctl -u; empty: match SYSLOG_IDENTIFIER=captrace instead")
+	fs.StringVar(&f.unit, "unit", "captrace", "systemd `unit` passed to journalctl -u; empty: match SYSLOG_IDENTIFIER=captrace written by root (_UID=0) instead")
 	fs.StringVar(&f.journalctl, "journalctl", env.journalctl, "journalctl `binary` to run")
 	fs.StringVar(&f.format, "format", "table", "output `format`: table, yaml (one Kubernetes object per workload), patch (strategic-merge patch per workload) or json")
 	fs.StringVar(&f.by, "by", ByWorkload, "group the advice by `workload` (namespace, workload, container, image) or by pod (namespace, pod, container)")
@@ -211,7 +212,9 @@ func reportWith(f reportFlags, stdin io.Reader, stdout, stderr io.Writer, env re
 		if f.unit != "" {
 			jargs = append(jargs, "-u", f.unit)
 		} else {
-			jargs = append(jargs, "SYSLOG_IDENTIFIER=captrace")
+			// Any local user can write entries with this identifier
+			// (logger -t captrace): only root's count, _UID=0.
+			jargs = append(jargs, "SYSLOG_IDENTIFIER=captrace", "_UID=0")
 		}
 		if f.journalDir != "" {
 			jargs = append(jargs, "-D", f.journalDir)
@@ -279,12 +282,23 @@ func reportWith(f reportFlags, stdin io.Reader, stdout, stderr io.Writer, env re
 		fmt.Fprintln(stderr, "captrace report: no capability checks read that match the filters: no advice")
 		if len(f.inputs) == 0 && agg.lines == 0 && f.unit != "" {
 			fmt.Fprintf(stderr, "  journald has no entries of unit %s; if captrace does not run as that systemd unit, "+
-				"try --unit '' (entries with SYSLOG_IDENTIFIER=captrace) or -D DIR for another journal\n", f.unit)
+				"try --unit '' (entries with SYSLOG_IDENTIFIER=captrace written by root, _UID=0) or -D DIR for another journal\n", f.unit)
 		}
 		return 1
 	}
 	if len(manifests) > 0 {
 		return checkManifests(stdout, stderr, manifests, summaries)
+	}
+	if f.format == "yaml" || f.format == "patch" {
+		var left []string
+		summaries, left = kubeWritable(summaries, f.by)
+		for _, n := range left {
+			fmt.Fprintf(stderr, "captrace report: %s\n", n)
+		}
+		if len(summaries) == 0 {
+			fmt.Fprintln(stderr, "captrace report: no advice left to write as Kubernetes YAML")
+			return 1
+		}
 	}
 	var err error
 	switch f.format {
@@ -733,10 +747,10 @@ func (a *aggregate) summaries(minWindow time.Duration) (out []Summary, notes []s
 		if len(imgs) > 1 {
 			var names []string
 			for _, img := range sortedKeys(imgs) {
-				names = append(names, printable(img))
+				names = append(names, output.Printable(img))
 			}
 			notes = append(notes, fmt.Sprintf("%s/%s %s container %s ran %d images (%s): each is reported apart",
-				printable(wk.namespace), wk.kind, printable(wk.workload), printable(wk.container), len(imgs), strings.Join(names, ", ")))
+				output.Printable(wk.namespace), wk.kind, output.Printable(wk.workload), output.Printable(wk.container), len(imgs), strings.Join(names, ", ")))
 		}
 	}
 	sort.Strings(notes)
@@ -777,14 +791,16 @@ func writeTable(w io.Writer, ss []Summary) error {
 			fmt.Fprintln(bw)
 		}
 		c := s.Container
+		// Names come from pod authors (and report files from anyone):
+		// escaped, so no input can send a terminal escape sequence.
 		if c.Pod != "" {
-			fmt.Fprintf(bw, "NAMESPACE %s  POD %s  CONTAINER %s", printable(c.Namespace), printable(c.Pod), printable(c.Name))
+			fmt.Fprintf(bw, "NAMESPACE %s  POD %s  CONTAINER %s", output.Printable(c.Namespace), output.Printable(c.Pod), output.Printable(c.Name))
 		} else {
-			fmt.Fprintf(bw, "NAMESPACE %s  %s %s  CONTAINER %s", printable(c.Namespace), strings.ToUpper(c.WorkloadKind),
-				printable(c.Workload), printable(c.Name))
+			fmt.Fprintf(bw, "NAMESPACE %s  %s %s  CONTAINER %s", output.Printable(c.Namespace), strings.ToUpper(c.WorkloadKind),
+				output.Printable(c.Workload), output.Printable(c.Name))
 		}
 		if c.Image != "" {
-			fmt.Fprintf(bw, "  IMAGE %s", printable(c.Image))
+			fmt.Fprintf(bw, "  IMAGE %s", output.Printable(c.Image))
 		}
 		if n := strings.Count(c.ID, ",") + 1; n > 1 {
 			fmt.Fprintf(bw, "  (%d container IDs add up)", n)
@@ -809,9 +825,9 @@ func writeTable(w io.Writer, ss []Summary) error {
 				sys = "-"
 			}
 			if s.manyPlaces() {
-				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\n", r.Cap, r.Granted, r.Denied, s.seenOn(r), sys, Advice[r.Class])
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\n", output.Printable(r.Cap), r.Granted, r.Denied, s.seenOn(r), output.Printable(sys), Advice[r.Class])
 			} else {
-				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", r.Cap, r.Granted, r.Denied, sys, Advice[r.Class])
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", output.Printable(r.Cap), r.Granted, r.Denied, output.Printable(sys), Advice[r.Class])
 			}
 		}
 		if err := tw.Flush(); err != nil {

@@ -692,3 +692,15 @@ func TestTrackerNonRoot(t *testing.T) {
 		t.Errorf("non-root: %+v\n%s", s, s.Message())
 	}
 }
+
+// Summary.Message escapes names the way output.Record.Message does.
+func TestSummaryMessageEscapesNames(t *testing.T) {
+	s := Summary{Container: ContainerRef{Namespace: "ns\x1b[2J", Pod: "pod\nfake line", Name: "c\u202e"}}
+	m := s.Message()
+	if strings.ContainsAny(m, "\x1b\n\u202e") {
+		t.Fatalf("Message() = %q: holds control characters", m)
+	}
+	if !strings.Contains(m, `"ns\x1b[2J"/"pod\nfake line"/"c\u202e"`) {
+		t.Fatalf("Message() = %q: names not quoted like output.Record.Message", m)
+	}
+}

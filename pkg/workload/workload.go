@@ -200,13 +200,34 @@ func ValidName(name string) error {
 // (ok=false) rather than written to the logs.
 func Image(containerAnnotations map[string]string) (image string, ok bool) {
 	v := containerAnnotations[AnnotationCRIImageName]
-	if len(v) > MaxImageLen {
+	if !ValidImage(v) {
 		return "", false
+	}
+	return v, true
+}
+
+// ValidImage reports whether v can be an image reference: at most
+// MaxImageLen bytes of printable ASCII without spaces ("" is valid: none).
+func ValidImage(v string) bool {
+	if len(v) > MaxImageLen {
+		return false
 	}
 	for i := 0; i < len(v); i++ {
 		if v[i] <= ' ' || v[i] > '~' {
-			return "", false
+			return false
 		}
 	}
-	return v, true
+	return true
+}
+
+// ValidLabel checks a name that must be an RFC 1123 label (container names,
+// namespaces): a ValidName of at most 63 bytes without dots.
+func ValidLabel(name string) error {
+	if err := ValidName(name); err != nil {
+		return err
+	}
+	if len(name) > 63 || strings.Contains(name, ".") {
+		return fmt.Errorf("name must be at most 63 characters without '.'")
+	}
+	return nil
 }
