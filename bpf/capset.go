@@ -41,7 +41,11 @@ func ParseCapSet(list string) (CapSet, error) {
 			}
 		}
 		if !found {
-			return 0, fmt.Errorf("%q is no capability name (want e.g. NET_BIND_SERVICE,SYS_NICE)", strings.TrimSpace(item))
+			shown := strings.TrimSpace(item)
+			if len(shown) > 32 { // the message is logged: a prefix says enough
+				shown = shown[:32] + "…"
+			}
+			return 0, fmt.Errorf("%q is no capability name (want e.g. NET_BIND_SERVICE,SYS_NICE)", shown)
 		}
 	}
 	return s, nil
