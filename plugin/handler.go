@@ -47,16 +47,11 @@ func (h *handler) Synchronize(_ context.Context, pods []*api.PodSandbox, ctrs []
 		}
 	}
 	removed, err := p.reg.Reconcile(traced)
-	for _, c := range removed {
-		p.changes.removed(c)
-	}
 	refused := 0
 	for _, c := range traced {
-		// Also the ones traced before: OnTrace must be idempotent (the
-		// advisor's Start is). Those the filter refused are not traced.
-		if got, ok := p.reg.Get(c.ID); ok {
-			p.changes.traced(got)
-		} else if p.failures.first(c.ID) {
+		// Those the filter refused are not traced; the registry told its
+		// listeners of the others (cgmap.Listener).
+		if _, ok := p.reg.Get(c.ID); !ok && p.failures.first(c.ID) {
 			refused++
 		}
 	}
@@ -89,9 +84,7 @@ func (h *handler) StartContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 			p.traceFailed.Add(1)
 		}
 		p.containerLog(pod, ctr).WithError(err).Error("container opts in to tracing but could not be traced")
-		return nil
 	}
-	p.changes.traced(c)
 	return nil
 }
 
@@ -124,11 +117,10 @@ func (h *handler) RemovePodSandbox(_ context.Context, pod *api.PodSandbox) error
 	return nil
 }
 
+// forget untraces a container; the registry tells its listeners.
 func (p *Plugin) forget(ctr *api.Container) {
 	p.failures.forget(ctr.GetId())
-	if c, ok := p.reg.Remove(ctr.GetId()); ok {
-		p.changes.removed(c)
-	}
+	p.reg.Remove(ctr.GetId())
 }
 
 // admit applies the policy and resolves the cgroup of a container that opts

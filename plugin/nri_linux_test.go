@@ -712,3 +712,45 @@ func pluginGoroutines() string {
 	}
 	return strings.Join(left, "\n\n")
 }
+
+// A container started in a cgroup another traced container holds takes it
+// over; the previous owner's tracing ends with it: OnRemove is called for it
+// now, so its summary is written, not kept until shutdown (issue 11, defect 3).
+func TestNRICgroupTakeoverRemovesPreviousOwner(t *testing.T) {
+	cg := newCgroupTree(t)
+	socket := filepath.Join(t.TempDir(), "nri.sock")
+	rt := newFakeRuntime(t, socket)
+	filter := newFakeFilter()
+	reg := cgmap.NewRegistry(filter, logrus.New())
+	pl := startPlugin(t, socket, reg, Policy{})
+	pl.waitConnects(t, 1)
+
+	pod := testPod("web", "team-a", enabled())
+	rt.runPod(pod)
+	a := cg.cgroupfsContainer(pod, "a")
+	rt.startContainer(pod, a.ctr)
+	b := &api.Container{Id: "b-takes-over-a-cgroup", PodSandboxId: pod.Id, Name: "b", Pid: a.ctr.Pid,
+		Linux: &api.LinuxContainer{CgroupsPath: a.ctr.Linux.CgroupsPath}}
+	rt.startContainer(pod, b)
+
+	for _, want := range []string{a.ctr.Id, b.Id} {
+		if got := <-pl.traced; got.ID != want || got.CgroupID != a.id {
+			t.Fatalf("OnTrace got %+v, want %s in cgroup %d", got, want, a.id)
+		}
+	}
+	select {
+	case got := <-pl.removed:
+		if got.ID != a.ctr.Id {
+			t.Fatalf("OnRemove got %+v, want the previous owner %s", got, a.ctr.Id)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the previous owner of the cgroup was never removed")
+	}
+	rt.removeContainer(pod, b)
+	if got := <-pl.removed; got.ID != b.Id {
+		t.Fatalf("OnRemove got %+v, want %s", got, b.Id)
+	}
+	if got := filter.ids(); len(got) != 0 {
+		t.Fatalf("filter still holds %v", got)
+	}
+}

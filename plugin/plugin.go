@@ -51,17 +51,19 @@ type Options struct {
 	// the report counts nodes by it.
 	NodeName string
 	Log      logrus.FieldLogger
-	// OnRemove, if set, is called (outside containerd's critical path as far as
-	// possible) with each container that stops being traced.
+	// OnRemove, if set, is called (outside containerd's critical path) with
+	// each container that stops being traced, whatever the reason
+	// (cgmap.Listener's Untraced): exactly once for every container OnTrace
+	// was called with.
 	//
 	// Calls come one at a time from a goroutine of Run, in order, after the
 	// handler that removed the container has returned; none is dropped. On
 	// return Run waits for the calls still queued, so OnRemove must not block
-	// forever.
+	// forever. (The daemon's event pipeline listens to the registry itself.)
 	OnRemove func(cgmap.Container)
 	// OnTrace, if set, is called like OnRemove with each container that
-	// starts being traced (StartContainer, or found running at Synchronize),
-	// before any OnRemove of the same container.
+	// starts being traced or changes settings or cgroup (StartContainer, or
+	// found running at Synchronize), before its OnRemove.
 	OnTrace func(cgmap.Container)
 	// Resolver, if set, replaces the resolver of the host's cgroup2 mount
 	// (cgmap.NewResolver).
@@ -161,6 +163,9 @@ func New(reg *cgmap.Registry, opts Options) (*Plugin, error) {
 		warned:   make(map[string]map[warnKey]struct{}),
 	}
 	p.changes.onTrace, p.changes.onRemove = opts.OnTrace, opts.OnRemove
+	if opts.OnTrace != nil || opts.OnRemove != nil {
+		reg.Listen(&p.changes)
+	}
 	p.handler = &handler{p: p}
 	if p.resolve == nil {
 		r, err := cgmap.NewResolver()
@@ -353,8 +358,9 @@ type change struct {
 
 func (n *notifier) init() { n.once.Do(func() { n.wake = make(chan struct{}, 1) }) }
 
-func (n *notifier) traced(c cgmap.Container)  { n.push(change{c: c, traced: true}, n.onTrace) }
-func (n *notifier) removed(c cgmap.Container) { n.push(change{c: c}, n.onRemove) }
+// Traced and Untraced make the notifier a cgmap.Listener: they only queue.
+func (n *notifier) Traced(c cgmap.Container)   { n.push(change{c: c, traced: true}, n.onTrace) }
+func (n *notifier) Untraced(c cgmap.Container) { n.push(change{c: c}, n.onRemove) }
 
 func (n *notifier) push(ch change, fn func(cgmap.Container)) {
 	if fn == nil {
