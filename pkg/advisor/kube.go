@@ -166,6 +166,9 @@ func evidence(w io.Writer, s Summary) {
 	if len(s.WouldBreak) > 0 {
 		fmt.Fprintf(w, "#   would break under the proposed capabilities: %s\n", strings.Join(s.WouldBreak, "; "))
 	}
+	for _, code := range s.Code {
+		fmt.Fprintf(w, "# code: %s\n", output.Printable(code))
+	}
 }
 
 // writeYAML prints one Kubernetes object per workload (by pod: one Pod per

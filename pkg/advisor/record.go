@@ -51,6 +51,8 @@ type ParsedLine struct {
 	Syscall   string
 	Capable   bool
 	Audit     bool
+	// UserStack is an event's ustack (schema.UserStack), "" when absent.
+	UserStack string
 	// WindowStart, WindowEnd and Events are set on summaries: the window the
 	// tracker observed and how many checks it saw in it.
 	WindowStart time.Time
@@ -66,7 +68,7 @@ type names struct {
 	time, namespace, pod, podUID, container, containerID, comm            string
 	cap, capable, audit, syscall, summary, windowStart, windowEnd, events string
 	unique, auditOnly                                                     string
-	workloadKind, workload, image, node, uid, wouldDeny                   string
+	workloadKind, workload, image, node, uid, wouldDeny, userStack        string
 }
 
 var logfmtNames = names{
@@ -75,7 +77,7 @@ var logfmtNames = names{
 	containerID: schema.ContainerID.Key, comm: schema.Comm.Key, cap: schema.Cap.Key,
 	capable: schema.Capable.Key, audit: schema.Audit.Key, syscall: schema.Syscall.Key,
 	summary: schema.Summary.Key, windowStart: schema.WindowStart.Key, windowEnd: schema.WindowEnd.Key, events: schema.Events.Key,
-	unique: schema.Unique.Key, auditOnly: schema.AuditOnly.Key,
+	unique: schema.Unique.Key, auditOnly: schema.AuditOnly.Key, userStack: schema.UserStack.Key,
 	workloadKind: schema.WorkloadKind.Key, workload: schema.Workload.Key, image: schema.Image.Key,
 	node: schema.Node.Key, uid: schema.Uid.Key, wouldDeny: schema.WouldDeny.Key,
 }
@@ -86,7 +88,7 @@ var journalNames = names{
 	containerID: schema.ContainerID.Journal, comm: schema.Comm.Journal, cap: schema.Cap.Journal,
 	capable: schema.Capable.Journal, audit: schema.Audit.Journal, syscall: schema.Syscall.Journal,
 	summary: schema.Summary.Journal, windowStart: schema.WindowStart.Journal, windowEnd: schema.WindowEnd.Journal, events: schema.Events.Journal,
-	unique: schema.Unique.Journal, auditOnly: schema.AuditOnly.Journal,
+	unique: schema.Unique.Journal, auditOnly: schema.AuditOnly.Journal, userStack: schema.UserStack.Journal,
 	workloadKind: schema.WorkloadKind.Journal, workload: schema.Workload.Journal, image: schema.Image.Journal,
 	node: schema.Node.Journal, uid: schema.Uid.Journal, wouldDeny: schema.WouldDeny.Journal,
 }
@@ -191,6 +193,7 @@ func buildRecord(get func(string) (string, bool, error), n names) (ParsedLine, e
 		}
 		r.WouldDeny = b
 	}
+	r.UserStack = str(n.userStack)
 	if firstErr != nil {
 		return ParsedLine{}, firstErr
 	}
@@ -302,7 +305,7 @@ func init() {
 	for _, n := range []names{journalNames, logfmtNames} {
 		for _, name := range []string{n.time, n.namespace, n.pod, n.podUID, n.container, n.containerID,
 			n.comm, n.cap, n.capable, n.audit, n.syscall, n.summary, n.windowStart, n.windowEnd, n.events,
-			n.unique, n.auditOnly, n.workloadKind, n.workload, n.image, n.node, n.uid, n.wouldDeny} {
+			n.unique, n.auditOnly, n.workloadKind, n.workload, n.image, n.node, n.uid, n.wouldDeny, n.userStack} {
 			add(name)
 		}
 	}

@@ -562,6 +562,9 @@ func (a *aggregate) add(line []byte) {
 		in.checks[ck] = c
 	}
 	c.Count++
+	if c.UserStack == "" {
+		c.UserStack = rec.UserStack
+	}
 	if !rec.Time.IsZero() {
 		if c.First.IsZero() || rec.Time.Before(c.First) {
 			c.First = rec.Time
@@ -832,6 +835,12 @@ func writeTable(w io.Writer, ss []Summary) error {
 		}
 		if err := tw.Flush(); err != nil {
 			return err
+		}
+		if len(s.Code) > 0 {
+			fmt.Fprintln(bw, "code that asked (user stacks):")
+			for _, c := range s.Code {
+				fmt.Fprintf(bw, "  %s\n", c)
+			}
 		}
 		fmt.Fprintln(bw)
 		fmt.Fprint(bw, s.SecurityContext(0))

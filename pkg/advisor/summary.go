@@ -47,6 +47,9 @@ type Check struct {
 	Count     uint64
 	First     time.Time
 	Last      time.Time
+	// UserStack is the user stack of one of these checks (schema.UserStack:
+	// frames joined by ';', innermost first), "" when none was captured.
+	UserStack string
 }
 
 // Class says what a row of the summary means for the recommendation.
@@ -86,6 +89,9 @@ type Row struct {
 	// capability was seen in this class (report over several pods; else 0).
 	Pods  int `json:"pods,omitempty"`
 	Nodes int `json:"nodes,omitempty"`
+	// Code names the top user frames behind the row's checks, e.g.
+	// "setpriority ← main (nice)", when user stacks were captured.
+	Code string `json:"code,omitempty"`
 }
 
 // Window is the time a summary rests on.
@@ -159,6 +165,9 @@ type Summary struct {
 	// WouldBreak lists the workload's audited checks that the pod's
 	// captrace.io/proposed-capabilities would deny ("CAP_CHOWN in fchownat, 12×").
 	WouldBreak []string `json:"would_break,omitempty"`
+	// Code names, for each recommended or denied capability whose checks
+	// carried a user stack, the code that asked: "SYS_NICE ← setpriority ← main (nice)".
+	Code []string `json:"code,omitempty"`
 }
 
 // NonRootAdvice says why adding a capability does not help a non-root
@@ -236,6 +245,9 @@ func Summarize(ref ContainerRef, checks []Check, w Window, minWindow time.Durati
 		if c.Syscall != "" {
 			syscalls[k][c.Syscall] = true
 		}
+		if r.Code == "" && c.UserStack != "" && (class == ClassAdd || class == ClassDenied) {
+			r.Code = CodeOf(c.UserStack)
+		}
 		if classes[kube] == nil {
 			classes[kube] = map[Class]bool{}
 		}
@@ -255,6 +267,11 @@ func Summarize(ref ContainerRef, checks []Check, w Window, minWindow time.Durati
 		return a.Cap < b.Cap
 	})
 
+	for _, r := range s.Rows {
+		if r.Code != "" {
+			s.Code = append(s.Code, r.Cap+" ← "+r.Code)
+		}
+	}
 	s.Granted = sortedKeys(granted)
 	s.Denied = sortedKeys(denied)
 	s.Recommended = Capabilities{Drop: []string{"ALL"}, Add: []string{}}
@@ -393,6 +410,9 @@ func (s Summary) Message() string {
 	}
 	if len(s.WouldBreak) > 0 {
 		fmt.Fprintf(&b, "; would break under the proposed capabilities: %s", strings.Join(s.WouldBreak, "; "))
+	}
+	if len(s.Code) > 0 {
+		fmt.Fprintf(&b, "; code: %s", strings.Join(s.Code, "; "))
 	}
 	fmt.Fprintf(&b, "; %s", s.Basis())
 	return b.String()

@@ -34,6 +34,8 @@ type Event struct {
 	// The workload fields; WouldDeny is "" when the pod proposes no capabilities.
 	WorkloadKind, Workload, Image, Node string
 	WouldDeny                           string
+	KStack                              string // kstack / KERNEL_STACK, when the pod asked for stacks
+	UStack                              string // ustack / USER_STACK
 	Raw                                 string // the line or the JSON entry, for failure messages
 }
 
@@ -130,6 +132,8 @@ func eventFromFields(f map[string]string, logfmt bool, raw string) (Event, error
 		Image:        key(schema.Image.Key, schema.Image.Journal),
 		Node:         key(schema.Node.Key, schema.Node.Journal),
 		WouldDeny:    key(schema.WouldDeny.Key, schema.WouldDeny.Journal),
+		KStack:       key(schema.KernelStack.Key, schema.KernelStack.Journal),
+		UStack:       key(schema.UserStack.Key, schema.UserStack.Journal),
 	}
 	e.Source = "journald"
 	if logfmt {

@@ -41,7 +41,10 @@ func (b ociBlob) descriptor() map[string]any {
 // BusyboxLayer returns an uncompressed, reproducible rootfs layer holding the
 // static busybox, one symlink per applet, and the few files a shell expects.
 // There is deliberately no /mnt: the seed's guide creates it.
-func BusyboxLayer() ([]byte, error) {
+func BusyboxLayer() ([]byte, error) { return BusyboxLayerWith(nil) }
+
+// BusyboxLayerWith is BusyboxLayer plus extra executables in /bin (name → content).
+func BusyboxLayerWith(extra map[string][]byte) ([]byte, error) {
 	bin, err := os.ReadFile(busyboxPath)
 	if err != nil {
 		return nil, fmt.Errorf("read %s (install Debian's busybox-static): %w", busyboxPath, err)
@@ -76,8 +79,13 @@ func BusyboxLayer() ([]byte, error) {
 			if err := file("bin/busybox", 0o755, bin); err != nil {
 				return nil, err
 			}
+			for _, name := range sortedNames(extra) {
+				if err := file("bin/"+name, 0o755, extra[name]); err != nil {
+					return nil, err
+				}
+			}
 			for _, a := range applets {
-				if a == "busybox" || strings.ContainsAny(a, "/[") {
+				if a == "busybox" || strings.ContainsAny(a, "/[") || extra[a] != nil {
 					continue
 				}
 				if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + a, Linkname: "busybox", Mode: 0o777, ModTime: epoch, Format: tar.FormatPAX}); err != nil {
@@ -100,6 +108,15 @@ func BusyboxLayer() ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+func sortedNames(m map[string][]byte) []string {
+	var names []string
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
 }
 
 // OCIArchive returns an OCI image layout tar (as `ctr images import` reads it)

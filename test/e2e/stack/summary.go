@@ -34,6 +34,7 @@ type Summary struct {
 	PodSpec     string // security_context / SECURITY_CONTEXT
 	WouldBreak  string // would_break / WOULD_BREAK
 	Workload    string // workload_kind/workload, e.g. "Deployment/web"
+	Code        string // code / CAPTRACE_CODE: the code behind each cap, with user stacks
 	Raw         string
 }
 
@@ -78,6 +79,7 @@ func summaryFromFields(f map[string]string, logfmt bool, raw string) (Summary, e
 		WouldBreak:  key(schema.WouldBreak.Key, schema.WouldBreak.Journal),
 		Workload: key(schema.WorkloadKind.Key, schema.WorkloadKind.Journal) + "/" +
 			key(schema.Workload.Key, schema.Workload.Journal),
+		Code: key(schema.Code.Key, schema.Code.Journal),
 	}
 	if logfmt {
 		s.Source = "logfmt"
