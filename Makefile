@@ -79,7 +79,7 @@ test-kernels:
 # the lines, peak RSS of the report in a child process).
 bench:
 	scripts/install-deps.sh bench
-	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./bpf/ ./plugin/ ./pkg/pipeline/ ./pkg/symbolize/
+	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./bpf/ ./plugin/ ./pkg/pipeline/ ./pkg/symbolize/ ./pkg/output/
 	$(GO) test -run '^$$' -bench 'Report$$' -benchtime 1x -count 1 ./pkg/advisor/
 
 # The seed's set-priority guide on a private stack; Ctrl-C or DEMO_FLAGS=-duration=… ends it.
