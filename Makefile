@@ -67,9 +67,10 @@ e2e:
 	scripts/install-deps.sh e2e
 	$(GOTEST) -count=1 -tags e2e -timeout 40m -v $(E2E_BENCH) ./test/e2e/
 
-# The privileged tests of ./bpf (and test/kernels/guestcheck) on Debian's 6.1
-# and 6.12 cloud kernels under qemu: probing must pick fexit, forced kprobe must
-# pass. Options: `test/kernels/run.sh -h` (e.g. KERNEL_FLAGS="-run TestOpen -host").
+# The privileged tests of ./bpf, test/kernels/guestcheck and seedcheck under qemu
+# on Debian's cloud kernels: x86_64 6.1, 6.12 and the newest (sid; probe = fexit,
+# forced tp_btf, forced kprobe) and arm64 6.12. Pin with CAPTRACE_KERNELS. Options:
+# `test/kernels/run.sh -h` (e.g. KERNEL_FLAGS="-run TestOpen -host").
 KERNEL_FLAGS ?=
 test-kernels:
 	scripts/install-deps.sh kernels
@@ -79,7 +80,8 @@ test-kernels:
 # the lines, peak RSS of the report in a child process).
 bench:
 	scripts/install-deps.sh bench
-	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./bpf/ ./plugin/ ./pkg/pipeline/ ./pkg/symbolize/ ./pkg/output/
+	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./bpf/ ./plugin/ ./pkg/pipeline/ ./pkg/symbolize/ ./pkg/output/ ./pkg/metrics/
+	$(GO) test -run '^$$' -bench ReaderMetricsOverhead -benchtime 10x -count 1 ./cmd/captrace/
 	$(GO) test -run '^$$' -bench 'Report$$' -benchtime 1x -count 1 ./pkg/advisor/
 
 # The seed's set-priority guide on a private stack; Ctrl-C or DEMO_FLAGS=-duration=… ends it.

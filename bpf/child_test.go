@@ -9,9 +9,12 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -100,6 +103,37 @@ func childMain() int {
 				_, _, e = unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), ^uintptr(0), 0)
 			}
 			reply("%v", e)
+		case "setsgid": // CAP_SETGID in setid: saved gid to arg and back
+			_, _, e := unix.RawSyscall(unix.SYS_SETRESGID, ^uintptr(0), ^uintptr(0), uintptr(arg))
+			if e == 0 {
+				_, _, e = unix.RawSyscall(unix.SYS_SETRESGID, ^uintptr(0), ^uintptr(0), 0)
+			}
+			reply("%v", e)
+		case "rawsocket": // CAP_NET_RAW: an ICMP raw socket
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+			if err == nil {
+				unix.Close(fd)
+			}
+			reply("%v", err)
+		case "mmap": // memory accounting: an accountable private writable mapping
+			b, err := unix.Mmap(-1, 0, 1<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+			if err == nil {
+				err = unix.Munmap(b)
+			}
+			reply("%v", err)
+		case "quietheap": // no heap growth (mmap, memory accounting) from here on: the checks become the workload's alone
+			b := make([]byte, 64<<20)
+			for i := 0; i < len(b); i += 4096 {
+				b[i] = 1
+			}
+			b = nil
+			runtime.GC()
+			debug.SetGCPercent(-1)
+			reply("<nil>")
+		case "exec": // execve (memory accounting) of f[1], waited for
+			reply("%v", exec.Command(f[1]).Run())
+		case "ptrace": // f[1] run as nobody; attach (audited CAP_SYS_PTRACE), /proc/PID/stat (not audited)
+			reply("%v", ptraceOther(f[1]))
 		case "seccomp": // non-audited CAP_SYS_ADMIN: a filter without no_new_privs
 			reply("%v", allowAllSeccomp())
 		case "adminpair": // arg × (non-audited CAP_SYS_ADMIN in seccomp, audited CAP_SYS_ADMIN in unshare)
@@ -177,6 +211,49 @@ func adminPairs(n int) error {
 		}
 	}
 	return nil
+}
+
+// ptraceOther starts path as uid/gid 65534 (CAP_SETGID and CAP_SETUID in its
+// setgroups/setgid/setuid), attaches to it from this (locked) thread, which
+// checks CAP_SYS_PTRACE audited since the uids differ, reads its
+// /proc/PID/stat (CAP_SYS_PTRACE without audit), then kills it by its PID.
+func ptraceOther(path string) error {
+	cmd := exec.Command(path, "30")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	pid := cmd.Process.Pid
+	// Attach once it sleeps: busybox first drops its ids again (setgid and
+	// setuid as nobody: denied checks) and grows its heap; attaching midway
+	// would make the checks depend on timing. /proc/PID/status asks no
+	// capability (unlike stat).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			return err
+		}
+		if strings.Contains(string(status), "\nState:\tS") {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s never went to sleep", path)
+		}
+	}
+	if err := unix.PtraceAttach(pid); err != nil {
+		return fmt.Errorf("ptrace attach: %w", err)
+	}
+	var ws unix.WaitStatus
+	if _, err := unix.Wait4(pid, &ws, unix.WALL, nil); err != nil {
+		return err
+	}
+	if err := unix.PtraceDetach(pid); err != nil {
+		return fmt.Errorf("ptrace detach: %w", err)
+	}
+	_, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return err
 }
 
 var savedIPCNamespace = -1

@@ -17,11 +17,6 @@ import (
 // tracepoint, then kprobes.
 var tierOrder = []Tier{TierFexit, TierTpBTF, TierKprobe}
 
-// kernelRequirement is what a kernel needs for at least one tier to load.
-const kernelRequirement = "captrace needs a kernel with BTF (CONFIG_DEBUG_INFO_BTF=y, /sys/kernel/btf/vmlinux) " +
-	"and one of: BPF trampolines for fexit/cap_capable (Linux >= 5.5 on x86_64/arm64), " +
-	"the capability:cap_capable tracepoint (Linux >= 6.14) for tp_btf, or CONFIG_KPROBES=y for kprobe"
-
 // sharedMaps are the maps every tier uses.
 type sharedMaps struct {
 	Filter *ebpf.Map `ebpf:"cgroup_filter"`
@@ -119,7 +114,7 @@ func precheck(tier Tier, kernel *btf.Spec) error {
 	case TierTpBTF:
 		var td *btf.Typedef
 		if err := kernel.TypeByName("btf_trace_cap_capable", &td); err != nil {
-			return fmt.Errorf("kernel has no capability:cap_capable tracepoint (BTF type btf_trace_cap_capable absent; added in Linux 6.14): %w", ebpf.ErrNotSupported)
+			return fmt.Errorf("kernel has no capability:cap_capable tracepoint (BTF type btf_trace_cap_capable absent; added in Linux %s): %w", TracepointSince, ebpf.ErrNotSupported)
 		}
 	case TierFexit, TierKprobe:
 		if tier == TierKprobe {
@@ -228,12 +223,27 @@ func loadTier(tier Tier, cfg loadConfig) (lt *loadedTier, err error) {
 }
 
 func explainLoad(tier Tier, err error) error {
-	if tier == TierFexit && errors.Is(err, unix.EPERM) {
-		// cilium/ebpf suggests raising MEMLOCK here; with memcg accounting
-		// the real cause is a kernel that refuses BPF trampolines.
+	if !errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("loading: %w", err)
+	}
+	const hint = " (MEMLOCK may be too low, consider rlimit.RemoveMemlock)"
+	// LoadAndAssign names the failing object: "field Filter: map cgroup_filter: ..."
+	// or "field Prog: program captrace_fexit: ...".
+	if strings.Contains(err.Error(), ": map ") {
+		// A map the kernel would not create: on kernels without memcg
+		// accounting of BPF memory (before 5.11) that is RLIMIT_MEMLOCK.
 		return &explained{
-			msg: "kernel refused the BPF trampoline for fexit/cap_capable (EPERM: trampolines disabled or unsupported on this kernel; not a memlock limit): " +
-				strings.Replace(err.Error(), " (MEMLOCK may be too low, consider rlimit.RemoveMemlock)", "", 1),
+			msg: "creating BPF maps: EPERM: on kernels before 5.11 BPF maps count against RLIMIT_MEMLOCK, which captrace lifts at start only with CAP_SYS_RESOURCE: " +
+				"run it as root with CAP_SYS_RESOURCE, or set LimitMEMLOCK=infinity in its systemd unit: " + strings.Replace(err.Error(), hint, "", 1),
+			err: err,
+		}
+	}
+	if tier == TierFexit {
+		// cilium/ebpf suggests raising MEMLOCK here; with the maps created,
+		// the program's EPERM is a kernel that refuses BPF trampolines.
+		return &explained{
+			msg: "kernel refused the BPF trampoline for fexit/cap_capable (EPERM: trampolines disabled or unsupported on this kernel; the maps were created, so not a memlock limit): " +
+				strings.Replace(err.Error(), hint, "", 1),
 			err: err,
 		}
 	}

@@ -158,7 +158,7 @@ func Open(opts Options) (*Tracer, error) {
 		break
 	}
 	if lt == nil {
-		return nil, fmt.Errorf("no capability attach point works on this kernel (tried %s); %s", strings.Join(skipped, "; "), kernelRequirement)
+		return nil, fmt.Errorf("no capability attach point works on this kernel (tried %s); %s", strings.Join(skipped, "; "), kernelRequirement())
 	}
 	fields := logrus.Fields{"tier": lt.tier}
 	if len(skipped) > 0 {

@@ -394,14 +394,28 @@ func TestUntraceStopsAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan string)
-	go func() { done <- c.do("nicefor 600") }()
-	time.Sleep(200 * time.Millisecond)
+	go func() { done <- c.do("nicefor 3000") }()
+	// Untrace once 10 checks arrived (an emulated guest on a busy host makes
+	// a few dozen a second), while the child goes on checking for 3 s.
+	for nice := 0; nice < 10; time.Sleep(readerPoll) {
+		nice = 0
+		for _, ev := range col.of(cg.id) {
+			if ev.Cap == capSysNice {
+				nice++
+			}
+		}
+		select {
+		case <-done:
+			t.Fatalf("the child's 3 s of checks ended before 10 arrived (%d)", nice)
+		default:
+		}
+	}
 	if err := tr.Untrace(cg.id); err != nil {
 		t.Fatal(err)
 	}
 	untraced := boottimeNs()
 	// Events already in the ring arrive within a poll; the child goes on
-	// checking for 400 ms more, and none of that may show.
+	// checking until its 3 s are up, and none of that may show.
 	col.quiet(cg.id)
 	atUntrace := len(col.of(cg.id))
 	<-done
@@ -415,7 +429,7 @@ func TestUntraceStopsAtOnce(t *testing.T) {
 			before++
 		}
 	}
-	if before < 20 || after != 0 || len(all) != atUntrace {
+	if before < 10 || after != 0 || len(all) != atUntrace {
 		t.Fatalf("want events before Untrace and none after: %d before, %d stamped after, %d arrived after",
 			before, after, len(all)-atUntrace)
 	}
@@ -613,14 +627,7 @@ func TestIgGuide(t *testing.T) {
 	tr := openTracer(t, Options{})
 	col := collect(t, tr)
 	cg := newCgroup(t)
-	dir := t.TempDir()
-	file, mnt := dir+"/aaa", dir+"/mnt"
-	if err := os.WriteFile(file, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	file, mnt := igGuideTargets(t)
 	c := startChild(t, cg)
 	if got := c.do("privatemounts"); got != "<nil>" {
 		t.Fatalf("private mount namespace: %s", got)

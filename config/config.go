@@ -9,11 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/captrace/captrace/bpf"
+	"github.com/captrace/captrace/pkg/metrics"
 	"github.com/captrace/captrace/pkg/output"
 	"github.com/captrace/captrace/plugin"
 )
@@ -24,10 +27,11 @@ const DefaultPath = "/etc/captrace/config.toml"
 // Config is the whole configuration. The zero value is not useful: start from
 // Defaults() (Load does).
 type Config struct {
-	NRI    NRI    `toml:"nri"`
-	Trace  Trace  `toml:"trace"`
-	Tracer Tracer `toml:"tracer"`
-	Output Output `toml:"output"`
+	NRI     NRI     `toml:"nri"`
+	Trace   Trace   `toml:"trace"`
+	Tracer  Tracer  `toml:"tracer"`
+	Output  Output  `toml:"output"`
+	Metrics Metrics `toml:"metrics"`
 
 	// origin records which keys were set by a flag, so that validation errors
 	// name the flag rather than the file ("tracer.tier" → "--tier").
@@ -94,6 +98,16 @@ type Output struct {
 	QueueSize int `toml:"queue_size"`
 }
 
+// Metrics is the opt-in HTTP endpoint: /metrics (Prometheus), /healthz, /readyz.
+type Metrics struct {
+	// Listen is "HOST:PORT" (e.g. "127.0.0.1:9464", ":9464") or "unix:/path";
+	// "" serves nothing (the default).
+	Listen string `toml:"listen"`
+	// MaxSeries bounds the label sets of captrace_events_total; past it new
+	// ones fold into one "other" series, and the fold is counted.
+	MaxSeries int `toml:"max_series"`
+}
+
 // Sink names.
 const (
 	SinkJournald = "journald"
@@ -111,6 +125,7 @@ const (
 	RingBufferMin      = 4096    // one page
 	RingBufferMax      = 1 << 30 // 1 GiB
 	QueueSizeLimit     = 1 << 20
+	MaxSeriesLimit     = 1 << 20
 )
 
 // Defaults returns the documented defaults (README "Config reference",
@@ -134,7 +149,8 @@ func Defaults() Config {
 			RingBufferBytes: bpf.DefaultRingBufferBytes,
 			StackDepth:      bpf.MaxStackDepth,
 		},
-		Output: Output{Sinks: []string{}, QueueSize: output.DefaultQueueSize},
+		Output:  Output{Sinks: []string{}, QueueSize: output.DefaultQueueSize},
+		Metrics: Metrics{MaxSeries: metrics.DefaultMaxSeries},
 	}
 }
 
@@ -180,6 +196,8 @@ type Overrides struct {
 	AuditOnly *bool     // --audit-only → trace.audit_only
 	Unique    *bool     // --unique → trace.unique
 	Tier      *string   // --tier → tracer.tier
+	// --metrics-listen → metrics.listen
+	MetricsListen *string
 }
 
 // Apply merges o over c. Call Validate afterwards: errors then name the flag.
@@ -219,6 +237,10 @@ func (c *Config) Apply(o Overrides) {
 	if o.Tier != nil {
 		c.Tracer.Tier = *o.Tier
 		set("tracer.tier", "--tier")
+	}
+	if o.MetricsListen != nil {
+		c.Metrics.Listen = *o.MetricsListen
+		set("metrics.listen", "--metrics-listen")
 	}
 }
 
@@ -327,7 +349,35 @@ func (c *Config) Validate() error {
 	if n := c.Output.QueueSize; n < 1 || n > QueueSizeLimit {
 		bad("output.queue_size", "invalid value %d: expected an integer from 1 to %d", n, QueueSizeLimit)
 	}
+	if reason := checkListen(c.Metrics.Listen); reason != "" {
+		bad("metrics.listen", "invalid value %q: %s", c.Metrics.Listen, reason)
+	}
+	if n := c.Metrics.MaxSeries; n < 1 || n > MaxSeriesLimit {
+		bad("metrics.max_series", "invalid value %d: expected an integer from 1 to %d", n, MaxSeriesLimit)
+	}
 	return errors.Join(errs...)
+}
+
+// checkListen returns why addr is not a listen address, or "".
+func checkListen(addr string) string {
+	const want = "expected \"\" (off), HOST:PORT such as \"127.0.0.1:9464\" or \":9464\", or \"unix:/run/captrace/metrics.sock\""
+	if addr == "" {
+		return ""
+	}
+	if path, ok := strings.CutPrefix(addr, metrics.UnixPrefix); ok {
+		if !filepath.IsAbs(path) {
+			return "the socket path must be absolute; " + want
+		}
+		return ""
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return want
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return "the port must be a number from 0 to 65535; " + want
+	}
+	return ""
 }
 
 func validPluginName(s string) bool {

@@ -86,6 +86,27 @@ func TestLoadEmptyFileGivesDefaults(t *testing.T) {
 	}
 }
 
+// A file with several problems of every kind gets all of them, in one run:
+// a mistyped key keeps its default and the rest is still checked.
+func TestLoadListsEveryProblem(t *testing.T) {
+	path := writeConfig(t, "[output]\nsink = []\nqueue_size = 0\n[tracer]\nmax_containers = \"many\"\ntier = \"fast\"\n[metrics]\nlisten = \"nowhere\"\n")
+	_, found, err := Load(path)
+	if !found || err == nil {
+		t.Fatalf("Load = found %v, err %v; want the problems", found, err)
+	}
+	got := strings.Split(err.Error(), "\n")
+	want := []string{
+		path + `:5: tracer.max_containers: wrong type: expected an integer, got string "many"`,
+		path + `:2: output.sink: unknown key: [output] knows sinks, file, queue_size (did you mean sinks?)`,
+		path + `:6: tracer.tier: invalid value "fast": expected "" (probe the kernel), "fexit", "tp_btf" or "kprobe"`,
+		path + `:3: output.queue_size: invalid value 0: expected an integer from 1 to 1048576`,
+		path + `:8: metrics.listen: invalid value "nowhere": expected "" (off), HOST:PORT such as "127.0.0.1:9464" or ":9464", or "unix:/run/captrace/metrics.sock"`,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("problems\n got %q\nwant %q", got, want)
+	}
+}
+
 // Each bad file gives exactly this message: file, line, key and what is expected.
 func TestLoadErrors(t *testing.T) {
 	for _, tc := range []struct {
@@ -94,9 +115,9 @@ func TestLoadErrors(t *testing.T) {
 		{"unknown key", "[output]\nsink = [\"stdout\"]\n",
 			`F:2: output.sink: unknown key: [output] knows sinks, file, queue_size (did you mean sinks?)`},
 		{"unknown table", "[tracing]\ntier = \"fexit\"\n",
-			`F:1: tracing: unknown key: expected one of the tables [nri], [trace], [tracer], [output]`},
+			`F:1: tracing: unknown key: expected one of the tables [nri], [trace], [tracer], [output], [metrics]`},
 		{"unknown top-level key", "verbose = true\n",
-			`F:1: verbose: unknown key: expected one of the tables [nri], [trace], [tracer], [output]`},
+			`F:1: verbose: unknown key: expected one of the tables [nri], [trace], [tracer], [output], [metrics]`},
 		{"wrong type integer", "[tracer]\nmax_containers = \"big\"\n",
 			`F:2: tracer.max_containers: wrong type: expected an integer, got string "big"`},
 		{"wrong type float", "[output]\n\nqueue_size = 1.5\n",
@@ -129,6 +150,12 @@ func TestLoadErrors(t *testing.T) {
 			`F:2: trace.rate_limit: invalid value -1: expected checks per second per container, from 0 (unlimited) to 4294967295`},
 		{"zero queue", "[output]\nqueue_size = 0\n",
 			`F:2: output.queue_size: invalid value 0: expected an integer from 1 to 1048576`},
+		{"metrics listen without port", "[metrics]\nlisten = \"localhost\"\n",
+			`F:2: metrics.listen: invalid value "localhost": expected "" (off), HOST:PORT such as "127.0.0.1:9464" or ":9464", or "unix:/run/captrace/metrics.sock"`},
+		{"metrics relative unix socket", "[metrics]\nlisten = \"unix:metrics.sock\"\n",
+			`F:2: metrics.listen: invalid value "unix:metrics.sock": the socket path must be absolute; expected "" (off), HOST:PORT such as "127.0.0.1:9464" or ":9464", or "unix:/run/captrace/metrics.sock"`},
+		{"metrics zero series", "[metrics]\nmax_series = 0\n",
+			`F:2: metrics.max_series: invalid value 0: expected an integer from 1 to 1048576`},
 		{"syntax error", "[tracer\ntier = \"x\"\n",
 			`F:2: invalid TOML: expected '.' or ']' to end table name, but got '\n' instead`},
 	} {

@@ -47,6 +47,7 @@ var schema = []table{
 	{"trace", []field{{"audit_only", kindBool}, {"unique", kindBool}, {"stacks", kindString}, {"allow_namespaces", kindStringList}, {"deny_namespaces", kindStringList}}},
 	{"tracer", []field{{"max_containers", kindInt}, {"dedup_entries", kindInt}, {"ring_buffer_bytes", kindInt}, {"tier", kindString}, {"stack_depth", kindInt}}},
 	{"output", []field{{"sinks", kindStringList}, {"file", kindString}, {"queue_size", kindInt}}},
+	{"metrics", []field{{"listen", kindString}, {"max_series", kindInt}}},
 }
 
 // Load reads the file at path over Defaults() and validates the result. A
@@ -66,6 +67,9 @@ func Load(path string) (cfg Config, found bool, err error) {
 }
 
 // Parse decodes data (named name in errors) over Defaults() and validates it.
+// It reports every problem of the file at once (check-config lists them): a
+// key of the wrong type keeps its default so that the rest is still decoded,
+// unknown keys and invalid values follow. Only a TOML syntax error stops it.
 func Parse(name string, data []byte) (Config, error) {
 	cfg := Defaults()
 	cfg.file = name
@@ -81,21 +85,26 @@ func Parse(name string, data []byte) (Config, error) {
 		}
 		return cfg, &Error{File: name, Reason: "invalid TOML: " + err.Error()}
 	}
-	if errs := checkTypes(&cfg, raw); len(errs) > 0 {
-		return cfg, errors.Join(errs...)
+	errs := checkTypes(&cfg, raw)
+	// The mistyped keys were removed from raw: decode the rest.
+	var clean bytes.Buffer
+	if err := toml.NewEncoder(&clean).Encode(raw); err != nil {
+		return cfg, errors.Join(append(errs, &Error{File: name, Reason: err.Error()})...)
 	}
-
-	md, err := toml.Decode(string(data), &cfg)
+	md, err := toml.Decode(clean.String(), &cfg)
 	if err != nil {
 		// checkTypes should have caught it; keep the decoder's own words.
-		return cfg, &Error{File: name, Reason: err.Error()}
+		return cfg, errors.Join(append(errs, &Error{File: name, Reason: err.Error()})...)
 	}
-	if errs := unknownKeys(&cfg, md.Undecoded()); len(errs) > 0 {
-		return cfg, errors.Join(errs...)
+	errs = append(errs, unknownKeys(&cfg, md.Undecoded())...)
+	if err := cfg.Validate(); err != nil {
+		errs = append(errs, err.(interface{ Unwrap() []error }).Unwrap()...)
 	}
-	return cfg, cfg.Validate()
+	return cfg, errors.Join(errs...)
 }
 
+// checkTypes reports each known key of the wrong type and deletes it from
+// raw, so that decoding the rest keeps its default.
 func checkTypes(cfg *Config, raw map[string]any) []error {
 	var errs []error
 	for _, table := range schema {
@@ -107,6 +116,7 @@ func checkTypes(cfg *Config, raw map[string]any) []error {
 		if !ok {
 			errs = append(errs, &Error{File: cfg.file, Line: cfg.lines[table.table], Key: table.table,
 				Reason: fmt.Sprintf("expected a table [%s], got %s", table.table, describe(v))})
+			delete(raw, table.table)
 			continue
 		}
 		for _, key := range table.keys {
@@ -117,6 +127,7 @@ func checkTypes(cfg *Config, raw map[string]any) []error {
 			dotted := table.table + "." + key.name
 			errs = append(errs, &Error{File: cfg.file, Line: cfg.lines[dotted], Key: dotted,
 				Reason: fmt.Sprintf("wrong type: expected %s, got %s", key.kind, describe(v))})
+			delete(values, key.name)
 		}
 	}
 	return errs

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	"github.com/captrace/captrace/pkg/cgmap"
@@ -27,6 +28,7 @@ type handler struct{ p *Plugin }
 // was away is dropped here.
 func (h *handler) Synchronize(_ context.Context, pods []*api.PodSandbox, ctrs []*api.Container) ([]*api.ContainerUpdate, error) {
 	p := h.p
+	defer p.observe("Synchronize", time.Now())
 	byID := make(map[string]*api.PodSandbox, len(pods))
 	for _, pod := range pods {
 		byID[pod.GetId()] = pod
@@ -67,6 +69,9 @@ func (h *handler) Synchronize(_ context.Context, pods []*api.PodSandbox, ctrs []
 	p.connected.Store(true)
 	p.log.WithFields(logrus.Fields{"pods": len(pods), "containers": len(ctrs), "traced": p.reg.Len(), "dropped": len(removed)}).
 		Info("synchronized with containerd")
+	if p.opts.OnSynchronized != nil {
+		p.opts.OnSynchronized()
+	}
 	return nil, nil
 }
 
@@ -75,6 +80,7 @@ func (h *handler) Synchronize(_ context.Context, pods []*api.PodSandbox, ctrs []
 // and waits for it.
 func (h *handler) StartContainer(_ context.Context, pod *api.PodSandbox, ctr *api.Container) error {
 	p := h.p
+	defer p.observe("StartContainer", time.Now())
 	c, ok := p.admit(pod, ctr, true)
 	if !ok {
 		return nil
@@ -96,6 +102,7 @@ func (h *handler) StartContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 // Jobs until garbage collection, a crash-looping container's last instance
 // until its next restart.
 func (h *handler) StopContainer(_ context.Context, _ *api.PodSandbox, ctr *api.Container) ([]*api.ContainerUpdate, error) {
+	defer h.p.observe("StopContainer", time.Now())
 	h.p.forget(ctr)
 	return nil, nil
 }
@@ -103,6 +110,7 @@ func (h *handler) StopContainer(_ context.Context, _ *api.PodSandbox, ctr *api.C
 // RemoveContainer stops tracing a container, for those whose StopContainer
 // captrace missed (it was disconnected, or containerd restarted).
 func (h *handler) RemoveContainer(_ context.Context, _ *api.PodSandbox, ctr *api.Container) error {
+	defer h.p.observe("RemoveContainer", time.Now())
 	h.p.forget(ctr)
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"path/filepath"
 	"runtime"
@@ -303,6 +304,17 @@ type runningPlugin struct {
 	done    chan error
 	removed chan cgmap.Container
 	traced  chan cgmap.Container
+
+	mu       sync.Mutex
+	synced   int            // OnSynchronized calls
+	requests map[string]int // ObserveRequest calls by request
+}
+
+// observed returns the OnSynchronized calls and ObserveRequest counts so far.
+func (rp *runningPlugin) observed() (int, map[string]int) {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	return rp.synced, maps.Clone(rp.requests)
 }
 
 func startPlugin(t testing.TB, socket string, reg *cgmap.Registry, policy Policy) *runningPlugin {
@@ -318,9 +330,19 @@ func startPlugin(t testing.TB, socket string, reg *cgmap.Registry, policy Policy
 // startPluginLog is startPlugin logging to log.
 func startPluginLog(t testing.TB, socket string, reg *cgmap.Registry, policy Policy, log logrus.FieldLogger) *runningPlugin {
 	t.Helper()
-	rp := &runningPlugin{done: make(chan error, 1), removed: make(chan cgmap.Container, 4096), traced: make(chan cgmap.Container, 4096)}
+	rp := &runningPlugin{done: make(chan error, 1), removed: make(chan cgmap.Container, 4096), traced: make(chan cgmap.Container, 4096),
+		requests: map[string]int{}}
 	p, err := New(reg, Options{
 		SocketPath: socket, PluginIndex: "10", Policy: policy, Log: log,
+		OnSynchronized: func() { rp.mu.Lock(); rp.synced++; rp.mu.Unlock() },
+		ObserveRequest: func(request string, took time.Duration) {
+			rp.mu.Lock()
+			defer rp.mu.Unlock()
+			if took <= 0 || took > 2*time.Second {
+				rp.requests["bad duration"]++
+			}
+			rp.requests[request]++
+		},
 		OnRemove: func(c cgmap.Container) { rp.removed <- c },
 		OnTrace: func(c cgmap.Container) {
 			select {
@@ -501,6 +523,12 @@ func TestNRILifecycle(t *testing.T) {
 	}
 	if st := pl.Stats(); st.CgroupMisses != 0 || st.TraceFailed != 0 || st.Traced != 0 {
 		t.Fatalf("stats %+v", st)
+	}
+	// Every request the plugin handled was timed (for
+	// captrace_nri_request_duration_seconds); the one Synchronize was signalled.
+	synced, requests := pl.observed()
+	if want := map[string]int{"Synchronize": 1, "StartContainer": 4, "StopContainer": 1, "RemoveContainer": 2}; synced != 1 || !maps.Equal(requests, want) {
+		t.Errorf("OnSynchronized %d times, ObserveRequest %v; want 1 and %v", synced, requests, want)
 	}
 }
 

@@ -65,6 +65,15 @@ type Options struct {
 	// starts being traced or changes settings or cgroup (StartContainer, or
 	// found running at Synchronize), before its OnRemove.
 	OnTrace func(cgmap.Container)
+	// OnSynchronized, if set, is called at the end of each Synchronize, once
+	// the registry holds the running containers and Stats says Connected. It
+	// runs under containerd's lock: it must only signal (e.g. a non-blocking
+	// channel send).
+	OnSynchronized func()
+	// ObserveRequest, if set, is given how long each handler took, by NRI
+	// request ("Synchronize", "StartContainer", …). It runs under
+	// containerd's lock: it must be quick (a histogram observation).
+	ObserveRequest func(request string, took time.Duration)
 	// Resolver, if set, replaces the resolver of the host's cgroup2 mount
 	// (cgmap.NewResolver).
 	Resolver Resolver
@@ -180,6 +189,14 @@ func New(reg *cgmap.Registry, opts Options) (*Plugin, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// observe reports the time a handler took since start (deferred first in
+// each handler).
+func (p *Plugin) observe(request string, start time.Time) {
+	if p.opts.ObserveRequest != nil {
+		p.opts.ObserveRequest(request, time.Since(start))
+	}
 }
 
 // Stats returns the plugin's counters.

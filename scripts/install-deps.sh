@@ -9,13 +9,16 @@ want() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok ins
 for group in "$@"; do
 	case "$group" in
 	generate) want clang; want llvm; want bpftool ;;
-	# systemd: the journald tests; busybox-static: test/kernels' initramfs and seedcheck
-	test) want bpftool; want systemd; want busybox-static ;;
+	# systemd: the journald tests; busybox-static: test/kernels' initramfs and seedcheck;
+	# qemu-system-x86, qemu-system-arm: test/kernels/matrix's tests of guests that never boot
+	test) want bpftool; want systemd; want busybox-static; want qemu-system-x86; want qemu-system-arm ;;
 	# runc (Debian's 1.1.5; crun 1.8 rejects runtime-spec 1.3), busybox-static for the
 	# images, systemd for the standalone journald and journalctl, util-linux for
 	# unshare/nsenter; containerd and crictl are built by the test with `go install`.
 	e2e) want runc; want bpftool; want busybox-static; want systemd; want util-linux ;;
-	kernels) want qemu-system-x86; want busybox-static ;; # apt-get download and dpkg-deb fetch the kernels
+	# qemu-system-arm provides qemu-system-aarch64 for the arm64 guests; apt-get download
+	# (with the matrix's private sources) and dpkg-deb fetch the kernels and arm64's busybox.
+	kernels) want qemu-system-x86; want qemu-system-arm; want busybox-static ;;
 	bench) want bpftrace ;;
 	*) echo "install-deps: unknown group $group" >&2; exit 2 ;;
 	esac

@@ -3,22 +3,24 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/captrace/captrace/bpf"
 	"github.com/captrace/captrace/config"
 	"github.com/captrace/captrace/internal/buildinfo"
+	"github.com/captrace/captrace/internal/exitcode"
 	"github.com/captrace/captrace/internal/privilege"
 	"github.com/captrace/captrace/pkg/advisor"
 	"github.com/captrace/captrace/pkg/cgmap"
+	"github.com/captrace/captrace/pkg/metrics"
 	"github.com/captrace/captrace/pkg/output"
 	"github.com/captrace/captrace/pkg/pipeline"
 	"github.com/captrace/captrace/pkg/symbolize"
@@ -88,29 +90,16 @@ func hostDeps(stdout io.Writer) daemonDeps {
 	}
 }
 
-// runDaemonCommand parses the daemon's flags, loads the configuration and
-// runs until SIGTERM or SIGINT.
-func runDaemonCommand(args []string, stdout, stderr io.Writer) int {
+// runDaemonCommand loads the configuration named by the flags and runs the
+// daemon until SIGTERM or SIGINT.
+func runDaemonCommand(f *daemonFlags, stdout, stderr io.Writer) error {
 	log := output.NewLogger(stderr, logrus.InfoLevel)
-	f := newDaemonFlags("captrace", stderr)
-	f.fs.Usage = func() { usage(stderr); fmt.Fprintln(stderr, "\ndaemon flags:"); f.fs.PrintDefaults() }
-	if err := f.fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if f.fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "captrace: unknown command %q\n", f.fs.Arg(0))
-		usage(stderr)
-		return 2
-	}
-	cfg, found, err := f.loadConfig()
+	cfg, found, err := f.loadConfig(f.changed("config"))
 	if err != nil {
 		for _, e := range configErrors(err) {
 			log.WithError(e).Error("invalid configuration; captrace check-config shows every problem")
 		}
-		return 1
+		return exitWith(exitcode.Findings)
 	}
 	fields := logrus.Fields{"version": buildinfo.Version(), "commit": buildinfo.Commit(), "config": f.configPath}
 	if !found {
@@ -129,9 +118,9 @@ func runDaemonCommand(args []string, stdout, stderr io.Writer) int {
 
 	if err := runDaemon(ctx, cfg, log, hup, hostDeps(stdout)); err != nil {
 		log.WithError(err).Error("captrace stopped")
-		return 1
+		return exitWith(exitcode.Findings)
 	}
-	return 0
+	return nil
 }
 
 // logPrivileges says which of the capabilities captrace needs it lacks, and
@@ -179,6 +168,13 @@ type daemon struct {
 	pipeline *pipeline.Pipeline
 	// symbols names the frames of stacked events, in the sink writers.
 	symbols *symbolize.Symbolizer
+	plugin  nriPlugin
+
+	// Operability (operability.go): up is set once every piece above is in
+	// place.
+	metrics      *metrics.Metrics // nil unless metrics.listen is set
+	up, stopping atomic.Bool
+	synced       chan struct{} // a Synchronize completed
 
 	last pipeline.Stats // at the previous stats line
 }
@@ -187,7 +183,18 @@ type daemon struct {
 // before registering with NRI, whose handlers must find it ready), then the
 // registry, the event pipeline and the NRI plugin. hup reopens the file sink.
 func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <-chan os.Signal, deps daemonDeps) error {
-	d := &daemon{cfg: cfg, log: log, deps: deps}
+	d := &daemon{cfg: cfg, log: log, deps: deps, synced: make(chan struct{}, 1)}
+	metricsServer, err := d.serveMetrics(cfg)
+	if err != nil {
+		return err
+	}
+	if metricsServer != nil {
+		defer func() {
+			if err := metricsServer.Close(time.Second); err != nil {
+				log.WithError(err).Warn("closing the metrics endpoint")
+			}
+		}()
+	}
 	d.symbols = symbolize.New("/proc/kallsyms", symbolize.Limits{}, func(err error) {
 		log.WithError(err).Warn("kernel stacks print as addresses: the kernel's symbols are not readable")
 	})
@@ -234,7 +241,12 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 
 	d.reg = cgmap.NewRegistry(keyedFilter{t}, log.WithField("component", "cgmap"))
 	var p nriPlugin
+	var counter pipeline.EventCounter // a nil *metrics.EventCounter must stay a nil interface
+	if d.metrics != nil {
+		counter = d.metrics.Events
+	}
 	d.pipeline = pipeline.New(pipeline.Options{
+		Counter:  counter,
 		Ring:     t,
 		Advisor:  advisor.NewTracker(advisor.Limits{MaxContainers: cfg.Tracer.MaxContainers}),
 		Sink:     d.fanout,
@@ -265,12 +277,22 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 			UserStacksUnavailable: userStacksUnavailable,
 		},
 		Log: log.WithField("component", "nri"),
+		OnSynchronized: func() {
+			select {
+			case d.synced <- struct{}{}:
+			default:
+			}
+		},
+		ObserveRequest: d.observeNRIRequest,
 	})
 	if err != nil {
 		_ = d.fanout.Close(context.Background())
 		_ = t.Close()
 		return fmt.Errorf("create the NRI plugin: %w", err)
 	}
+	d.plugin = p
+	d.up.Store(true)
+	d.notifySystemd(d.status())
 
 	pipelineDone := make(chan error, 1)
 	go func() { pipelineDone <- d.pipeline.Run() }()
@@ -286,6 +308,13 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 
 	ticker := time.NewTicker(deps.statsEvery)
 	defer ticker.Stop()
+	var watchdog <-chan time.Time
+	if every := watchdogEvery(); every > 0 {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		watchdog = t.C
+	}
+	notifiedReady := false
 loop:
 	for {
 		select {
@@ -295,8 +324,25 @@ loop:
 			pipelineStopped = true
 			log.WithError(pipelineErr).Error("the event pipeline stopped")
 			break loop
+		case <-d.synced:
+			// READY=1 once containerd has synchronized captrace: pods that
+			// start from now on are traced.
+			if !notifiedReady {
+				d.notifySystemd("READY=1\n" + d.status())
+				notifiedReady = true
+			} else {
+				d.notifySystemd(d.status())
+			}
+		case <-watchdog:
+			if err := d.live(); err != nil {
+				// No WATCHDOG=1: systemd restarts a daemon whose reader is stuck.
+				log.WithError(err).Error("not feeding the systemd watchdog")
+			} else {
+				d.notifySystemd("WATCHDOG=1")
+			}
 		case <-ticker.C:
 			d.logStats(false)
+			d.notifySystemd(d.status())
 		case <-hup:
 			if err := d.fanout.Reopen(); err != nil {
 				log.WithError(err).Error("SIGHUP: reopening the output file failed; events still go to the file open before " +
@@ -311,6 +357,8 @@ loop:
 	// kernel, reads what the ring holds (a barrier, not a timer) and writes
 	// every container's summary; then the sinks write their queues.
 	log.Info("shutting down")
+	d.stopping.Store(true)
+	d.notifySystemd("STOPPING=1\nSTATUS=shutting down: writing what the ring buffer holds")
 	stopPlugin()
 	pluginDone := make(chan struct{})
 	go func() { background.Wait(); close(pluginDone) }()
@@ -423,7 +471,7 @@ func (d *daemon) runPlugin(ctx context.Context, p nriPlugin) {
 // totals since start, at warning level with *_delta fields when anything was
 // lost since the previous line.
 func (d *daemon) logStats(final bool) {
-	now := d.pipeline.Stats()
+	now := d.snapshot()
 	fields, lost := now.LogFields(d.last)
 	d.last = now
 	if final {

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"github.com/captrace/captrace/bpf"
 	"github.com/captrace/captrace/config"
 	"github.com/captrace/captrace/pkg/cgmap"
+	"github.com/captrace/captrace/pkg/metrics/metricstest"
 	"github.com/captrace/captrace/pkg/output"
 	"github.com/captrace/captrace/plugin"
 	"github.com/sirupsen/logrus"
@@ -133,13 +136,22 @@ func (f *fakeTracer) Close() error {
 }
 
 type fakePlugin struct {
-	reg     *cgmap.Registry
-	opts    plugin.Options
-	journal *journal
-	added   chan bool
+	reg       *cgmap.Registry
+	opts      plugin.Options
+	journal   *journal
+	added     chan bool
+	connected atomic.Bool
 }
 
-func (p *fakePlugin) Stats() plugin.Stats { return plugin.Stats{Traced: p.reg.Len()} }
+func (p *fakePlugin) Stats() plugin.Stats {
+	return plugin.Stats{Traced: p.reg.Len(), Connected: p.connected.Load()}
+}
+
+// synchronize does what the plugin does at the end of Synchronize.
+func (p *fakePlugin) synchronize() {
+	p.connected.Store(true)
+	p.opts.OnSynchronized()
+}
 
 func (p *fakePlugin) Run(ctx context.Context) error {
 	err := p.reg.Add(cgmap.Container{ID: "c0ffee", Name: "app", Namespace: "default", Pod: "web-0", PodUID: "u1", CgroupID: 77})
@@ -316,6 +328,168 @@ func TestDaemonJournaldSinkNeedsItsSocket(t *testing.T) {
 	cfg.Output.Sinks = []string{"journald"}
 	err := runDaemon(context.Background(), cfg, output.NewLogger(&stdout, logrus.InfoLevel), nil, deps)
 	if err == nil || !strings.Contains(err.Error(), "output.sinks lists journald but /run/systemd/journal/socket does not exist") {
+		t.Errorf("runDaemon = %v", err)
+	}
+}
+
+// notifySocket is a NOTIFY_SOCKET, as systemd gives a Type=notify unit.
+type notifySocket struct {
+	conn *net.UnixConn
+	mu   sync.Mutex
+	got  []string
+}
+
+func newNotifySocket(t *testing.T) *notifySocket {
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	t.Setenv("NOTIFY_SOCKET", path)
+	n := &notifySocket{conn: conn}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			n.mu.Lock()
+			n.got = append(n.got, string(buf[:k]))
+			n.mu.Unlock()
+		}
+	}()
+	return n
+}
+
+func (n *notifySocket) has(sub string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, m := range n.got {
+		if strings.Contains(m, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+// The daemon with metrics.listen on a Unix socket under a systemd-like
+// notify socket and watchdog: not ready (and no READY=1) before the first
+// Synchronize, ready after, not ready while NRI is down; the scraped counters
+// equal the stats line; the watchdog is fed while the reader is alive.
+func TestDaemonMetricsReadinessAndSystemd(t *testing.T) {
+	dir := t.TempDir()
+	notify := newNotifySocket(t)
+	t.Setenv("WATCHDOG_USEC", "40000")
+	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+	var stdout, logs syncBuffer
+	deps, ft, plugins := testDeps(t, &stdout, &journal{})
+	deps.statsEvery = time.Hour // the stats line comes at shutdown only
+	cfg := config.Defaults()
+	cfg.NRI.Socket = filepath.Join(dir, "nri.sock")
+	cfg.Output.Sinks = []string{"stdout"}
+	cfg.Metrics.Listen = "unix:" + filepath.Join(dir, "metrics.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- runDaemon(ctx, cfg, output.NewLogger(&logs, logrus.InfoLevel), nil, deps) }()
+	p := <-plugins
+	<-p.added
+	client := metricstest.NewClient(cfg.Metrics.Listen)
+	status := func(path string) int {
+		code, _, err := client.Get(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return code
+	}
+	waitFor(t, "the endpoint", func() bool { _, _, err := client.Get("/healthz"); return err == nil })
+	if code := status("/readyz"); code != 503 {
+		t.Errorf("/readyz before the first Synchronize: %d, want 503", code)
+	}
+	if code := status("/healthz"); code != 200 {
+		t.Errorf("/healthz: %d", code)
+	}
+	if notify.has("READY=1") {
+		t.Error("READY=1 before the first Synchronize")
+	}
+	p.synchronize()
+	waitFor(t, "READY=1", func() bool { return notify.has("READY=1") })
+	if !notify.has("STATUS=tier tp_btf, 1 containers traced") {
+		t.Errorf("no STATUS= line with tier and traced count: %q", notify.got)
+	}
+	if code := status("/readyz"); code != 200 {
+		t.Errorf("/readyz after Synchronize: %d", code)
+	}
+	waitFor(t, "WATCHDOG=1", func() bool { return notify.has("WATCHDOG=1") })
+	p.connected.Store(false) // containerd went away
+	if code := status("/readyz"); code != 503 {
+		t.Errorf("/readyz without NRI: %d", code)
+	}
+	p.synchronize() // reconnected
+	if code := status("/readyz"); code != 200 {
+		t.Errorf("/readyz after the reconnect: %d", code)
+	}
+
+	for pid := uint32(1); pid <= 3; pid++ {
+		ft.events <- event(pid, 77)
+	}
+	ft.events <- event(4, 999)
+	waitFor(t, "4 event lines", func() bool { return stdout.count("msg=cap_check") == 4 })
+	fams, err := client.Scrape()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"captrace_events_total", []string{"namespace", "default", "workload", "web-0", "container", "app", "cap", "CAP_SYS_ADMIN", "capable", "true"}, 3},
+		{"captrace_events_total", []string{"namespace", "", "workload", "", "container", ""}, 1},
+		{"captrace_events_read_total", nil, 4},
+		{"captrace_unknown_container_events_total", nil, 1},
+		{"captrace_nri_connected", nil, 1},
+		{"captrace_info", []string{"tier", "tp_btf", "version", "dev"}, 1},
+	} {
+		if got, err := fams.Value(c.name, c.labels...); err != nil || got != c.want {
+			t.Errorf("%s%v = %v (%v), want %v", c.name, c.labels, got, err, c.want)
+		}
+	}
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("runDaemon: %v\n%s", err, logs.String())
+	}
+	waitFor(t, "STOPPING=1 at shutdown", func() bool { return notify.has("STOPPING=1") })
+	// The final stats line shows the same counters as the scrape.
+	if out := logs.String(); !strings.Contains(out, "events=4") || !strings.Contains(out, "unknown_container=1") {
+		t.Errorf("stats line differs from the scrape:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "metrics.sock")); !os.IsNotExist(err) {
+		t.Errorf("metrics socket left behind: %v", err)
+	}
+}
+
+// A metrics.listen address that is taken stops the daemon at start, naming
+// the key, before anything is loaded.
+func TestDaemonMetricsAddressInUse(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var stdout, logs syncBuffer
+	deps, _, _ := testDeps(t, &stdout, &journal{})
+	deps.openTracer = func(bpf.Options) (tracer, error) {
+		t.Error("the tracer was loaded although the metrics address is taken")
+		return nil, os.ErrInvalid
+	}
+	cfg := config.Defaults()
+	cfg.Output.Sinks = []string{"stdout"}
+	cfg.Metrics.Listen = l.Addr().String()
+	err = runDaemon(context.Background(), cfg, output.NewLogger(&logs, logrus.InfoLevel), nil, deps)
+	if err == nil || !strings.Contains(err.Error(), `metrics.listen "`+l.Addr().String()+`"`) || !strings.Contains(err.Error(), "address already in use") {
 		t.Errorf("runDaemon = %v", err)
 	}
 }

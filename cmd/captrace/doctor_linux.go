@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	"github.com/captrace/captrace/bpf"
+	"github.com/captrace/captrace/config"
+	"github.com/captrace/captrace/internal/exitcode"
 	"github.com/captrace/captrace/internal/privilege"
 	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/output"
@@ -22,6 +23,7 @@ import (
 type doctorEnv struct {
 	euid          int
 	probe         func() []bpf.TierProbe
+	requirements  func() ([]bpf.RequirementFinding, error)
 	btfPath       string
 	cgroupRoot    string // /sys/fs/cgroup
 	mountinfoPath string
@@ -36,6 +38,7 @@ func hostDoctorEnv() doctorEnv {
 		euid:          os.Geteuid(),
 		capabilities:  privilege.Effective,
 		probe:         bpf.Probe,
+		requirements:  bpf.CheckRequirements,
 		btfPath:       "/sys/kernel/btf/vmlinux",
 		cgroupRoot:    "/sys/fs/cgroup",
 		mountinfoPath: "/proc/self/mountinfo",
@@ -59,49 +62,74 @@ type finding struct {
 	fix    string
 }
 
-func runDoctor(args []string, stdout, stderr io.Writer, env doctorEnv) int {
-	f := newDaemonFlags("captrace doctor", stderr)
-	if err := f.fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	cfg, _, err := f.loadConfig()
-	if err != nil {
-		for _, e := range configErrors(err) {
-			fmt.Fprintf(stderr, "captrace: invalid configuration: %v\n", e)
-		}
-		return 1
-	}
+// doctorCheck is one line of doctor -o json|yaml.
+type doctorCheck struct {
+	Check  string `json:"check"`
+	OK     bool   `json:"ok"`
+	Needed bool   `json:"needed"`
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+// doctorResult is what doctor -o json|yaml prints.
+type doctorResult struct {
+	Checks  []doctorCheck `json:"checks"`
+	Missing int           `json:"missing"`
+	CanRun  bool          `json:"canRun"`
+}
+
+// runDoctor checks the node for cfg and returns the exit code: 1 when a
+// needed item is missing.
+func runDoctor(cfg config.Config, format string, stdout io.Writer, env doctorEnv) int {
 	findings := []finding{checkRoot(env)}
 	if env.capabilities != nil {
 		findings = append(findings, checkCapabilities(env))
 	}
 	findings = append(findings, checkTiers(env)...)
+	findings = append(findings, checkKernelRequirements(env)...)
 	findings = append(findings, checkBTF(env), checkCgroups(env), checkNRISocket(cfg.NRI.Socket), checkJournald(env))
 
-	failed := 0
+	res := doctorResult{Checks: []doctorCheck{}}
 	for _, fd := range findings {
+		if !fd.ok && fd.needed {
+			res.Missing++
+		}
+		c := doctorCheck{Check: fd.what, OK: fd.ok, Needed: fd.needed, Detail: fd.detail}
+		if !fd.ok {
+			c.Fix = fd.fix
+		}
+		res.Checks = append(res.Checks, c)
+	}
+	res.CanRun = res.Missing == 0
+	code := exitcode.OK
+	if !res.CanRun {
+		code = exitcode.Findings
+	}
+	if format != formatTable {
+		if err := writeStructured(stdout, format, res); err != nil {
+			return exitcode.Usage
+		}
+		return code
+	}
+	for _, c := range res.Checks {
 		mark := "[ok]     "
 		switch {
-		case !fd.ok && fd.needed:
+		case !c.OK && c.Needed:
 			mark = "[MISSING]"
-			failed++
-		case !fd.ok:
+		case !c.OK:
 			mark = "[note]   "
 		}
-		fmt.Fprintf(stdout, "%s %s: %s\n", mark, fd.what, fd.detail)
-		if !fd.ok && fd.fix != "" {
-			fmt.Fprintf(stdout, "          fix: %s\n", fd.fix)
+		fmt.Fprintf(stdout, "%s %s: %s\n", mark, c.Check, c.Detail)
+		if c.Fix != "" {
+			fmt.Fprintf(stdout, "          fix: %s\n", c.Fix)
 		}
 	}
-	if failed > 0 {
-		fmt.Fprintf(stdout, "%d needed item(s) missing\n", failed)
-		return 1
+	if !res.CanRun {
+		fmt.Fprintf(stdout, "%d needed item(s) missing\n", res.Missing)
+	} else {
+		fmt.Fprintln(stdout, "this node can run captrace")
 	}
-	fmt.Fprintln(stdout, "this node can run captrace")
-	return 0
+	return code
 }
 
 func checkRoot(env doctorEnv) finding {
@@ -160,11 +188,35 @@ func checkTiers(env doctorEnv) []finding {
 		summary.detail = usable
 	} else {
 		summary.detail = fmt.Sprintf("none of %d tiers loads", len(probes))
-		summary.fix = "captrace needs one of: fexit on cap_capable (BTF and BPF trampolines, Linux >= 5.5), " +
-			"the capability:cap_capable tracepoint (Linux >= 6.15), or kprobes (CONFIG_KPROBES=y); " +
-			"run as root, and see each tier's reason above"
+		summary.fix = "captrace needs one of: fexit on cap_capable (BTF and BPF trampolines), " +
+			"the capability:cap_capable tracepoint (Linux >= " + bpf.TracepointSince + "), or kprobes (CONFIG_KPROBES=y); " +
+			"run as root, and see each tier's reason and the helpers it lacks above"
 	}
 	return append(findings, summary)
+}
+
+// checkKernelRequirements names, per tier, the minimum kernel its programs
+// need and the helpers or map types this kernel lacks (bpf.CheckRequirements).
+func checkKernelRequirements(env doctorEnv) []finding {
+	reqs, err := env.requirements()
+	if err != nil {
+		return []finding{{what: "kernel requirements", detail: err.Error()}}
+	}
+	var out []finding
+	for _, r := range reqs {
+		f := finding{what: "kernel features for " + string(r.Tier), ok: len(r.Missing) == 0 && r.Err == nil}
+		switch {
+		case len(r.Missing) > 0:
+			f.detail = "missing " + strings.Join(r.Missing, ", ")
+			f.fix = fmt.Sprintf("the %s tier needs Linux >= %s (or a kernel with these backported)", r.Tier, r.MinKernel)
+		case r.Err != nil:
+			f.detail = "could not probe: " + r.Err.Error()
+		default:
+			f.detail = fmt.Sprintf("every helper and map type present (needs Linux >= %s)", r.MinKernel)
+		}
+		out = append(out, f)
+	}
+	return out
 }
 
 func checkBTF(env doctorEnv) finding {

@@ -18,6 +18,7 @@ import (
 	kubeschema "k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/yaml"
 
+	"github.com/captrace/captrace/internal/exitcode"
 	"github.com/captrace/captrace/pkg/output"
 	"github.com/captrace/captrace/pkg/workload"
 )
@@ -532,9 +533,9 @@ func checkManifests(stdout, stderr io.Writer, ms []manifestWorkload, ss []Summar
 	}
 	if mismatch {
 		fmt.Fprintln(stderr, "captrace report: --check: the manifests do not match the evidence")
-		return 1
+		return exitcode.Findings
 	}
-	return 0
+	return exitcode.OK
 }
 
 func setOf(list []string) map[string]bool {

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -16,6 +15,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/pflag"
+
+	"github.com/captrace/captrace/internal/exitcode"
 	"github.com/captrace/captrace/pkg/output"
 	"github.com/captrace/captrace/pkg/workload"
 )
@@ -29,23 +31,26 @@ type reportEnv struct {
 	journalctl string
 }
 
-// RunReport implements `captrace report [flags] [FILE|-]`; it returns the exit
-// code: 0 advice printed, 1 nothing usable read (or the input failed), 2 usage.
+// RunReport implements `captrace report [flags] [FILE|-]` for a caller
+// without cobra; it returns the exit code (see Run).
 func RunReport(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	return runReport(args, stdin, stdout, stderr, reportEnv{now: time.Now, journalctl: "journalctl"})
+	return runReport(args, stdin, stdout, stderr, hostReportEnv())
 }
 
+func hostReportEnv() reportEnv { return reportEnv{now: time.Now, journalctl: "journalctl"} }
+
 type reportFlags struct {
-	input      string
-	journalDir string
-	unit       string
-	journalctl string
-	format     string
-	namespace  string
-	pod        string
-	container  string
-	since      string
-	minWindow  time.Duration
+	input       string // --input: one more input
+	workloadArg string // --workload as given
+	journalDir  string
+	unit        string
+	journalctl  string
+	format      string
+	namespace   string
+	pod         string
+	container   string
+	since       string
+	minWindow   time.Duration
 	// inputs are files or "-" (stdin), read in turn; none: journalctl.
 	inputs []string
 	// by groups the advice: ByWorkload (default) or ByPod.
@@ -74,72 +79,45 @@ func (w workloadFilter) matches(r ParsedLine) bool {
 	return strings.EqualFold(kind, rk) && name == rn
 }
 
-const reportUsage = `usage: captrace report [flags] [FILE|-]...
-
-Reads captrace's capability records and prints, per workload (namespace,
-Deployment/StatefulSet/DaemonSet/Job/CronJob or pod, container name, image),
-the checks seen (cap, granted and denied counts, syscalls, on how many pods
-and nodes) and a ready-to-paste securityContext. Replicas and nodes add up;
-a container found in several inputs counts once. Input: by default the
-output of
-  journalctl -u captrace -o json
-which it runs itself; or any number of FILEs (logfmt from the file sink, or
-journalctl's JSON, detected line by line, e.g. one journal export per node);
-- for stdin.
-
---check MANIFEST compares Kubernetes manifests (Deployment, StatefulSet,
-DaemonSet, Job, CronJob, Pod; multi-document YAML) with the evidence.
-
-Exit status: 0 advice printed (with --check: the manifests match the
-evidence); 1 nothing usable read, the input failed, or (with --check) a
-manifest lacks a used capability, grants an unused one or keeps the runtime's
-default set; 2 usage or a manifest that is not a valid Kubernetes object.
-
-Flags:
-`
-
 func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env reportEnv) int {
-	var f reportFlags
-	var input string
-	fs := flag.NewFlagSet("captrace report", flag.ContinueOnError)
+	c := newReportCommand(env)
+	fs := pflag.NewFlagSet("captrace report", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprint(stderr, reportUsage)
+		fmt.Fprint(stderr, "usage: captrace report [flags] [FILE|-]...\n\n"+ReportHelp+"\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	fs.StringVar(&input, "input", "", "read records from `FILE` (- for stdin) instead of running journalctl")
-	fs.StringVar(&input, "i", "", "short for --input")
-	fs.StringVar(&f.journalDir, "journal-dir", "", "passed to journalctl as -D `DIR`")
-	fs.StringVar(&f.journalDir, "D", "", "short for --journal-dir")
-	fs.StringVar(&f.unit, "unit", "captrace", "systemd `unit` passed to journalctl -u; empty: match SYSLOG_IDENTIFIER=captrace written by root (_UID=0) instead")
-	fs.StringVar(&f.journalctl, "journalctl", env.journalctl, "journalctl `binary` to run")
-	fs.StringVar(&f.format, "format", "table", "output `format`: table, yaml (one Kubernetes object per workload), patch (strategic-merge patch per workload) or json")
-	fs.StringVar(&f.by, "by", ByWorkload, "group the advice by `workload` (namespace, workload, container, image) or by pod (namespace, pod, container)")
-	fs.StringVar(&f.namespace, "namespace", "", "only this Kubernetes `namespace`")
-	fs.StringVar(&f.pod, "pod", "", "only this `pod` name")
-	fs.StringVar(&f.container, "container", "", "only this `container` name")
-	fs.Func("workload", "only this `KIND/NAME` (deployment/web)", func(v string) error {
-		id, err := workload.ParseAnnotation(v)
-		f.workload = workloadFilter(id.String())
-		return err
-	})
-	fs.Func("check", "compare the Kubernetes `MANIFEST` (file, - for stdin; repeatable) with the evidence", func(v string) error {
-		f.checks = append(f.checks, v)
-		return nil
-	})
-	fs.StringVar(&f.since, "since", "", "only checks at or after `TIME`: a duration back from now (2h, 30m) or a time (RFC 3339, \"2006-01-02 15:04:05\" UTC, 2006-01-02)")
-	fs.DurationVar(&f.minWindow, "min-window", DefaultMinWindow, "observation time below which a profile is called partial")
+	c.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
+		if errors.Is(err, pflag.ErrHelp) {
+			return exitcode.OK
 		}
-		return 2
+		fmt.Fprintf(stderr, "captrace report: %v\n", err)
+		return exitcode.Usage
 	}
-	if input != "" {
-		f.inputs = append(f.inputs, input)
+	return c.Run(fs.Args(), stdin, stdout, stderr)
+}
+
+// Run reports on the inputs args (the command line's arguments after its
+// flags were parsed into c) and returns the exit code (internal/exitcode):
+// 0 advice printed (with --check: the manifests match), 1 (--check) a
+// mismatch, 2 a usage or input error or a bad manifest, 3 no records found.
+func (c *ReportCommand) Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	f := c.f
+	f.inputs = nil
+	if f.input != "" {
+		f.inputs = append(f.inputs, f.input)
 	}
-	f.inputs = append(f.inputs, fs.Args()...)
-	return reportWith(f, stdin, stdout, stderr, env)
+	f.inputs = append(f.inputs, args...)
+	if f.workloadArg != "" {
+		id, err := workload.ParseAnnotation(f.workloadArg)
+		if err != nil {
+			fmt.Fprintf(stderr, "captrace report: --workload %q: %v\n", f.workloadArg, err)
+			return exitcode.Usage
+		}
+		f.workload = workloadFilter(id.String())
+	}
+	return reportWith(f, stdin, stdout, stderr, c.env)
 }
 
 // reportWith runs the report with parsed options (the flag parser's only
@@ -158,40 +136,40 @@ func reportWith(f reportFlags, stdin io.Reader, stdout, stderr io.Writer, env re
 	}
 	if stdinUses > 1 {
 		fmt.Fprintln(stderr, "captrace report: stdin (-) can be read once: give the other inputs as files")
-		return 2
+		return exitcode.Usage
 	}
 	switch f.format {
 	case "table", "yaml", "json", "patch":
 	default:
-		fmt.Fprintf(stderr, "captrace report: --format %q: want table, yaml, patch or json\n", f.format)
-		return 2
+		fmt.Fprintf(stderr, "captrace report: unknown output format %q: expected one of table, yaml, patch, json\n", f.format)
+		return exitcode.Usage
 	}
 	switch f.by {
 	case ByWorkload:
 	case ByPod:
 		if f.format == "patch" {
 			fmt.Fprintln(stderr, "captrace report: --format patch applies to workloads: drop --by pod")
-			return 2
+			return exitcode.Usage
 		}
 	default:
 		fmt.Fprintf(stderr, "captrace report: --by %q: want workload or pod\n", f.by)
-		return 2
+		return exitcode.Usage
 	}
 	if f.minWindow <= 0 {
 		fmt.Fprintln(stderr, "captrace report: --min-window must be positive")
-		return 2
+		return exitcode.Usage
 	}
 	var since time.Time
 	if f.since != "" {
 		var err error
 		if since, err = parseSince(f.since, env.now()); err != nil {
 			fmt.Fprintf(stderr, "captrace report: --since: %v\n", err)
-			return 2
+			return exitcode.Usage
 		}
 	}
 	if len(f.inputs) > 0 && f.journalDir != "" {
 		fmt.Fprintln(stderr, "captrace report: --journal-dir applies to journalctl; it cannot be combined with input files")
-		return 2
+		return exitcode.Usage
 	}
 	// Manifests are read before the evidence: a bad one is a usage error
 	// that no amount of evidence fixes.
@@ -200,7 +178,7 @@ func reportWith(f reportFlags, stdin io.Reader, stdout, stderr io.Writer, env re
 		ws, err := readManifests(path, stdin)
 		if err != nil {
 			fmt.Fprintf(stderr, "captrace report: --check: %v\n", err)
-			return 2
+			return exitcode.Usage
 		}
 		manifests = append(manifests, ws...)
 	}
@@ -230,12 +208,12 @@ func reportWith(f reportFlags, stdin io.Reader, stdout, stderr io.Writer, env re
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			fmt.Fprintf(stderr, "captrace report: %s: %v\n", source, err)
-			return 1
+			return exitcode.Usage
 		}
 		if err := cmd.Start(); err != nil {
 			fmt.Fprintf(stderr, "captrace report: cannot run %s: %v\n"+
 				"  read a saved copy instead: journalctl -u captrace -o json | captrace report -, or captrace report FILE...\n", source, err)
-			return 1
+			return exitcode.Usage
 		}
 		readErr := agg.read(out, "journalctl")
 		if readErr != nil {
@@ -247,7 +225,7 @@ func reportWith(f reportFlags, stdin io.Reader, stdout, stderr io.Writer, env re
 			if msg := strings.TrimSpace(errBuf.String()); msg != "" {
 				fmt.Fprintf(stderr, "  journalctl said: %s\n", msg)
 			}
-			return 1
+			return exitcode.Usage
 		}
 	}
 	for _, in := range f.inputs {
@@ -255,7 +233,7 @@ func reportWith(f reportFlags, stdin io.Reader, stdout, stderr io.Writer, env re
 			sources = append(sources, "stdin")
 			if err := agg.read(stdin, "stdin"); err != nil {
 				fmt.Fprintf(stderr, "captrace report: reading stdin: %v; no advice printed\n", err)
-				return 1
+				return exitcode.Usage
 			}
 			continue
 		}
@@ -263,13 +241,13 @@ func reportWith(f reportFlags, stdin io.Reader, stdout, stderr io.Writer, env re
 		file, err := os.Open(in)
 		if err != nil {
 			fmt.Fprintf(stderr, "captrace report: %v\n", err)
-			return 1
+			return exitcode.Usage
 		}
 		err = agg.read(file, in)
 		file.Close()
 		if err != nil {
 			fmt.Fprintf(stderr, "captrace report: reading %s: %v; no advice printed\n", in, err)
-			return 1
+			return exitcode.Usage
 		}
 	}
 	source := strings.Join(sources, ", ")
@@ -284,7 +262,7 @@ func reportWith(f reportFlags, stdin io.Reader, stdout, stderr io.Writer, env re
 			fmt.Fprintf(stderr, "  journald has no entries of unit %s; if captrace does not run as that systemd unit, "+
 				"try --unit '' (entries with SYSLOG_IDENTIFIER=captrace written by root, _UID=0) or -D DIR for another journal\n", f.unit)
 		}
-		return 1
+		return exitcode.NoRecords
 	}
 	if len(manifests) > 0 {
 		return checkManifests(stdout, stderr, manifests, summaries)
@@ -297,7 +275,7 @@ func reportWith(f reportFlags, stdin io.Reader, stdout, stderr io.Writer, env re
 		}
 		if len(summaries) == 0 {
 			fmt.Fprintln(stderr, "captrace report: no advice left to write as Kubernetes YAML")
-			return 1
+			return exitcode.NoRecords
 		}
 	}
 	var err error
@@ -313,9 +291,9 @@ func reportWith(f reportFlags, stdin io.Reader, stdout, stderr io.Writer, env re
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "captrace report: writing the report: %v\n", err)
-		return 1
+		return exitcode.Usage
 	}
-	return 0
+	return exitcode.OK
 }
 
 func parseSince(v string, now time.Time) (time.Time, error) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/captrace/captrace/internal/exitcode"
 	"github.com/captrace/captrace/pkg/schema"
 )
 
@@ -279,7 +280,7 @@ func TestReportFilters(t *testing.T) {
 		t.Errorf("stderr: %s", errs)
 	}
 	_, errs, code = report(t, in, "--namespace", "kube-system", "-")
-	if code != 1 || !strings.Contains(errs, "no capability checks read that match the filters") {
+	if code != exitcode.NoRecords || !strings.Contains(errs, "no capability checks read that match the filters") {
 		t.Errorf("--namespace kube-system: exit %d, %s", code, errs)
 	}
 	// now is t0+1h: --since 59m50s keeps the checks at t0+10s and later.
@@ -350,9 +351,9 @@ func TestReportBadInput(t *testing.T) {
 		t.Errorf("input counts: %v", j.Input)
 	}
 
-	// Nothing readable: no advice at all, exit 1.
+	// Nothing readable: no advice at all, exit 3 (no records).
 	out, errs, code = report(t, "hello world\n{\"CAP\":\n<xml/>\n", "-")
-	if code != 1 || out != "" || !strings.Contains(errs, "SKIPPED 3 unreadable lines") || !strings.Contains(errs, "no advice") {
+	if code != exitcode.NoRecords || out != "" || !strings.Contains(errs, "SKIPPED 3 unreadable lines") || !strings.Contains(errs, "no advice") {
 		t.Errorf("all bad: exit %d stdout %q stderr %s", code, out, errs)
 	}
 }
@@ -413,7 +414,7 @@ func TestReportSummaryEntriesExtendTheWindow(t *testing.T) {
 
 	// A summary alone is no data to advise from.
 	_, errs, code = report(t, string(jf)+"\n", "-")
-	if code != 1 || !strings.Contains(errs, "no capability checks read") {
+	if code != exitcode.NoRecords || !strings.Contains(errs, "no capability checks read") {
 		t.Errorf("summary only: exit %d %s", code, errs)
 	}
 }
@@ -426,7 +427,7 @@ func TestReportUsage(t *testing.T) {
 			t.Errorf("%q: exit %d, stderr %q", args, code, errs)
 		}
 	}
-	if _, errs, code := report(t, "", "--input", "/nonexistent/captrace.log"); code != 1 || !strings.Contains(errs, "no such file") {
+	if _, errs, code := report(t, "", "--input", "/nonexistent/captrace.log"); code != exitcode.Usage || !strings.Contains(errs, "no such file") {
 		t.Errorf("missing file: exit %d %s", code, errs)
 	}
 }
@@ -467,15 +468,15 @@ func TestReportRunsJournalctl(t *testing.T) {
 	// journalctl failing after part of its output: no advice from the part.
 	failing := writeScript(t, dir, "failing", fmt.Sprintf("cat %s\necho 'Failed to open journal: Permission denied' >&2\nexit 1\n", data))
 	out, errs, code = report(t, "", "--journalctl", failing)
-	if code != 1 || out != "" || !strings.Contains(errs, "journalctl said: Failed to open journal: Permission denied") || !strings.Contains(errs, "no advice printed") {
+	if code != exitcode.Usage || out != "" || !strings.Contains(errs, "journalctl said: Failed to open journal: Permission denied") || !strings.Contains(errs, "no advice printed") {
 		t.Errorf("failing journalctl: exit %d stdout %q stderr %s", code, out, errs)
 	}
 	empty := writeScript(t, dir, "empty", "exit 0\n")
-	if _, errs, code := report(t, "", "--journalctl", empty); code != 1 || !strings.Contains(errs, "journald has no entries of unit captrace; if captrace does not run as that systemd unit, try --unit ''") {
+	if _, errs, code := report(t, "", "--journalctl", empty); code != exitcode.NoRecords || !strings.Contains(errs, "journald has no entries of unit captrace; if captrace does not run as that systemd unit, try --unit ''") {
 		t.Errorf("empty journal: exit %d %s", code, errs)
 	}
 	out, errs, code = report(t, "", "--journalctl", filepath.Join(dir, "missing"))
-	if code != 1 || out != "" || !strings.Contains(errs, "journalctl -u captrace -o json | captrace report -") {
+	if code != exitcode.Usage || out != "" || !strings.Contains(errs, "journalctl -u captrace -o json | captrace report -") {
 		t.Errorf("missing journalctl: exit %d stdout %q stderr %s", code, out, errs)
 	}
 }
@@ -497,7 +498,7 @@ func TestReportEscapesNames(t *testing.T) {
 			// Kubernetes names are left out of it, and stderr says so.
 			shown, wantCode := out, 0
 			if format != "table" {
-				shown, wantCode = errs, 1
+				shown, wantCode = errs, exitcode.NoRecords
 				if out != "" || !strings.Contains(errs, "left out of the YAML") {
 					t.Errorf("%s: stdout %q, stderr %q", format, out, errs)
 				}

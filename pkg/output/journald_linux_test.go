@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,6 +47,8 @@ func TestMain(m *testing.M) {
 		os.Exit(reportHelper(namespaceHelper()))
 	case "writer":
 		os.Exit(reportHelper(writerHelper(os.Getenv(helperPodEnv))))
+	case "stream":
+		os.Exit(reportHelper(streamHelper()))
 	case "bench":
 		os.Exit(reportHelper(journaldBenchHelper()))
 	}
@@ -139,6 +142,73 @@ func TestJournaldSinkWithStandaloneJournald(t *testing.T) {
 		}
 	}
 	checkEntries(t, "-u captrace K8S_POD_NAME=web-1 CAP=...", results["recipe"], admin, true)
+
+	// The operational logger on systemd's stderr stream: journalctl -p
+	// warning shows the warning and the error, not the info line, each at
+	// its priority and without the "<N>" prefix in MESSAGE.
+	prio := results["priority"]
+	if len(prio) != 2 {
+		t.Fatalf("journalctl -p warning -t %s: %d entries, want 2 (warning, error): %v", streamTestIdentifier, len(prio), prio)
+	}
+	for i, want := range []struct{ priority, msg string }{{"4", "level=warning msg=stats"}, {"3", "level=error msg=\"an error\""}} {
+		msg := journalValue(prio[i]["MESSAGE"])
+		if got := journalValue(prio[i]["PRIORITY"]); got != want.priority || !strings.HasPrefix(msg, "time=") || !strings.Contains(msg, want.msg) {
+			t.Errorf("journalctl -p warning entry %d: PRIORITY=%s MESSAGE=%q, want PRIORITY=%s and a logfmt line with %q", i, got, msg, want.priority, want.msg)
+		}
+		if got := journalValue(prio[i]["_TRANSPORT"]); got != "stdout" {
+			t.Errorf("journalctl -p warning entry %d: _TRANSPORT=%q, want stdout (the stream)", i, got)
+		}
+	}
+}
+
+// streamTestIdentifier is the SYSLOG_IDENTIFIER of the stream writer.
+const streamTestIdentifier = "captrace-stream-test"
+
+// streamWriter runs the "stream" helper with its stderr connected to
+// journald's stdout stream socket, as systemd connects a service's stderr:
+// the stream header (identifier, unit, priority, level prefix on, no
+// forwarding), and JOURNAL_STREAM naming the socket's device and inode.
+func streamWriter(exe string) error {
+	conn, err := net.Dial("unix", "/run/systemd/journal/stdout")
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := fmt.Fprintf(conn, "%s\n\n6\n1\n0\n0\n0\n", streamTestIdentifier); err != nil {
+		return err
+	}
+	f, err := conn.(*net.UnixConn).File()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		return err
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), helperEnv+"=stream", fmt.Sprintf("%s=%d:%d", JournalStreamEnv, st.Dev, st.Ino))
+	cmd.Stderr = f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if out, err := cmd.Output(); err != nil {
+		return fmt.Errorf("stream writer: %w\n%s", err, out)
+	}
+	return waitUntil(10*time.Second, func() bool {
+		entries, err := journalctl("-t", streamTestIdentifier)
+		return err == nil && len(entries) == 3
+	})
+}
+
+// streamHelper logs one line of each level through the daemon's logger.
+func streamHelper() error {
+	if !IsJournalStream(os.Stderr) {
+		return errors.New("stderr is not the journal stream named by " + JournalStreamEnv)
+	}
+	log := NewLogger(os.Stderr, logrus.InfoLevel)
+	log.Info("started")
+	log.WithFields(logrus.Fields{"ring_lost": 9944, "ring_lost_delta": 9944}).Warn("stats")
+	log.Error("an error")
+	return nil
 }
 
 // startPrivateJournald starts a standalone journald with tmpfs over its
@@ -314,11 +384,16 @@ func namespaceHelper() (err error) {
 		return err
 	}
 
+	if err := streamWriter(exe); err != nil {
+		return err
+	}
+
 	results := map[string][]map[string]any{}
 	for name, args := range map[string][]string{
-		"pod":    {"K8S_POD_NAME=web-0"},
-		"unit":   {"-u", "captrace"},
-		"recipe": {"-u", "captrace", "K8S_POD_NAME=web-1", "CAP=" + bpf.Capability(21).String()},
+		"priority": {"-p", "warning", "-t", streamTestIdentifier},
+		"pod":      {"K8S_POD_NAME=web-0"},
+		"unit":     {"-u", "captrace"},
+		"recipe":   {"-u", "captrace", "K8S_POD_NAME=web-1", "CAP=" + bpf.Capability(21).String()},
 	} {
 		entries, err := journalctl(args...)
 		if err != nil {

@@ -66,11 +66,13 @@ func sortKeys(keys []string) {
 }
 
 // NewLogger returns the operational logger: the same format as event lines,
-// written to w. Its lines never have msg=cap_check.
+// written to w. Its lines never have msg=cap_check. When w is the journald
+// stream systemd gave the service, each line starts with its priority ("<4>"
+// for a warning, "<3>" for an error), which journald stores as PRIORITY.
 func NewLogger(w io.Writer, level logrus.Level) *logrus.Logger {
 	return &logrus.Logger{
 		Out:       w,
-		Formatter: NewTextFormatter(),
+		Formatter: journalPrefixed(w, NewTextFormatter()),
 		Hooks:     make(logrus.LevelHooks),
 		Level:     level,
 		ExitFunc:  os.Exit,

@@ -102,6 +102,7 @@ func (r *EnrichedEvent) AppendLogfmt(b []byte) []byte {
 	}
 	b = appendLogfmtString(b, schema.Syscall.Key, r.Syscall())
 	b = appendLogfmtUint(b, schema.CgroupID.Key, ev.CgroupID)
+	// Stacks are symbolized here, in the sink's goroutine, not the reader's.
 	if k, u := r.Stacks.Text(); k != "" || u != "" {
 		if k != "" {
 			b = appendLogfmtString(b, schema.KernelStack.Key, k)

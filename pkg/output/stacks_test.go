@@ -31,6 +31,9 @@ func TestStackFields(t *testing.T) {
 	if !strings.Contains(line, " cgroup_id=4242 "+wantK+" "+wantU+"\n") {
 		t.Errorf("logfmt line %q, want ... %s %s", line, wantK, wantU)
 	}
+	if want := logrusLine(t, &r); line != want {
+		t.Errorf("the zero-alloc writer and logrus differ on a stacked event:\n got %q\nwant %q", line, want)
+	}
 	f := r.JournalFields()
 	if f[schema.KernelStack.Journal] != "security_capable+0x10;capable+0x20" || f[schema.UserStack.Journal] != "[unknown] 0x7f0000001000 (process gone)" {
 		t.Errorf("journal fields: %q %q", f[schema.KernelStack.Journal], f[schema.UserStack.Journal])

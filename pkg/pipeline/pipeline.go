@@ -88,6 +88,16 @@ type Options struct {
 	// Symbols names the frames of checks that carry stacks, in the sink
 	// writers (never here); nil leaves stacked events without stack fields.
 	Symbols *symbolize.Symbolizer
+	// Counter, if set, counts every check delivered by container (the
+	// metrics' captrace_events_total) and is told of each finished container.
+	// Both run on the reader: they must be quick.
+	Counter EventCounter
+}
+
+// EventCounter is what Options.Counter does (pkg/metrics.EventCounter).
+type EventCounter interface {
+	Observe(ev *bpf.Event, c *cgmap.Container)
+	Finished(c cgmap.Container)
 }
 
 // DefaultThrottleInterval: a throttle entry at most once a second per container.
@@ -180,6 +190,13 @@ type Pipeline struct {
 	done     chan struct{}
 	programs chan error // WaitPrograms' result, from its goroutine
 	sources  Sources
+	counter  EventCounter
+
+	// epoch and busySince tell a reader waiting for the ring from one stuck
+	// on an event or a change: busySince is when (since epoch, |1) the
+	// reader took its current one, 0 while it waits in Read.
+	epoch     time.Time
+	busySince atomic.Int64
 
 	counters counters
 }
@@ -207,6 +224,8 @@ func New(opts Options) *Pipeline {
 		done:     make(chan struct{}),
 		programs: make(chan error, 1),
 		sources:  opts.Sources,
+		counter:  opts.Counter,
+		epoch:    time.Now(),
 
 		lost:             map[string]advisor.Losses{},
 		throttleSeen:     map[uint64]uint64{},
@@ -280,7 +299,9 @@ func (p *Pipeline) Run() error {
 	var ev bpf.Event
 	failures := 0
 	for {
+		p.busySince.Store(0)
 		err := p.ring.Read(&ev)
+		p.busySince.Store(int64(time.Since(p.epoch)) | 1)
 		switch {
 		case err == nil:
 			failures = 0
@@ -308,6 +329,17 @@ func (p *Pipeline) Run() error {
 	}
 }
 
+// ReaderBusy is how long the reader has been on its current event or
+// change; 0 while it waits for the ring. /healthz and the systemd watchdog
+// call a reader busy for long stuck.
+func (p *Pipeline) ReaderBusy() time.Duration {
+	since := p.busySince.Load()
+	if since == 0 {
+		return 0
+	}
+	return time.Since(p.epoch) - time.Duration(since)
+}
+
 // deliver enriches one check and hands it to the advisor and the sink.
 func (p *Pipeline) deliver(ev *bpf.Event) {
 	p.counters.events.Add(1)
@@ -329,9 +361,13 @@ func (p *Pipeline) deliver(ev *bpf.Event) {
 	default:
 		p.advice.Observe(e.c, ev, at)
 	}
+
 	// One record reused: a pointer through the Sink interface would
 	// otherwise move each record to the heap.
 	p.rec = output.EnrichedEvent{Time: at, Event: *ev, Container: e.c, Known: known, Stacks: stacks}
+	if p.counter != nil {
+		p.counter.Observe(ev, &p.rec.Container) // p.rec: a pointer that does not escape per event
+	}
 	p.sink.Send(&p.rec)
 }
 
@@ -470,6 +506,9 @@ func (p *Pipeline) finish(batch []untrace) {
 			p.sendSummary(s)
 		}
 		delete(p.lost, u.c.ID)
+		if p.counter != nil {
+			p.counter.Finished(u.c)
+		}
 	}
 	n, err := p.ring.ForgetUnique(ids...)
 	p.counters.keysForgotten.Add(uint64(n))

@@ -426,3 +426,39 @@ func BenchmarkDeliver(b *testing.B) {
 	b.ReportMetric(float64(deliver.Nanoseconds())/float64(b.N*1000), "ns/event")
 	b.ReportMetric(float64(deliver)/float64(observe), "ratio-to-observe")
 }
+
+// blockingSink holds the reader in Send until released.
+type blockingSink struct {
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s blockingSink) Send(*output.EnrichedEvent) { s.entered <- struct{}{}; <-s.release }
+func (s blockingSink) SendEntry(*output.Entry)    {}
+
+// ReaderBusy is 0 while the reader waits for the ring however long, and
+// grows while it is held on one event (what /healthz calls stuck).
+func TestReaderBusy(t *testing.T) {
+	ring := newFakeRing()
+	sink := blockingSink{entered: make(chan struct{}), release: make(chan struct{})}
+	p := New(Options{Ring: ring, Advisor: advisor.NewTracker(advisor.Limits{}), Sink: sink,
+		WallTime: func(k uint64) time.Time { return time.Unix(0, int64(k)) }, Log: quietLog()})
+	done := make(chan error, 1)
+	go func() { done <- p.Run() }()
+	time.Sleep(20 * time.Millisecond) // the reader waits in Read
+	if busy := p.ReaderBusy(); busy != 0 {
+		t.Errorf("ReaderBusy = %v while the reader waits for the ring", busy)
+	}
+	c := ctr(1)
+	ring.emit(check(c, 21))
+	<-sink.entered
+	time.Sleep(20 * time.Millisecond)
+	if busy := p.ReaderBusy(); busy < 20*time.Millisecond {
+		t.Errorf("ReaderBusy = %v while the reader is held on an event for 20 ms", busy)
+	}
+	close(sink.release)
+	ring.close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -87,6 +87,8 @@ type CaptraceConfig struct {
 	EventFile string
 	AuditOnly bool
 	Unique    bool
+	// MetricsListen is metrics.listen (the stack sets a Unix socket in its directory).
+	MetricsListen string
 	// RingBufferBytes and QueueSize, when set, replace captrace's defaults
 	// (tracer.ring_buffer_bytes, output.queue_size).
 	RingBufferBytes int
@@ -107,21 +109,25 @@ unique = %t
 [output]
 sinks = ["journald", "file"]
 file = %q
-`, c.NRISocket, c.AuditOnly, c.Unique, c.EventFile) + c.sizes()
+`, c.NRISocket, c.AuditOnly, c.Unique, c.EventFile) + c.sizes() + fmt.Sprintf("\n[metrics]\nlisten = %q\n", c.MetricsListen) + c.tracer()
 }
 
-// sizes renders the size overrides, in their tables (TOML allows a table
-// again only once, so [tracer] and the queue go after everything else).
+// sizes renders output.queue_size when set: [output] is the last table
+// above, so the key joins it.
 func (c CaptraceConfig) sizes() string {
-	var b strings.Builder
 	if c.QueueSize > 0 {
-		// [output] is the last table above: this key joins it.
-		fmt.Fprintf(&b, "queue_size = %d\n", c.QueueSize)
+		return fmt.Sprintf("queue_size = %d\n", c.QueueSize)
 	}
-	if c.RingBufferBytes > 0 {
-		fmt.Fprintf(&b, "\n[tracer]\nring_buffer_bytes = %d\n", c.RingBufferBytes)
+	return ""
+}
+
+// tracer renders [tracer] when a size replaces the default (TOML allows a
+// table only once, so it goes after everything else).
+func (c CaptraceConfig) tracer() string {
+	if c.RingBufferBytes == 0 {
+		return ""
 	}
-	return b.String()
+	return fmt.Sprintf("\n[tracer]\nring_buffer_bytes = %d\n", c.RingBufferBytes)
 }
 
 func crictlConfig(sock string) string {

@@ -371,15 +371,26 @@ func DiffSinks(b Both) []string {
 	return diffs
 }
 
-// CaptraceStats returns the fields of the last `msg=stats` line in the
-// daemon's own log (it logs one every 30 s and at shutdown).
+// CaptraceStats returns the fields of the last `msg=stats` line of the
+// daemon's own log, or of the journal when its stderr goes there (it logs
+// one every 30 s and at shutdown).
 func (s *Stack) CaptraceStats() (map[string]string, error) {
-	data, err := os.ReadFile(s.CaptraceLog())
-	if err != nil {
-		return nil, err
+	where := "the journal (journalctl -t captrace _TRANSPORT=stdout)"
+	var lines []string
+	if s.captraceToJournal {
+		var err error
+		if lines, err = s.CaptraceOperationalLines(); err != nil {
+			return nil, err
+		}
+	} else {
+		data, err := os.ReadFile(s.CaptraceLog())
+		if err != nil {
+			return nil, err
+		}
+		lines, where = strings.Split(string(data), "\n"), s.CaptraceLog()
 	}
 	var last map[string]string
-	for _, line := range strings.Split(string(data), "\n") {
+	for _, line := range lines {
 		if !strings.Contains(line, "msg=stats") {
 			continue
 		}
@@ -388,7 +399,7 @@ func (s *Stack) CaptraceStats() (map[string]string, error) {
 		}
 	}
 	if last == nil {
-		return nil, fmt.Errorf("no msg=stats line in %s", s.CaptraceLog())
+		return nil, fmt.Errorf("no msg=stats line in %s", where)
 	}
 	return last, nil
 }

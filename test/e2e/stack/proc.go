@@ -26,7 +26,8 @@ type proc struct {
 // spawnOpts are the less common ways to start a proc.
 type spawnOpts struct {
 	env      []string
-	cgroupFD int // >0: start the process in this cgroup2 directory (clone3 CLONE_INTO_CGROUP)
+	cgroupFD int      // >0: start the process in this cgroup2 directory (clone3 CLONE_INTO_CGROUP)
+	stderr   *os.File // nil: stderr goes to the log file like stdout
 }
 
 func (s *Stack) spawn(name string, argv []string, o spawnOpts) (*proc, error) {
@@ -39,6 +40,9 @@ func (s *Stack) spawn(name string, argv []string, o spawnOpts) (*proc, error) {
 	fmt.Fprintf(f, "=== %s: %s\n", time.Now().UTC().Format(time.RFC3339Nano), strings.Join(argv, " "))
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
+	if o.stderr != nil {
+		cmd.Stderr = o.stderr
+	}
 	cmd.Env = append(os.Environ(), o.env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if o.cgroupFD > 0 {

@@ -12,6 +12,7 @@ import (
 	"github.com/captrace/captrace/internal/privilege"
 	"github.com/captrace/captrace/pkg/cgmap"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,6 +65,9 @@ type Stack struct {
 	containerd *proc
 	captrace   *proc
 	captraceOK bool
+	// stderrToJournal: StartCaptrace connects the daemon's stderr to
+	// journald's stream; captraceToJournal: the running daemon's stderr is.
+	stderrToJournal, captraceToJournal bool
 }
 
 // StepError says which step of the stack failed, with the log tails a person
@@ -100,6 +104,10 @@ func (s *Stack) LogTails(n int) string {
 			continue
 		}
 		fmt.Fprintf(&b, "--- %s log (%s), last %d lines:\n%s\n", name, path, n, tailFile(path, n))
+	}
+	if lines, err := s.CaptraceOperationalLines(); err == nil {
+		fmt.Fprintf(&b, "--- captrace's stderr in the journal (journalctl -t captrace _TRANSPORT=stdout), last %d lines:\n%s\n", n,
+			strings.Join(lines[max(0, len(lines)-n):], "\n"))
 	}
 	if !s.opts.NoCaptrace && allExist(s.EventFile) {
 		fmt.Fprintf(&b, "--- captrace event file (%s), last %d lines:\n%s\n", s.EventFile, n, tailFile(s.EventFile, n))
@@ -300,6 +308,11 @@ func (s *Stack) JournalctlArgs(args ...string) []string {
 	return append([]string{"journalctl", "-D", s.JournalDir, "--no-pager"}, args...)
 }
 
+// Journalctl runs journalctl on the stack's private journal with args.
+func (s *Stack) Journalctl(ctx context.Context, args ...string) (string, error) {
+	return run(ctx, s.JournalctlArgs(args...)...)
+}
+
 // ---- containerd ----
 
 // ContainerdSocket is the stack's containerd gRPC address.
@@ -393,8 +406,72 @@ func (s *Stack) importImages(ctx context.Context) error {
 
 // ---- captrace ----
 
-// CaptraceLog is the daemon's own (stderr) log.
+// CaptraceLog is the daemon's own (stderr) log, unless SetStderrToJournal
+// sent it to the journal (CaptraceOperationalLines).
 func (s *Stack) CaptraceLog() string { return filepath.Join(s.Dir, "logs", "captrace.log") }
+
+// SetStderrToJournal makes the next StartCaptrace connect the daemon's
+// stderr to the private journald's stdout stream, as systemd connects a
+// unit's (JOURNAL_STREAM set, so lines carry their priority); false (the
+// default) sends it to CaptraceLog. A journald restart ends such a stream.
+func (s *Stack) SetStderrToJournal(on bool) { s.stderrToJournal = on }
+
+// MetricsAddr is the daemon's metrics.listen: a Unix socket in the stack's directory.
+func (s *Stack) MetricsAddr() string { return "unix:" + filepath.Join(s.Dir, "metrics.sock") }
+
+// CaptraceConfig is the daemon's config beyond sockets and files; a change
+// takes effect at the next StartCaptrace or RestartCaptrace.
+func (s *Stack) CaptraceConfig() *CaptraceConfig { return &s.opts.Captrace }
+
+// journalStream connects to the private journald's stdout stream as systemd
+// connects a service's stderr: the stream header (identifier, no unit,
+// priority info, level prefix on, no forwarding). It returns the socket and
+// the JOURNAL_STREAM value ("DEVICE:INODE") that systemd sets.
+func (s *Stack) journalStream(identifier string) (*os.File, string, error) {
+	path := filepath.Join(fmt.Sprintf("/proc/%d/root", s.holder.pid()), "run/systemd/journal/stdout")
+	conn, err := net.Dial("unix", path)
+	if err != nil {
+		return nil, "", fmt.Errorf("connect to journald's stream socket: %w", err)
+	}
+	defer conn.Close()
+	if _, err := fmt.Fprintf(conn, "%s\n\n6\n1\n0\n0\n0\n", identifier); err != nil {
+		return nil, "", err
+	}
+	f, err := conn.(*net.UnixConn).File()
+	if err != nil {
+		return nil, "", err
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return nil, "", err
+	}
+	return f, fmt.Sprintf("%d:%d", st.Dev, st.Ino), nil
+}
+
+// CaptraceOperationalLines are the daemon's stderr lines in the private
+// journal (start-up, NRI, stats), every run of it, oldest first.
+func (s *Stack) CaptraceOperationalLines() ([]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := run(ctx, s.JournalctlArgs("-t", "captrace", "_TRANSPORT=stdout", "-o", "cat")...)
+	if err != nil {
+		return nil, err
+	}
+	return strings.Split(strings.TrimRight(out, "\n"), "\n"), nil
+}
+
+// countOperational counts the daemon's stderr lines in the journal that hold sub.
+func (s *Stack) countOperational(sub string) int {
+	lines, _ := s.CaptraceOperationalLines()
+	n := 0
+	for _, l := range lines {
+		if strings.Contains(l, sub) {
+			n++
+		}
+	}
+	return n
+}
 
 // CaptraceConfigPath is the daemon's TOML file.
 func (s *Stack) CaptraceConfigPath() string { return filepath.Join(s.Dir, "captrace.toml") }
@@ -418,10 +495,18 @@ func serviceCgroup() (string, error) {
 }
 
 // StartCaptrace starts the daemon in the private mount namespace (so it
-// reaches the private journald) and in system.slice/captrace.service, and
-// waits until containerd reports it connected and synchronized.
-func (s *Stack) StartCaptrace(ctx context.Context) error {
+// reaches the private journald) and in system.slice/captrace.service, with
+// its stderr on journald's stream as under systemd, and waits until
+// containerd reports it connected and synchronized.
+func (s *Stack) StartCaptrace(ctx context.Context) error { return s.startCaptrace(true) }
+
+// StartCaptraceNoWait starts the daemon like StartCaptrace but returns at
+// once (containerd may be down).
+func (s *Stack) StartCaptraceNoWait() error { return s.startCaptrace(false) }
+
+func (s *Stack) startCaptrace(wait bool) error {
 	cfg := s.opts.Captrace
+	cfg.MetricsListen = s.MetricsAddr()
 	cfg.NRISocket = s.NRISocket()
 	cfg.EventFile = s.EventFile
 	if s.CaptraceEventFile != "" {
@@ -447,15 +532,26 @@ func (s *Stack) StartCaptrace(ctx context.Context) error {
 	}
 	defer syscall.Close(cgfd)
 	before := s.pluginSyncs()
-	var env []string
-	if s.opts.NodeName != "" {
-		env = append(env, "NODE_NAME="+s.opts.NodeName)
+	opts := spawnOpts{cgroupFD: cgfd}
+	if s.stderrToJournal {
+		stream, journalStream, err := s.journalStream("captrace")
+		if err != nil {
+			return err
+		}
+		defer stream.Close()
+		opts.stderr, opts.env = stream, []string{"JOURNAL_STREAM=" + journalStream}
 	}
-	p, err := s.spawn("captrace", s.inNamespace(s.ConfinedArgv(s.opts.CaptraceBin, "--config", s.CaptraceConfigPath())...), spawnOpts{cgroupFD: cgfd, env: env})
+	if s.opts.NodeName != "" {
+		opts.env = append(opts.env, "NODE_NAME="+s.opts.NodeName)
+	}
+	p, err := s.spawn("captrace", s.inNamespace(s.ConfinedArgv(s.opts.CaptraceBin, "--config", s.CaptraceConfigPath())...), opts)
 	if err != nil {
 		return err
 	}
-	s.captrace = p
+	s.captrace, s.captraceToJournal = p, s.stderrToJournal
+	if !wait {
+		return nil
+	}
 	return waitFor(30*time.Second, p, "containerd to log captrace's NRI plugin \"connected and synchronized\"", func() bool { return s.pluginSyncs() > before })
 }
 
@@ -498,9 +594,19 @@ func (s *Stack) WaitCaptraceResync(before int, timeout time.Duration) error {
 // PluginSyncs is the number of times containerd synchronized captrace so far.
 func (s *Stack) PluginSyncs() int { return s.pluginSyncs() }
 
-// StopCaptrace stops the daemon with SIGTERM (as systemd would).
+// StopCaptrace stops the daemon with SIGTERM (as systemd would); when its
+// stderr is the journal, it waits until journald has stored its last line
+// (msg=stopped).
 func (s *Stack) StopCaptrace() {
-	if s.captrace != nil {
+	if s.captrace != nil && !s.captrace.exited() && s.captraceToJournal {
+		stopped := s.countOperational("msg=stopped")
+		s.captrace.stop(15 * time.Second)
+		if err := waitFor(10*time.Second, nil, "journald to store captrace's last line (msg=stopped)", func() bool {
+			return s.countOperational("msg=stopped") > stopped
+		}); err != nil {
+			s.logf("%v", err)
+		}
+	} else if s.captrace != nil {
 		s.captrace.stop(15 * time.Second)
 	}
 }

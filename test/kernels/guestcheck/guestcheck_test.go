@@ -293,18 +293,20 @@ func TestFexitCapCapable(t *testing.T) {
 	)
 }
 
-// ptRegsDX is the offset of dx, the third argument (cap), in x86_64's struct pt_regs.
-const ptRegsDX = 12 * 8
+// ptRegsCap is the offset of the third argument (cap) in struct pt_regs: dx
+// on x86_64, regs[2] (x2) on arm64.
+var ptRegsCap = map[string]int16{"amd64": 12 * 8, "arm64": 2 * 8}
 
 // TestKprobeCapCapable checks kprobe/cap_capable loads, attaches and reads the
 // cap argument from pt_regs on this kernel: the tracer's last-resort tier.
 func TestKprobeCapCapable(t *testing.T) {
-	if runtime.GOARCH != "amd64" {
-		t.Skipf("pt_regs offset known for amd64 only, not %s", runtime.GOARCH)
+	off, ok := ptRegsCap[runtime.GOARCH]
+	if !ok {
+		t.Skipf("pt_regs offset known for amd64 and arm64 only, not %s", runtime.GOARCH)
 	}
 	attachCounter(t,
 		&ebpf.ProgramSpec{Name: "gc_kprobe", Type: ebpf.Kprobe},
-		asm.LoadMem(asm.R1, asm.R6, ptRegsDX, asm.DWord),
+		asm.LoadMem(asm.R1, asm.R6, off, asm.DWord),
 		func(p *ebpf.Program) (link.Link, error) { return link.Kprobe("cap_capable", p, nil) },
 	)
 }

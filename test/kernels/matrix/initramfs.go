@@ -15,7 +15,8 @@ import (
 //go:embed init.sh
 var initScript []byte
 
-// busyboxPath is Debian's busybox-static (scripts/install-deps.sh kernels).
+// busyboxPath is Debian's busybox-static on the host (scripts/install-deps.sh
+// kernels); other architectures' comes from fetchBusybox.
 const busyboxPath = "/bin/busybox"
 
 // cpioWriter writes the "newc" cpio format the kernel unpacks as initramfs
@@ -125,7 +126,7 @@ type testBinary struct {
 
 // writeInitramfs writes a gzip'd newc archive: busybox, /init, /dev/console
 // (the kernel opens it for init before devtmpfs is mounted) and the tests.
-func writeInitramfs(path string, bins []testBinary) error {
+func writeInitramfs(path, busybox string, bins []testBinary) error {
 	f, err := os.Create(path + ".tmp")
 	if err != nil {
 		return err
@@ -141,7 +142,7 @@ func writeInitramfs(path string, bins []testBinary) error {
 		c.dir(d)
 	}
 	c.charDev("dev/console", 5, 1)
-	c.file("bin/busybox", 0o755, busyboxPath)
+	c.file("bin/busybox", 0o755, busybox)
 	c.symlink("bin/sh", "busybox")
 	c.bytes("init", 0o755, initScript)
 	c.bytes("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"))

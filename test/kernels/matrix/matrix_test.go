@@ -109,20 +109,52 @@ func TestSeriesPackages(t *testing.T) {
 		"linux-image-6.1.0-9-cloud-amd64", "linux-image-6.1.0-57-cloud-amd64", "linux-image-6.1.0-10-cloud-amd64",
 		"linux-image-6.1.0-57-cloud-amd64-dbg", "linux-image-6.1.0-57-cloud-amd64-unsigned",
 		"linux-image-6.12.9+deb12-cloud-amd64", "linux-image-6.12.117+deb12-cloud-amd64", "linux-image-6.12.100+deb12-cloud-amd64",
-		"linux-image-6.1.0-57-rt-amd64",
+		"linux-image-6.1.0-57-rt-amd64", "linux-image-6.12-cloud-amd64", "linux-image-cloud-amd64",
+		"linux-image-7.2.13+deb14-cloud-amd64", "linux-image-7.2.13+deb14-cloud-arm64", "linux-image-6.12.117+deb12-cloud-arm64",
 	}
-	if got, want := seriesPackages("6.1", names), []string{
+	if got, want := seriesPackages("6.1", "amd64", names), []string{
 		"linux-image-6.1.0-9-cloud-amd64", "linux-image-6.1.0-10-cloud-amd64", "linux-image-6.1.0-57-cloud-amd64",
 	}; !reflect.DeepEqual(got, want) {
 		t.Errorf("6.1: %v, want %v", got, want)
 	}
-	if got, want := seriesPackages("6.12", names), []string{
+	if got, want := seriesPackages("6.12", "amd64", names), []string{
 		"linux-image-6.12.9+deb12-cloud-amd64", "linux-image-6.12.100+deb12-cloud-amd64", "linux-image-6.12.117+deb12-cloud-amd64",
 	}; !reflect.DeepEqual(got, want) {
 		t.Errorf("6.12: %v, want %v", got, want)
 	}
-	if got := label("linux-image-6.12.117+deb12-cloud-amd64"); got != "6.12.117" {
-		t.Errorf("label = %q", got)
+	if got, want := seriesPackages("newest", "amd64", names), "linux-image-7.2.13+deb14-cloud-amd64"; len(got) == 0 || got[len(got)-1] != want {
+		t.Errorf("newest amd64: %v, want last %s", got, want)
+	}
+	if got, want := seriesPackages("6.12", "arm64", names), []string{"linux-image-6.12.117+deb12-cloud-arm64"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("6.12 arm64: %v, want %v", got, want)
+	}
+	for pkg, want := range map[string]string{
+		"linux-image-6.12.117+deb12-cloud-amd64": "6.12.117",
+		"linux-image-6.1.0-57-cloud-amd64":       "6.1.0-57",
+		"linux-image-6.12.117+deb12-cloud-arm64": "6.12.117-arm64",
+	} {
+		if got := label(pkg); got != want {
+			t.Errorf("label(%s) = %q, want %q", pkg, got, want)
+		}
+	}
+}
+
+func TestParseKernelSpec(t *testing.T) {
+	for in, want := range map[string]string{
+		"6.1":                                    "6.1",
+		"newest:probe+tp_btf+kprobe":             "newest:probe+tp_btf+kprobe",
+		"arm64/6.12":                             "arm64/6.12",
+		"linux-image-6.12.117+deb12-cloud-arm64": "arm64/linux-image-6.12.117+deb12-cloud-arm64",
+	} {
+		spec, err := parseKernelSpec(in)
+		if err != nil || spec.String() != want {
+			t.Errorf("parseKernelSpec(%q) = %v, %v; want %s", in, spec, err, want)
+		}
+	}
+	for _, bad := range []string{"s390x/6.1", "6", "arm64/linux-image-6.1.0-57-cloud-amd64", "latest"} {
+		if _, err := parseKernelSpec(bad); err == nil {
+			t.Errorf("parseKernelSpec(%q) accepted", bad)
+		}
 	}
 }
 
@@ -150,7 +182,7 @@ func TestInitramfsIsGzipCpio(t *testing.T) {
 	if err := os.WriteFile(bin, []byte("binary"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := writeInitramfs(path, []testBinary{{Name: "x", Path: bin}}); err != nil {
+	if err := writeInitramfs(path, busyboxPath, []testBinary{{Name: "x", Path: bin}}); err != nil {
 		privtest.Lacks(t, "busybox-static (apt-get install busybox-static): "+err.Error())
 	}
 	data := readGzip(t, path)

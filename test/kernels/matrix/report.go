@@ -85,7 +85,10 @@ func report(w io.Writer, cols []*column, kernels []kernel) bool {
 	fmt.Fprint(tw, "verdict")
 	for _, c := range cols {
 		v := "PASS"
-		if c.failed() {
+		switch {
+		case c.Infra != nil:
+			v = "INFRA"
+		case c.failed():
 			v = "FAIL"
 		}
 		fmt.Fprintf(tw, "\t%s", v)
@@ -104,6 +107,16 @@ func report(w io.Writer, cols []*column, kernels []kernel) bool {
 			continue
 		}
 		failed = true
+		if c.Infra != nil {
+			// Not a test result: the package, the error and the log to read.
+			fmt.Fprintf(w, "\n==== %s INFRASTRUCTURE ERROR (kernel package %s, log %s)\n%v\n", c.Label, orDash(c.Kernel.Package), c.LogPath, c.Infra)
+			if !c.Result.Booted && c.Kernel.Err == nil {
+				log, _ := os.ReadFile(c.LogPath)
+				fmt.Fprintf(w, "---- last %d lines of %s:\n", tailLines, c.LogPath)
+				printLines(w, strings.Split(strings.TrimRight(strings.ReplaceAll(string(log), "\r", ""), "\n"), "\n"), tailLines)
+			}
+			continue
+		}
 		fmt.Fprintf(w, "\n==== %s FAILED (serial log %s)\n", c.Label, c.LogPath)
 		if c.RunErr != nil {
 			fmt.Fprintf(w, "run: %v\n", c.RunErr)
