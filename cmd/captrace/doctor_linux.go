@@ -29,6 +29,7 @@ type doctorEnv struct {
 	mountinfoPath string
 	journalSocket string
 	statfsType    func(path string) (int64, error)
+	containerds   func() []runningContainerd
 	// capabilities returns the effective capability mask (nil: not checked).
 	capabilities func() (uint64, error)
 }
@@ -43,6 +44,7 @@ func hostDoctorEnv() doctorEnv {
 		cgroupRoot:    "/sys/fs/cgroup",
 		mountinfoPath: "/proc/self/mountinfo",
 		journalSocket: output.JournalSocket,
+		containerds:   findContainerds,
 		statfsType: func(path string) (int64, error) {
 			var st unix.Statfs_t
 			if err := unix.Statfs(path, &st); err != nil {
@@ -88,6 +90,9 @@ func runDoctor(cfg config.Config, format string, stdout io.Writer, env doctorEnv
 	findings = append(findings, checkTiers(env)...)
 	findings = append(findings, checkKernelRequirements(env)...)
 	findings = append(findings, checkBTF(env), checkCgroups(env), checkNRISocket(cfg.NRI.Socket), checkJournald(env))
+	if env.containerds != nil {
+		findings = append(findings, checkContainerd(env.containerds(), cfg.NRI.Socket)...)
+	}
 
 	res := doctorResult{Checks: []doctorCheck{}}
 	for _, fd := range findings {

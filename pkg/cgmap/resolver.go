@@ -31,6 +31,10 @@ type Resolver struct {
 	// mountRoot is the cgroup the mount shows at its top: "/" unless the
 	// mount is a bind of a sub-tree (some container setups).
 	mountRoot string
+	// nsPrefix is how captrace's cgroup namespace names the hierarchy's
+	// root ("/../../.."), when captrace runs in a namespace of its own and
+	// sees the host's hierarchy through a mount of its root; "" otherwise.
+	nsPrefix string
 	// self is the directory of captrace's own cgroup, "" if unknown.
 	self string
 }
@@ -54,6 +58,7 @@ func newResolver(h host) (*Resolver, error) {
 		return nil, ErrNoCgroup2
 	}
 	r := &Resolver{host: h, mount: mount, mountRoot: root}
+	r.seeFromNamespace()
 	// captrace's own cgroup is never a container's: tracing it would feed
 	// captrace's checks back to itself. Unknown if it cannot be read.
 	if data, err := h.readFile("/proc/self/cgroup"); err == nil {
@@ -64,6 +69,25 @@ func newResolver(h host) (*Resolver, error) {
 		}
 	}
 	return r, nil
+}
+
+// seeFromNamespace adapts the resolver to a cgroup namespace of its own: a
+// pod on a cgroup v2 node (containerd gives every non-privileged container
+// one) that mounts the node's /sys/fs/cgroup (the DaemonSet's hostPath). The
+// kernel shows that mount's root, and the cgroups in other containers'
+// /proc/PID/cgroup, relative to the namespace: "/../../..". When the mount is
+// the hierarchy's root (which alone has no cgroup.type file), OCI cgroups
+// paths join the mount as they are, and /proc paths lose that prefix.
+func (r *Resolver) seeFromNamespace() {
+	for _, seg := range strings.Split(strings.TrimPrefix(r.mountRoot, "/"), "/") {
+		if seg != ".." {
+			return
+		}
+	}
+	if _, err := r.host.readFile(path.Join(r.mount, "cgroup.type")); err == nil {
+		return // an ancestor of the namespace, but not the hierarchy's root
+	}
+	r.nsPrefix, r.mountRoot = r.mountRoot, "/"
 }
 
 // Mount returns the cgroup2 mount point in use.
@@ -136,6 +160,11 @@ func (r *Resolver) stat(dir string) (uint64, string, error) {
 func (r *Resolver) dir(cg string) (string, error) {
 	if strings.HasSuffix(cg, " (deleted)") {
 		return "", fmt.Errorf("cgroup %s was deleted", strings.TrimSuffix(cg, " (deleted)"))
+	}
+	if r.nsPrefix != "" {
+		if rel, ok := strings.CutPrefix(cg, r.nsPrefix); ok && (rel == "" || rel[0] == '/') {
+			cg = path.Join("/", rel)
+		}
 	}
 	if cg == "/.." || strings.HasPrefix(cg, "/../") {
 		return "", fmt.Errorf("cgroup %s is outside captrace's cgroup namespace: run captrace in the host's cgroup namespace", cg)

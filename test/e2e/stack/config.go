@@ -9,15 +9,74 @@ import (
 // socket and port is private to the stack in dir, so it runs beside any other
 // containerd on the machine.
 func containerdConfig(dir string, t Tools) string {
+	return containerdConfigV3(dir, t,
+		"# No drop-ins from /etc/containerd/conf.d: this containerd is the test's alone.\nimports = []",
+		fmt.Sprintf(`[plugins.'io.containerd.nri.v1.nri']
+  disable = false
+  socket_path = "%[1]s/nri.sock"
+  plugin_path = "%[1]s/nri/plugins"
+  plugin_config_path = "%[1]s/nri/conf.d"`, dir))
+}
+
+// NRIOff is an NRI section that turns NRI off, as a node's root config may:
+// a drop-in that turns it on again proves it was read and merged.
+const (
+	NRIOffV2 = "[plugins.\"io.containerd.nri.v1.nri\"]\n  disable = true\n  socket_path = \"/nonexistent/nri.sock\""
+	NRIOffV3 = "[plugins.'io.containerd.nri.v1.nri']\n  disable = true\n  socket_path = '/nonexistent/nri.sock'"
+)
+
+// NodeRootConfig renders the stack's containerd settings as a node's root
+// config in version 2 (containerd 1.7's format, still read by 2.x) or 3,
+// with the given imports line and NRI section.
+func NodeRootConfig(s *Stack, version int, imports, nri string) string {
+	if version == 3 {
+		return containerdConfigV3(s.Dir, s.Tools, imports, nri)
+	}
+	return renderConfig(s.Dir, s.Tools, imports, nri, `version = 2
+@IMPORTS@
+@TOP@
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "@DIR@/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  sandbox_image = @PAUSE@
+  enable_selinux = false
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      pod_annotations = ["captrace.io/*"]
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = @RUNC@
+        Root = "@DIR@/runc"
+        SystemdCgroup = false
+
+@NRI@
+`)
+}
+
+// renderConfig fills a config template: @TOP@ (the stack's private root,
+// state and sockets, spelt the same in versions 2 and 3), @DIR@, @RUNC@,
+// @PAUSE@, @IMPORTS@ and @NRI@.
+func renderConfig(dir string, t Tools, imports, nri, template string) string {
 	q := func(s string) string { return fmt.Sprintf("%q", s) }
 	return strings.NewReplacer(
+		"@TOP@", strings.TrimSuffix(strings.ReplaceAll(configTop, "@DIR@", dir), "\n"),
 		"@DIR@", dir,
 		"@RUNC@", q(t.Runc),
 		"@PAUSE@", q(PauseImage),
-	).Replace(`version = 3
-# No drop-ins from /etc/containerd/conf.d: this containerd is the test's alone.
-imports = []
-root = "@DIR@/root"
+		"@IMPORTS@", imports,
+		"@NRI@", nri,
+	).Replace(template)
+}
+
+// configTop is the start of every config the stack writes.
+const configTop = `root = "@DIR@/root"
 state = "@DIR@/state"
 
 [grpc]
@@ -29,6 +88,14 @@ state = "@DIR@/state"
 [debug]
   address = "@DIR@/debug.sock"
   level = "info"
+`
+
+// containerdConfigV3 is the stack's version 3 config with an imports line and
+// an NRI section.
+func containerdConfigV3(dir string, t Tools, imports, nri string) string {
+	return renderConfig(dir, t, imports, nri, `version = 3
+@IMPORTS@
+@TOP@
 
 [plugins.'io.containerd.internal.v1.opt']
   path = "@DIR@/opt"
@@ -58,11 +125,7 @@ state = "@DIR@/state"
         Root = "@DIR@/runc"
         SystemdCgroup = false
 
-[plugins.'io.containerd.nri.v1.nri']
-  disable = false
-  socket_path = "@DIR@/nri.sock"
-  plugin_path = "@DIR@/nri/plugins"
-  plugin_config_path = "@DIR@/nri/conf.d"
+@NRI@
 `)
 }
 

@@ -40,6 +40,9 @@ type Options struct {
 	NodeName string
 	// Logf receives progress lines (t.Logf, or the demo's printer).
 	Logf func(format string, args ...any)
+	// Node, when set, runs containerd as a node does (see NodeContainerd);
+	// otherwise containerd ContainerdVersion reads the stack's own config.
+	Node *NodeContainerd
 }
 
 // Stack is one running private stack.
@@ -182,6 +185,11 @@ func (s *Stack) start(ctx context.Context) error {
 	if err != nil {
 		return s.Fail("install containerd "+ContainerdVersion+" and crictl "+CrictlVersion, err)
 	}
+	if n := s.opts.Node; n != nil && n.Version != "" && n.Version != ContainerdVersion {
+		if tools.Containerd, tools.Shim, tools.Ctr, err = EnsureContainerd(ctx, s.opts.Root, n.Version, s.logf); err != nil {
+			return s.Fail("build containerd "+n.Version, err)
+		}
+	}
 	s.Tools = tools
 	s.logf("tools ready in %v", time.Since(t0).Round(time.Millisecond))
 
@@ -253,12 +261,19 @@ func (s *Stack) startJournald() error {
 		return err
 	}
 	ready := filepath.Join(s.Dir, "namespace-ready")
+	nodeMounts := ""
+	if s.opts.Node != nil {
+		if err := s.prepareNodeMounts(); err != nil {
+			return err
+		}
+		nodeMounts = s.nodeMountScript()
+	}
 	script := fmt.Sprintf(`set -e
 mount -t tmpfs -o mode=0755 tmpfs /run/systemd
 mount --bind %q /run/log
 mount --bind %q /etc/systemd/journald.conf
-touch %q
-exec sleep infinity`, filepath.Dir(s.JournalDir), conf, ready)
+%stouch %q
+exec sleep infinity`, filepath.Dir(s.JournalDir), conf, nodeMounts, ready)
 	if _, err := os.Stat("/etc/systemd/journald.conf"); err != nil {
 		return fmt.Errorf("/etc/systemd/journald.conf is the mount point of the private journald's config (Debian package systemd): %w", err)
 	}
@@ -318,14 +333,24 @@ func (s *Stack) Journalctl(ctx context.Context, args ...string) (string, error) 
 // ContainerdSocket is the stack's containerd gRPC address.
 func (s *Stack) ContainerdSocket() string { return filepath.Join(s.Dir, "containerd.sock") }
 
-// NRISocket is the stack's NRI socket.
-func (s *Stack) NRISocket() string { return filepath.Join(s.Dir, "nri.sock") }
+// NRISocket is the stack's NRI socket, as the host sees it.
+func (s *Stack) NRISocket() string {
+	if s.opts.Node != nil {
+		return filepath.Join(s.nodeMounts()[1][0], filepath.Base(NodeNRISocket))
+	}
+	return filepath.Join(s.Dir, "nri.sock")
+}
 
 // StartContainerd starts containerd (again, after StopContainerd) and waits
 // until it serves CRI.
 func (s *Stack) StartContainerd(ctx context.Context) error {
-	conf := filepath.Join(s.Dir, "containerd.toml")
-	if err := os.WriteFile(conf, []byte(containerdConfig(s.Dir, s.Tools)), 0o644); err != nil {
+	argv := []string{s.Tools.Containerd, "--config", filepath.Join(s.Dir, "containerd.toml")}
+	if s.opts.Node != nil {
+		if err := s.writeNodeEtc(); err != nil {
+			return err
+		}
+		argv = s.inNamespace(s.Tools.Containerd, "--config", NodeConfig)
+	} else if err := os.WriteFile(argv[2], []byte(containerdConfig(s.Dir, s.Tools)), 0o644); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(s.Dir, "crictl.yaml"), []byte(crictlConfig(s.ContainerdSocket())), 0o644); err != nil {
@@ -334,12 +359,16 @@ func (s *Stack) StartContainerd(ctx context.Context) error {
 	os.Remove(s.ContainerdSocket())
 	// containerd finds containerd-shim-runc-v2 on PATH.
 	path := "PATH=" + filepath.Dir(s.Tools.Shim) + ":" + os.Getenv("PATH")
-	p, err := s.spawn("containerd", []string{s.Tools.Containerd, "--config", conf}, spawnOpts{env: []string{path}})
+	p, err := s.spawn("containerd", argv, spawnOpts{env: []string{path}})
 	if err != nil {
 		return err
 	}
 	s.containerd = p
-	if err := waitFor(30*time.Second, p, "containerd's socket", func() bool { return allExist(s.ContainerdSocket(), s.NRISocket()) }); err != nil {
+	sockets := []string{s.ContainerdSocket(), s.NRISocket()}
+	if s.opts.Node != nil && s.opts.Node.NRIOff {
+		sockets = sockets[:1]
+	}
+	if err := waitFor(30*time.Second, p, "containerd's sockets "+strings.Join(sockets, ", "), func() bool { return allExist(sockets...) }); err != nil {
 		return err
 	}
 	return waitFor(30*time.Second, p, "CRI to answer `crictl info`", func() bool {
@@ -347,6 +376,9 @@ func (s *Stack) StartContainerd(ctx context.Context) error {
 		return err == nil
 	})
 }
+
+// ContainerdPID is the running containerd's PID.
+func (s *Stack) ContainerdPID() int { return s.containerd.pid() }
 
 // StopContainerd stops containerd (SIGTERM); shims and pods keep running.
 func (s *Stack) StopContainerd() {
