@@ -108,10 +108,13 @@ test-kernels:
 	scripts/install-deps.sh kernels
 	test/kernels/run.sh $(KERNEL_FLAGS)
 
+# The last line: captrace report over 1 M records (records/s, ratio to reading
+# the lines, peak RSS of the report in a child process).
 bench:
 	scripts/install-deps.sh bench
 	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./bpf/ ./plugin/ ./pkg/pipeline/ ./pkg/symbolize/ ./pkg/output/ ./pkg/metrics/
 	$(GO) test -run '^$$' -bench ReaderMetricsOverhead -benchtime 10x -count 1 ./cmd/captrace/
+	$(GO) test -run '^$$' -bench 'Report$$' -benchtime 1x -count 1 ./pkg/advisor/
 
 # The seed's set-priority guide on a private stack; Ctrl-C or DEMO_FLAGS=-duration=… ends it.
 DEMO_FLAGS ?=

@@ -160,6 +160,13 @@ func (p *Plugin) admit(pod *api.PodSandbox, ctr *api.Container, preferPID bool) 
 		PodUID:    pod.GetUid(),
 		CgroupID:  id,
 		Settings:  d.settings,
+
+		WorkloadKind: d.workload.Kind,
+		Workload:     d.workload.Name,
+		Image:        d.image,
+		Node:         p.opts.NodeName,
+		Proposed:     d.proposed,
+		HasProposal:  d.hasProposal,
 	}, true
 }
 

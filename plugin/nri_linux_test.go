@@ -452,11 +452,14 @@ func TestNRILifecycle(t *testing.T) {
 	pl := startPlugin(t, socket, reg, Policy{Defaults: bpf.Settings{AuditOnly: true}})
 	pl.waitConnects(t, 1)
 
-	traced := testPod("traced", "team-a", enabled(AnnotationUnique, "TRUE", AnnotationContainers, "app,sidecar"))
+	traced := testPod("traced", "team-a", enabled(AnnotationUnique, "TRUE", AnnotationContainers, "app,sidecar",
+		AnnotationWorkload, "deployment/web"))
 	plain := testPod("plain", "team-a", nil)
 	rt.runPod(traced)
 	rt.runPod(plain)
 	app := cg.cgroupfsContainer(traced, "app")
+	// What containerd's CRI puts on every container.
+	app.ctr.Annotations = map[string]string{"io.kubernetes.cri.image-name": "registry.test/web:1.2"}
 	sidecar := cg.systemdContainer(traced, "sidecar")
 	other := cg.cgroupfsContainer(traced, "other") // not in captrace.io/containers
 	quiet := cg.cgroupfsContainer(plain, "app")
@@ -472,6 +475,7 @@ func TestNRILifecycle(t *testing.T) {
 	}
 	c, ok := reg.Lookup(app.id)
 	if want := (cgmap.Container{ID: app.ctr.Id, Name: "app", Namespace: "team-a", Pod: "traced", PodUID: traced.Uid,
+		WorkloadKind: "Deployment", Workload: "web", Image: "registry.test/web:1.2",
 		CgroupID: app.id, Settings: s}); !ok || c != want {
 		t.Fatalf("Lookup = %+v, %v; want %+v", c, ok, want)
 	}

@@ -47,7 +47,10 @@ type Options struct {
 	PluginName  string // default "captrace"
 	PluginIndex string // default "10"
 	Policy      Policy
-	Log         logrus.FieldLogger
+	// NodeName is written on every traced container (cgmap.Container.Node):
+	// the report counts nodes by it.
+	NodeName string
+	Log      logrus.FieldLogger
 	// OnRemove, if set, is called (outside containerd's critical path) with
 	// each container that stops being traced, whatever the reason
 	// (cgmap.Listener's Untraced): exactly once for every container OnTrace

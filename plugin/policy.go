@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/captrace/captrace/bpf"
+	"github.com/captrace/captrace/pkg/workload"
 	"github.com/containerd/nri/pkg/api"
 )
 
@@ -14,7 +15,11 @@ const (
 	AnnotationAuditOnly  = "captrace.io/audit-only"
 	AnnotationUnique     = "captrace.io/unique"
 	AnnotationContainers = "captrace.io/containers"
-	AnnotationRateLimit  = "captrace.io/rate-limit"
+	AnnotationWorkload   = workload.AnnotationWorkload
+	// AnnotationProposed is a capability set to validate before enforcing
+	// it: checks granted today that it would deny are marked would_deny.
+	AnnotationProposed  = "captrace.io/proposed-capabilities"
+	AnnotationRateLimit = "captrace.io/rate-limit"
 	// AnnotationStacks selects call stacks: none, kernel, user or kernel,user.
 	AnnotationStacks = "captrace.io/stacks"
 )
@@ -39,8 +44,12 @@ type Policy struct {
 
 // decision is what the policy says about one container.
 type decision struct {
-	trace    bool
-	settings bpf.Settings
+	trace       bool
+	settings    bpf.Settings
+	workload    workload.Identity
+	image       string
+	proposed    bpf.CapSet
+	hasProposal bool
 	// problem, when not empty, is a pod-level reason the pod is not traced
 	// that its owner or the administrator should hear about (once per pod):
 	// a bad annotation value or a namespace the config keeps out.
@@ -123,6 +132,24 @@ func (p *Policy) decide(pod *api.PodSandbox, ctr *api.Container) decision {
 			return decision{problem: `annotation names no container (want "name1,name2"); pod not traced`, key: AnnotationContainers, value: v}
 		}
 		d.trace = named
+	}
+	id, err := workload.Of(pod.GetName(), pod.GetLabels(), ann)
+	if err != nil {
+		return decision{problem: "annotation value is not a workload: " + err.Error() + "; pod not traced",
+			key: AnnotationWorkload, value: ann[AnnotationWorkload]}
+	}
+	d.workload = id
+	if v, ok := ann[AnnotationProposed]; ok {
+		set, err := bpf.ParseCapSet(v)
+		if err != nil {
+			return decision{problem: "annotation value is not a capability list: " + err.Error() + "; pod not traced",
+				key: AnnotationProposed, value: v}
+		}
+		d.proposed, d.hasProposal = set, true
+	}
+	if d.image, valid = workload.Image(ctr.GetAnnotations()); !valid {
+		// Not the pod author's to fix and no reason to lose the trace.
+		d.image = "(invalid image name)"
 	}
 	return d
 }

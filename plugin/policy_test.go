@@ -332,6 +332,49 @@ func TestHandlerTraceFailed(t *testing.T) {
 	}
 }
 
+// The workload comes with the decision; a bad captrace.io/workload keeps the
+// pod out, like every other captrace annotation, and says why.
+func TestPolicyWorkload(t *testing.T) {
+	var p Policy
+	c := ctr("app")
+	c.Annotations = map[string]string{"io.kubernetes.cri.image-name": "registry.test/web:1.2"}
+	d := p.decide(pod("ns", enabled()), c)
+	if !d.trace || d.workload.String() != "Pod/web" || d.image != "registry.test/web:1.2" {
+		t.Errorf("plain pod: %+v", d)
+	}
+	d = p.decide(pod("ns", enabled(AnnotationWorkload, "daemonset/agent")), c)
+	if !d.trace || d.workload.String() != "DaemonSet/agent" {
+		t.Errorf("annotated pod: %+v", d)
+	}
+	d = p.decide(pod("ns", enabled(AnnotationWorkload, "deployment/web\nlevel=error")), c)
+	if d.trace || d.key != AnnotationWorkload || !strings.Contains(d.problem, "workload") {
+		t.Errorf("bad annotation: %+v", d)
+	}
+	c.Annotations["io.kubernetes.cri.image-name"] = "web\x1b[2J"
+	if d := p.decide(pod("ns", enabled()), c); !d.trace || d.image != "(invalid image name)" {
+		t.Errorf("bad image: %+v", d)
+	}
+}
+
+func TestPolicyProposedCapabilities(t *testing.T) {
+	var p Policy
+	d := p.decide(pod("ns", enabled(AnnotationProposed, "NET_BIND_SERVICE, sys_nice")), ctr("app"))
+	if !d.trace || !d.hasProposal || !d.proposed.Has(10) || !d.proposed.Has(23) || d.proposed.Has(0) {
+		t.Errorf("proposal: %+v", d)
+	}
+	// An empty proposal is drop ALL with nothing added: every grant would be denied.
+	if d := p.decide(pod("ns", enabled(AnnotationProposed, "")), ctr("app")); !d.trace || !d.hasProposal || d.proposed != 0 {
+		t.Errorf("empty proposal: %+v", d)
+	}
+	if d := p.decide(pod("ns", enabled()), ctr("app")); d.hasProposal {
+		t.Errorf("no annotation: %+v", d)
+	}
+	d = p.decide(pod("ns", enabled(AnnotationProposed, "SYS_NICE,FLY")), ctr("app"))
+	if d.trace || d.key != AnnotationProposed || !strings.Contains(d.problem, `"FLY" is no capability name`) {
+		t.Errorf("bad proposal: %+v", d)
+	}
+}
+
 // A pod author controls annotation values: the warning keeps and logs a short
 // prefix and the length, never the value (defect: 200 pods with 256 KiB
 // values held 52 MB and logged 256 KiB lines), and a removed pod is forgotten.

@@ -105,8 +105,8 @@ func TestFlagPlacementAndExitCodes(t *testing.T) {
 		{[]string{"report", records, "--format", "json"}, 0, `"recommended"`, ""},
 		{[]string{"report", records, "-o", "yaml"}, 0, "securityContext", ""},
 		{[]string{"report", "-o", "json", records}, 0, `"recommended"`, ""},
-		{[]string{"report", records, "-o", "xml"}, 2, "", "unknown output format \"xml\": expected one of table, yaml, json"},
-		{[]string{"report", records, "extra"}, 2, "", "one input expected"},
+		{[]string{"report", records, "-o", "xml"}, 2, "", "unknown output format \"xml\": expected one of table, yaml, patch, json"},
+		{[]string{"report", records, "extra"}, 2, "", "open extra: no such file"}, // any number of inputs, each must exist
 		{[]string{"report", filepath.Join(dir, "absent.log")}, 2, "", "no such file"},
 		{[]string{"report", empty}, 3, "", "no capability checks read"},
 		{[]string{"report", "--bogus", records}, 2, "", "unknown flag: --bogus"},

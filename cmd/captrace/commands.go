@@ -232,12 +232,13 @@ missing.`,
 func newReportCommand(env cliEnv) *cobra.Command {
 	rc := advisor.NewReportCommand()
 	cmd := &cobra.Command{
-		Use:   "report [FILE|-]",
+		Use:   "report [FILE|-]...",
 		Short: "Least-privilege report (securityContext) from captured capability checks",
 		Long: advisor.ReportHelp + `
 
-Exit 0 when advice is printed, 2 on a usage or input error, 3 when no
-capability records were found.`,
+Exit 0 when advice is printed (with --check: the manifests match), 1 when
+--check finds a mismatch, 2 on a usage or input error (or a bad manifest),
+3 when no capability records were found.`,
 		// report checks its arguments itself (advisor owns its inputs).
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {

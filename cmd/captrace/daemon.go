@@ -265,6 +265,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 		SocketPath:  cfg.NRI.Socket,
 		PluginName:  cfg.NRI.PluginName,
 		PluginIndex: cfg.NRI.PluginIndex,
+		NodeName:    nodeName(),
 		Policy: plugin.Policy{
 			Defaults: bpf.Settings{
 				AuditOnly: cfg.Trace.AuditOnly, Unique: cfg.Trace.Unique, Stacks: defaultStacks,
@@ -484,4 +485,15 @@ func (d *daemon) logStats(final bool) {
 	} else {
 		entry.Info("stats")
 	}
+}
+
+// nodeName is the node's name as Kubernetes knows it: $NODE_NAME (a
+// DaemonSet sets it from spec.nodeName), else the host name, which is the
+// kubelet's default node name.
+func nodeName() string {
+	if n := os.Getenv("NODE_NAME"); n != "" {
+		return n
+	}
+	n, _ := os.Hostname()
+	return n
 }

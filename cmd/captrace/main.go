@@ -4,7 +4,7 @@
 //	captrace version                 print the version
 //	captrace check-config [FILE]     validate a config file, listing every problem
 //	captrace doctor                  what this node offers and lacks
-//	captrace report [FILE|-]         least-privilege report
+//	captrace report [FILE|-]...      least-privilege report
 //	captrace completion bash|zsh     shell completion
 //
 // `captrace help COMMAND` or `captrace COMMAND --help` shows a command's

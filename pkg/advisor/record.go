@@ -34,11 +34,23 @@ type ParsedLine struct {
 	PodUID      string
 	Container   string
 	ContainerID string
-	Comm        string
-	Cap         string // e.g. "CAP_SYS_NICE"
-	Syscall     string
-	Capable     bool
-	Audit       bool
+	// WorkloadKind, Workload, Image and Node: see cgmap.Container; empty in
+	// records written before captrace recorded them.
+	WorkloadKind string
+	Workload     string
+	Image        string
+	Node         string
+	// NonRoot: the checking process ran as a user ID other than 0 (events
+	// only; false when the record does not say).
+	NonRoot bool
+	// WouldDeny: the check is marked would_deny=1 (the pod's proposed
+	// capabilities lack it).
+	WouldDeny bool
+	Comm      string
+	Cap       string // e.g. "CAP_SYS_NICE"
+	Syscall   string
+	Capable   bool
+	Audit     bool
 	// UserStack is an event's ustack (schema.UserStack), "" when absent.
 	UserStack string
 	// WindowStart, WindowEnd and Events are set on summaries: the window the
@@ -56,7 +68,7 @@ type names struct {
 	time, namespace, pod, podUID, container, containerID, comm            string
 	cap, capable, audit, syscall, summary, windowStart, windowEnd, events string
 	unique, auditOnly                                                     string
-	userStack                                                             string
+	workloadKind, workload, image, node, uid, wouldDeny, userStack        string
 }
 
 var logfmtNames = names{
@@ -66,6 +78,8 @@ var logfmtNames = names{
 	capable: schema.Capable.Key, audit: schema.Audit.Key, syscall: schema.Syscall.Key,
 	summary: schema.Summary.Key, windowStart: schema.WindowStart.Key, windowEnd: schema.WindowEnd.Key, events: schema.Events.Key,
 	unique: schema.Unique.Key, auditOnly: schema.AuditOnly.Key, userStack: schema.UserStack.Key,
+	workloadKind: schema.WorkloadKind.Key, workload: schema.Workload.Key, image: schema.Image.Key,
+	node: schema.Node.Key, uid: schema.Uid.Key, wouldDeny: schema.WouldDeny.Key,
 }
 
 var journalNames = names{
@@ -75,6 +89,8 @@ var journalNames = names{
 	capable: schema.Capable.Journal, audit: schema.Audit.Journal, syscall: schema.Syscall.Journal,
 	summary: schema.Summary.Journal, windowStart: schema.WindowStart.Journal, windowEnd: schema.WindowEnd.Journal, events: schema.Events.Journal,
 	unique: schema.Unique.Journal, auditOnly: schema.AuditOnly.Journal, userStack: schema.UserStack.Journal,
+	workloadKind: schema.WorkloadKind.Journal, workload: schema.Workload.Journal, image: schema.Image.Journal,
+	node: schema.Node.Journal, uid: schema.Uid.Journal, wouldDeny: schema.WouldDeny.Journal,
 }
 
 // journald's receive time, µs since the epoch, on every `journalctl -o json` entry.
@@ -133,13 +149,18 @@ func ParseLine(line []byte) (ParsedLine, error) {
 		}
 		return buildRecord(get, n)
 	}
-	pairs, err := parseLogfmt(line)
+	var buf [32]logfmtPair
+	pairs, err := parseLogfmt(line, buf[:0])
 	if err != nil {
 		return ParsedLine{}, err
 	}
 	get = func(k string) (string, bool, error) {
-		v, ok := pairs[k]
-		return v, ok, nil
+		for i := range pairs {
+			if pairs[i].key == k {
+				return pairs[i].val, true, nil
+			}
+		}
+		return "", false, nil
 	}
 	return buildRecord(get, logfmtNames)
 }
@@ -157,6 +178,21 @@ func buildRecord(get func(string) (string, bool, error), n names) (ParsedLine, e
 	r.Namespace, r.Pod, r.PodUID = str(n.namespace), str(n.pod), str(n.podUID)
 	r.Container, r.ContainerID, r.Comm = str(n.container), str(n.containerID), str(n.comm)
 	r.Cap, r.Syscall = str(n.cap), str(n.syscall)
+	r.WorkloadKind, r.Workload, r.Image, r.Node = str(n.workloadKind), str(n.workload), str(n.image), str(n.node)
+	if v := str(n.uid); v != "" {
+		uid, err := strconv.ParseUint(v, 10, 32)
+		if err != nil {
+			return ParsedLine{}, fmt.Errorf("field %s: %v", n.uid, err)
+		}
+		r.NonRoot = uid != 0
+	}
+	if v := str(n.wouldDeny); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return ParsedLine{}, fmt.Errorf("field %s: want 1 or 0, got %q", n.wouldDeny, v)
+		}
+		r.WouldDeny = b
+	}
 	r.UserStack = str(n.userStack)
 	if firstErr != nil {
 		return ParsedLine{}, firstErr
@@ -269,7 +305,7 @@ func init() {
 	for _, n := range []names{journalNames, logfmtNames} {
 		for _, name := range []string{n.time, n.namespace, n.pod, n.podUID, n.container, n.containerID,
 			n.comm, n.cap, n.capable, n.audit, n.syscall, n.summary, n.windowStart, n.windowEnd, n.events,
-			n.unique, n.auditOnly, n.userStack} {
+			n.unique, n.auditOnly, n.workloadKind, n.workload, n.image, n.node, n.uid, n.wouldDeny, n.userStack} {
 			add(name)
 		}
 	}
@@ -339,11 +375,16 @@ func jsonFieldString(raw json.RawMessage) (string, error) {
 	return string(raw), nil
 }
 
+// logfmtPair is one key=value of a logfmt line.
+type logfmtPair struct{ key, val string }
+
 // parseLogfmt reads key=value pairs as logrus's TextFormatter writes them:
 // bare values, or values quoted with Go's %q escapes. Any other token makes
-// the whole line unreadable.
-func parseLogfmt(line []byte) (map[string]string, error) {
-	pairs := map[string]string{}
+// the whole line unreadable, and so does a key given twice (a value could
+// otherwise smuggle a second one in). The pairs are appended to pairs; keys
+// and values share one copy of the line, and only a value with escapes
+// allocates again.
+func parseLogfmt(line []byte, pairs []logfmtPair) ([]logfmtPair, error) {
 	s := string(line)
 	i := 0
 	for {
@@ -368,7 +409,9 @@ func parseLogfmt(line []byte) (map[string]string, error) {
 			if err != nil {
 				return nil, fmt.Errorf("not logfmt: bad quoted value of %s at column %d", key, i+1)
 			}
-			if val, err = strconv.Unquote(q); err != nil {
+			if strings.IndexByte(q, '\\') < 0 {
+				val = q[1 : len(q)-1]
+			} else if val, err = strconv.Unquote(q); err != nil {
 				return nil, fmt.Errorf("not logfmt: bad quoted value of %s at column %d", key, i+1)
 			}
 			i += len(q)
@@ -385,10 +428,12 @@ func parseLogfmt(line []byte) (map[string]string, error) {
 			}
 			val = s[vs:i]
 		}
-		if _, dup := pairs[key]; dup {
-			return nil, fmt.Errorf("not logfmt: key %s repeated", key)
+		for _, p := range pairs {
+			if p.key == key {
+				return nil, fmt.Errorf("not logfmt: key %s repeated", key)
+			}
 		}
-		pairs[key] = val
+		pairs = append(pairs, logfmtPair{key, val})
 	}
 	if len(pairs) == 0 {
 		return nil, errors.New("not logfmt: no key=value")

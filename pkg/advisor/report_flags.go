@@ -5,12 +5,22 @@ import (
 )
 
 // ReportHelp is the long help of `captrace report`.
-const ReportHelp = `Reads captrace's capability records and prints, per pod and container, the
-checks seen (cap, granted and denied counts, syscalls) and a ready-to-paste
-securityContext. Input: by default the output of
+const ReportHelp = `Reads captrace's capability records and prints, per workload (namespace,
+Deployment/StatefulSet/DaemonSet/Job/CronJob or pod, container name, image),
+the checks seen (cap, granted and denied counts, syscalls, on how many pods
+and nodes) and a ready-to-paste securityContext. Replicas and nodes add up;
+a container found in several inputs counts once; --by pod gives one entry per
+pod. Input: by default the output of
   journalctl -u captrace -o json
-which it runs itself; or FILE (logfmt from the file sink, or journalctl's JSON,
-detected line by line); or - for stdin.`
+which it runs itself; or any number of FILEs (logfmt from the file sink, or
+journalctl's JSON, detected line by line, e.g. one journal export per node);
+- for stdin. -o yaml: one Kubernetes object per workload; -o patch: a
+strategic-merge patch per workload (kubectl patch --patch-file).
+
+--check MANIFEST compares Kubernetes manifests (Deployment, StatefulSet,
+DaemonSet, Job, CronJob, Pod; multi-document YAML) with the evidence: exit 0
+when they match, 1 when one lacks a used capability, grants an unused one or
+keeps the runtime's default set, 2 when a manifest is not a valid object.`
 
 // ReportCommand is `captrace report`: its options, filled by the flags
 // AddFlags registers, and Run. cmd/captrace puts the flags on its command
@@ -34,7 +44,10 @@ func (c *ReportCommand) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVarP(&f.journalDir, "journal-dir", "D", "", "passed to journalctl as -D `DIR`")
 	fs.StringVar(&f.unit, "unit", "captrace", "systemd `unit` passed to journalctl -u; empty: match SYSLOG_IDENTIFIER=captrace written by root (_UID=0) instead")
 	fs.StringVar(&f.journalctl, "journalctl", c.env.journalctl, "journalctl `binary` to run")
-	fs.StringVarP(&f.format, "output", "o", "table", "output `FORMAT`: table, yaml or json")
+	fs.StringVarP(&f.format, "output", "o", "table", "output `FORMAT`: table, yaml (a Kubernetes object per workload), patch (a strategic-merge patch per workload) or json")
+	fs.StringVar(&f.by, "by", ByWorkload, "group the advice by `workload` (namespace, workload, container, image) or by pod")
+	fs.StringVar(&f.workloadArg, "workload", "", "only this `KIND/NAME` (deployment/web)")
+	fs.StringArrayVar(&f.checks, "check", nil, "compare the Kubernetes `MANIFEST` (file, - for stdin; repeatable) with the evidence")
 	fs.StringVar(&f.namespace, "namespace", "", "only this Kubernetes `namespace`")
 	fs.StringVar(&f.pod, "pod", "", "only this `pod` name")
 	fs.StringVar(&f.container, "container", "", "only this `container` name")

@@ -23,6 +23,13 @@ type rec struct {
 	at                                         time.Time
 }
 
+// wrec is a check with the fields captrace writes since it names workloads.
+type wrec struct {
+	rec
+	kind, workload, image, node string
+	uid                         int
+}
+
 // setPriority0 is the seed's set-priority-0 as records: the memory probes of
 // sh (not audited, denied) and nice's denied CAP_SYS_NICE, every 5 s.
 func setPriority0() []rec {
@@ -53,6 +60,15 @@ func setPriority1() []rec {
 // (pkg/output: empty values quoted, capable true/false, audit 1/0).
 func logfmtLines(t testing.TB, rs []rec) string {
 	t.Helper()
+	ws := make([]wrec, len(rs))
+	for i, r := range rs {
+		ws[i].rec = r
+	}
+	return wlogfmtLines(t, ws)
+}
+
+func wlogfmtLines(t testing.TB, rs []wrec) string {
+	t.Helper()
 	var buf bytes.Buffer
 	log := logrus.New()
 	log.Out = &buf
@@ -63,10 +79,10 @@ func logfmtLines(t testing.TB, rs []rec) string {
 		log.WithTime(r.at).WithFields(logrus.Fields{
 			schema.Namespace.Key: r.ns, schema.Pod.Key: r.pod, schema.PodUID.Key: "uid-" + r.pod,
 			schema.Container.Key: r.container, schema.ContainerID.Key: r.id, schema.Comm.Key: r.comm,
-			schema.Pid.Key: 1234, schema.Tid.Key: 1234, schema.Uid.Key: 0, schema.Gid.Key: 0,
+			schema.Pid.Key: 1234, schema.Tid.Key: 1234, schema.Uid.Key: r.uid, schema.Gid.Key: 0,
 			schema.Capable.Key: fmt.Sprint(r.capable), schema.Audit.Key: digit[r.audit],
 			schema.Cap.Key: r.cap, schema.Syscall.Key: r.syscall, "cgroup_id": 4242,
-		}).Info("cap_check")
+		}).WithFields(workloadFields(r)).Info("cap_check")
 	}
 	return buf.String()
 }
@@ -99,6 +115,17 @@ func journalJSON(t testing.TB, rs []rec, boolText func(bool) string) string {
 		buf.WriteByte('\n')
 	}
 	return buf.String()
+}
+
+func workloadFields(r wrec) logrus.Fields {
+	f := logrus.Fields{}
+	for k, v := range map[string]string{schema.WorkloadKind.Key: r.kind, schema.Workload.Key: r.workload,
+		schema.Image.Key: r.image, schema.Node.Key: r.node} {
+		if v != "" {
+			f[k] = v
+		}
+	}
+	return f
 }
 
 func report(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
@@ -187,7 +214,7 @@ func TestReportRestartsAddUp(t *testing.T) {
 		rs[6+i].id = "c0-restarted"
 	}
 	out, errs, code := report(t, logfmtLines(t, rs), "-")
-	if code != 0 || !strings.Contains(out, "CONTAINER set-priority-0  (2 container IDs: restarts add up)\n") ||
+	if code != 0 || !strings.Contains(out, "CONTAINER set-priority-0  (2 container IDs add up)\n") ||
 		!strings.Contains(out, "based on 12 checks") {
 		t.Errorf("exit %d: %s %s", code, out, errs)
 	}
@@ -199,18 +226,20 @@ func TestReportYAML(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
-	want := "# pod default/set-priority-1: merge into spec.containers\n" +
-		"# 9 checks over 10s (partial profile: observed for less than 10m0s; exercise the workload longer before relying on it)\n" +
-		"# SYS_ADMIN (granted 0, denied 3): probe: not audited by the kernel, not a need\n" +
-		"# SETUID (granted 3, denied 0): runtime: checked by runc init, not by the workload\n" +
-		"- name: set-priority-1\n" +
-		"  securityContext:\n    capabilities:\n      drop:\n      - ALL\n      add:\n      - SYS_NICE\n"
+	want := "# captrace advice for Pod set-priority-1 in namespace default: merge each container's securityContext into your manifest\n" +
+		"# container set-priority-1: 9 checks over 10s (partial profile: observed for less than 10m0s; exercise the workload longer before relying on it)\n" +
+		"#   SYS_NICE granted 3, denied 0: add: granted in audited checks by the workload\n" +
+		"#   SYS_ADMIN granted 0, denied 3: probe: not audited by the kernel, not a need\n" +
+		"#   SETUID granted 3, denied 0: runtime: checked by runc init, not by the workload\n" +
+		"apiVersion: v1\nkind: Pod\nmetadata:\n  name: set-priority-1\n  namespace: default\nspec:\n  containers:\n" +
+		"  - name: set-priority-1\n    securityContext:\n      capabilities:\n        add:\n        - SYS_NICE\n        drop:\n        - ALL\n"
 	if !strings.Contains(out, want) {
 		t.Errorf("yaml lacks\n%s\ngot\n%s", want, out)
 	}
-	if !strings.Contains(out, "\n---\n# pod default/set-priority-1: merge into spec.containers\n") {
+	if !strings.Contains(out, "\n---\n# captrace advice for Pod set-priority-1") {
 		t.Errorf("pods are not separate YAML documents:\n%s", out)
 	}
+	strictlyDecode(t, out)
 }
 
 // logfmt as logrus writes it: quoted values with escapes, bare values, and
@@ -247,7 +276,7 @@ func TestReportFilters(t *testing.T) {
 	if cs := decodeJSONReport(t, out); code != 0 || len(cs) != 1 || cs[0].Container.Pod != "set-priority-1" {
 		t.Errorf("--pod: exit %d %s %s", code, out, errs)
 	}
-	if !strings.Contains(errs, "12 outside --namespace/--pod/--container/--since") {
+	if !strings.Contains(errs, "12 outside --namespace/--pod/--container/--workload/--since") {
 		t.Errorf("stderr: %s", errs)
 	}
 	_, errs, code = report(t, in, "--namespace", "kube-system", "-")
@@ -391,7 +420,9 @@ func TestReportSummaryEntriesExtendTheWindow(t *testing.T) {
 }
 
 func TestReportUsage(t *testing.T) {
-	for _, args := range [][]string{{"--format", "xml", "-"}, {"a", "b"}, {"--input", "a", "b"}, {"--bogus"}, {"-D", "/x", "-"}} {
+	for _, args := range [][]string{{"--format", "xml", "-"}, {"-", "-"}, {"--input", "-", "-"},
+		{"--bogus"}, {"-D", "/x", "-"}, {"--by", "node", "-"}, {"--by", "pod", "--format", "patch", "-"},
+		{"--workload", "deployment", "-"}, {"--check", "-", "-"}} {
 		if _, errs, code := report(t, "", args...); code != 2 || errs == "" {
 			t.Errorf("%q: exit %d, stderr %q", args, code, errs)
 		}
@@ -461,21 +492,30 @@ func TestReportEscapesNames(t *testing.T) {
 		rs[i].container = "ctr\u202e" + esc
 	}
 	for _, in := range []string{logfmtLines(t, rs), journalJSON(t, rs, func(b bool) string { return fmt.Sprint(b) })} {
-		for _, format := range []string{"table", "yaml"} {
+		for _, format := range []string{"table", "yaml", "patch"} {
 			out, errs, code := report(t, in+"garbage"+esc+"\n", "--format", format, "-")
-			if code != 0 {
-				t.Fatalf("exit %d: %s", code, errs)
+			// Kubernetes YAML is valid by construction: names that are no
+			// Kubernetes names are left out of it, and stderr says so.
+			shown, wantCode := out, 0
+			if format != "table" {
+				shown, wantCode = errs, exitcode.NoRecords
+				if out != "" || !strings.Contains(errs, "left out of the YAML") {
+					t.Errorf("%s: stdout %q, stderr %q", format, out, errs)
+				}
+			}
+			if code != wantCode {
+				t.Fatalf("%s: exit %d, want %d: %s", format, code, wantCode, errs)
 			}
 			for name, s := range map[string]string{"stdout": out, "stderr": errs} {
 				if strings.ContainsAny(s, "\x1b\x07\u202e") {
 					t.Errorf("%s %s holds a control character: %q", format, name, s)
 				}
 			}
-			if strings.Contains(out, "\n- name: injected") {
+			if strings.Contains(out+errs, "\n- name: injected") {
 				t.Errorf("%s: a pod name started a line of its own:\n%s", format, out)
 			}
-			if !strings.Contains(out, `\x1b]0;owned\a\x1b[2J`) {
-				t.Errorf("%s: the names are not shown escaped:\n%s", format, out)
+			if !strings.Contains(shown, `\x1b]0;owned\a\x1b[2J`) {
+				t.Errorf("%s: the names are not shown escaped:\n%s", format, shown)
 			}
 		}
 	}

@@ -22,6 +22,11 @@ type ContainerRef struct {
 	Namespace string `json:"namespace"`
 	Pod       string `json:"pod"`
 	PodUID    string `json:"pod_uid,omitempty"`
+	// The pod's owner (pkg/workload), the container's image and the node.
+	WorkloadKind string `json:"workload_kind,omitempty"`
+	Workload     string `json:"workload,omitempty"`
+	Image        string `json:"image,omitempty"`
+	Node         string `json:"node,omitempty"`
 }
 
 // Check is one distinct capability check of a container: the (cap, verdict,
@@ -32,9 +37,16 @@ type Check struct {
 	Capable bool   // granted
 	Audit   bool   // the kernel would audit the check (not a CAP_OPT_NOAUDIT probe)
 	Runtime bool   // made by runc's setup processes, not by the workload
-	Count   uint64
-	First   time.Time
-	Last    time.Time
+	NonRoot bool   // made by a process whose user ID was not 0
+	// WouldDeny: granted, but the pod's captrace.io/proposed-capabilities
+	// lacks the capability.
+	WouldDeny bool
+	// Pod and Node say where the check was seen, when a summary covers
+	// several pods (captrace report); empty otherwise.
+	Pod, Node string
+	Count     uint64
+	First     time.Time
+	Last      time.Time
 	// UserStack is the user stack of one of these checks (schema.UserStack:
 	// frames joined by ';', innermost first), "" when none was captured.
 	UserStack string
@@ -73,6 +85,10 @@ type Row struct {
 	Granted  uint64   `json:"granted"`
 	Denied   uint64   `json:"denied"`
 	Syscalls []string `json:"syscalls"`
+	// Pods and Nodes: on how many of the summary's pods and nodes the
+	// capability was seen in this class (report over several pods; else 0).
+	Pods  int `json:"pods,omitempty"`
+	Nodes int `json:"nodes,omitempty"`
 	// Code names the top user frames behind the row's checks, e.g.
 	// "setpriority ← main (nice)", when user stacks were captured.
 	Code string `json:"code,omitempty"`
@@ -135,10 +151,32 @@ type Summary struct {
 	Probed []string `json:"probed"`
 	// RuntimeOnly lists capabilities checked by runc init and not by the workload.
 	RuntimeOnly []string `json:"runtime_only"`
+	// NonRootDenied lists DeniedOnly capabilities that were denied to a
+	// process running as a non-zero user ID: `add` would not reach it
+	// (NonRootAdvice).
+	NonRootDenied []string `json:"non_root_denied,omitempty"`
+
+	// Pods is how many pods the summary covers (report by workload; 0 for a
+	// single container's summary), PodsRead how many of them had all their
+	// checks read (fewer makes the advice partial: a pod known only from its
+	// summary entry, or whose checks were partly lost), Nodes how many nodes
+	// they ran on.
+	Pods     int `json:"pods,omitempty"`
+	PodsRead int `json:"pods_read,omitempty"`
+	Nodes    int `json:"nodes,omitempty"`
+	// WouldBreak lists the workload's audited checks that the pod's
+	// captrace.io/proposed-capabilities would deny ("CAP_CHOWN in fchownat, 12×").
+	WouldBreak []string `json:"would_break,omitempty"`
 	// Code names, for each recommended or denied capability whose checks
 	// carried a user stack, the code that asked: "SYS_NICE ← setpriority ← main (nice)".
 	Code []string `json:"code,omitempty"`
 }
+
+// NonRootAdvice says why adding a capability does not help a non-root
+// process, and what does.
+const NonRootAdvice = "denied to a non-root process (runAsUser != 0): `add` does not reach it, because Kubernetes sets no " +
+	"ambient capabilities (kubernetes/kubernetes#56374); what works: run the container as root (runAsUser: 0) with " +
+	"drop: [ALL] plus add, or give the binary file capabilities in the image (setcap cap_x+ep) and keep the capability in add"
 
 // Losses are a container's checks that were not seen, by cause.
 type Losses struct {
@@ -164,6 +202,8 @@ func Summarize(ref ContainerRef, checks []Check, w Window, minWindow time.Durati
 	}
 	rows := map[rowKey]*Row{}
 	syscalls := map[rowKey]map[string]bool{}
+	pods, nodes := map[rowKey]map[string]bool{}, map[rowKey]map[string]bool{}
+	nonRootDenied := map[string]bool{}
 	grantedAudited := map[string]bool{} // by the workload
 	granted, denied := map[string]bool{}, map[string]bool{}
 	classes := map[string]map[Class]bool{}
@@ -200,6 +240,16 @@ func Summarize(ref ContainerRef, checks []Check, w Window, minWindow time.Durati
 			r = &Row{Cap: kube, Class: class}
 			rows[k] = r
 			syscalls[k] = map[string]bool{}
+			pods[k], nodes[k] = map[string]bool{}, map[string]bool{}
+		}
+		if c.Pod != "" {
+			pods[k][c.Pod] = true
+		}
+		if c.Node != "" {
+			nodes[k][c.Node] = true
+		}
+		if class == ClassDenied && c.NonRoot && !c.Capable {
+			nonRootDenied[kube] = true
 		}
 		if c.Capable {
 			r.Granted += c.Count
@@ -217,8 +267,10 @@ func Summarize(ref ContainerRef, checks []Check, w Window, minWindow time.Durati
 		}
 		classes[kube][class] = true
 	}
+	s.WouldBreak = wouldBreak(checks)
 	for k, r := range rows {
 		r.Syscalls = sortedKeys(syscalls[k])
+		r.Pods, r.Nodes = len(pods[k]), len(nodes[k])
 		s.Rows = append(s.Rows, *r)
 	}
 	sort.Slice(s.Rows, func(i, j int) bool {
@@ -245,6 +297,9 @@ func Summarize(ref ContainerRef, checks []Check, w Window, minWindow time.Durati
 			s.Recommended.Add = append(s.Recommended.Add, cap)
 		case cl[ClassDenied]:
 			s.DeniedOnly = append(s.DeniedOnly, cap)
+			if nonRootDenied[cap] {
+				s.NonRootDenied = append(s.NonRootDenied, cap)
+			}
 		case cl[ClassProbe]:
 			s.Probed = append(s.Probed, cap)
 		case cl[ClassRuntime]:
@@ -252,6 +307,29 @@ func Summarize(ref ContainerRef, checks []Check, w Window, minWindow time.Durati
 		}
 	}
 	return s
+}
+
+// wouldBreak lists the workload's audited checks marked WouldDeny, by
+// capability and syscall, with their counts: what the proposal breaks.
+// Probes and runc's setup checks are left out: denying them breaks nothing.
+func wouldBreak(checks []Check) []string {
+	type key struct{ cap, syscall string }
+	counts := map[key]uint64{}
+	for _, c := range checks {
+		if c.WouldDeny && c.Audit && !c.Runtime {
+			counts[key{c.Cap, c.Syscall}] += c.Count
+		}
+	}
+	out := make([]string, 0, len(counts))
+	for k, n := range counts {
+		where := ""
+		if k.syscall != "" {
+			where = " in " + strings.ToLower(strings.TrimPrefix(k.syscall, "SYS_"))
+		}
+		out = append(out, fmt.Sprintf("%s%s, %d×", k.cap, where, n))
+	}
+	sort.Strings(out)
+	return out
 }
 
 func classOrder(c Class) int {
@@ -279,6 +357,20 @@ func sortedKeys[V any](m map[string]V) []string {
 
 // Basis says what the advice rests on: events, time, and whether that is
 // enough to call the profile more than partial.
+func plural(n int, noun string) string {
+	if n == 0 {
+		return "unknown " + noun + "s"
+	}
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// manyPlaces reports whether the summary covers more than one pod or names
+// its node: then each row says on how many pods and nodes it was seen.
+func (s Summary) manyPlaces() bool { return s.Pods > 1 || s.Nodes > 0 }
+
 func (s Summary) Basis() string {
 	d := s.Window.Duration().Round(time.Second)
 	noun := "checks"
@@ -286,9 +378,20 @@ func (s Summary) Basis() string {
 		noun = "check"
 	}
 	b := fmt.Sprintf("%d %s over %s", s.Window.Events, noun, d)
-	if s.Partial {
+	if s.manyPlaces() {
+		b += fmt.Sprintf(" from %s on %s", plural(s.Pods, "pod"), plural(s.Nodes, "node"))
+	}
+	short := s.Window.Duration() < s.MinWindow
+	switch {
+	case s.PodsRead < s.Pods:
+		b += fmt.Sprintf(" (partial profile: all checks read for only %d of the %d pods seen", s.PodsRead, s.Pods)
+		if short {
+			b += fmt.Sprintf(", observed for less than %s", s.MinWindow)
+		}
+		b += ")"
+	case s.Partial:
 		b += fmt.Sprintf(" (partial profile: observed for less than %s; exercise the workload longer before relying on it)", s.MinWindow)
-	} else {
+	default:
 		b += fmt.Sprintf(" (observed for at least %s; paths the workload did not take are still not covered)", s.MinWindow)
 	}
 	if s.Unique {
@@ -322,6 +425,12 @@ func (s Summary) Message() string {
 	if len(s.DeniedOnly) > 0 {
 		fmt.Fprintf(&b, "; denied [%s]: add it only if the workload failed without it", output.Printable(strings.Join(s.DeniedOnly, " ")))
 	}
+	if len(s.NonRootDenied) > 0 {
+		fmt.Fprintf(&b, "; [%s] %s", strings.Join(s.NonRootDenied, " "), NonRootAdvice)
+	}
+	if len(s.WouldBreak) > 0 {
+		fmt.Fprintf(&b, "; would break under the proposed capabilities: %s", strings.Join(s.WouldBreak, "; "))
+	}
 	if len(s.Code) > 0 {
 		fmt.Fprintf(&b, "; code: %s", strings.Join(s.Code, "; "))
 	}
@@ -348,6 +457,9 @@ func (s Summary) SecurityContext(indent int) string {
 	}
 	if len(s.DeniedOnly) > 0 {
 		fmt.Fprintf(&b, "%s    # denied, add only if the workload failed without it: %s\n", p, output.Printable(strings.Join(s.DeniedOnly, ", ")))
+	}
+	if len(s.NonRootDenied) > 0 {
+		fmt.Fprintf(&b, "%s    # %s: %s\n", p, strings.Join(s.NonRootDenied, ", "), NonRootAdvice)
 	}
 	return b.String()
 }

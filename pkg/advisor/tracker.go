@@ -29,8 +29,9 @@ type Limits struct {
 // Past either tuple limit, a new tuple is folded into its syscall-less twin
 // (syscall = syscallFolded): the verdicts stay exact, only the syscall detail
 // is lost, and the events are counted as folded. Folded tuples are at most
-// 2 verdicts × 2 audit × 2 origins per capability, so a container never holds
-// more than MaxTuplesPerContainer + 8 × (capabilities seen) tuples.
+// 2 verdicts × 2 audit × 2 origins × 2 (root or not) per capability, so a
+// container never holds more than MaxTuplesPerContainer + 16 × (capabilities
+// seen) tuples.
 const syscallFolded int32 = math.MinInt32
 
 func (l Limits) withDefaults() Limits {
@@ -62,20 +63,22 @@ type TrackerStats struct {
 	UntrackedContainers uint64
 }
 
-// tupleKey packs (syscall, cap, capable, audit, runtime) into one word so the
-// event path hashes a uint64 (the map's fast path) instead of a struct:
-// syscall in the high 32 bits, the capability number in bits 3..31 (the
-// kernel's are below 64), the three flags in bits 0..2.
+// tupleKey packs (syscall, cap, capable, audit, runtime, non-root) into one
+// word so the event path hashes a uint64 (the map's fast path) instead of a
+// struct: syscall in the high 32 bits, the capability number in bits 4..31
+// (the kernel's are below 64), the four flags in bits 0..3.
 type tupleKey uint64
 
 const (
 	keyCapable tupleKey = 1 << iota
 	keyAudit
 	keyRuntime
+	keyNonRoot // the checking task's uid was not 0
+	keyFlags   = keyCapable | keyAudit | keyRuntime | keyNonRoot
 )
 
-func makeKey(cap bpf.Capability, syscall int32, capable, audit, runtime bool) tupleKey {
-	k := tupleKey(uint32(syscall))<<32 | tupleKey(uint32(cap)&0x1fffffff)<<3
+func makeKey(cap bpf.Capability, syscall int32, capable, audit, runtime, nonRoot bool) tupleKey {
+	k := tupleKey(uint32(syscall))<<32 | tupleKey(uint32(cap)&0x0fffffff)<<4
 	if capable {
 		k |= keyCapable
 	}
@@ -85,10 +88,13 @@ func makeKey(cap bpf.Capability, syscall int32, capable, audit, runtime bool) tu
 	if runtime {
 		k |= keyRuntime
 	}
+	if nonRoot {
+		k |= keyNonRoot
+	}
 	return k
 }
 
-func (k tupleKey) cap() bpf.Capability { return bpf.Capability(uint32(k) >> 3) }
+func (k tupleKey) cap() bpf.Capability { return bpf.Capability(uint32(k) >> 4) }
 func (k tupleKey) syscall() int32      { return int32(uint32(k >> 32)) }
 
 // folded is k with its syscall replaced by syscallFolded.
@@ -111,8 +117,11 @@ type StackText interface {
 }
 
 type containerState struct {
-	ref         ContainerRef
-	settings    bpf.Settings
+	ref      ContainerRef
+	settings bpf.Settings
+	// The pod's captrace.io/proposed-capabilities, if any.
+	proposed    bpf.CapSet
+	hasProposal bool
 	start       int64 // unix ns: Start, or the first event
 	first, last int64 // unix ns; 0 before the first event
 	events      uint64
@@ -149,10 +158,12 @@ func (t *Tracker) newState(c cgmap.Container, at time.Time) *containerState {
 	}
 	st := &containerState{
 		ref: ContainerRef{ID: c.ID, Name: c.Name, Namespace: c.Namespace,
-			Pod: c.Pod, PodUID: c.PodUID},
+			Pod: c.Pod, PodUID: c.PodUID, WorkloadKind: c.WorkloadKind, Workload: c.Workload,
+			Image: c.Image, Node: c.Node},
 		settings: c.Settings,
-		start:    at.UnixNano(),
-		tuples:   make(map[tupleKey]*tupleStats, 8),
+		proposed: c.Proposed, hasProposal: c.HasProposal,
+		start:  at.UnixNano(),
+		tuples: make(map[tupleKey]*tupleStats, 8),
 	}
 	t.containers[c.ID] = st
 	return st
@@ -186,7 +197,7 @@ func (t *Tracker) Observe(c cgmap.Container, ev *bpf.Event, at time.Time) {
 // stacks of each tuple name its code in the summary.
 func (t *Tracker) ObserveWithStacks(c cgmap.Container, ev *bpf.Event, at time.Time, stacks StackText) {
 	ns := at.UnixNano()
-	k := makeKey(ev.Cap, ev.Syscall, ev.Capable, ev.Audit, isRuntimeCommBytes(&ev.Comm))
+	k := makeKey(ev.Cap, ev.Syscall, ev.Capable, ev.Audit, isRuntimeCommBytes(&ev.Comm), ev.Uid != 0)
 
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -293,8 +304,10 @@ func (st *containerState) summary(at time.Time, minWindow time.Duration) Summary
 			sys = bpf.SyscallName(nr)
 		}
 		checks = append(checks, Check{Cap: kernelCapName(k.cap()), Syscall: sys,
-			Capable: k&keyCapable != 0, Audit: k&keyAudit != 0, Runtime: k&keyRuntime != 0, Count: ts.count,
-			First: unixTime(ts.first), Last: unixTime(ts.last)})
+			Capable: k&keyCapable != 0, Audit: k&keyAudit != 0, Runtime: k&keyRuntime != 0,
+			NonRoot: k&keyNonRoot != 0, Count: ts.count,
+			WouldDeny: st.hasProposal && k&keyCapable != 0 && !st.proposed.Has(k.cap()),
+			First:     unixTime(ts.first), Last: unixTime(ts.last)})
 		if ts.stacks != nil {
 			_, checks[len(checks)-1].UserStack = ts.stacks.Text()
 		}
@@ -316,6 +329,12 @@ func sortSummaries(s []Summary) {
 		a, b := s[i].Container, s[j].Container
 		if a.Namespace != b.Namespace {
 			return a.Namespace < b.Namespace
+		}
+		if a.WorkloadKind+"/"+a.Workload != b.WorkloadKind+"/"+b.Workload {
+			return a.WorkloadKind+"/"+a.Workload < b.WorkloadKind+"/"+b.Workload
+		}
+		if a.Image != b.Image {
+			return a.Image < b.Image
 		}
 		if a.Pod != b.Pod {
 			return a.Pod < b.Pod

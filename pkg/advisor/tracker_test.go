@@ -546,13 +546,14 @@ func TestTupleKeyRoundTrip(t *testing.T) {
 		cap     bpf.Capability
 		syscall int32
 	}{{0, -1}, {40, 0}, {63, 335}, {21, syscallFolded}, {7, 2147483647}} {
-		for flags := 0; flags < 8; flags++ {
-			k := makeKey(c.cap, c.syscall, flags&1 != 0, flags&2 != 0, flags&4 != 0)
+		for flags := 0; flags < 16; flags++ {
+			k := makeKey(c.cap, c.syscall, flags&1 != 0, flags&2 != 0, flags&4 != 0, flags&8 != 0)
 			if k.cap() != c.cap || k.syscall() != c.syscall ||
-				(k&keyCapable != 0) != (flags&1 != 0) || (k&keyAudit != 0) != (flags&2 != 0) || (k&keyRuntime != 0) != (flags&4 != 0) {
+				(k&keyCapable != 0) != (flags&1 != 0) || (k&keyAudit != 0) != (flags&2 != 0) || (k&keyRuntime != 0) != (flags&4 != 0) ||
+				(k&keyNonRoot != 0) != (flags&8 != 0) {
 				t.Errorf("key %#x of cap %d syscall %d flags %b decodes as cap %d syscall %d", uint64(k), c.cap, c.syscall, flags, k.cap(), k.syscall())
 			}
-			if f := k.folded(); f.syscall() != syscallFolded || f.cap() != c.cap || f&7 != k&7 {
+			if f := k.folded(); f.syscall() != syscallFolded || f.cap() != c.cap || f&keyFlags != k&keyFlags {
 				t.Errorf("folded(%#x) = %#x", uint64(k), uint64(f))
 			}
 		}
@@ -582,6 +583,56 @@ func TestConcurrentObserveAndFinish(t *testing.T) {
 	st := tr.Stats()
 	if summaries == 0 || st.Tuples != 0 || st.Containers != 0 {
 		t.Errorf("summaries %d, stats %+v", summaries, st)
+	}
+}
+
+// The summary of a pod with captrace.io/proposed-capabilities lists the
+// workload's audited checks the proposal would deny, with counts; probes,
+// runc's checks and checks denied today are not listed.
+func TestTrackerWouldBreak(t *testing.T) {
+	tr := NewTracker(Limits{})
+	proposal, _ := bpf.ParseCapSet("SYS_NICE")
+	c := cgmap.Container{ID: "id", Name: "app", Namespace: "ns", Pod: "p", Proposed: proposal, HasProposal: true}
+	tr.Start(c, t0)
+	for _, s := range []step{
+		{"app", capChown, sysChown, true, true, 12},        // would break
+		{"app", capSysNice, sysSetpriority, true, true, 3}, // proposed
+		{"app", capSysAdmin, sysBrk, true, false, 5},       // probe
+		{"runc:[2:INIT]", capSetuid, 105, true, true, 1},   // runtime
+		{"app", capFowner, sysChmod, false, true, 1},       // denied today
+	} {
+		ev := event(s)
+		for i := 0; i < s.times; i++ {
+			tr.Observe(c, &ev, t0.Add(time.Second))
+		}
+	}
+	s, ok := tr.Finish("id", t0.Add(time.Minute))
+	if !ok {
+		t.Fatal("no summary")
+	}
+	if fmt.Sprint(s.WouldBreak) != "[CAP_CHOWN in chown, 12×]" {
+		t.Errorf("WouldBreak %q", s.WouldBreak)
+	}
+	if f := s.LogFields(); f["would_break"] != "CAP_CHOWN in chown, 12×" || !strings.Contains(s.Message(), "would break under the proposed capabilities: CAP_CHOWN in chown, 12×") {
+		t.Errorf("fields %v, message %q", f["would_break"], s.Message())
+	}
+	if s.JournalFields()["WOULD_BREAK"] != "CAP_CHOWN in chown, 12×" {
+		t.Errorf("journal %v", s.JournalFields())
+	}
+}
+
+// The daemon's summary names the non-root rule for a capability denied to a
+// task running as a non-zero uid, and never adds it.
+func TestTrackerNonRoot(t *testing.T) {
+	tr := NewTracker(Limits{})
+	c := container("nonroot")
+	ev := event(step{"app", capSysNice, sysSetpriority, false, true, 1})
+	ev.Uid = 1000
+	tr.Observe(c, &ev, t0)
+	s, _ := tr.Finish(c.ID, t0.Add(time.Second))
+	if fmt.Sprint(s.Recommended.Add) != "[]" || fmt.Sprint(s.NonRootDenied) != "[SYS_NICE]" ||
+		!strings.Contains(s.Message(), "denied to a non-root process") || !strings.Contains(s.SecurityContext(0), "kubernetes/kubernetes#56374") {
+		t.Errorf("non-root: %+v\n%s", s, s.Message())
 	}
 }
 

@@ -26,8 +26,20 @@ type Container struct {
 	Namespace string
 	Pod       string
 	PodUID    string
-	CgroupID  uint64
-	Settings  bpf.Settings
+	// WorkloadKind and Workload name the pod's owner (pkg/workload: "Deployment",
+	// "web"); Image is the container's image reference ("" when unknown);
+	// Node is the node captrace runs on.
+	WorkloadKind string
+	Workload     string
+	Image        string
+	Node         string
+	// Proposed is the pod's captrace.io/proposed-capabilities, when
+	// HasProposal: a check granted today of a capability outside it would be
+	// denied under the proposal (would_deny).
+	Proposed    bpf.CapSet
+	HasProposal bool
+	CgroupID    uint64
+	Settings    bpf.Settings
 }
 
 // Listener is told of every change of what is traced, in the order the

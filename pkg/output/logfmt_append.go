@@ -82,6 +82,10 @@ func (r *EnrichedEvent) AppendLogfmt(b []byte) []byte {
 	b = appendLogfmtString(b, schema.Container.Key, c.Name)
 	b = appendLogfmtString(b, schema.ContainerID.Key, c.ID)
 	b = appendLogfmtString(b, schema.PodUID.Key, c.PodUID)
+	b = appendLogfmtString(b, schema.WorkloadKind.Key, c.WorkloadKind)
+	b = appendLogfmtString(b, schema.Workload.Key, c.Workload)
+	b = appendLogfmtString(b, schema.Image.Key, c.Image)
+	b = appendLogfmtString(b, schema.Node.Key, c.Node)
 	b = r.appendLogfmtComm(b)
 	b = appendLogfmtUint(b, schema.Pid.Key, uint64(ev.Pid))
 	b = appendLogfmtUint(b, schema.Tid.Key, uint64(ev.Tid))
@@ -92,6 +96,9 @@ func (r *EnrichedEvent) AppendLogfmt(b []byte) []byte {
 	b = appendLogfmtString(b, schema.Audit.Key, boolDigit(ev.Audit))
 	if ev.InSetIDKnown {
 		b = appendLogfmtString(b, schema.Insetid.Key, boolDigit(ev.InSetID))
+	}
+	if c.HasProposal {
+		b = appendLogfmtString(b, schema.WouldDeny.Key, boolDigit(r.WouldDeny()))
 	}
 	b = appendLogfmtString(b, schema.Syscall.Key, r.Syscall())
 	b = appendLogfmtUint(b, schema.CgroupID.Key, ev.CgroupID)

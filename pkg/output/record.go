@@ -81,24 +81,31 @@ func boolDigit(b bool) string {
 func (r *EnrichedEvent) LogFields() logrus.Fields {
 	ev := &r.Event
 	f := logrus.Fields{
-		schema.Namespace.Key:   r.Container.Namespace,
-		schema.Pod.Key:         r.Container.Pod,
-		schema.Container.Key:   r.Container.Name,
-		schema.ContainerID.Key: r.Container.ID,
-		schema.PodUID.Key:      r.Container.PodUID,
-		schema.Comm.Key:        r.Comm(),
-		schema.Pid.Key:         ev.Pid,
-		schema.Tid.Key:         ev.Tid,
-		schema.Uid.Key:         ev.Uid,
-		schema.Gid.Key:         ev.Gid,
-		schema.Cap.Key:         ev.Cap.String(),
-		schema.Capable.Key:     strconv.FormatBool(ev.Capable),
-		schema.Audit.Key:       boolDigit(ev.Audit),
-		schema.Syscall.Key:     r.Syscall(),
-		schema.CgroupID.Key:    ev.CgroupID,
+		schema.Namespace.Key:    r.Container.Namespace,
+		schema.Pod.Key:          r.Container.Pod,
+		schema.Container.Key:    r.Container.Name,
+		schema.ContainerID.Key:  r.Container.ID,
+		schema.PodUID.Key:       r.Container.PodUID,
+		schema.WorkloadKind.Key: r.Container.WorkloadKind,
+		schema.Workload.Key:     r.Container.Workload,
+		schema.Image.Key:        r.Container.Image,
+		schema.Node.Key:         r.Container.Node,
+		schema.Comm.Key:         r.Comm(),
+		schema.Pid.Key:          ev.Pid,
+		schema.Tid.Key:          ev.Tid,
+		schema.Uid.Key:          ev.Uid,
+		schema.Gid.Key:          ev.Gid,
+		schema.Cap.Key:          ev.Cap.String(),
+		schema.Capable.Key:      strconv.FormatBool(ev.Capable),
+		schema.Audit.Key:        boolDigit(ev.Audit),
+		schema.Syscall.Key:      r.Syscall(),
+		schema.CgroupID.Key:     ev.CgroupID,
 	}
 	if ev.InSetIDKnown {
 		f[schema.Insetid.Key] = boolDigit(ev.InSetID)
+	}
+	if r.Container.HasProposal {
+		f[schema.WouldDeny.Key] = boolDigit(r.WouldDeny())
 	}
 	if k, u := r.Stacks.Text(); k != "" || u != "" {
 		if k != "" {
@@ -134,6 +141,9 @@ func (r *EnrichedEvent) JournalFields() map[string]string {
 	if ev.InSetIDKnown {
 		f[schema.Insetid.Journal] = boolDigit(ev.InSetID)
 	}
+	if r.Container.HasProposal {
+		f[schema.WouldDeny.Journal] = boolDigit(r.WouldDeny())
+	}
 	if k, u := r.Stacks.Text(); k != "" || u != "" {
 		if k != "" {
 			f[schema.KernelStack.Journal] = k
@@ -146,6 +156,8 @@ func (r *EnrichedEvent) JournalFields() map[string]string {
 	for field, value := range map[string]string{
 		schema.Namespace.Journal: c.Namespace, schema.Pod.Journal: c.Pod, schema.PodUID.Journal: c.PodUID,
 		schema.Container.Journal: c.Name, schema.ContainerID.Journal: c.ID,
+		schema.WorkloadKind.Journal: c.WorkloadKind, schema.Workload.Journal: c.Workload,
+		schema.Image.Journal: c.Image, schema.Node.Journal: c.Node,
 	} {
 		if value != "" {
 			f[field] = value
@@ -184,6 +196,9 @@ func (r *EnrichedEvent) Message() string {
 	if !r.Event.Audit {
 		b.WriteString(" (not audited)")
 	}
+	if r.WouldDeny() {
+		b.WriteString(" (would be denied under the proposed capabilities)")
+	}
 	return b.String()
 }
 
@@ -212,4 +227,11 @@ func (r *EnrichedEvent) Priority() journal.Priority {
 		return journal.PriNotice
 	}
 	return journal.PriInfo
+}
+
+// WouldDeny reports whether the check was granted but would be denied under
+// the pod's captrace.io/proposed-capabilities: its capability is not in the
+// proposal. False without a proposal.
+func (r *EnrichedEvent) WouldDeny() bool {
+	return r.Known && r.Container.HasProposal && r.Event.Capable && !r.Container.Proposed.Has(r.Event.Cap)
 }

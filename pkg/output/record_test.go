@@ -36,6 +36,7 @@ func seedRecord(t testing.TB) EnrichedEvent {
 		Container: cgmap.Container{
 			ID: "0123456789abcdef", Name: "set-priority", Namespace: "default",
 			Pod: "set-priority", PodUID: "6f1c7d7e-6a8b-4bb8-9d0e-2f4e6c1a9b10", CgroupID: 4242,
+			WorkloadKind: "Pod", Workload: "set-priority", Image: "captrace.test/busybox:1.35", Node: "node-a",
 		},
 		Known: true,
 	}
@@ -59,7 +60,8 @@ func formatLine(t *testing.T, r *EnrichedEvent) string {
 func TestLogfmtLineOfTheSeedEvent(t *testing.T) {
 	r := seedRecord(t)
 	want := fmt.Sprintf("time=%q level=info msg=cap_check namespace=default pod=set-priority container=set-priority"+
-		" container_id=0123456789abcdef pod_uid=6f1c7d7e-6a8b-4bb8-9d0e-2f4e6c1a9b10 comm=nice pid=169528 tid=169528"+
+		" container_id=0123456789abcdef pod_uid=6f1c7d7e-6a8b-4bb8-9d0e-2f4e6c1a9b10"+
+		" workload_kind=Pod workload=set-priority image=\"captrace.test/busybox:1.35\" node=node-a comm=nice pid=169528 tid=169528"+
 		" uid=0 gid=0 cap=%s capable=false audit=1 syscall=%s cgroup_id=4242\n",
 		seedTimeRFC3339, capSysNice, bpf.SyscallName(sysSetpriority))
 	if got := formatLine(t, &r); got != want {
@@ -81,7 +83,7 @@ func TestLogfmtUnknownContainerAndNoSyscall(t *testing.T) {
 	r.Container, r.Known = cgmap.Container{}, false
 	r.Event.Syscall = -1
 	got := formatLine(t, &r)
-	want := `namespace="" pod="" container="" container_id="" pod_uid="" comm=nice`
+	want := `namespace="" pod="" container="" container_id="" pod_uid="" workload_kind="" workload="" image="" node="" comm=nice`
 	if !strings.Contains(got, want) || !strings.Contains(got, ` syscall="" cgroup_id=4242`) {
 		t.Errorf("line %q\nwant empty container fields and syscall=\"\"", got)
 	}
@@ -145,7 +147,7 @@ func TestLogfmtEscapesInjection(t *testing.T) {
 	line := formatLine(t, &r)
 	keys, values := parseLogfmt(t, line)
 	wantKeys := []string{"time", "level", "msg", "namespace", "pod", "container", "container_id", "pod_uid",
-		"comm", "pid", "tid", "uid", "gid", "cap", "capable", "audit", "syscall", "cgroup_id"}
+		"workload_kind", "workload", "image", "node", "comm", "pid", "tid", "uid", "gid", "cap", "capable", "audit", "syscall", "cgroup_id"}
 	if !reflect.DeepEqual(keys, wantKeys) {
 		t.Errorf("keys %v\nwant %v\nline %q", keys, wantKeys, line)
 	}
@@ -184,6 +186,10 @@ func TestJournalFieldsOfTheSeedEvent(t *testing.T) {
 		"K8S_POD_UID":        "6f1c7d7e-6a8b-4bb8-9d0e-2f4e6c1a9b10",
 		"K8S_CONTAINER_NAME": "set-priority",
 		"CONTAINER_ID":       "0123456789abcdef",
+		"K8S_WORKLOAD_KIND":  "Pod",
+		"K8S_WORKLOAD_NAME":  "set-priority",
+		"CONTAINER_IMAGE":    "captrace.test/busybox:1.35",
+		"K8S_NODE_NAME":      "node-a",
 		"CAP":                capSysNice.String(),
 		"CAPABLE":            "false",
 		"AUDIT":              "1",
@@ -274,5 +280,39 @@ func TestSortKeys(t *testing.T) {
 	want := []string{"time", "level", "msg", "namespace", "pod", "cap", "cgroup_id", "alpha", "zeta"}
 	if !reflect.DeepEqual(keys, want) {
 		t.Errorf("sortKeys = %v, want %v", keys, want)
+	}
+}
+
+// A pod with captrace.io/proposed-capabilities gets would_deny on every
+// check: 1 exactly where the check was granted and the proposal lacks the
+// capability.
+func TestWouldDeny(t *testing.T) {
+	nice, _ := bpf.ParseCapSet("SYS_NICE")
+	for _, tc := range []struct {
+		name        string
+		proposal    bool
+		set         bpf.CapSet
+		cap         bpf.Capability
+		capable     bool
+		wantPresent bool
+		want        string
+	}{
+		{"no proposal", false, 0, capSysNice, true, false, ""},
+		{"granted, proposed", true, nice, capSysNice, true, true, "0"},
+		{"granted, not proposed", true, nice, bpf.Capability(0), true, true, "1"},
+		{"denied today", true, nice, bpf.Capability(0), false, true, "0"},
+	} {
+		r := seedRecord(t)
+		r.Container.HasProposal, r.Container.Proposed = tc.proposal, tc.set
+		r.Event.Cap, r.Event.Capable = tc.cap, tc.capable
+		_, values := parseLogfmt(t, formatLine(t, &r))
+		v, ok := values["would_deny"]
+		jv, jok := r.JournalFields()["WOULD_DENY"]
+		if ok != tc.wantPresent || v != tc.want || jok != tc.wantPresent || jv != tc.want {
+			t.Errorf("%s: logfmt would_deny=%q (%v), journald WOULD_DENY=%q (%v); want %q (%v)", tc.name, v, ok, jv, jok, tc.want, tc.wantPresent)
+		}
+		if strings.Contains(r.Message(), "would be denied") != (tc.want == "1") {
+			t.Errorf("%s: message %q", tc.name, r.Message())
+		}
 	}
 }

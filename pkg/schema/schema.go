@@ -63,6 +63,14 @@ var (
 	Syscall          = Field{"syscall", "SYSCALL", TypeString, "`SYS_SETPRIORITY`; empty outside a system call", "SYSCALL"}
 	CgroupID         = Field{"cgroup_id", "CAPTRACE_CGROUP_ID", TypeInteger, "cgroup v2 ID of the container (inode of its cgroup directory)", ""}
 	SyslogIdentifier = Field{"", "SYSLOG_IDENTIFIER", TypeString, "always `captrace`", ""}
+	// The workload (pkg/workload), derived on the node from the pod's name,
+	// labels and captrace.io/workload annotation; on events and summaries.
+	WorkloadKind = Field{"workload_kind", "K8S_WORKLOAD_KIND", TypeString, "owner's kind: `Deployment`, `StatefulSet`, `DaemonSet`, `Job`, `CronJob` or `Pod`", ""}
+	Workload     = Field{"workload", "K8S_WORKLOAD_NAME", TypeString, "owner's name (a bare pod: the pod's name)", ""}
+	Image        = Field{"image", "CONTAINER_IMAGE", TypeString, "container image (containerd's `io.kubernetes.cri.image-name`)", ""}
+	Node         = Field{"node", "K8S_NODE_NAME", TypeString, "node name (`$NODE_NAME`, else the host name)", ""}
+	// Shadow check of the pod's captrace.io/proposed-capabilities.
+	WouldDeny = Field{"would_deny", "WOULD_DENY", TypeDigit, "only for pods with `captrace.io/proposed-capabilities`: `1` granted today, denied under the proposal (the capability is not in it), `0` otherwise", ""}
 	// Call stacks, only when the pod asked for them (captrace.io/stacks).
 	KernelStack = Field{"kstack", "KERNEL_STACK", TypeStack, "kernel frames `symbol+0xoff` from cap_capable's caller to the syscall entry; only with `captrace.io/stacks` kernel", "KERNEL_STACK"}
 	UserStack   = Field{"ustack", "USER_STACK", TypeStack, "user frames `function+0xoff (module)`, `module+0xoff` when stripped, `[unknown] 0x… (module)` when unresolved; only with `captrace.io/stacks` user", "USER_STACK"}
@@ -101,6 +109,7 @@ var (
 	AuditOnly        = Field{"audit_only", "AUDIT_ONLY", TypeBool, "the container's audit_only setting", ""}
 	Unique           = Field{"unique", "UNIQUE", TypeBool, "the container's unique setting", ""}
 	SecurityContext  = Field{"security_context", "SECURITY_CONTEXT", TypeYAML, "the ready-to-paste securityContext", ""}
+	WouldBreak       = Field{"would_break", "WOULD_BREAK", TypeString, "the workload's audited checks that `captrace.io/proposed-capabilities` would deny, `; `-separated: `CAP_CHOWN in fchownat, 12×`; empty when none or no proposal", ""}
 	// The container's checks that were not seen, by cause (a throttle entry carries the first two too).
 	RateLimited = Field{"rate_limited", "RATE_LIMITED", TypeInteger, "checks over the container's rate limit, dropped in the kernel", ""}
 	RingLost    = Field{"ring_lost", "RING_LOST", TypeInteger, "checks lost because the kernel's ring buffer was full", ""}
@@ -125,8 +134,9 @@ const ThrottleMessage = "rate_limited"
 var EventFields = []Field{
 	Time, Level, Msg,
 	Namespace, Pod, Container, ContainerID, PodUID,
+	WorkloadKind, Workload, Image, Node,
 	Comm, Pid, Tid, Uid, Gid,
-	Cap, Capable, Audit, Insetid, Syscall, CgroupID,
+	Cap, Capable, Audit, Insetid, WouldDeny, Syscall, CgroupID,
 	KernelStack, UserStack,
 	SyslogIdentifier,
 }
@@ -135,9 +145,10 @@ var EventFields = []Field{
 var SummaryFields = []Field{
 	Summary,
 	Namespace, Pod, PodUID, Container, ContainerID,
+	WorkloadKind, Workload, Image, Node,
 	CapsGranted, CapsDenied, RecommendDrop, RecommendAdd, DeniedOnly, Code, CapsProbed, CapsRuntime,
 	WindowStart, WindowEnd, FirstEvent, LastEvent, ObservedSeconds, Events, Partial, MinWindowSeconds,
-	FoldedEvents, AuditOnly, Unique, SecurityContext,
+	FoldedEvents, AuditOnly, Unique, SecurityContext, WouldBreak,
 	RateLimited, RingLost, SinkDropped, Incomplete,
 }
 

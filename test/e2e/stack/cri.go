@@ -16,6 +16,7 @@ type Pod struct {
 	Name        string
 	Namespace   string // "default" when empty
 	Annotations map[string]string
+	Labels      map[string]string
 	Privileged  bool
 }
 
@@ -27,6 +28,8 @@ type Container struct {
 	CapAdd     []string // e.g. "SYS_NICE"
 	CapDrop    []string // e.g. "ALL"
 	Image      string   // BusyboxImage when empty
+	// RunAsUser, when not nil, is securityContext.runAsUser.
+	RunAsUser *int64
 }
 
 // RunningPod is a pod sandbox that CRI created.
@@ -61,6 +64,7 @@ func (s *Stack) RunPod(ctx context.Context, p Pod) (*RunningPod, error) {
 	cfg := map[string]any{
 		"metadata":      map[string]any{"name": p.Name, "namespace": p.Namespace, "uid": uid, "attempt": 0},
 		"annotations":   p.Annotations,
+		"labels":        p.Labels,
 		"log_directory": dir,
 		"linux": map[string]any{
 			// Under the stack's own parent, so teardown finds runc's pod cgroups.
@@ -85,6 +89,9 @@ func (s *Stack) RunPod(ctx context.Context, p Pod) (*RunningPod, error) {
 // CreateContainer creates (but does not start) a container in pod.
 func (s *Stack) CreateContainer(ctx context.Context, pod *RunningPod, c Container) (string, error) {
 	sc := map[string]any{"privileged": c.Privileged}
+	if c.RunAsUser != nil {
+		sc["run_as_user"] = map[string]any{"value": *c.RunAsUser}
+	}
 	if len(c.CapAdd) > 0 || len(c.CapDrop) > 0 {
 		sc["capabilities"] = map[string]any{"add_capabilities": c.CapAdd, "drop_capabilities": c.CapDrop}
 	}

@@ -31,9 +31,12 @@ type Event struct {
 	Syscall     string
 	Capable     bool
 	Audit       bool
-	KStack      string // kstack / KERNEL_STACK, when the pod asked for stacks
-	UStack      string // ustack / USER_STACK
-	Raw         string // the line or the JSON entry, for failure messages
+	// The workload fields; WouldDeny is "" when the pod proposes no capabilities.
+	WorkloadKind, Workload, Image, Node string
+	WouldDeny                           string
+	KStack                              string // kstack / KERNEL_STACK, when the pod asked for stacks
+	UStack                              string // ustack / USER_STACK
+	Raw                                 string // the line or the JSON entry, for failure messages
 }
 
 // String is a compact form for test failure messages.
@@ -123,8 +126,14 @@ func eventFromFields(f map[string]string, logfmt bool, raw string) (Event, error
 		Comm:        key(schema.Comm.Key, schema.Comm.Journal),
 		Cap:         key(schema.Cap.Key, schema.Cap.Journal),
 		Syscall:     key(schema.Syscall.Key, schema.Syscall.Journal),
-		KStack:      key(schema.KernelStack.Key, schema.KernelStack.Journal),
-		UStack:      key(schema.UserStack.Key, schema.UserStack.Journal),
+
+		WorkloadKind: key(schema.WorkloadKind.Key, schema.WorkloadKind.Journal),
+		Workload:     key(schema.Workload.Key, schema.Workload.Journal),
+		Image:        key(schema.Image.Key, schema.Image.Journal),
+		Node:         key(schema.Node.Key, schema.Node.Journal),
+		WouldDeny:    key(schema.WouldDeny.Key, schema.WouldDeny.Journal),
+		KStack:       key(schema.KernelStack.Key, schema.KernelStack.Journal),
+		UStack:       key(schema.UserStack.Key, schema.UserStack.Journal),
 	}
 	e.Source = "journald"
 	if logfmt {

@@ -35,6 +35,9 @@ type Options struct {
 	CaptraceBin string
 	// Captrace are the daemon's config values beyond sockets and files.
 	Captrace CaptraceConfig
+	// NodeName is the daemon's NODE_NAME (the node its records name); empty:
+	// the host name.
+	NodeName string
 	// Logf receives progress lines (t.Logf, or the demo's printer).
 	Logf func(format string, args ...any)
 	// Node, when set, runs containerd as a node does (see NodeContainerd);
@@ -569,6 +572,9 @@ func (s *Stack) startCaptrace(wait bool) error {
 		}
 		defer stream.Close()
 		opts.stderr, opts.env = stream, []string{"JOURNAL_STREAM=" + journalStream}
+	}
+	if s.opts.NodeName != "" {
+		opts.env = append(opts.env, "NODE_NAME="+s.opts.NodeName)
 	}
 	p, err := s.spawn("captrace", s.inNamespace(s.ConfinedArgv(s.opts.CaptraceBin, "--config", s.CaptraceConfigPath())...), opts)
 	if err != nil {

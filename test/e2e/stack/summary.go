@@ -35,6 +35,8 @@ type Summary struct {
 	Incomplete                         bool
 	Message                            string // msg / MESSAGE: the human line
 	PodSpec                            string // security_context / SECURITY_CONTEXT
+	WouldBreak                         string // would_break / WOULD_BREAK
+	Workload                           string // workload_kind/workload, e.g. "Deployment/web"
 	Code                               string // code / CAPTRACE_CODE: the code behind each cap, with user stacks
 	Raw                                string
 }
@@ -77,7 +79,10 @@ func summaryFromFields(f map[string]string, logfmt bool, raw string) (Summary, e
 		Denied:      list(key(schema.CapsDenied.Key, schema.CapsDenied.Journal)),
 		Message:     key(schema.Msg.Key, schema.Msg.Journal),
 		PodSpec:     key(schema.SecurityContext.Key, schema.SecurityContext.Journal),
-		Code:        key(schema.Code.Key, schema.Code.Journal),
+		WouldBreak:  key(schema.WouldBreak.Key, schema.WouldBreak.Journal),
+		Workload: key(schema.WorkloadKind.Key, schema.WorkloadKind.Journal) + "/" +
+			key(schema.Workload.Key, schema.Workload.Journal),
+		Code: key(schema.Code.Key, schema.Code.Journal),
 	}
 	if logfmt {
 		s.Source = "logfmt"

@@ -7,6 +7,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -58,6 +59,7 @@ func run(duration, period time.Duration, captraceBin string, all, raw bool) erro
 	}()
 	say("stack up in %v under %s", time.Since(t0).Round(100*time.Millisecond), s.Dir)
 
+	var ids []string
 	loop := []string{"/bin/sh", "-c", fmt.Sprintf("while /bin/true; do sh -c 'renice -n -20 $$'; sleep %g; done", period.Seconds())}
 	for _, p := range []struct {
 		name string
@@ -76,9 +78,11 @@ func run(duration, period time.Duration, captraceBin string, all, raw bool) erro
 		if err != nil {
 			return s.Fail("run pod "+p.name, err)
 		}
-		if _, err := s.RunContainer(ctx, pod, stack.Container{Name: p.name, Command: loop, CapAdd: p.add, CapDrop: p.drop}); err != nil {
+		id, err := s.RunContainer(ctx, pod, stack.Container{Name: p.name, Command: loop, CapAdd: p.add, CapDrop: p.drop})
+		if err != nil {
 			return s.Fail("run container "+p.name, err)
 		}
+		ids = append(ids, id)
 		var kv []string
 		for k, v := range annotations {
 			kv = append(kv, k+"="+v)
@@ -103,6 +107,66 @@ func run(duration, period time.Duration, captraceBin string, all, raw bool) erro
 		return err
 	}
 	say("captrace reported %d capability checks", lines)
+	return advice(s, ids)
+}
+
+// advice stops the pods' containers (captrace writes their summaries) and
+// prints `captrace report` over the journal: the seed's conclusion.
+func advice(s *stack.Stack, ids []string) error {
+	// A fresh context: the demo's may have ended with Ctrl-C.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	say("")
+	say("stopping the containers; captrace summarizes each")
+	for _, id := range ids {
+		if err := s.RemoveContainer(ctx, id); err != nil {
+			return s.Fail("stop container "+id, err)
+		}
+		if _, err := s.WaitSummaries(ctx, 15*time.Second, id); err != nil {
+			return s.Fail("summary of container "+id, err)
+		}
+	}
+	args := []string{"-D", s.JournalDir, "--namespace", "default"}
+	say("the advice: captrace report %s", strings.Join(args, " "))
+	say("")
+	out, _, err := s.Report(ctx, args...)
+	if err != nil {
+		return err
+	}
+	fmt.Print(out)
+	say("")
+	// The seed's conclusion, checked: set-priority-1 needs exactly SYS_NICE;
+	// set-priority-0 was denied it, which is listed apart, not added.
+	js, _, err := s.Report(ctx, append(args, "--format", "json")...)
+	if err != nil {
+		return err
+	}
+	var rep struct {
+		Containers []struct {
+			Container struct {
+				Name string `json:"container"`
+			} `json:"container"`
+			Recommended struct {
+				Drop []string `json:"drop"`
+				Add  []string `json:"add"`
+			} `json:"recommended"`
+			DeniedOnly []string `json:"denied_only"`
+		} `json:"containers"`
+	}
+	if err := json.Unmarshal([]byte(js), &rep); err != nil {
+		return fmt.Errorf("captrace report --format json: %w", err)
+	}
+	got := map[string]string{}
+	for _, c := range rep.Containers {
+		got[c.Container.Name] = fmt.Sprintf("drop %v add %v denied %v", c.Recommended.Drop, c.Recommended.Add, c.DeniedOnly)
+	}
+	want := map[string]string{"set-priority-1": "drop [ALL] add [SYS_NICE] denied []", "set-priority-0": "drop [ALL] add [] denied [SYS_NICE]"}
+	for name, w := range want {
+		if got[name] != w {
+			return fmt.Errorf("advice for %s: %s, want %s", name, got[name], w)
+		}
+		say("%s: %s, as the seed concludes", name, w)
+	}
 	return nil
 }
 
