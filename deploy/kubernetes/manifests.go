@@ -141,18 +141,24 @@ func DaemonSetObject() *appsv1.DaemonSet {
 			"--config=" + ConfigDir + "/" + ConfigKey,
 			fmt.Sprintf("--metrics-listen=:%d", MetricsPort),
 		},
+		// The node's name on every event and summary (K8S_NODE_NAME): the
+		// report counts nodes by it, and the pod's own host name is not the node's.
+		Env: []corev1.EnvVar{{Name: "NODE_NAME", ValueFrom: &corev1.EnvVarSource{
+			FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}}},
 		Ports: []corev1.ContainerPort{{Name: "metrics", ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP}},
 		// Alive while the reader is not stuck; Ready once BPF is attached and
 		// NRI synchronized. With NRI off, the pod stays alive, not Ready, and
 		// logs which drop-in to install; it never crash-loops.
 		LivenessProbe:  probe("/healthz", 3),
 		ReadinessProbe: probe("/readyz", 1),
-		// Requests: measured with 100 traced pods by the e2e's
-		// BenchmarkDaemonSetFootprint (README "Install on a cluster").
+		// Requests: measured on a real kubelet node with 50 traced pods at 50
+		// checks/s (test/e2e/k8s BenchmarkCaptracePod: 32-35 MiB RSS, 46
+		// millicores) and with 100 traced pods over crictl (the e2e's
+		// BenchmarkDaemonSetFootprint: 21 MiB, 25 millicores).
 		Resources: corev1.ResourceRequirements{
 			Requests: corev1.ResourceList{
-				corev1.ResourceCPU:    resource.MustParse("25m"),
-				corev1.ResourceMemory: resource.MustParse("32Mi"),
+				corev1.ResourceCPU:    resource.MustParse("50m"),
+				corev1.ResourceMemory: resource.MustParse("40Mi"),
 			},
 			// BPF maps (ring buffer 4 MiB, dedup LRU, filter) are charged to
 			// this container's memory cgroup: the limit covers them too.
