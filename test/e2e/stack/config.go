@@ -2,18 +2,38 @@ package stack
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 )
 
 // containerdConfig renders a containerd config (version 3) whose every path,
 // socket and port is private to the stack in dir, so it runs beside any other
 // containerd on the machine.
-func containerdConfig(dir string, t Tools) string {
+func containerdConfig(dir string, t Tools, nriSocket string, node *NodeRuntime) string {
 	q := func(s string) string { return fmt.Sprintf("%q", s) }
+	nriDisabled := false
+	var images, runtime string
+	if node != nil {
+		// Relative paths are below the stack's directory.
+		abs := func(p string) string {
+			if filepath.IsAbs(p) {
+				return p
+			}
+			return filepath.Join(dir, p)
+		}
+		nriDisabled = node.NRIDisabled
+		images = fmt.Sprintf("  [plugins.'io.containerd.cri.v1.images'.registry]\n    config_path = %q\n", abs(node.RegistryHosts))
+		runtime = "  # Network namespaces under the state directory, not /var/run/netns.\n  netns_mounts_under_state_dir = true\n" +
+			fmt.Sprintf("  [plugins.'io.containerd.cri.v1.runtime'.cni]\n    bin_dirs = [%q]\n    conf_dir = %q\n", abs(node.CNIBinDir), abs(node.CNIConfDir))
+	}
 	return strings.NewReplacer(
 		"@DIR@", dir,
 		"@RUNC@", q(t.Runc),
 		"@PAUSE@", q(PauseImage),
+		"@NRISOCK@", q(nriSocket),
+		"@NRIDISABLE@", fmt.Sprint(nriDisabled),
+		"@IMAGES@", images,
+		"@RUNTIME@", runtime,
 	).Replace(`version = 3
 # No drop-ins from /etc/containerd/conf.d: this containerd is the test's alone.
 imports = []
@@ -42,13 +62,13 @@ state = "@DIR@/state"
   snapshotter = "overlayfs"
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
     sandbox = @PAUSE@
-
+@IMAGES@
 [plugins.'io.containerd.cri.v1.runtime']
   enable_selinux = false
   # This VM's root lacks CAP_SYS_RESOURCE: without this every sandbox fails
   # with "can't get final child's PID from pipe".
   restrict_oom_score_adj = true
-  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+@RUNTIME@  [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
@@ -59,8 +79,8 @@ state = "@DIR@/state"
         SystemdCgroup = false
 
 [plugins.'io.containerd.nri.v1.nri']
-  disable = false
-  socket_path = "@DIR@/nri.sock"
+  disable = @NRIDISABLE@
+  socket_path = @NRISOCK@
   plugin_path = "@DIR@/nri/plugins"
   plugin_config_path = "@DIR@/nri/conf.d"
 `)
