@@ -226,6 +226,11 @@ func (n *Node) start(ctx context.Context) error {
 		return err
 	}
 
+	// The kubelet's cgroupRoot: below the stack's parent, so that teardown
+	// (and a later run's stale cleanup) removes every kubepods cgroup.
+	if err := s.MakeCgroupParent(); err != nil {
+		return err
+	}
 	kubeletConfig := filepath.Join(n.Dir, "kubelet.yaml")
 	if err := os.WriteFile(kubeletConfig, []byte(n.kubeletConfiguration(kubeletPort)), 0o644); err != nil {
 		return err

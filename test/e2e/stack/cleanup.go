@@ -489,3 +489,15 @@ func (s *Stack) Abandon() {
 	}
 	s.Dir = ""
 }
+
+// MakeCgroupParent creates the stack's cgroup parent on every hierarchy, for
+// a kubelet whose cgroupRoot it is (the kubelet requires it to exist);
+// teardown removes it with everything below.
+func (s *Stack) MakeCgroupParent() error {
+	for _, mnt := range cgroupMounts() {
+		if err := os.MkdirAll(filepath.Join(mnt, s.CgroupParent), 0o755); err != nil {
+			return fmt.Errorf("create cgroup %s: %w", filepath.Join(mnt, s.CgroupParent), err)
+		}
+	}
+	return nil
+}
