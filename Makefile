@@ -5,7 +5,7 @@ GO ?= go
 PRIV_EXEC ?=
 GOTEST = CAPTRACE_REQUIRE_PRIVILEGED=1 $(GO) test $(if $(PRIV_EXEC),-exec '$(PRIV_EXEC)')
 
-.PHONY: all build generate test test-unit e2e e2e-k8s test-kernels bench demo install uninstall clean
+.PHONY: all build dist image generate test test-unit e2e e2e-k8s test-kernels bench demo install uninstall clean
 
 all: build
 
@@ -17,6 +17,37 @@ VERSION_LDFLAGS = -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).commit=$(CO
 
 build:
 	$(GO) build -ldflags "$(VERSION_LDFLAGS)" -o bin/captrace ./cmd/captrace
+
+# Release: per architecture a static (CGO_ENABLED=0), -trimpath, stamped binary
+# and a reproducible tarball (binary, unit, containerd drop-in, example config,
+# LICENSE, SHA256SUMS of those), plus dist/SHA256SUMS of the tarballs. Files
+# carry the commit's time (SOURCE_DATE_EPOCH), so one commit gives one tarball.
+ARCHES ?= amd64 arm64
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+RELEASE_LDFLAGS = -s -w $(VERSION_LDFLAGS)
+DIST_FILES = deploy/captrace.service deploy/containerd-nri.toml deploy/config.toml LICENSE
+dist:
+	rm -rf dist && mkdir -p dist
+	set -e; for arch in $(ARCHES); do \
+		name=captrace-$(VERSION)-linux-$$arch; d=dist/$$name; mkdir -p $$d; \
+		echo "dist: building $$name"; \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags "$(RELEASE_LDFLAGS)" -o $$d/captrace ./cmd/captrace; \
+		cp $(DIST_FILES) $$d/; \
+		(cd $$d && sha256sum captrace $(notdir $(DIST_FILES)) > SHA256SUMS); \
+		tar --sort=name --mtime=@$(SOURCE_DATE_EPOCH) --owner=0 --group=0 --numeric-owner \
+			--mode=go-w -C dist -cf - $$name | gzip -n -9 > dist/$$name.tar.gz; \
+	done
+	cd dist && sha256sum *.tar.gz > SHA256SUMS && cat SHA256SUMS
+
+# The multi-arch OCI image (amd64, arm64) as an OCI layout tarball, built
+# without a container engine by cmd/captrace-image from `make dist`'s static
+# binaries: `ctr -n k8s.io images import dist/captrace-image.tar` tags it
+# ghcr.io/captrace/captrace:$(VERSION) and :dev (the DaemonSet's reference);
+# IMAGE=ref1,ref2 names it otherwise.
+IMAGE ?=
+image: dist
+	$(GO) run ./cmd/captrace-image $(if $(IMAGE),-ref $(IMAGE)) -version $(VERSION) -revision $(COMMIT) \
+		-created $(SOURCE_DATE_EPOCH) -dist dist -o dist/captrace-image.tar
 
 # Rebuilds the committed bpf2go objects from bpf/*.c with clang.
 generate:
@@ -110,4 +141,4 @@ uninstall:
 	@echo "next: systemctl daemon-reload && systemctl restart containerd"
 
 clean:
-	rm -rf bin .cache
+	rm -rf bin dist .cache

@@ -257,8 +257,9 @@ func connectHint(err error, socket string) string {
 // plugin logs it while the socket is missing and captrace doctor prints it.
 func EnableNRIHint(socket string) string {
 	return fmt.Sprintf("enable NRI in containerd: install deploy/containerd-nri.toml as "+
-		"/etc/containerd/conf.d/captrace-nri.toml (make install does; its section [plugins.'io.containerd.nri.v1.nri'] sets disable = false and socket_path = %q) and restart containerd "+
-		"(containerd >= 2.0 imports conf.d; 1.7 needs imports = [\"/etc/containerd/conf.d/*.toml\"] in its config.toml), "+
+		"/etc/containerd/conf.d/captrace-nri.toml (make install does; its section [plugins.\"io.containerd.nri.v1.nri\"] sets disable = false and socket_path = %q), "+
+		"make sure /etc/containerd/config.toml has imports = [\"/etc/containerd/conf.d/*.toml\"] (containerd reads no drop-in without it; "+
+		"only `containerd config default` of 2.2 or later writes it) and restart containerd; `captrace doctor` shows what the running containerd merged; "+
 		"or point nri.socket at the socket in use", socket)
 }
 

@@ -25,6 +25,7 @@ type doctorEnv struct {
 	mountinfoPath string
 	journalSocket string
 	statfsType    func(path string) (int64, error)
+	containerds   func() []runningContainerd
 }
 
 func hostDoctorEnv() doctorEnv {
@@ -35,6 +36,7 @@ func hostDoctorEnv() doctorEnv {
 		cgroupRoot:    "/sys/fs/cgroup",
 		mountinfoPath: "/proc/self/mountinfo",
 		journalSocket: output.JournalSocket,
+		containerds: findContainerds,
 		statfsType: func(path string) (int64, error) {
 			var st unix.Statfs_t
 			if err := unix.Statfs(path, &st); err != nil {
@@ -72,6 +74,9 @@ func runDoctor(args []string, stdout, stderr io.Writer, env doctorEnv) int {
 	findings := []finding{checkRoot(env)}
 	findings = append(findings, checkTiers(env)...)
 	findings = append(findings, checkBTF(env), checkCgroups(env), checkNRISocket(cfg.NRI.Socket), checkJournald(env))
+	if env.containerds != nil {
+		findings = append(findings, checkContainerd(env.containerds(), cfg.NRI.Socket)...)
+	}
 
 	failed := 0
 	for _, fd := range findings {

@@ -241,17 +241,18 @@ func testRolloutRestart(t *testing.T) {
 	}
 }
 
-// NRI off: on a node whose containerd runs with NRI disabled, a new captrace
-// pod is not Ready and its log names the drop-in to install. Then NRI comes
-// back and the pod becomes Ready.
+// NRI off: on a node whose containerd runs with NRI disabled (root config
+// without captrace's drop-in), a new captrace pod is not Ready and its log
+// names the drop-in to install. Installing it (and restarting containerd),
+// as the log says, makes the same pod Ready.
 func testNRIOff(t *testing.T) {
 	ctx := testCtx(t)
 	old, err := node.WaitCaptraceReady(ctx, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
-	node.Stack.SetNRIEnabled(false)
-	if err := node.Stack.RestartContainerd(ctx); err != nil {
+	// The node's containerd without captrace's drop-in: its root config turns NRI off.
+	if err := node.SetNRI(ctx, false); err != nil {
 		t.Fatal(err)
 	}
 	restored := false
@@ -260,8 +261,8 @@ func testNRIOff(t *testing.T) {
 			return
 		}
 		restored = true
-		node.Stack.SetNRIEnabled(true)
-		if err := node.Stack.RestartContainerd(ctx); err != nil {
+		// The fix the log names: the drop-in installed, containerd restarted.
+		if err := node.SetNRI(ctx, true); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -303,8 +304,12 @@ func testNRIOff(t *testing.T) {
 	l, _ := node.CaptraceLogs(ctx, fresh)
 	t.Logf("captrace on a node without NRI (not Ready, probe failing), its log:\n%s", tailLines(l.Raw, 5))
 	restore()
-	if _, err := node.WaitCaptraceReady(ctx, 3*time.Minute); err != nil {
-		t.Fatalf("after NRI came back: %v", err)
+	back, err := node.WaitCaptraceReady(ctx, 3*time.Minute)
+	if err != nil {
+		t.Fatalf("after the drop-in was installed: %v", err)
+	}
+	if back.Metadata.Name != fresh {
+		t.Logf("note: pod %s replaced %s after the drop-in was installed", back.Metadata.Name, fresh)
 	}
 }
 

@@ -29,15 +29,8 @@ import (
 	"github.com/captrace/captrace/test/e2e/stack"
 )
 
-// Paths that a DaemonSet or the kubelet use on every node, which the stack's
-// private mount namespace covers with its own directories.
-const (
-	// NRIDir is where the node's containerd serves NRI (nri.sock), as on a
-	// default containerd; the captrace DaemonSet mounts it with hostPath.
-	NRIDir = "/var/run/nri"
-)
-
-// kubeletFixedDirs are written by the kubelet whatever its --root-dir.
+// kubeletFixedDirs are written by the kubelet whatever its --root-dir: the
+// stack's private mount namespace covers them with its own directories.
 var kubeletFixedDirs = []string{"/var/lib/kubelet", "/var/log/containers"}
 
 // Options configure Start.
@@ -47,7 +40,7 @@ type Options struct {
 	// Images are served by the loopback registry as docker.io/<key>, e.g.
 	// "library/busybox:latest".
 	Images map[string]stack.Image
-	// NRIDisabled starts the node's containerd with NRI off.
+	// NRIDisabled starts the node's containerd with NRI off (SetNRI changes it).
 	NRIDisabled bool
 	// Logf receives progress lines.
 	Logf func(format string, args ...any)
@@ -69,8 +62,9 @@ type Node struct {
 	Bridge  string
 	PodCIDR string
 
-	pki      PKI
-	registry *Registry
+	pki        PKI
+	registry   *Registry
+	containerd *stack.NodeContainerd
 	apiURL   string
 	api      *http.Client
 	procs    []*stack.Process // in start order
@@ -112,18 +106,13 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 		return nil, fmt.Errorf("start the loopback registry: %w", err)
 	}
 
+	n.containerd = &stack.NodeContainerd{Dirs: kubeletFixedDirs, NRIOff: opts.NRIDisabled}
+	n.containerd.Etc = n.containerdEtc
 	s, err := stack.New(ctx, stack.Options{
 		Root:       opts.Root,
 		NoCaptrace: true, // captrace runs as the DaemonSet's pod
 		Logf:       opts.Logf,
-		Node: &stack.NodeRuntime{
-			CNIBinDir:     bins.CNIDir,
-			CNIConfDir:    "cni/net.d", // below the stack's directory
-			RegistryHosts: "registry-hosts",
-			NRIDir:        NRIDir,
-			NRIDisabled:   opts.NRIDisabled,
-			NamespaceDirs: kubeletFixedDirs,
-		},
+		Node:       n.containerd,
 	})
 	if err != nil {
 		n.registry.Close()
@@ -249,6 +238,45 @@ func (n *Node) start(ctx context.Context) error {
 	n.logf("node %s Ready %v after etcd started", n.Name, time.Since(t0).Round(time.Millisecond))
 	// Pods are refused until the service-account controller made "default".
 	return n.waitAPI(ctx, "/api/v1/namespaces/default/serviceaccounts/default", 60*time.Second)
+}
+
+// containerdEtc is the node's /etc/containerd: a root config (the stack's
+// settings) that turns NRI off and imports conf.d; there, the node's CNI and
+// registry settings, and unless NRI is to stay off, captrace's drop-in
+// deploy/containerd-nri.toml exactly as `make install` ships it.
+func (n *Node) containerdEtc(s *stack.Stack) (map[string]string, error) {
+	files := map[string]string{
+		"config.toml": stack.NodeRootConfig(s, 3, `imports = ["`+stack.NodeConfDir+`/*.toml"]`, stack.NRIOffV3),
+		"conf.d/kubernetes-node.toml": fmt.Sprintf(`# The Kubernetes e2e node's network and registry (test/e2e/k8s).
+version = 3
+
+[plugins.'io.containerd.cri.v1.images'.registry]
+  config_path = %q
+
+[plugins.'io.containerd.cri.v1.runtime']
+  # Network namespaces under the state directory, not /var/run/netns.
+  netns_mounts_under_state_dir = true
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = [%q]
+    conf_dir = %q
+`, filepath.Join(s.Dir, "registry-hosts"), n.Bins.CNIDir, filepath.Join(s.Dir, "cni", "net.d")),
+	}
+	if !n.containerd.NRIOff {
+		dropIn, err := os.ReadFile(filepath.Join(n.Root, "deploy", "containerd-nri.toml"))
+		if err != nil {
+			return nil, err
+		}
+		files["conf.d/captrace-nri.toml"] = string(dropIn)
+	}
+	return files, nil
+}
+
+// SetNRI restarts the node's containerd with captrace's NRI drop-in
+// installed (on) or taken away (off: the root config disables NRI). Pods keep
+// running; the kubelet reconnects.
+func (n *Node) SetNRI(ctx context.Context, on bool) error {
+	n.containerd.NRIOff = !on
+	return n.Stack.RestartContainerd(ctx)
 }
 
 // spawn starts one of the cluster's daemons, recorded by the stack.

@@ -157,7 +157,11 @@ func teardownDir(dir string) []string {
 		dirs := strings.Fields(string(made))
 		sort.SliceStable(dirs, func(i, j int) bool { return len(dirs[i]) > len(dirs[j]) })
 		for _, d := range dirs {
-			os.Remove(d) // fails, harmlessly, if something else uses it now
+			// Removing a directory that is a mount point in another
+			// namespace (another live stack's bind) would detach that mount.
+			if !mountPointElsewhere(d) {
+				os.Remove(d) // fails, harmlessly, if something else uses it now
+			}
 		}
 	}
 	// Network interfaces made for the stack (a node's CNI bridge).
@@ -456,7 +460,7 @@ func (f Footprint) Leftovers() []string {
 		}
 	}
 	for _, d := range f.MadeDirs {
-		if _, err := os.Stat(d); err == nil {
+		if _, err := os.Stat(d); err == nil && !mountPointElsewhere(d) {
 			left = append(left, "directory "+d+" (made by the stack)")
 		}
 	}
@@ -500,4 +504,34 @@ func (s *Stack) MakeCgroupParent() error {
 		}
 	}
 	return nil
+}
+
+// mountPointElsewhere reports whether path is a mount point in any mount
+// namespace of a live process (read once per namespace from /proc/PID/mountinfo).
+func mountPointElsewhere(path string) bool {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	seen := map[string]bool{}
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		ns, err := os.Readlink(filepath.Join("/proc", e.Name(), "ns", "mnt"))
+		if err != nil || seen[ns] {
+			continue
+		}
+		seen[ns] = true
+		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "mountinfo"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(line); len(f) >= 5 && unescapeMountinfo(f[4]) == path {
+				return true
+			}
+		}
+	}
+	return false
 }

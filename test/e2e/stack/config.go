@@ -2,41 +2,93 @@ package stack
 
 import (
 	"fmt"
-	"path/filepath"
 	"strings"
 )
 
 // containerdConfig renders a containerd config (version 3) whose every path,
 // socket and port is private to the stack in dir, so it runs beside any other
 // containerd on the machine.
-func containerdConfig(dir string, t Tools, nriSocket string, node *NodeRuntime) string {
-	q := func(s string) string { return fmt.Sprintf("%q", s) }
-	nriDisabled := false
-	var images, runtime string
-	if node != nil {
-		// Relative paths are below the stack's directory.
-		abs := func(p string) string {
-			if filepath.IsAbs(p) {
-				return p
-			}
-			return filepath.Join(dir, p)
-		}
-		nriDisabled = node.NRIDisabled
-		images = fmt.Sprintf("  [plugins.'io.containerd.cri.v1.images'.registry]\n    config_path = %q\n", abs(node.RegistryHosts))
-		runtime = "  # Network namespaces under the state directory, not /var/run/netns.\n  netns_mounts_under_state_dir = true\n" +
-			fmt.Sprintf("  [plugins.'io.containerd.cri.v1.runtime'.cni]\n    bin_dirs = [%q]\n    conf_dir = %q\n", abs(node.CNIBinDir), abs(node.CNIConfDir))
+func containerdConfig(dir string, t Tools) string {
+	return containerdConfigV3(dir, t,
+		"# No drop-ins from /etc/containerd/conf.d: this containerd is the test's alone.\nimports = []",
+		fmt.Sprintf(`[plugins.'io.containerd.nri.v1.nri']
+  disable = false
+  socket_path = "%[1]s/nri.sock"
+  plugin_path = "%[1]s/nri/plugins"
+  plugin_config_path = "%[1]s/nri/conf.d"`, dir))
+}
+
+// NRIOff is an NRI section that turns NRI off, as a node's root config may:
+// a drop-in that turns it on again proves it was read and merged.
+const (
+	NRIOffV2 = "[plugins.\"io.containerd.nri.v1.nri\"]\n  disable = true\n  socket_path = \"/nonexistent/nri.sock\""
+	NRIOffV3 = "[plugins.'io.containerd.nri.v1.nri']\n  disable = true\n  socket_path = '/nonexistent/nri.sock'"
+)
+
+// NodeRootConfig renders the stack's containerd settings as a node's root
+// config in version 2 (containerd 1.7's format, still read by 2.x) or 3,
+// with the given imports line and NRI section.
+func NodeRootConfig(s *Stack, version int, imports, nri string) string {
+	if version == 3 {
+		return containerdConfigV3(s.Dir, s.Tools, imports, nri)
 	}
+	return strings.NewReplacer(
+		"@DIR@", s.Dir,
+		"@RUNC@", fmt.Sprintf("%q", s.Tools.Runc),
+		"@PAUSE@", fmt.Sprintf("%q", PauseImage),
+		"@IMPORTS@", imports,
+		"@NRI@", nri,
+	).Replace(`version = 2
+@IMPORTS@
+root = "@DIR@/root"
+state = "@DIR@/state"
+
+[grpc]
+  address = "@DIR@/containerd.sock"
+
+[ttrpc]
+  address = "@DIR@/containerd.sock.ttrpc"
+
+[debug]
+  address = "@DIR@/debug.sock"
+  level = "info"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "@DIR@/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  sandbox_image = @PAUSE@
+  enable_selinux = false
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      pod_annotations = ["captrace.io/*"]
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = @RUNC@
+        Root = "@DIR@/runc"
+        SystemdCgroup = false
+
+@NRI@
+`)
+}
+
+// containerdConfigV3 is the stack's version 3 config with an imports line and
+// an NRI section.
+func containerdConfigV3(dir string, t Tools, imports, nri string) string {
+	q := func(s string) string { return fmt.Sprintf("%q", s) }
 	return strings.NewReplacer(
 		"@DIR@", dir,
 		"@RUNC@", q(t.Runc),
 		"@PAUSE@", q(PauseImage),
-		"@NRISOCK@", q(nriSocket),
-		"@NRIDISABLE@", fmt.Sprint(nriDisabled),
-		"@IMAGES@", images,
-		"@RUNTIME@", runtime,
+		"@IMPORTS@", imports,
+		"@NRI@", nri,
 	).Replace(`version = 3
-# No drop-ins from /etc/containerd/conf.d: this containerd is the test's alone.
-imports = []
+@IMPORTS@
 root = "@DIR@/root"
 state = "@DIR@/state"
 
@@ -62,13 +114,13 @@ state = "@DIR@/state"
   snapshotter = "overlayfs"
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
     sandbox = @PAUSE@
-@IMAGES@
+
 [plugins.'io.containerd.cri.v1.runtime']
   enable_selinux = false
   # This VM's root lacks CAP_SYS_RESOURCE: without this every sandbox fails
   # with "can't get final child's PID from pipe".
   restrict_oom_score_adj = true
-@RUNTIME@  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
@@ -78,11 +130,7 @@ state = "@DIR@/state"
         Root = "@DIR@/runc"
         SystemdCgroup = false
 
-[plugins.'io.containerd.nri.v1.nri']
-  disable = @NRIDISABLE@
-  socket_path = @NRISOCK@
-  plugin_path = "@DIR@/nri/plugins"
-  plugin_config_path = "@DIR@/nri/conf.d"
+@NRI@
 `)
 }
 

@@ -35,31 +35,9 @@ type Options struct {
 	Captrace CaptraceConfig
 	// Logf receives progress lines (t.Logf, or the demo's printer).
 	Logf func(format string, args ...any)
-	// Node makes containerd a Kubernetes node's runtime (test/e2e/k8s).
-	Node *NodeRuntime
-}
-
-// NodeRuntime turns the stack's containerd into the runtime of a Kubernetes
-// node. containerd, its shims and whatever the caller spawns InNamespace run
-// in the stack's private mount namespace, where each of NamespaceDirs (and
-// NRIDir) is a directory of the stack bind-mounted over the host path: a
-// DaemonSet's hostPath such as /var/run/nri then reaches this stack's
-// containerd alone, and nothing the kubelet writes to its fixed paths
-// (/var/lib/kubelet/device-plugins, /var/log/containers) lands on the host.
-type NodeRuntime struct {
-	// CNIBinDir and CNIConfDir are containerd's CNI plugin and config
-	// directories; these and RegistryHosts, when relative, are below the
-	// stack's directory (which New creates: write them after New).
-	CNIBinDir, CNIConfDir string
-	// RegistryHosts is containerd's registry config_path (a hosts.toml per registry).
-	RegistryHosts string
-	// NRIDir is the directory, as the namespace sees it, of containerd's NRI
-	// socket (nri.sock), e.g. /var/run/nri.
-	NRIDir string
-	// NRIDisabled starts containerd with NRI off (SetNRIEnabled changes it for the next start).
-	NRIDisabled bool
-	// NamespaceDirs are further host paths the namespace covers with a directory of the stack.
-	NamespaceDirs []string
+	// Node, when set, runs containerd as a node does (see NodeContainerd);
+	// otherwise containerd ContainerdVersion reads the stack's own config.
+	Node *NodeContainerd
 }
 
 // Stack is one running private stack.
@@ -76,7 +54,7 @@ type Stack struct {
 
 	opts       Options
 	lock       *os.File
-	holder     *proc // owns the private mount namespace journald and captrace (and a node's containerd) run in
+	holder     *proc // owns the private mount namespace journald and captrace run in
 	journald   *proc
 	containerd *proc
 	captrace   *proc
@@ -191,6 +169,11 @@ func (s *Stack) start(ctx context.Context) error {
 	if err != nil {
 		return s.Fail("install containerd "+ContainerdVersion+" and crictl "+CrictlVersion, err)
 	}
+	if n := s.opts.Node; n != nil && n.Version != "" && n.Version != ContainerdVersion {
+		if tools.Containerd, tools.Shim, tools.Ctr, err = EnsureContainerd(ctx, s.opts.Root, n.Version, s.logf); err != nil {
+			return s.Fail("build containerd "+n.Version, err)
+		}
+	}
 	s.Tools = tools
 	s.logf("tools ready in %v", time.Since(t0).Round(time.Millisecond))
 
@@ -262,33 +245,35 @@ func (s *Stack) startJournald() error {
 		return err
 	}
 	ready := filepath.Join(s.Dir, "namespace-ready")
-	var binds strings.Builder
-	if n := s.opts.Node; n != nil {
-		for _, target := range append([]string{n.NRIDir}, n.NamespaceDirs...) {
-			src := s.NamespaceDir(target)
-			if err := os.MkdirAll(src, 0o755); err != nil {
-				return err
-			}
-			if err := s.mkdirOnHost(target); err != nil {
-				return err
-			}
-			fmt.Fprintf(&binds, "mount --bind %q %q\n", src, target)
+	nodeMounts := ""
+	if s.opts.Node != nil {
+		if err := s.prepareNodeMounts(); err != nil {
+			return err
 		}
+		nodeMounts = s.nodeMountScript()
 	}
 	script := fmt.Sprintf(`set -e
 mount -t tmpfs -o mode=0755 tmpfs /run/systemd
 mount --bind %q /run/log
 mount --bind %q /etc/systemd/journald.conf
 %stouch %q
-exec sleep infinity`, filepath.Dir(s.JournalDir), conf, binds.String(), ready)
+exec sleep infinity`, filepath.Dir(s.JournalDir), conf, nodeMounts, ready)
 	if _, err := os.Stat("/etc/systemd/journald.conf"); err != nil {
 		return fmt.Errorf("/etc/systemd/journald.conf is the mount point of the private journald's config (Debian package systemd): %w", err)
 	}
 	// Mount points on the host; made (empty, and removed at teardown) where a
 	// machine without systemd running lacks them.
 	for _, d := range []string{"/run/systemd", "/run/log"} {
-		if err := s.mkdirOnHost(d); err != nil {
-			return fmt.Errorf("create mount point %s for the private journald: %w", d, err)
+		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
+			if err := os.Mkdir(d, 0o755); err != nil {
+				return fmt.Errorf("create mount point %s for the private journald: %w", d, err)
+			}
+			f, err := os.OpenFile(filepath.Join(s.Dir, "made-dirs"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(f, d)
+			f.Close()
 		}
 	}
 	holder, err := s.spawn("holder", []string{s.Tools.Unshare, "--mount", "--propagation", "private", "/bin/sh", "-c", script}, spawnOpts{})
@@ -305,30 +290,6 @@ exec sleep infinity`, filepath.Dir(s.JournalDir), conf, binds.String(), ready)
 	}
 	sock := filepath.Join(fmt.Sprintf("/proc/%d/root", s.holder.pid()), "run/systemd/journal/socket")
 	return waitFor(10*time.Second, s.journald, "journald's socket", func() bool { return allExist(sock) })
-}
-
-// mkdirOnHost creates the mount point d and any missing parent on the host,
-// recording each directory it made so that teardown removes it again (once
-// empty: nothing is ever written into it outside the namespace).
-func (s *Stack) mkdirOnHost(d string) error {
-	var missing []string
-	for p := filepath.Clean(d); p != "/"; p = filepath.Dir(p) {
-		if _, err := os.Stat(p); err == nil {
-			break
-		} else if !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-		missing = append(missing, p)
-	}
-	for i := len(missing) - 1; i >= 0; i-- {
-		if err := os.Mkdir(missing[i], 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-			return err
-		}
-		if err := s.Record("made-dirs", missing[i]); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // Record appends line to the stack's file name, one of the lists teardown
@@ -368,37 +329,21 @@ func (s *Stack) ContainerdSocket() string { return filepath.Join(s.Dir, "contain
 // NRISocket is the stack's NRI socket, as the host sees it.
 func (s *Stack) NRISocket() string {
 	if s.opts.Node != nil {
-		return filepath.Join(s.NamespaceDir(s.opts.Node.NRIDir), "nri.sock")
+		return filepath.Join(s.nodeMounts()[1][0], filepath.Base(NodeNRISocket))
 	}
 	return filepath.Join(s.Dir, "nri.sock")
-}
-
-// nriSocketInNamespace is the NRI socket as containerd sees it.
-func (s *Stack) nriSocketInNamespace() string {
-	if s.opts.Node != nil {
-		return filepath.Join(s.opts.Node.NRIDir, "nri.sock")
-	}
-	return s.NRISocket()
-}
-
-// NamespaceDir is the stack's directory that the private mount namespace
-// shows at path (one of NodeRuntime's NRIDir and NamespaceDirs).
-func (s *Stack) NamespaceDir(path string) string {
-	return filepath.Join(s.Dir, "ns", strings.ReplaceAll(strings.Trim(filepath.Clean(path), "/"), "/", "_"))
-}
-
-// SetNRIEnabled switches NRI on or off for containerd's next start (a node's runtime only).
-func (s *Stack) SetNRIEnabled(on bool) {
-	if s.opts.Node != nil {
-		s.opts.Node.NRIDisabled = !on
-	}
 }
 
 // StartContainerd starts containerd (again, after StopContainerd) and waits
 // until it serves CRI.
 func (s *Stack) StartContainerd(ctx context.Context) error {
-	conf := filepath.Join(s.Dir, "containerd.toml")
-	if err := os.WriteFile(conf, []byte(containerdConfig(s.Dir, s.Tools, s.nriSocketInNamespace(), s.opts.Node)), 0o644); err != nil {
+	argv := []string{s.Tools.Containerd, "--config", filepath.Join(s.Dir, "containerd.toml")}
+	if s.opts.Node != nil {
+		if err := s.writeNodeEtc(); err != nil {
+			return err
+		}
+		argv = s.inNamespace(s.Tools.Containerd, "--config", NodeConfig)
+	} else if err := os.WriteFile(argv[2], []byte(containerdConfig(s.Dir, s.Tools)), 0o644); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(s.Dir, "crictl.yaml"), []byte(crictlConfig(s.ContainerdSocket())), 0o644); err != nil {
@@ -407,18 +352,14 @@ func (s *Stack) StartContainerd(ctx context.Context) error {
 	os.Remove(s.ContainerdSocket())
 	// containerd finds containerd-shim-runc-v2 on PATH.
 	path := "PATH=" + filepath.Dir(s.Tools.Shim) + ":" + os.Getenv("PATH")
-	argv := []string{s.Tools.Containerd, "--config", conf}
-	if s.opts.Node != nil {
-		argv = s.inNamespace(argv...)
-	}
 	p, err := s.spawn("containerd", argv, spawnOpts{env: []string{path}})
 	if err != nil {
 		return err
 	}
 	s.containerd = p
 	sockets := []string{s.ContainerdSocket(), s.NRISocket()}
-	if s.opts.Node != nil && s.opts.Node.NRIDisabled {
-		os.Remove(s.NRISocket()) // left by the previous start
+	if s.opts.Node != nil && s.opts.Node.NRIOff {
+		os.Remove(s.NRISocket()) // left by an earlier start with NRI on
 		sockets = sockets[:1]
 	}
 	if err := waitFor(30*time.Second, p, "containerd's socket", func() bool { return allExist(sockets...) }); err != nil {
