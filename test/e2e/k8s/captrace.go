@@ -10,13 +10,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/captrace/captrace/deploy/kubernetes"
 	"github.com/captrace/captrace/test/e2e/stack"
 )
 
-// What deploy/kubernetes creates.
+// What deploy/kubernetes creates (its one definition).
 const (
-	CaptraceNamespace = "captrace-system"
-	CaptraceDaemonSet = "captrace"
+	CaptraceNamespace = kubernetes.Namespace
+	CaptraceDaemonSet = kubernetes.Name
 )
 
 // PodStatus is what the tests read of a pod (`kubectl get pod -o json`).

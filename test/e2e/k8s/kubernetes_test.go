@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/captrace/captrace/config"
+	"github.com/captrace/captrace/deploy/kubernetes"
 	"github.com/captrace/captrace/test/e2e/k8s"
 	"github.com/captrace/captrace/test/e2e/stack"
 )
@@ -241,7 +242,7 @@ func deniedNamespace(ctx context.Context) (string, error) {
 	var seen []string
 	for _, cm := range list.Items {
 		for key, value := range cm.Data {
-			if !strings.HasSuffix(key, ".toml") {
+			if key != kubernetes.ConfigKey {
 				continue
 			}
 			cfg, err := config.Parse(cm.Metadata.Name+"/"+key, []byte(value))

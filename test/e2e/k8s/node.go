@@ -65,10 +65,10 @@ type Node struct {
 	pki        PKI
 	registry   *Registry
 	containerd *stack.NodeContainerd
-	apiURL   string
-	api      *http.Client
-	procs    []*stack.Process // in start order
-	opts     Options
+	apiURL     string
+	api        *http.Client
+	procs      []*stack.Process // in start order
+	opts       Options
 }
 
 func (n *Node) logf(format string, args ...any) {
