@@ -5,7 +5,7 @@ GO ?= go
 PRIV_EXEC ?=
 GOTEST = CAPTRACE_REQUIRE_PRIVILEGED=1 $(GO) test $(if $(PRIV_EXEC),-exec '$(PRIV_EXEC)')
 
-.PHONY: all build dist image generate test test-unit e2e e2e-k8s test-kernels bench demo install uninstall clean
+.PHONY: all build dist image generate check-generated test test-unit e2e e2e-k8s test-kernels bench demo install uninstall clean
 
 all: build
 
@@ -54,7 +54,13 @@ generate:
 	scripts/install-deps.sh generate
 	$(GO) generate ./bpf/...
 
-test: test-unit e2e e2e-k8s test-kernels
+# Regenerates the committed objects and tables and fails if they differ from
+# what is committed: a change to bpf/captrace.c must come with `make generate`.
+# (clang 14 from Debian rebuilds them byte for byte.)
+check-generated: generate
+	@git diff --exit-code --stat -- bpf/ || { echo "check-generated: the committed bpf2go output is stale: run make generate and commit it"; exit 1; }
+
+test: check-generated test-unit e2e e2e-k8s test-kernels
 
 # Unit and privileged tests of every package (the privileged ones need root).
 test-unit:

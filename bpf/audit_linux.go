@@ -9,14 +9,14 @@ import (
 	"strings"
 )
 
-// Range kinds, mirrored from captrace.c (KIND_*).
+// Range kinds (enum caller_kind in captrace.c).
 const (
-	kindSecurityCapable = 1 // security_capable
-	kindCapCapable      = 2 // cap_capable
-	kindNoauditWrapper  = 3 // calls security_capable with CAP_OPT_NOAUDIT
-	kindVMEnough        = 4 // calls cap_capable with CAP_OPT_NOAUDIT
-	kindTransparent     = 5 // out-of-line helper between wrapper and security_capable
-	kindSetidWrapper    = 6 // calls security_capable with CAP_OPT_INSETID
+	kindSecurityCapable = uint32(captraceCallerKindKIND_SECURITY_CAPABLE)
+	kindCapCapable      = uint32(captraceCallerKindKIND_CAP_CAPABLE)
+	kindNoauditWrapper  = uint32(captraceCallerKindKIND_NOAUDIT_WRAPPER)
+	kindVMEnough        = uint32(captraceCallerKindKIND_VM_ENOUGH)
+	kindTransparent     = uint32(captraceCallerKindKIND_TRANSPARENT)
+	kindSetidWrapper    = uint32(captraceCallerKindKIND_SETID_WRAPPER)
 )
 
 // auditSymbols are the functions whose frames decide the audit flag on the
@@ -49,11 +49,6 @@ var auditSymbols = []struct {
 // is reported audited and not in setid.
 var auditWalkCaps = []Capability{capSetgid, capSetuid, capNetAdmin, capNetRaw, capSysRawio,
 	capSysPtrace, capSysAdmin, capSysRes, capSyslog, capPerfmon, capBPF}
-
-type auditRange struct {
-	Start, End uint64
-	Kind, Pad  uint32
-}
 
 // resolveAuditRanges reads [start, end) of every audit symbol from
 // /proc/kallsyms; a symbol ends where the next text symbol begins.

@@ -307,7 +307,7 @@ func BenchmarkCapCheck(b *testing.B) {
 	withKey := func(s Settings, audit uint8) func() {
 		return func() {
 			attach(&s)()
-			k := dedupKey{CgroupID: cg.id, Cap: int32(capSysAdmin), Capable: 1, Audit: audit}
+			k := dedupKey{CgroupId: cg.id, Cap: int32(capSysAdmin), Capable: 1, Audit: audit}
 			if err := tr.lt.maps.Dedup.Put(k, uint8(1)); err != nil {
 				b.Fatal(err)
 			}

@@ -20,26 +20,38 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define CAP_OPT_NOAUDIT (1U << 1)
 #define CAP_OPT_INSETID (1U << 2)
 
-// Settings flags (value of cgroup_filter, flags of a filter slot), mirrored in Go.
-#define SETTING_AUDIT_ONLY (1U << 0)
-#define SETTING_UNIQUE (1U << 1)
+// The constants Go shares are enums, not #defines: bpf2go -type generates
+// them from the object's BTF (an enum is in BTF only when a type or variable
+// uses it; each of these is a member type below or anchored at the end).
 
-// Loss counter slots (cap_losses), mirrored in Go.
-#define LOSS_RING 0
-#define LOSS_DEDUP 1
-#define LOSS_FILTER 2
-#define LOSS_SLOTS 4
+// Settings flags (value of cgroup_filter, flags of a filter slot).
+enum setting_flag {
+	SETTING_AUDIT_ONLY = 1U << 0,
+	SETTING_UNIQUE = 1U << 1,
+};
+
+// Loss counter slots (cap_losses).
+enum loss_slot {
+	LOSS_RING = 0,
+	LOSS_DEDUP = 1,
+	LOSS_FILTER = 2,
+	LOSS_SLOTS = 4,
+};
 
 // Stack matching for the audit flag on the tracepoint tier.
 #define AUDIT_FRAMES 8
 #define AUDIT_RANGES 16
-#define KIND_NONE 0
-#define KIND_SECURITY_CAPABLE 1 // security_capable
-#define KIND_CAP_CAPABLE 2      // cap_capable
-#define KIND_NOAUDIT_WRAPPER 3  // a caller of security_capable that passes CAP_OPT_NOAUDIT
-#define KIND_VM_ENOUGH 4        // a caller of cap_capable that passes CAP_OPT_NOAUDIT
-#define KIND_TRANSPARENT 5      // an out-of-line helper between the two (ns_capable_common)
-#define KIND_SETID_WRAPPER 6    // a caller of security_capable that passes CAP_OPT_INSETID
+
+// What a [start, end) range of kernel text is, for the stack walk.
+enum caller_kind {
+	KIND_NONE = 0,
+	KIND_SECURITY_CAPABLE = 1, // security_capable
+	KIND_CAP_CAPABLE = 2,      // cap_capable
+	KIND_NOAUDIT_WRAPPER = 3,  // a caller of security_capable that passes CAP_OPT_NOAUDIT
+	KIND_VM_ENOUGH = 4,        // a caller of cap_capable that passes CAP_OPT_NOAUDIT
+	KIND_TRANSPARENT = 5,      // an out-of-line helper between the two (ns_capable_common)
+	KIND_SETID_WRAPPER = 6,    // a caller of security_capable that passes CAP_OPT_INSETID
+};
 
 // What the stack says about a check's opts.
 #define STACK_AUDIT 0
@@ -47,7 +59,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define STACK_INSETID 2
 
 struct settings {
-	__u32 flags;
+	__u32 flags; // enum setting_flag bits
 };
 
 // unique remembers a check per (cgroup, cap, verdict, audit): a non-audited
@@ -70,11 +82,11 @@ struct pending_check {
 struct audit_range {
 	__u64 start;
 	__u64 end;
-	__u32 kind;
+	enum caller_kind kind;
 	__u32 pad;
 };
 
-// One event; the Go decoder reads this layout by hand (64 bytes).
+// One event (64 bytes); Go decodes it through bpf2go's generated type.
 struct cap_event {
 	__u64 cgroup_id;
 	__u64 ktime_ns;
@@ -106,13 +118,15 @@ struct {
 // an untraced cgroup as cheaply; a slot shared by several traced cgroups
 // defers to cgroup_filter, which always holds every traced cgroup.
 #define FILTER_SLOTS 32768
-#define SLOT_EMPTY 0
-#define SLOT_ONE 1
-#define SLOT_SHARED 2
+enum slot_state {
+	SLOT_EMPTY = 0,
+	SLOT_ONE = 1,
+	SLOT_SHARED = 2,
+};
 struct filter_slot {
 	__u64 cgroup_id;
-	__u32 flags;
-	__u32 state;
+	__u32 flags; // enum setting_flag bits
+	enum slot_state state;
 };
 
 struct {
@@ -170,9 +184,10 @@ volatile const __u32 audit_nranges = 0;          // used entries of audit_ranges
 // every frame's range against each one and explode; unknown bounds keep it small.
 struct audit_range audit_ranges[AUDIT_RANGES] = {};
 
-static __always_inline void count_loss(__u32 slot)
+static __always_inline void count_loss(enum loss_slot slot)
 {
-	__u64 *v = bpf_map_lookup_elem(&cap_losses, &slot);
+	__u32 key = slot;
+	__u64 *v = bpf_map_lookup_elem(&cap_losses, &key);
 	if (v)
 		__sync_fetch_and_add(v, 1);
 }
@@ -460,3 +475,12 @@ int captrace_kret(struct pt_regs *ctx)
 	bpf_map_delete_elem(&cap_pending, &id);
 	return report_check(ctx, cgroup_id, flags, p.cred, p.cap, (int)KPROBE_RET(ctx), true, p.opts);
 }
+
+// Keeps the types that only user space names as a whole (the ring record,
+// two enums) in the object's BTF, for bpf2go -type: clang emits BTF for the
+// types of globals and functions, not of locals. Never read or written.
+struct captrace_btf_anchor {
+	struct cap_event event;
+	enum setting_flag setting_flag;
+	enum loss_slot loss_slot;
+} btf_anchor __attribute__((unused));

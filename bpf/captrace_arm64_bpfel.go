@@ -21,6 +21,59 @@ type captraceAuditRange struct {
 	Pad   uint32
 }
 
+type captraceCallerKind uint32
+
+const (
+	captraceCallerKindKIND_NONE             captraceCallerKind = 0
+	captraceCallerKindKIND_SECURITY_CAPABLE captraceCallerKind = 1
+	captraceCallerKindKIND_CAP_CAPABLE      captraceCallerKind = 2
+	captraceCallerKindKIND_NOAUDIT_WRAPPER  captraceCallerKind = 3
+	captraceCallerKindKIND_VM_ENOUGH        captraceCallerKind = 4
+	captraceCallerKindKIND_TRANSPARENT      captraceCallerKind = 5
+	captraceCallerKindKIND_SETID_WRAPPER    captraceCallerKind = 6
+)
+
+type captraceCapEvent struct {
+	_            structs.HostLayout
+	CgroupId     uint64
+	KtimeNs      uint64
+	Pid          uint32
+	Tid          uint32
+	Uid          uint32
+	Gid          uint32
+	Cap          int32
+	Syscall      int32
+	Capable      uint8
+	Audit        uint8
+	Insetid      uint8
+	InsetidKnown uint8
+	Comm         [16]int8
+	Pad          uint32
+}
+
+type captraceCaptraceBtfAnchor struct {
+	_     structs.HostLayout
+	Event struct {
+		_            structs.HostLayout
+		CgroupId     uint64
+		KtimeNs      uint64
+		Pid          uint32
+		Tid          uint32
+		Uid          uint32
+		Gid          uint32
+		Cap          int32
+		Syscall      int32
+		Capable      uint8
+		Audit        uint8
+		Insetid      uint8
+		InsetidKnown uint8
+		Comm         [16]int8
+		Pad          uint32
+	}
+	SettingFlag uint32
+	LossSlot    uint32
+}
+
 type captraceClockCache struct {
 	_       structs.HostLayout
 	Jiffies uint64
@@ -40,8 +93,17 @@ type captraceFilterSlot struct {
 	_        structs.HostLayout
 	CgroupId uint64
 	Flags    uint32
-	State    uint32
+	State    captraceSlotState
 }
+
+type captraceLossSlot uint32
+
+const (
+	captraceLossSlotLOSS_RING   captraceLossSlot = 0
+	captraceLossSlotLOSS_DEDUP  captraceLossSlot = 1
+	captraceLossSlotLOSS_FILTER captraceLossSlot = 2
+	captraceLossSlotLOSS_SLOTS  captraceLossSlot = 4
+)
 
 type captracePendingCheck struct {
 	_    structs.HostLayout
@@ -50,10 +112,25 @@ type captracePendingCheck struct {
 	Opts uint32
 }
 
+type captraceSettingFlag uint32
+
+const (
+	captraceSettingFlagSETTING_AUDIT_ONLY captraceSettingFlag = 1
+	captraceSettingFlagSETTING_UNIQUE     captraceSettingFlag = 2
+)
+
 type captraceSettings struct {
 	_     structs.HostLayout
 	Flags uint32
 }
+
+type captraceSlotState uint32
+
+const (
+	captraceSlotStateSLOT_EMPTY  captraceSlotState = 0
+	captraceSlotStateSLOT_ONE    captraceSlotState = 1
+	captraceSlotStateSLOT_SHARED captraceSlotState = 2
+)
 
 // Names of all BPF objects in the ELF.
 //
@@ -73,6 +150,7 @@ const (
 	captraceVarAuditNranges      = "audit_nranges"
 	captraceVarAuditRanges       = "audit_ranges"
 	captraceVarAuditWalkCaps     = "audit_walk_caps"
+	captraceVarBtfAnchor         = "btf_anchor"
 	captraceVarWakeupBytes       = "wakeup_bytes"
 )
 
@@ -144,6 +222,7 @@ type captraceVariableSpecs struct {
 	AuditNranges  *ebpf.VariableSpec `ebpf:"audit_nranges"`
 	AuditRanges   *ebpf.VariableSpec `ebpf:"audit_ranges"`
 	AuditWalkCaps *ebpf.VariableSpec `ebpf:"audit_walk_caps"`
+	BtfAnchor     *ebpf.VariableSpec `ebpf:"btf_anchor"`
 	WakeupBytes   *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
@@ -195,6 +274,7 @@ type captraceVariables struct {
 	AuditNranges  *ebpf.Variable `ebpf:"audit_nranges"`
 	AuditRanges   *ebpf.Variable `ebpf:"audit_ranges"`
 	AuditWalkCaps *ebpf.Variable `ebpf:"audit_walk_caps"`
+	BtfAnchor     *ebpf.Variable `ebpf:"btf_anchor"`
 	WakeupBytes   *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 

@@ -1,8 +1,8 @@
 package bpf
 
 import (
+	"errors"
 	"runtime"
-	"strings"
 	"testing"
 )
 
@@ -57,7 +57,7 @@ func TestDecodeEvent(t *testing.T) {
 func TestRingSizeValidated(t *testing.T) {
 	for _, size := range []int{1000, 4096 + 4096/2, 12288} {
 		_, err := Open(Options{RingBufferBytes: size})
-		if err == nil || !strings.Contains(err.Error(), "tracer.ring_buffer_bytes") {
+		if oe := (*OptionError)(nil); !errors.As(err, &oe) || oe.Field != "RingBufferBytes" {
 			t.Errorf("RingBufferBytes=%d: %v", size, err)
 		}
 	}

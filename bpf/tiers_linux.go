@@ -155,11 +155,11 @@ func loadTier(tier Tier, cfg loadConfig) (lt *loadedTier, err error) {
 			}
 		}
 	}
-	ranges := make([]auditRange, 16)
+	ranges := make([]auditRange, auditRangeSlots)
 	copy(ranges, cfg.ranges)
 	set("wakeup_bytes", cfg.wakeupBytes)
 	set("audit_walk_caps", cfg.walkCaps)
-	set("audit_nranges", uint32(min(len(cfg.ranges), 16)))
+	set("audit_nranges", uint32(min(len(cfg.ranges), auditRangeSlots)))
 	set("audit_ranges", ranges)
 	if err != nil {
 		return nil, err

@@ -6,6 +6,7 @@ package bpf
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/sirupsen/logrus"
 )
@@ -30,6 +31,13 @@ const (
 	TierFexit  Tier = "fexit"  // fexit/cap_capable: opts and return value, exact audit and insetid
 	TierTpBTF  Tier = "tp_btf" // tp_btf/cap_capable: return value; audit derived from the caller
 	TierKprobe Tier = "kprobe" // kprobe+kretprobe on cap_capable: opts and return value
+)
+
+// What Open uses for a zero Options field; config.Defaults takes them from here.
+const (
+	DefaultMaxTracedCgroups = 4096
+	DefaultDedupEntries     = 65536
+	DefaultRingBufferBytes  = 4 << 20
 )
 
 // Options configure Open. Zero values select the documented defaults.
@@ -90,6 +98,20 @@ type Stats struct {
 	// The filter map itself is written only by Trace, which returns its errors.
 	FilterUpdateFailed uint64
 }
+
+// OptionError is an Options value Open refuses. Field names the Options
+// field; the caller knows which setting of its own it came from and says so.
+type OptionError struct {
+	Field  string // e.g. "RingBufferBytes"
+	Value  any
+	Reason string
+}
+
+func (e *OptionError) Error() string { return fmt.Sprintf("%s = %v: %s", e.Field, e.Value, e.Reason) }
+
+// ErrFilterFull is wrapped by Trace's error when Options.MaxTracedCgroups
+// cgroups are traced already.
+var ErrFilterFull = errors.New("the filter map is full")
 
 // ErrClosed is returned by Read after Close.
 var ErrClosed = errors.New("captrace tracer closed")

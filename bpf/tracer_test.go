@@ -215,7 +215,7 @@ func TestUniqueKeepsAudit(t *testing.T) {
 
 		keys := dedupKeysOf(t, tr, cg.id)
 		sysAdmin := func(audit uint8) dedupKey {
-			return dedupKey{CgroupID: cg.id, Cap: int32(capSysAdmin), Capable: 1, Audit: audit}
+			return dedupKey{CgroupId: cg.id, Cap: int32(capSysAdmin), Capable: 1, Audit: audit}
 		}
 		if !keys[sysAdmin(1)] || keys[sysAdmin(0)] == auditOnly {
 			t.Errorf("audit_only=%v: cap_dedup keys %v, want the audited CAP_SYS_ADMIN key and the non-audited one iff not audit_only", auditOnly, keys)
@@ -251,12 +251,12 @@ func TestUntraceForgetsEveryKey(t *testing.T) {
 				if a == 0 && tr.Tier() == TierTpBTF && walkCapMask()&(1<<c) == 0 {
 					continue // audited by construction: the program writes no such key
 				}
-				put(dedupKey{CgroupID: id, Cap: c, Capable: v, Audit: a})
+				put(dedupKey{CgroupId: id, Cap: c, Capable: v, Audit: a})
 				n++
 			}
 		}
 	}
-	put(dedupKey{CgroupID: other, Cap: int32(capSysAdmin), Capable: 1, Audit: 0})
+	put(dedupKey{CgroupId: other, Cap: int32(capSysAdmin), Capable: 1, Audit: 0})
 	if got := len(dedupKeysOf(t, tr, id)); got != n {
 		t.Fatalf("put %d keys, map holds %d", n, got)
 	}
@@ -281,7 +281,7 @@ func dedupKeysOf(t *testing.T, tr *Tracer, cgroupID uint64) map[dedupKey]bool {
 	var v uint8
 	it := tr.lt.maps.Dedup.Iterate()
 	for it.Next(&k, &v) {
-		if k.CgroupID == cgroupID {
+		if k.CgroupId == cgroupID {
 			keys[k] = true
 		}
 	}
@@ -404,7 +404,7 @@ func TestFilterFull(t *testing.T) {
 		}
 	}
 	err := tr.Trace(1002, Settings{})
-	if err == nil || !strings.Contains(err.Error(), "tracer.max_containers") || !strings.Contains(err.Error(), "2 cgroups") {
+	if !errors.Is(err, ErrFilterFull) || !strings.Contains(err.Error(), "2 cgroups") {
 		t.Fatalf("Trace beyond the limit: %v", err)
 	}
 	var v uint32
@@ -577,7 +577,7 @@ func TestProbeAndNames(t *testing.T) {
 	if !ok {
 		t.Errorf("Probe does not report the chosen tier %s as working", chosen)
 	}
-	if _, err := Open(Options{ForceTier: "bogus"}); err == nil || !strings.Contains(err.Error(), "tracer.tier") {
+	if _, err := Open(Options{ForceTier: "bogus"}); !errors.As(err, new(*OptionError)) {
 		t.Errorf("Open with an unknown tier: %v", err)
 	}
 }
@@ -693,13 +693,13 @@ func TestFilterSlotsShared(t *testing.T) {
 	cg := newCgroup(t)
 	other := cg.id + filterSlots // same slot, not a real cgroup
 	slot := uint32(cg.id % filterSlots)
-	want := func(state uint32, id uint64, s Settings) {
+	want := func(state captraceSlotState, id uint64, s Settings) {
 		t.Helper()
 		var v filterSlot
 		if err := tr.lt.maps.Slots.Lookup(slot, &v); err != nil {
 			t.Fatal(err)
 		}
-		if v.State != state || (state == slotOne && (v.CgroupID != id || v.Flags != settingsValue(s))) {
+		if v.State != state || (state == slotOne && (v.CgroupId != id || v.Flags != settingsValue(s))) {
 			t.Fatalf("slot %+v, want state %d cgroup %d settings %+v", v, state, id, s)
 		}
 	}
@@ -732,7 +732,7 @@ func TestFilterSlotsShared(t *testing.T) {
 
 	// A reader racing a ONE <-> SHARED rewrite can see the slot name another
 	// cgroup while ours is traced: the hash still decides, nothing is lost.
-	torn := filterSlot{CgroupID: other, State: slotOne}
+	torn := filterSlot{CgroupId: other, State: slotOne}
 	if err := tr.lt.maps.Slots.Update(slot, torn, ebpf.UpdateExist); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/captrace/captrace/bpf"
+	"github.com/captrace/captrace/pkg/output"
+	"github.com/captrace/captrace/plugin"
 )
 
 // DefaultPath is where the daemon looks for its configuration.
@@ -102,17 +106,17 @@ const (
 func Defaults() Config {
 	return Config{
 		NRI: NRI{
-			Socket:      "/var/run/nri/nri.sock",
-			PluginName:  "captrace",
-			PluginIndex: "10",
+			Socket:      plugin.DefaultSocketPath,
+			PluginName:  plugin.DefaultPluginName,
+			PluginIndex: plugin.DefaultPluginIndex,
 		},
 		Trace: Trace{AllowNamespaces: []string{}, DenyNamespaces: []string{}},
 		Tracer: Tracer{
-			MaxContainers:   4096,
-			DedupEntries:    65536,
-			RingBufferBytes: 4 << 20,
+			MaxContainers:   bpf.DefaultMaxTracedCgroups,
+			DedupEntries:    bpf.DefaultDedupEntries,
+			RingBufferBytes: bpf.DefaultRingBufferBytes,
 		},
-		Output: Output{Sinks: []string{}, QueueSize: 8192},
+		Output: Output{Sinks: []string{}, QueueSize: output.DefaultQueueSize},
 	}
 }
 

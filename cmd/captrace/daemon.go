@@ -190,12 +190,12 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 	})
 	if err != nil {
 		_ = d.fanout.Close(context.Background())
-		return fmt.Errorf("load the BPF tracer: %w (captrace doctor shows what the kernel lacks)", err)
+		return fmt.Errorf("load the BPF tracer: %w (captrace doctor shows what the kernel lacks)", withConfigKey(err))
 	}
 	d.tracer = t
 	log.WithField("tier", t.Tier()).Info("tracer attached")
 
-	d.reg = cgmap.NewRegistry(t, log.WithField("component", "cgmap"))
+	d.reg = cgmap.NewRegistry(keyedFilter{t}, log.WithField("component", "cgmap"))
 	p, err := deps.newPlugin(d.reg, plugin.Options{
 		SocketPath:  cfg.NRI.Socket,
 		PluginName:  cfg.NRI.PluginName,
@@ -289,6 +289,36 @@ loop:
 	return errors.Join(errs...)
 }
 
+// tracerOptionKeys are the config keys behind bpf.Options' fields: bpf's
+// errors name the field, the daemon names the key a user edits.
+var tracerOptionKeys = map[string]string{
+	"MaxTracedCgroups": "tracer.max_containers",
+	"DedupEntries":     "tracer.dedup_entries",
+	"RingBufferBytes":  "tracer.ring_buffer_bytes",
+	"ForceTier":        "tracer.tier",
+}
+
+// withConfigKey adds the config key to a bpf error that comes from a setting.
+func withConfigKey(err error) error {
+	var oe *bpf.OptionError
+	if errors.As(err, &oe) {
+		if key := tracerOptionKeys[oe.Field]; key != "" {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+	}
+	if errors.Is(err, bpf.ErrFilterFull) {
+		return fmt.Errorf("%w; raise %s in the config", err, tracerOptionKeys["MaxTracedCgroups"])
+	}
+	return err
+}
+
+// keyedFilter is the tracer's filter with config keys in its errors.
+type keyedFilter struct{ cgmap.Filter }
+
+func (f keyedFilter) Trace(cgroupID uint64, s bpf.Settings) error {
+	return withConfigKey(f.Filter.Trace(cgroupID, s))
+}
+
 func openSinks(cfg config.Config, deps daemonDeps) ([]output.Sink, error) {
 	var sinks []output.Sink
 	for _, name := range cfg.SinkNames(deps.journaldExists()) {
@@ -340,7 +370,7 @@ func (d *daemon) readLoop() {
 		} else {
 			d.unknown.Add(1)
 		}
-		rec := output.Record{Time: at, Event: ev, Container: c, Known: known}
+		rec := output.EnrichedEvent{Time: at, Event: ev, Container: c, Known: known}
 		d.fanout.Send(&rec)
 	}
 }

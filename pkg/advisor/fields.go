@@ -7,60 +7,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/captrace/captrace/pkg/output"
-)
-
-// Summary entry fields. A summary entry carries the container's identity under
-// the event field names of pkg/output and these fields; lists are
-// comma-separated Kubernetes capability names, empty when none.
-//
-// logfmt keys:
-const (
-	KeySummary       = "summary"        // always "true": marks a summary entry
-	KeyCapsGranted   = "caps_granted"   // granted at least once, by anyone
-	KeyCapsDenied    = "caps_denied"    // denied at least once, by anyone
-	KeyRecommendDrop = "recommend_drop" // always "ALL"
-	KeyRecommendAdd  = "recommend_add"  // audited, granted, by the workload
-	KeyDeniedOnly    = "denied_only"    // audited, never granted: add only if it failed
-	KeyProbed        = "caps_probed"    // only in non-audited checks: not needs
-	KeyRuntimeOnly   = "caps_runtime"   // only checked by runc init
-	KeyWindowStart   = "window_start"   // RFC 3339 with ns
-	KeyWindowEnd     = "window_end"
-	KeyFirstEvent    = "first_event" // empty when no check was seen
-	KeyLastEvent     = "last_event"
-	KeyObservedSecs  = "observed_seconds"
-	KeyEvents        = "events"
-	KeyPartial       = "partial" // "true": observed for less than min_window_seconds
-	KeyMinWindowSecs = "min_window_seconds"
-	KeyFolded        = "folded_events" // events without syscall detail (tuple limit)
-	KeyAuditOnly     = "audit_only"
-	KeyUnique        = "unique"
-	KeyPodSpec       = "security_context" // the ready-to-paste snippet, YAML
-)
-
-// journald fields, in the same order:
-const (
-	FieldSummary       = "CAPTRACE_SUMMARY" // always "1"
-	FieldCapsGranted   = "CAPS_GRANTED"
-	FieldCapsDenied    = "CAPS_DENIED"
-	FieldRecommendDrop = "RECOMMENDED_DROP"
-	FieldRecommendAdd  = "RECOMMENDED_ADD"
-	FieldDeniedOnly    = "CAPS_DENIED_ONLY"
-	FieldProbed        = "CAPS_PROBED"
-	FieldRuntimeOnly   = "CAPS_RUNTIME"
-	FieldWindowStart   = "WINDOW_START"
-	FieldWindowEnd     = "WINDOW_END"
-	FieldFirstEvent    = "FIRST_EVENT"
-	FieldLastEvent     = "LAST_EVENT"
-	FieldObservedSecs  = "OBSERVED_SECONDS"
-	FieldEvents        = "EVENTS"
-	FieldPartial       = "PROFILE_PARTIAL"
-	FieldMinWindowSecs = "MIN_WINDOW_SECONDS"
-	FieldFolded        = "FOLDED_EVENTS"
-	FieldAuditOnly     = "AUDIT_ONLY"
-	FieldUnique        = "UNIQUE"
-	FieldPodSpec       = "SECURITY_CONTEXT"
-	FieldMessage       = "MESSAGE" // Message(), as journal.Send's message argument
+	"github.com/captrace/captrace/pkg/schema"
 )
 
 func formatTime(t time.Time) string {
@@ -78,31 +25,31 @@ func seconds(d time.Duration) string {
 func (s Summary) pairs() [][3]string {
 	c := s.Container
 	return [][3]string{
-		{KeySummary, FieldSummary, "1"},
-		{output.KeyNamespace, output.FieldNamespace, c.Namespace},
-		{output.KeyPod, output.FieldPod, c.Pod},
-		{output.KeyPodUID, output.FieldPodUID, c.PodUID},
-		{output.KeyContainer, output.FieldContainer, c.Name},
-		{output.KeyContainerID, output.FieldContainerID, c.ID},
-		{KeyCapsGranted, FieldCapsGranted, strings.Join(s.Granted, ",")},
-		{KeyCapsDenied, FieldCapsDenied, strings.Join(s.Denied, ",")},
-		{KeyRecommendDrop, FieldRecommendDrop, strings.Join(s.Recommended.Drop, ",")},
-		{KeyRecommendAdd, FieldRecommendAdd, strings.Join(s.Recommended.Add, ",")},
-		{KeyDeniedOnly, FieldDeniedOnly, strings.Join(s.DeniedOnly, ",")},
-		{KeyProbed, FieldProbed, strings.Join(s.Probed, ",")},
-		{KeyRuntimeOnly, FieldRuntimeOnly, strings.Join(s.RuntimeOnly, ",")},
-		{KeyWindowStart, FieldWindowStart, formatTime(s.Window.Start)},
-		{KeyWindowEnd, FieldWindowEnd, formatTime(s.Window.End)},
-		{KeyFirstEvent, FieldFirstEvent, formatTime(s.Window.FirstEvent)},
-		{KeyLastEvent, FieldLastEvent, formatTime(s.Window.LastEvent)},
-		{KeyObservedSecs, FieldObservedSecs, seconds(s.Window.Duration())},
-		{KeyEvents, FieldEvents, strconv.FormatUint(s.Window.Events, 10)},
-		{KeyPartial, FieldPartial, strconv.FormatBool(s.Partial)},
-		{KeyMinWindowSecs, FieldMinWindowSecs, seconds(s.MinWindow)},
-		{KeyFolded, FieldFolded, strconv.FormatUint(s.Folded, 10)},
-		{KeyAuditOnly, FieldAuditOnly, strconv.FormatBool(s.AuditOnly)},
-		{KeyUnique, FieldUnique, strconv.FormatBool(s.Unique)},
-		{KeyPodSpec, FieldPodSpec, s.SecurityContext(0)},
+		{schema.Summary.Key, schema.Summary.Journal, "1"},
+		{schema.Namespace.Key, schema.Namespace.Journal, c.Namespace},
+		{schema.Pod.Key, schema.Pod.Journal, c.Pod},
+		{schema.PodUID.Key, schema.PodUID.Journal, c.PodUID},
+		{schema.Container.Key, schema.Container.Journal, c.Name},
+		{schema.ContainerID.Key, schema.ContainerID.Journal, c.ID},
+		{schema.CapsGranted.Key, schema.CapsGranted.Journal, strings.Join(s.Granted, ",")},
+		{schema.CapsDenied.Key, schema.CapsDenied.Journal, strings.Join(s.Denied, ",")},
+		{schema.RecommendDrop.Key, schema.RecommendDrop.Journal, strings.Join(s.Recommended.Drop, ",")},
+		{schema.RecommendAdd.Key, schema.RecommendAdd.Journal, strings.Join(s.Recommended.Add, ",")},
+		{schema.DeniedOnly.Key, schema.DeniedOnly.Journal, strings.Join(s.DeniedOnly, ",")},
+		{schema.CapsProbed.Key, schema.CapsProbed.Journal, strings.Join(s.Probed, ",")},
+		{schema.CapsRuntime.Key, schema.CapsRuntime.Journal, strings.Join(s.RuntimeOnly, ",")},
+		{schema.WindowStart.Key, schema.WindowStart.Journal, formatTime(s.Window.Start)},
+		{schema.WindowEnd.Key, schema.WindowEnd.Journal, formatTime(s.Window.End)},
+		{schema.FirstEvent.Key, schema.FirstEvent.Journal, formatTime(s.Window.FirstEvent)},
+		{schema.LastEvent.Key, schema.LastEvent.Journal, formatTime(s.Window.LastEvent)},
+		{schema.ObservedSeconds.Key, schema.ObservedSeconds.Journal, seconds(s.Window.Duration())},
+		{schema.Events.Key, schema.Events.Journal, strconv.FormatUint(s.Window.Events, 10)},
+		{schema.Partial.Key, schema.Partial.Journal, strconv.FormatBool(s.Partial)},
+		{schema.MinWindowSeconds.Key, schema.MinWindowSeconds.Journal, seconds(s.MinWindow)},
+		{schema.FoldedEvents.Key, schema.FoldedEvents.Journal, strconv.FormatUint(s.Folded, 10)},
+		{schema.AuditOnly.Key, schema.AuditOnly.Journal, strconv.FormatBool(s.AuditOnly)},
+		{schema.Unique.Key, schema.Unique.Journal, strconv.FormatBool(s.Unique)},
+		{schema.SecurityContext.Key, schema.SecurityContext.Journal, s.SecurityContext(0)},
 	}
 }
 
@@ -113,7 +60,7 @@ func (s Summary) LogFields() logrus.Fields {
 	for _, p := range s.pairs() {
 		f[p[0]] = p[2]
 	}
-	f[KeySummary] = true
+	f[schema.Summary.Key] = true
 	return f
 }
 
@@ -122,7 +69,7 @@ func (s Summary) LogFields() logrus.Fields {
 // MESSAGE and PRIORITY are left to Send's arguments (a field given twice is
 // stored twice).
 func (s Summary) JournalFields() map[string]string {
-	f := map[string]string{output.FieldIdentifier: output.Identifier}
+	f := map[string]string{schema.SyslogIdentifier.Journal: schema.Identifier}
 	for _, p := range s.pairs() {
 		f[p[1]] = p[2]
 	}

@@ -10,7 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/captrace/captrace/pkg/output"
+	"github.com/captrace/captrace/pkg/schema"
 )
 
 // FuzzParseRecord: any line either fails to parse or yields a record that
@@ -31,7 +31,7 @@ func FuzzParseRecord(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, line []byte) {
-		r, err := ParseRecord(line)
+		r, err := ParseLine(line)
 		if err != nil {
 			if r.Kind != KindNone || r.Cap != "" {
 				t.Fatalf("error %v with a record %+v", err, r)
@@ -64,23 +64,23 @@ func FuzzLogfmtRoundTrip(f *testing.F) {
 		log.Formatter = &logrus.TextFormatter{DisableColors: true, FullTimestamp: true, TimestampFormat: time.RFC3339Nano}
 		at := t0.Add(1234567 * time.Nanosecond)
 		log.WithTime(at).WithFields(logrus.Fields{
-			output.KeyNamespace: ns, output.KeyPod: "p", output.KeyContainer: container,
-			output.KeyContainerID: "id", output.KeyComm: comm, output.KeyCapable: capable,
-			output.KeyAudit: audit, output.KeyCap: "CAP_" + cap, output.KeySyscall: syscall,
+			schema.Namespace.Key: ns, schema.Pod.Key: "p", schema.Container.Key: container,
+			schema.ContainerID.Key: "id", schema.Comm.Key: comm, schema.Capable.Key: capable,
+			schema.Audit.Key: audit, schema.Cap.Key: "CAP_" + cap, schema.Syscall.Key: syscall,
 		}).Info("capability check")
 		line := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 		if bytes.ContainsAny(line, "\n") {
 			t.Skip("logrus wrote more than one line")
 		}
-		r, err := ParseRecord(line)
+		r, err := ParseLine(line)
 		if err != nil {
-			t.Fatalf("ParseRecord(%q): %v", line, err)
+			t.Fatalf("ParseLine(%q): %v", line, err)
 		}
 		// %q writes invalid UTF-8 as \x escapes: every byte must come back.
-		want := Record{Kind: KindEvent, Time: at, Namespace: ns, Pod: "p", Container: container,
+		want := ParsedLine{Kind: KindEvent, Time: at, Namespace: ns, Pod: "p", Container: container,
 			ContainerID: "id", Comm: comm, Cap: "CAP_" + cap, Syscall: syscall, Capable: capable, Audit: audit}
 		if r != want {
-			t.Fatalf("ParseRecord(%q)\n= %+v\nwant %+v", line, r, want)
+			t.Fatalf("ParseLine(%q)\n= %+v\nwant %+v", line, r, want)
 		}
 	})
 }
@@ -93,7 +93,7 @@ func BenchmarkParseRecord(b *testing.B) {
 	b.Run("journal-json", func(b *testing.B) {
 		b.SetBytes(int64(len(jsonLine)))
 		for i := 0; i < b.N; i++ {
-			if _, err := ParseRecord(jsonLine); err != nil {
+			if _, err := ParseLine(jsonLine); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -109,7 +109,7 @@ func BenchmarkParseRecord(b *testing.B) {
 	b.Run("logfmt", func(b *testing.B) {
 		b.SetBytes(int64(len(logfmtLine)))
 		for i := 0; i < b.N; i++ {
-			if _, err := ParseRecord(logfmtLine); err != nil {
+			if _, err := ParseLine(logfmtLine); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -17,7 +17,7 @@ import (
 
 	"github.com/captrace/captrace/internal/privtest"
 	"github.com/captrace/captrace/pkg/cgmap"
-	"github.com/captrace/captrace/pkg/output"
+	"github.com/captrace/captrace/pkg/schema"
 )
 
 // journalWriterEnv makes the test binary a journal writer (see TestMain): it
@@ -112,13 +112,13 @@ func TestReportReadsRealJournal(t *testing.T) {
 	var entries []map[string]string
 	for _, r := range append(setPriority0(), setPriority1()...) {
 		entries = append(entries, map[string]string{
-			"MESSAGE":             "capability check",
-			output.FieldNamespace: r.ns, output.FieldPod: r.pod, output.FieldPodUID: "uid-" + r.pod,
-			output.FieldContainer: r.container, output.FieldContainerID: r.id, output.FieldComm: r.comm,
-			output.FieldPid: "1234", output.FieldTid: "1234", output.FieldUid: "0", output.FieldGid: "0",
-			output.FieldCap: r.cap, output.FieldCapable: fmt.Sprint(r.capable), output.FieldAudit: fmt.Sprint(r.audit),
-			output.FieldInsetid: "false", output.FieldSyscall: r.syscall, output.FieldEventTime: r.at.Format(time.RFC3339Nano),
-			output.FieldIdentifier: output.Identifier,
+			"MESSAGE":                "capability check",
+			schema.Namespace.Journal: r.ns, schema.Pod.Journal: r.pod, schema.PodUID.Journal: "uid-" + r.pod,
+			schema.Container.Journal: r.container, schema.ContainerID.Journal: r.id, schema.Comm.Journal: r.comm,
+			schema.Pid.Journal: "1234", schema.Tid.Journal: "1234", schema.Uid.Journal: "0", schema.Gid.Journal: "0",
+			schema.Cap.Journal: r.cap, schema.Capable.Journal: fmt.Sprint(r.capable), schema.Audit.Journal: fmt.Sprint(r.audit),
+			schema.Insetid.Journal: "false", schema.Syscall.Journal: r.syscall, schema.Time.Journal: r.at.Format(time.RFC3339Nano),
+			schema.SyslogIdentifier.Journal: schema.Identifier,
 		})
 	}
 	tr := NewTracker(Limits{})
@@ -129,7 +129,7 @@ func TestReportReadsRealJournal(t *testing.T) {
 	sumFields := sum.JournalFields()
 	sumFields["MESSAGE"] = sum.Message()
 	entries = append(entries, sumFields,
-		map[string]string{"MESSAGE": "stats", output.FieldIdentifier: output.Identifier, "TRACED": "2"})
+		map[string]string{"MESSAGE": "stats", schema.SyslogIdentifier.Journal: schema.Identifier, "TRACED": "2"})
 	entriesFile := filepath.Join(dir, "entries.json")
 	b, _ := json.Marshal(entries)
 	if err := os.WriteFile(entriesFile, b, 0o600); err != nil {

@@ -10,22 +10,22 @@ import (
 	"strings"
 	"time"
 
-	"github.com/captrace/captrace/pkg/output"
+	"github.com/captrace/captrace/pkg/schema"
 )
 
-// RecordKind says what a parsed line holds.
-type RecordKind int
+// LineKind says what a parsed line holds.
+type LineKind int
 
 const (
-	KindNone    RecordKind = iota // a blank line
-	KindOther                     // well-formed, but not a captrace check or summary (e.g. msg="stats")
-	KindEvent                     // one capability check
-	KindSummary                   // a summary entry (CAPTRACE_SUMMARY=1, summary=true)
+	KindNone    LineKind = iota // a blank line
+	KindOther                   // well-formed, but not a captrace check or summary (e.g. msg="stats")
+	KindEvent                   // one capability check
+	KindSummary                 // a summary entry (CAPTRACE_SUMMARY=1, summary=true)
 )
 
-// Record is one line of captrace output read back.
-type Record struct {
-	Kind RecordKind
+// ParsedLine is one line of captrace output read back.
+type ParsedLine struct {
+	Kind LineKind
 	// Time is the check's wall time (the summary's entry time); zero if the
 	// record carries none.
 	Time        time.Time
@@ -57,35 +57,35 @@ type names struct {
 }
 
 var logfmtNames = names{
-	time: output.KeyTime, namespace: output.KeyNamespace, pod: output.KeyPod,
-	podUID: output.KeyPodUID, container: output.KeyContainer,
-	containerID: output.KeyContainerID, comm: output.KeyComm, cap: output.KeyCap,
-	capable: output.KeyCapable, audit: output.KeyAudit, syscall: output.KeySyscall,
-	summary: KeySummary, windowStart: KeyWindowStart, windowEnd: KeyWindowEnd, events: KeyEvents,
-	unique: KeyUnique, auditOnly: KeyAuditOnly,
+	time: schema.Time.Key, namespace: schema.Namespace.Key, pod: schema.Pod.Key,
+	podUID: schema.PodUID.Key, container: schema.Container.Key,
+	containerID: schema.ContainerID.Key, comm: schema.Comm.Key, cap: schema.Cap.Key,
+	capable: schema.Capable.Key, audit: schema.Audit.Key, syscall: schema.Syscall.Key,
+	summary: schema.Summary.Key, windowStart: schema.WindowStart.Key, windowEnd: schema.WindowEnd.Key, events: schema.Events.Key,
+	unique: schema.Unique.Key, auditOnly: schema.AuditOnly.Key,
 }
 
 var journalNames = names{
-	time: output.FieldEventTime, namespace: output.FieldNamespace, pod: output.FieldPod,
-	podUID: output.FieldPodUID, container: output.FieldContainer,
-	containerID: output.FieldContainerID, comm: output.FieldComm, cap: output.FieldCap,
-	capable: output.FieldCapable, audit: output.FieldAudit, syscall: output.FieldSyscall,
-	summary: FieldSummary, windowStart: FieldWindowStart, windowEnd: FieldWindowEnd, events: FieldEvents,
-	unique: FieldUnique, auditOnly: FieldAuditOnly,
+	time: schema.Time.Journal, namespace: schema.Namespace.Journal, pod: schema.Pod.Journal,
+	podUID: schema.PodUID.Journal, container: schema.Container.Journal,
+	containerID: schema.ContainerID.Journal, comm: schema.Comm.Journal, cap: schema.Cap.Journal,
+	capable: schema.Capable.Journal, audit: schema.Audit.Journal, syscall: schema.Syscall.Journal,
+	summary: schema.Summary.Journal, windowStart: schema.WindowStart.Journal, windowEnd: schema.WindowEnd.Journal, events: schema.Events.Journal,
+	unique: schema.Unique.Journal, auditOnly: schema.AuditOnly.Journal,
 }
 
 // journald's receive time, µs since the epoch, on every `journalctl -o json` entry.
 const journalRealtime = "__REALTIME_TIMESTAMP"
 
-// ParseRecord parses one line of captrace output, its format detected from
+// ParseLine parses one line of captrace output, its format detected from
 // the line itself: a `journalctl -o json` entry, a JSON object with the logfmt
 // key names, or a logfmt line as logrus's TextFormatter writes it. An error
 // means the line cannot be read as any of them, or is a captrace record with a
 // missing or malformed field; nothing of it may be used.
-func ParseRecord(line []byte) (Record, error) {
+func ParseLine(line []byte) (ParsedLine, error) {
 	line = bytes.TrimSpace(line)
 	if len(line) == 0 {
-		return Record{Kind: KindNone}, nil
+		return ParsedLine{Kind: KindNone}, nil
 	}
 	var (
 		get func(string) (string, bool, error)
@@ -94,10 +94,10 @@ func ParseRecord(line []byte) (Record, error) {
 	if line[0] == '{' {
 		obj, err := decodeJSONFields(line)
 		if err != nil {
-			return Record{}, fmt.Errorf("not a JSON object: %v", err)
+			return ParsedLine{}, fmt.Errorf("not a JSON object: %v", err)
 		}
 		n = logfmtNames
-		for _, k := range []string{journalRealtime, output.FieldCap, FieldSummary, FieldMessage} {
+		for _, k := range []string{journalRealtime, schema.Cap.Journal, schema.Summary.Journal, schema.Msg.Journal} {
 			if obj.get(k) != nil {
 				n = journalNames
 			}
@@ -121,7 +121,7 @@ func ParseRecord(line []byte) (Record, error) {
 				if us, ok, _ := get(journalRealtime); ok {
 					v, perr := strconv.ParseInt(us, 10, 64)
 					if perr != nil {
-						return Record{}, fmt.Errorf("field %s: %v", journalRealtime, perr)
+						return ParsedLine{}, fmt.Errorf("field %s: %v", journalRealtime, perr)
 					}
 					rec.Time = time.UnixMicro(v).UTC()
 				}
@@ -132,7 +132,7 @@ func ParseRecord(line []byte) (Record, error) {
 	}
 	pairs, err := parseLogfmt(line)
 	if err != nil {
-		return Record{}, err
+		return ParsedLine{}, err
 	}
 	get = func(k string) (string, bool, error) {
 		v, ok := pairs[k]
@@ -141,8 +141,8 @@ func ParseRecord(line []byte) (Record, error) {
 	return buildRecord(get, logfmtNames)
 }
 
-func buildRecord(get func(string) (string, bool, error), n names) (Record, error) {
-	var r Record
+func buildRecord(get func(string) (string, bool, error), n names) (ParsedLine, error) {
+	var r ParsedLine
 	var firstErr error
 	str := func(k string) string {
 		v, _, err := get(k)
@@ -155,7 +155,7 @@ func buildRecord(get func(string) (string, bool, error), n names) (Record, error
 	r.Container, r.ContainerID, r.Comm = str(n.container), str(n.containerID), str(n.comm)
 	r.Cap, r.Syscall = str(n.cap), str(n.syscall)
 	if firstErr != nil {
-		return Record{}, firstErr
+		return ParsedLine{}, firstErr
 	}
 	parseTime := func(k string) (time.Time, error) {
 		v := str(k)
@@ -170,28 +170,28 @@ func buildRecord(get func(string) (string, bool, error), n names) (Record, error
 	}
 	var err error
 	if r.Time, err = parseTime(n.time); err != nil {
-		return Record{}, err
+		return ParsedLine{}, err
 	}
 	summary, isSummary, err := get(n.summary)
 	if err != nil {
-		return Record{}, err
+		return ParsedLine{}, err
 	}
 	_, hasCap, _ := get(n.cap)
 	switch {
 	case isSummary:
 		if ok, err := strconv.ParseBool(summary); err != nil || !ok {
-			return Record{}, fmt.Errorf("field %s: want true or 1, got %q", n.summary, summary)
+			return ParsedLine{}, fmt.Errorf("field %s: want true or 1, got %q", n.summary, summary)
 		}
 		r.Kind = KindSummary
 		if r.WindowStart, err = parseTime(n.windowStart); err != nil {
-			return Record{}, err
+			return ParsedLine{}, err
 		}
 		if r.WindowEnd, err = parseTime(n.windowEnd); err != nil {
-			return Record{}, err
+			return ParsedLine{}, err
 		}
 		if v := str(n.events); v != "" {
 			if r.Events, err = strconv.ParseUint(v, 10, 64); err != nil {
-				return Record{}, fmt.Errorf("field %s: %v", n.events, err)
+				return ParsedLine{}, fmt.Errorf("field %s: %v", n.events, err)
 			}
 		}
 		for _, b := range []struct {
@@ -200,14 +200,14 @@ func buildRecord(get func(string) (string, bool, error), n names) (Record, error
 		}{{n.unique, &r.Unique}, {n.auditOnly, &r.AuditOnly}} {
 			if v := str(b.key); v != "" {
 				if *b.dst, err = strconv.ParseBool(v); err != nil {
-					return Record{}, fmt.Errorf("field %s: want true or false, got %q", b.key, v)
+					return ParsedLine{}, fmt.Errorf("field %s: want true or false, got %q", b.key, v)
 				}
 			}
 		}
 	case hasCap:
 		r.Kind = KindEvent
 		if !strings.HasPrefix(strings.ToUpper(r.Cap), "CAP_") {
-			return Record{}, fmt.Errorf("field %s: %q is no capability name", n.cap, r.Cap)
+			return ParsedLine{}, fmt.Errorf("field %s: %q is no capability name", n.cap, r.Cap)
 		}
 		for _, b := range []struct {
 			key string
@@ -215,13 +215,13 @@ func buildRecord(get func(string) (string, bool, error), n names) (Record, error
 		}{{n.capable, &r.Capable}, {n.audit, &r.Audit}} {
 			v, ok, err := get(b.key)
 			if err != nil {
-				return Record{}, err
+				return ParsedLine{}, err
 			}
 			if !ok {
-				return Record{}, fmt.Errorf("field %s missing", b.key)
+				return ParsedLine{}, fmt.Errorf("field %s missing", b.key)
 			}
 			if *b.dst, err = strconv.ParseBool(v); err != nil {
-				return Record{}, fmt.Errorf("field %s: want true or false, got %q", b.key, v)
+				return ParsedLine{}, fmt.Errorf("field %s: want true or false, got %q", b.key, v)
 			}
 		}
 	default:
@@ -234,7 +234,7 @@ func buildRecord(get func(string) (string, bool, error), n names) (Record, error
 // Attributed reports whether the record names its container. The sinks leave
 // the container fields out (or empty) for checks of a cgroup the registry no
 // longer knew when the event was read.
-func (r Record) Attributed() bool {
+func (r ParsedLine) Attributed() bool {
 	return r.Container != "" || r.ContainerID != ""
 }
 
@@ -270,7 +270,7 @@ func init() {
 		}
 	}
 	add(journalRealtime)
-	add(FieldMessage)
+	add(schema.Msg.Journal)
 	jsonFieldsType = reflect.StructOf(fields)
 }
 

@@ -339,7 +339,7 @@ func (a *aggregate) skip(reason string) {
 }
 
 func (a *aggregate) add(line []byte) {
-	rec, err := ParseRecord(line)
+	rec, err := ParseLine(line)
 	if err != nil {
 		a.skip(err.Error())
 		return

@@ -12,7 +12,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/captrace/captrace/pkg/output"
+	"github.com/captrace/captrace/pkg/schema"
 )
 
 // rec is one capability check as the sinks write it.
@@ -60,11 +60,11 @@ func logfmtLines(t testing.TB, rs []rec) string {
 	digit := map[bool]string{true: "1", false: "0"}
 	for _, r := range rs {
 		log.WithTime(r.at).WithFields(logrus.Fields{
-			output.KeyNamespace: r.ns, output.KeyPod: r.pod, output.KeyPodUID: "uid-" + r.pod,
-			output.KeyContainer: r.container, output.KeyContainerID: r.id, output.KeyComm: r.comm,
-			output.KeyPid: 1234, output.KeyTid: 1234, output.KeyUid: 0, output.KeyGid: 0,
-			output.KeyCapable: fmt.Sprint(r.capable), output.KeyAudit: digit[r.audit],
-			output.KeyCap: r.cap, output.KeySyscall: r.syscall, "cgroup_id": 4242,
+			schema.Namespace.Key: r.ns, schema.Pod.Key: r.pod, schema.PodUID.Key: "uid-" + r.pod,
+			schema.Container.Key: r.container, schema.ContainerID.Key: r.id, schema.Comm.Key: r.comm,
+			schema.Pid.Key: 1234, schema.Tid.Key: 1234, schema.Uid.Key: 0, schema.Gid.Key: 0,
+			schema.Capable.Key: fmt.Sprint(r.capable), schema.Audit.Key: digit[r.audit],
+			schema.Cap.Key: r.cap, schema.Syscall.Key: r.syscall, "cgroup_id": 4242,
 		}).Info("cap_check")
 	}
 	return buf.String()
@@ -76,19 +76,19 @@ func journalJSON(t testing.TB, rs []rec, boolText func(bool) string) string {
 	var buf bytes.Buffer
 	for i, r := range rs {
 		e := map[string]any{
-			"__CURSOR":              fmt.Sprintf("s=1;i=%x", i),
-			"__REALTIME_TIMESTAMP":  fmt.Sprint(r.at.Add(time.Millisecond).UnixMicro()),
-			"__MONOTONIC_TIMESTAMP": "123",
-			"_SYSTEMD_UNIT":         "captrace.service",
-			"PRIORITY":              "6",
-			"MESSAGE":               "capability check",
-			output.FieldIdentifier:  output.Identifier,
-			output.FieldNamespace:   r.ns, output.FieldPod: r.pod, output.FieldPodUID: "uid-" + r.pod,
-			output.FieldContainer: r.container, output.FieldContainerID: r.id, output.FieldComm: r.comm,
-			output.FieldPid: "1234", output.FieldTid: "1234", output.FieldUid: "0", output.FieldGid: "0",
-			output.FieldCap: r.cap, output.FieldCapable: boolText(r.capable), output.FieldAudit: boolText(r.audit),
-			output.FieldInsetid: boolText(false), output.FieldSyscall: r.syscall,
-			output.FieldEventTime: r.at.Format(time.RFC3339Nano),
+			"__CURSOR":                      fmt.Sprintf("s=1;i=%x", i),
+			"__REALTIME_TIMESTAMP":          fmt.Sprint(r.at.Add(time.Millisecond).UnixMicro()),
+			"__MONOTONIC_TIMESTAMP":         "123",
+			"_SYSTEMD_UNIT":                 "captrace.service",
+			"PRIORITY":                      "6",
+			"MESSAGE":                       "capability check",
+			schema.SyslogIdentifier.Journal: schema.Identifier,
+			schema.Namespace.Journal:        r.ns, schema.Pod.Journal: r.pod, schema.PodUID.Journal: "uid-" + r.pod,
+			schema.Container.Journal: r.container, schema.ContainerID.Journal: r.id, schema.Comm.Journal: r.comm,
+			schema.Pid.Journal: "1234", schema.Tid.Journal: "1234", schema.Uid.Journal: "0", schema.Gid.Journal: "0",
+			schema.Cap.Journal: r.cap, schema.Capable.Journal: boolText(r.capable), schema.Audit.Journal: boolText(r.audit),
+			schema.Insetid.Journal: boolText(false), schema.Syscall.Journal: r.syscall,
+			schema.Time.Journal: r.at.Format(time.RFC3339Nano),
 		}
 		b, err := json.Marshal(e)
 		if err != nil {
@@ -350,7 +350,7 @@ func TestReportSummaryEntriesExtendTheWindow(t *testing.T) {
 	log.Formatter = &logrus.TextFormatter{DisableColors: true, FullTimestamp: true}
 	log.WithFields(s.LogFields()).Info(s.Message())
 	for name, line := range map[string]string{"journal": string(jf), "logfmt": lf.String()} {
-		r, err := ParseRecord([]byte(line))
+		r, err := ParseLine([]byte(line))
 		if err != nil || r.Kind != KindSummary || !r.WindowStart.Equal(t0.Add(-20*time.Minute)) || r.Pod != "set-priority-1" {
 			t.Errorf("%s summary parsed as %+v, %v\n%s", name, r, err, line)
 		}
@@ -363,7 +363,7 @@ func TestReportSummaryEntriesExtendTheWindow(t *testing.T) {
 	}
 	// A unique-mode summary makes the report say what unique mode hides.
 	uf := s.JournalFields()
-	uf[FieldUnique] = "true"
+	uf[schema.Unique.Journal] = "true"
 	ub, _ := json.Marshal(uf)
 	out, _, _ = report(t, journalJSON(t, setPriority1(), func(b bool) string { return fmt.Sprint(b) })+string(ub)+"\n", "-")
 	if !strings.Contains(out, "unique mode: counts are first occurrences") {
@@ -372,7 +372,7 @@ func TestReportSummaryEntriesExtendTheWindow(t *testing.T) {
 
 	// A summary counting more checks than were read: its window is not used.
 	jfields := s.JournalFields()
-	jfields[FieldEvents] = "20"
+	jfields[schema.Events.Journal] = "20"
 	short, _ := json.Marshal(jfields)
 	in = journalJSON(t, setPriority1(), func(b bool) string { return fmt.Sprint(b) }) + string(short) + "\n"
 	out, errs, code = report(t, in, "--format", "json", "-")

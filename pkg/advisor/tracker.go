@@ -12,8 +12,8 @@ import (
 
 // Limits bound the tracker's memory. Zero values select the defaults.
 type Limits struct {
-	// MaxContainers bounds the containers tracked at once (default 4096, the
-	// default of tracer.max_containers). Events of further containers are
+	// MaxContainers bounds the containers tracked at once (default
+	// bpf.DefaultMaxTracedCgroups: as many as the kernel filter holds). Events of further containers are
 	// counted in Stats.UntrackedEvents and get no summary.
 	MaxContainers int
 	// MaxTuplesPerContainer bounds the distinct (cap, verdict, audit, syscall,
@@ -35,7 +35,7 @@ const syscallFolded int32 = math.MinInt32
 
 func (l Limits) withDefaults() Limits {
 	if l.MaxContainers <= 0 {
-		l.MaxContainers = 4096
+		l.MaxContainers = bpf.DefaultMaxTracedCgroups
 	}
 	if l.MaxTuplesPerContainer <= 0 {
 		l.MaxTuplesPerContainer = 256

@@ -50,16 +50,16 @@ func BenchmarkJournalFields(b *testing.B) {
 
 type discardSink struct{}
 
-func (discardSink) Name() string            { return "discard" }
-func (discardSink) Write(*Record) error     { return nil }
-func (discardSink) WriteEntry(*Entry) error { return nil }
-func (discardSink) Close() error            { return nil }
+func (discardSink) Name() string               { return "discard" }
+func (discardSink) Write(*EnrichedEvent) error { return nil }
+func (discardSink) WriteEntry(*Entry) error    { return nil }
+func (discardSink) Close() error               { return nil }
 
-// BenchmarkBaselineChannelSend is a bare non-blocking send of a Record to a
+// BenchmarkBaselineChannelSend is a bare non-blocking send of an EnrichedEvent to a
 // buffered channel drained by a goroutine, counting what does not fit.
 func BenchmarkBaselineChannelSend(b *testing.B) {
 	r := seedRecord(b)
-	ch := make(chan Record, 8192)
+	ch := make(chan EnrichedEvent, 8192)
 	done := make(chan struct{})
 	go func() {
 		for range ch {

@@ -12,10 +12,10 @@ import (
 // queues as events (Fanout.SendEntry), so emitting one never blocks.
 type Entry struct {
 	Time time.Time
-	// Message is the logfmt msg= and the journald MESSAGE; never EventMessage.
+	// Message is the logfmt msg= and the journald MESSAGE; never schema.EventMessage.
 	Message  string
 	Priority journal.Priority
-	// LogFields are written after time, level and msg, in KeyOrder then sorted.
+	// LogFields are written after time, level and msg, in schema.KeyOrder then sorted.
 	LogFields logrus.Fields
 	// JournalFields are sent as they are, plus SYSLOG_IDENTIFIER=captrace when
 	// absent; names starting with '_' are journald's and must not appear.

@@ -15,7 +15,7 @@ import (
 // goroutine at a time.
 type Sink interface {
 	Name() string
-	Write(r *Record) error
+	Write(r *EnrichedEvent) error
 	WriteEntry(e *Entry) error
 	Close() error
 }
@@ -60,12 +60,15 @@ type queue struct {
 
 // item is one queued event or entry.
 type item struct {
-	rec   Record
+	rec   EnrichedEvent
 	entry *Entry // set for an Entry; rec is then unused
 }
 
 // errorLogInterval bounds how often a failing sink is logged.
 const errorLogInterval = time.Minute
+
+// DefaultQueueSize is the default of each sink's queue (config output.queue_size).
+const DefaultQueueSize = 8192
 
 // NewFanout starts one writer goroutine per sink, each with a queue of size
 // records. Close stops them.
@@ -84,7 +87,7 @@ func NewFanout(sinks []Sink, size int, log logrus.FieldLogger) *Fanout {
 }
 
 // Send queues r for every sink without blocking.
-func (f *Fanout) Send(r *Record) { f.send(item{rec: *r}) }
+func (f *Fanout) Send(r *EnrichedEvent) { f.send(item{rec: *r}) }
 
 // SendEntry queues e for every sink without blocking; e must not change afterwards.
 func (f *Fanout) SendEntry(e *Entry) { f.send(item{entry: e}) }

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/captrace/captrace/pkg/schema"
 )
 
 // gatedSink blocks every Write until the gate opens: a stalled sink.
@@ -25,7 +27,7 @@ type gatedSink struct {
 }
 
 func (s *gatedSink) Name() string { return s.name }
-func (s *gatedSink) Write(r *Record) error {
+func (s *gatedSink) Write(r *EnrichedEvent) error {
 	<-s.gate
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -40,10 +42,10 @@ type countingSink struct {
 	n  int
 }
 
-func (s *countingSink) Name() string            { return "fast" }
-func (s *countingSink) Write(r *Record) error   { s.mu.Lock(); s.n++; s.mu.Unlock(); return nil }
-func (s *countingSink) WriteEntry(*Entry) error { s.mu.Lock(); s.n++; s.mu.Unlock(); return nil }
-func (s *countingSink) Close() error            { return nil }
+func (s *countingSink) Name() string                 { return "fast" }
+func (s *countingSink) Write(r *EnrichedEvent) error { s.mu.Lock(); s.n++; s.mu.Unlock(); return nil }
+func (s *countingSink) WriteEntry(*Entry) error      { s.mu.Lock(); s.n++; s.mu.Unlock(); return nil }
+func (s *countingSink) Close() error                 { return nil }
 
 func quietLog() *logrus.Logger { return NewLogger(io.Discard, logrus.InfoLevel) }
 
@@ -56,7 +58,7 @@ func TestFanoutOverflowIsCountedPerSink(t *testing.T) {
 
 	const sent = 100
 	send := func(pid int) {
-		r := Record{}
+		r := EnrichedEvent{}
 		r.Event.Pid = uint32(pid)
 		f.Send(&r)
 	}
@@ -97,7 +99,7 @@ func TestFanoutOverflowIsCountedPerSink(t *testing.T) {
 	}
 
 	// After Close, records are counted as dropped, not lost silently or panicking.
-	f.Send(&Record{})
+	f.Send(&EnrichedEvent{})
 	if got := f.Stats()[1].Dropped - stats[1].Dropped; got != 1 {
 		t.Errorf("after Close: dropped %d more, want 1", got)
 	}
@@ -107,7 +109,7 @@ func TestFanoutCloseGivesUpAtDeadline(t *testing.T) {
 	slow := &gatedSink{name: "stuck", gate: make(chan struct{})}
 	f := NewFanout([]Sink{slow}, 8, quietLog())
 	for range 5 {
-		f.Send(&Record{})
+		f.Send(&EnrichedEvent{})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
@@ -124,16 +126,16 @@ func TestFanoutCloseGivesUpAtDeadline(t *testing.T) {
 
 type failingSink struct{}
 
-func (failingSink) Name() string            { return "broken" }
-func (failingSink) Write(*Record) error     { return errors.New("disk full") }
-func (failingSink) WriteEntry(*Entry) error { return errors.New("disk full") }
-func (failingSink) Close() error            { return nil }
+func (failingSink) Name() string               { return "broken" }
+func (failingSink) Write(*EnrichedEvent) error { return errors.New("disk full") }
+func (failingSink) WriteEntry(*Entry) error    { return errors.New("disk full") }
+func (failingSink) Close() error               { return nil }
 
 func TestFanoutCountsAndLogsFailuresAtALowRate(t *testing.T) {
 	var logBuf syncBuffer
 	f := NewFanout([]Sink{failingSink{}}, 16, NewLogger(&logBuf, logrus.InfoLevel))
 	for range 10 {
-		f.Send(&Record{})
+		f.Send(&EnrichedEvent{})
 	}
 	if err := f.Close(context.Background()); err != nil {
 		t.Fatal(err)
@@ -242,7 +244,7 @@ func TestFanoutEntry(t *testing.T) {
 	f.SendEntry(&Entry{
 		Time:      r.Time,
 		Message:   "container summary",
-		LogFields: logrus.Fields{KeyPod: "set-priority", KeyNamespace: "default", "needed": "CAP_SYS_NICE"},
+		LogFields: logrus.Fields{schema.Pod.Key: "set-priority", schema.Namespace.Key: "default", "needed": "CAP_SYS_NICE"},
 	})
 	if err := f.Close(context.Background()); err != nil {
 		t.Fatal(err)

@@ -4,6 +4,8 @@ import (
 	"os"
 
 	"github.com/coreos/go-systemd/v22/journal"
+
+	"github.com/captrace/captrace/pkg/schema"
 )
 
 // JournalSocket is where journald receives native entries.
@@ -17,7 +19,7 @@ func JournaldAvailable() bool {
 }
 
 // Journald writes each record as one native journal entry: MESSAGE,
-// PRIORITY and the fields of Record.JournalFields.
+// PRIORITY and the fields of EnrichedEvent.JournalFields.
 type Journald struct{}
 
 // NewJournald returns the journald sink.
@@ -27,19 +29,19 @@ func NewJournald() *Journald { return &Journald{} }
 func (*Journald) Name() string { return "journald" }
 
 // Write sends r to journald.
-func (*Journald) Write(r *Record) error {
+func (*Journald) Write(r *EnrichedEvent) error {
 	return journal.Send(r.Message(), r.Priority(), r.JournalFields())
 }
 
 // WriteEntry sends e to journald with SYSLOG_IDENTIFIER=captrace unless e sets it.
 func (*Journald) WriteEntry(e *Entry) error {
 	fields := e.JournalFields
-	if _, ok := fields[FieldIdentifier]; !ok {
+	if _, ok := fields[schema.SyslogIdentifier.Journal]; !ok {
 		fields = make(map[string]string, len(e.JournalFields)+1)
 		for k, v := range e.JournalFields {
 			fields[k] = v
 		}
-		fields[FieldIdentifier] = Identifier
+		fields[schema.SyslogIdentifier.Journal] = schema.Identifier
 	}
 	return journal.Send(e.Message, e.Priority, fields)
 }

@@ -60,9 +60,9 @@ func reportHelper(err error) int {
 
 // journalTestRecords are the events a writer for pod sends: every field set,
 // one with a hostile comm.
-func journalTestRecords(pod string) []Record {
+func journalTestRecords(pod string) []EnrichedEvent {
 	base := time.Date(2026, 11, 29, 10, 0, 0, 123456789, time.UTC)
-	var recs []Record
+	var recs []EnrichedEvent
 	for i, c := range []struct {
 		comm    string
 		cap     bpf.Capability
@@ -73,7 +73,7 @@ func journalTestRecords(pod string) []Record {
 		{"mount", 21, 165, true},
 		{"a\"b c=d\nx=1", 21, 308, true},
 	} {
-		r := Record{
+		r := EnrichedEvent{
 			Time: base.Add(time.Duration(i) * time.Millisecond),
 			Event: bpf.Event{
 				CgroupID: 7000 + uint64(i), Pid: 4000 + uint32(i), Tid: 4100 + uint32(i), Uid: 1000, Gid: 1001,
@@ -130,7 +130,7 @@ func TestJournaldSinkWithStandaloneJournald(t *testing.T) {
 	// journalctl -u captrace: only the writer that ran in captrace.service.
 	checkEntries(t, "-u captrace", results["unit"], journalTestRecords("web-1"), true)
 	// The README's recipe: unit, pod and capability together.
-	var admin []Record
+	var admin []EnrichedEvent
 	for _, r := range journalTestRecords("web-1") {
 		if r.Event.Cap == 21 {
 			admin = append(admin, r)
@@ -140,7 +140,7 @@ func TestJournaldSinkWithStandaloneJournald(t *testing.T) {
 }
 
 // checkEntries compares journalctl's JSON entries with the records, field by field.
-func checkEntries(t *testing.T, query string, entries []map[string]any, recs []Record, inUnit bool) {
+func checkEntries(t *testing.T, query string, entries []map[string]any, recs []EnrichedEvent, inUnit bool) {
 	t.Helper()
 	if len(entries) != len(recs) {
 		t.Errorf("journalctl %s: %d entries, want %d: %v", query, len(entries), len(recs), entries)

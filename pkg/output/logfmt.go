@@ -8,11 +8,13 @@ import (
 	"sync"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/captrace/captrace/pkg/schema"
 )
 
 // NewTextFormatter is the one logfmt format of captrace, for event lines and
 // operational lines alike: logrus's TextFormatter without colours, full
-// RFC 3339 timestamps, empty values as "", and keys in KeyOrder. Values that
+// RFC 3339 timestamps, empty values as "", and keys in schema.KeyOrder. Values that
 // hold anything but [A-Za-z0-9-._/@^+] are Go-quoted, so no value can start
 // a key or a line of its own.
 func NewTextFormatter() *logrus.TextFormatter {
@@ -26,14 +28,14 @@ func NewTextFormatter() *logrus.TextFormatter {
 }
 
 var keyRank = func() map[string]int {
-	m := make(map[string]int, len(KeyOrder))
-	for i, k := range KeyOrder {
+	m := make(map[string]int, len(schema.KeyOrder))
+	for i, k := range schema.KeyOrder {
 		m[k] = i
 	}
 	return m
 }()
 
-// sortKeys puts the documented keys first in KeyOrder, then the rest sorted.
+// sortKeys puts the documented keys first in schema.KeyOrder, then the rest sorted.
 // It looks each key's rank up once and insertion-sorts: lines have ~20 keys,
 // and this runs for every event.
 func sortKeys(keys []string) {
@@ -42,7 +44,7 @@ func sortKeys(keys []string) {
 	for _, k := range keys {
 		r, ok := keyRank[k]
 		if !ok {
-			r = len(KeyOrder)
+			r = len(schema.KeyOrder)
 		}
 		ranks = append(ranks, r)
 	}
@@ -93,25 +95,25 @@ func NewLogfmt(name string, w io.Writer) *Logfmt {
 func (s *Logfmt) Name() string { return s.name }
 
 // Format renders r as one logfmt line ending in '\n'.
-func (s *Logfmt) Format(r *Record) ([]byte, error) {
+func (s *Logfmt) Format(r *EnrichedEvent) ([]byte, error) {
 	return s.format(r, nil)
 }
 
-func (s *Logfmt) format(r *Record, buf *bytes.Buffer) ([]byte, error) {
+func (s *Logfmt) format(r *EnrichedEvent, buf *bytes.Buffer) ([]byte, error) {
 	entry := &logrus.Entry{
 		Buffer:  buf,
 		Logger:  s.logger,
 		Data:    r.LogFields(),
 		Time:    r.Time.UTC(),
 		Level:   logrus.InfoLevel,
-		Message: EventMessage,
+		Message: schema.EventMessage,
 	}
 	return s.formatter.Format(entry)
 }
 
 // Write formats r and writes it. Unlike a logrus.Logger, it returns the
 // writer's error so that the queue can count it.
-func (s *Logfmt) Write(r *Record) error {
+func (s *Logfmt) Write(r *EnrichedEvent) error {
 	s.buf.Reset()
 	line, err := s.format(r, &s.buf)
 	if err != nil {

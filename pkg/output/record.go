@@ -1,3 +1,5 @@
+// Package output turns enriched capability events into logfmt lines and
+// journald entries, with the fields of pkg/schema.
 package output
 
 import (
@@ -11,13 +13,14 @@ import (
 
 	"github.com/captrace/captrace/bpf"
 	"github.com/captrace/captrace/pkg/cgmap"
+	"github.com/captrace/captrace/pkg/schema"
 	"github.com/coreos/go-systemd/v22/journal"
 	"github.com/sirupsen/logrus"
 )
 
-// Record is one capability check ready for output: the kernel's event, the
+// EnrichedEvent is one capability check ready for output: the kernel's event, the
 // container it came from and its wall-clock time.
-type Record struct {
+type EnrichedEvent struct {
 	// Time is the wall-clock time of the check (converted from Event.KtimeNs).
 	Time  time.Time
 	Event bpf.Event
@@ -33,7 +36,7 @@ const TimeFormat = time.RFC3339Nano
 // Comm returns the command name, safe to store: bytes up to the first NUL,
 // with any invalid UTF-8 byte written as \xNN (journald and JSON readers need
 // UTF-8). Control characters are kept; each output escapes them its own way.
-func (r *Record) Comm() string {
+func (r *EnrichedEvent) Comm() string {
 	comm := r.Event.Comm[:]
 	if i := bytes.IndexByte(comm, 0); i >= 0 {
 		comm = comm[:i]
@@ -56,7 +59,7 @@ func (r *Record) Comm() string {
 
 // Syscall is the seed's form of the system call, e.g. "SYS_SETPRIORITY", or ""
 // when the check happened outside a system call.
-func (r *Record) Syscall() string {
+func (r *EnrichedEvent) Syscall() string {
 	if r.Event.Syscall < 0 {
 		return ""
 	}
@@ -73,27 +76,27 @@ func boolDigit(b bool) string {
 // LogFields are the logfmt key/values of the record (without time, level and
 // msg, which logrus writes). Every key is always present, empty when unknown,
 // except insetid, which only the fexit and kprobe tiers know.
-func (r *Record) LogFields() logrus.Fields {
+func (r *EnrichedEvent) LogFields() logrus.Fields {
 	ev := &r.Event
 	f := logrus.Fields{
-		KeyNamespace:   r.Container.Namespace,
-		KeyPod:         r.Container.Pod,
-		KeyContainer:   r.Container.Name,
-		KeyContainerID: r.Container.ID,
-		KeyPodUID:      r.Container.PodUID,
-		KeyComm:        r.Comm(),
-		KeyPid:         ev.Pid,
-		KeyTid:         ev.Tid,
-		KeyUid:         ev.Uid,
-		KeyGid:         ev.Gid,
-		KeyCap:         ev.Cap.String(),
-		KeyCapable:     strconv.FormatBool(ev.Capable),
-		KeyAudit:       boolDigit(ev.Audit),
-		KeySyscall:     r.Syscall(),
-		KeyCgroupID:    ev.CgroupID,
+		schema.Namespace.Key:   r.Container.Namespace,
+		schema.Pod.Key:         r.Container.Pod,
+		schema.Container.Key:   r.Container.Name,
+		schema.ContainerID.Key: r.Container.ID,
+		schema.PodUID.Key:      r.Container.PodUID,
+		schema.Comm.Key:        r.Comm(),
+		schema.Pid.Key:         ev.Pid,
+		schema.Tid.Key:         ev.Tid,
+		schema.Uid.Key:         ev.Uid,
+		schema.Gid.Key:         ev.Gid,
+		schema.Cap.Key:         ev.Cap.String(),
+		schema.Capable.Key:     strconv.FormatBool(ev.Capable),
+		schema.Audit.Key:       boolDigit(ev.Audit),
+		schema.Syscall.Key:     r.Syscall(),
+		schema.CgroupID.Key:    ev.CgroupID,
 	}
 	if ev.InSetIDKnown {
-		f[KeyInsetid] = boolDigit(ev.InSetID)
+		f[schema.Insetid.Key] = boolDigit(ev.InSetID)
 	}
 	return f
 }
@@ -102,29 +105,29 @@ func (r *Record) LogFields() logrus.Fields {
 // PRIORITY. None starts with '_' (journald's own). K8S_* and CONTAINER_ID are
 // left out when the container is not known, so `K8S_POD_NAME=` never matches
 // a made-up value.
-func (r *Record) JournalFields() map[string]string {
+func (r *EnrichedEvent) JournalFields() map[string]string {
 	ev := &r.Event
 	f := map[string]string{
-		FieldIdentifier: Identifier,
-		FieldCap:        ev.Cap.String(),
-		FieldCapable:    strconv.FormatBool(ev.Capable),
-		FieldAudit:      boolDigit(ev.Audit),
-		FieldSyscall:    r.Syscall(),
-		FieldComm:       r.Comm(),
-		FieldPid:        strconv.FormatUint(uint64(ev.Pid), 10),
-		FieldTid:        strconv.FormatUint(uint64(ev.Tid), 10),
-		FieldUid:        strconv.FormatUint(uint64(ev.Uid), 10),
-		FieldGid:        strconv.FormatUint(uint64(ev.Gid), 10),
-		FieldEventTime:  r.Time.UTC().Format(TimeFormat),
-		FieldCgroupID:   strconv.FormatUint(ev.CgroupID, 10),
+		schema.SyslogIdentifier.Journal: schema.Identifier,
+		schema.Cap.Journal:              ev.Cap.String(),
+		schema.Capable.Journal:          strconv.FormatBool(ev.Capable),
+		schema.Audit.Journal:            boolDigit(ev.Audit),
+		schema.Syscall.Journal:          r.Syscall(),
+		schema.Comm.Journal:             r.Comm(),
+		schema.Pid.Journal:              strconv.FormatUint(uint64(ev.Pid), 10),
+		schema.Tid.Journal:              strconv.FormatUint(uint64(ev.Tid), 10),
+		schema.Uid.Journal:              strconv.FormatUint(uint64(ev.Uid), 10),
+		schema.Gid.Journal:              strconv.FormatUint(uint64(ev.Gid), 10),
+		schema.Time.Journal:             r.Time.UTC().Format(TimeFormat),
+		schema.CgroupID.Journal:         strconv.FormatUint(ev.CgroupID, 10),
 	}
 	if ev.InSetIDKnown {
-		f[FieldInsetid] = boolDigit(ev.InSetID)
+		f[schema.Insetid.Journal] = boolDigit(ev.InSetID)
 	}
 	c := &r.Container
 	for field, value := range map[string]string{
-		FieldNamespace: c.Namespace, FieldPod: c.Pod, FieldPodUID: c.PodUID,
-		FieldContainer: c.Name, FieldContainerID: c.ID,
+		schema.Namespace.Journal: c.Namespace, schema.Pod.Journal: c.Pod, schema.PodUID.Journal: c.PodUID,
+		schema.Container.Journal: c.Name, schema.ContainerID.Journal: c.ID,
 	} {
 		if value != "" {
 			f[field] = value
@@ -136,7 +139,7 @@ func (r *Record) JournalFields() map[string]string {
 // Message is the human line of a journal entry, e.g.
 // "nice[169528] in default/set-priority/set-priority: CAP_SYS_NICE in setpriority denied".
 // Checks the kernel does not audit say so: they are probes, not needs.
-func (r *Record) Message() string {
+func (r *EnrichedEvent) Message() string {
 	var b strings.Builder
 	b.WriteString(printable(r.Comm()))
 	fmt.Fprintf(&b, "[%d] in ", r.Event.Pid)
@@ -179,7 +182,7 @@ func printable(s string) string {
 
 // Priority is the journald PRIORITY: notice for a denied check the kernel
 // audits (something the container tried and was refused), info otherwise.
-func (r *Record) Priority() journal.Priority {
+func (r *EnrichedEvent) Priority() journal.Priority {
 	if !r.Event.Capable && r.Event.Audit {
 		return journal.PriNotice
 	}

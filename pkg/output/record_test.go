@@ -21,13 +21,13 @@ const (
 )
 
 // seedRecord is the first line of the seed's guide: nice denied CAP_SYS_NICE.
-func seedRecord(t testing.TB) Record {
+func seedRecord(t testing.TB) EnrichedEvent {
 	t.Helper()
 	ts, err := time.Parse(time.RFC3339Nano, seedTimeRFC3339)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := Record{
+	r := EnrichedEvent{
 		Time: ts,
 		Event: bpf.Event{
 			CgroupID: 4242, KtimeNs: 123456789, Pid: 169528, Tid: 169528,
@@ -43,7 +43,7 @@ func seedRecord(t testing.TB) Record {
 	return r
 }
 
-func formatLine(t *testing.T, r *Record) string {
+func formatLine(t *testing.T, r *EnrichedEvent) string {
 	t.Helper()
 	var buf bytes.Buffer
 	if err := NewLogfmt("stdout", &buf).Write(r); err != nil {

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/captrace/captrace/pkg/output"
+	"github.com/captrace/captrace/pkg/schema"
 )
 
 // Event is one capability check as captrace reported it, read back from the
@@ -113,33 +113,33 @@ func eventFromFields(f map[string]string, logfmt bool, raw string) (Event, error
 	}
 	e := Event{
 		Raw:         raw,
-		Namespace:   key(output.KeyNamespace, output.FieldNamespace),
-		Pod:         key(output.KeyPod, output.FieldPod),
-		PodUID:      key(output.KeyPodUID, output.FieldPodUID),
-		Container:   key(output.KeyContainer, output.FieldContainer),
-		ContainerID: key(output.KeyContainerID, output.FieldContainerID),
-		Comm:        key(output.KeyComm, output.FieldComm),
-		Cap:         key(output.KeyCap, output.FieldCap),
-		Syscall:     key(output.KeySyscall, output.FieldSyscall),
+		Namespace:   key(schema.Namespace.Key, schema.Namespace.Journal),
+		Pod:         key(schema.Pod.Key, schema.Pod.Journal),
+		PodUID:      key(schema.PodUID.Key, schema.PodUID.Journal),
+		Container:   key(schema.Container.Key, schema.Container.Journal),
+		ContainerID: key(schema.ContainerID.Key, schema.ContainerID.Journal),
+		Comm:        key(schema.Comm.Key, schema.Comm.Journal),
+		Cap:         key(schema.Cap.Key, schema.Cap.Journal),
+		Syscall:     key(schema.Syscall.Key, schema.Syscall.Journal),
 	}
 	e.Source = "journald"
 	if logfmt {
 		e.Source = "logfmt"
 	}
 	var err error
-	if e.Capable, err = parseFlag(key(output.KeyCapable, output.FieldCapable)); err != nil {
+	if e.Capable, err = parseFlag(key(schema.Capable.Key, schema.Capable.Journal)); err != nil {
 		return e, fmt.Errorf("capable: %w", err)
 	}
-	if e.Audit, err = parseFlag(key(output.KeyAudit, output.FieldAudit)); err != nil {
+	if e.Audit, err = parseFlag(key(schema.Audit.Key, schema.Audit.Journal)); err != nil {
 		return e, fmt.Errorf("audit: %w", err)
 	}
-	if p := key(output.KeyPid, output.FieldPid); p != "" {
+	if p := key(schema.Pid.Key, schema.Pid.Journal); p != "" {
 		if e.Pid, err = strconv.Atoi(p); err != nil {
 			return e, fmt.Errorf("pid: %w", err)
 		}
 	}
 	if logfmt {
-		if t := f[output.KeyTime]; t != "" {
+		if t := f[schema.Time.Key]; t != "" {
 			if e.Time, err = time.Parse(time.RFC3339Nano, t); err != nil {
 				return e, fmt.Errorf("time: %w", err)
 			}
@@ -157,7 +157,7 @@ func ParseEventLine(line string) (e Event, ok bool, err error) {
 	if err != nil {
 		return Event{}, false, err
 	}
-	if _, has := kv[output.KeyCap]; !has {
+	if _, has := kv[schema.Cap.Key]; !has {
 		return Event{}, false, nil
 	}
 	e, err = eventFromFields(kv, true, line)
@@ -179,7 +179,7 @@ func ParseEventFile(data []byte) ([]Event, error) {
 		if err != nil {
 			return events, fmt.Errorf("line %d: %w: %s", n, err, line)
 		}
-		if _, ok := kv[output.KeyCap]; !ok {
+		if _, ok := kv[schema.Cap.Key]; !ok {
 			continue
 		}
 		e, err := eventFromFields(kv, true, line)
@@ -238,7 +238,7 @@ func ParseJournalJSON(data []byte) ([]Event, error) {
 	entries, err := readJournalJSON(data)
 	var events []Event
 	for _, je := range entries {
-		if _, ok := je.fields[output.FieldCap]; !ok {
+		if _, ok := je.fields[schema.Cap.Journal]; !ok {
 			continue
 		}
 		e, perr := eventFromFields(je.fields, false, je.line)
@@ -370,7 +370,7 @@ func (s *Stack) CaptraceStats() (map[string]string, error) {
 		if !strings.Contains(line, "msg=stats") {
 			continue
 		}
-		if kv, err := ParseLogfmt(line); err == nil && kv["msg"] == "stats" {
+		if kv, err := ParseLogfmt(line); err == nil && kv[schema.Msg.Key] == "stats" {
 			last = kv
 		}
 	}

@@ -10,8 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/captrace/captrace/pkg/advisor"
-	"github.com/captrace/captrace/pkg/output"
+	"github.com/captrace/captrace/pkg/schema"
 )
 
 // Summary is one summary entry the daemon wrote when a traced container
@@ -61,28 +60,28 @@ func summaryFromFields(f map[string]string, logfmt bool, raw string) (Summary, e
 	s := Summary{
 		Source:      "journald",
 		Raw:         raw,
-		Namespace:   key(output.KeyNamespace, output.FieldNamespace),
-		Pod:         key(output.KeyPod, output.FieldPod),
-		Container:   key(output.KeyContainer, output.FieldContainer),
-		ContainerID: key(output.KeyContainerID, output.FieldContainerID),
-		Drop:        list(key(advisor.KeyRecommendDrop, advisor.FieldRecommendDrop)),
-		Add:         list(key(advisor.KeyRecommendAdd, advisor.FieldRecommendAdd)),
-		DeniedOnly:  list(key(advisor.KeyDeniedOnly, advisor.FieldDeniedOnly)),
-		Probed:      list(key(advisor.KeyProbed, advisor.FieldProbed)),
-		Runtime:     list(key(advisor.KeyRuntimeOnly, advisor.FieldRuntimeOnly)),
-		Granted:     list(key(advisor.KeyCapsGranted, advisor.FieldCapsGranted)),
-		Denied:      list(key(advisor.KeyCapsDenied, advisor.FieldCapsDenied)),
-		Message:     key("msg", advisor.FieldMessage),
-		PodSpec:     key(advisor.KeyPodSpec, advisor.FieldPodSpec),
+		Namespace:   key(schema.Namespace.Key, schema.Namespace.Journal),
+		Pod:         key(schema.Pod.Key, schema.Pod.Journal),
+		Container:   key(schema.Container.Key, schema.Container.Journal),
+		ContainerID: key(schema.ContainerID.Key, schema.ContainerID.Journal),
+		Drop:        list(key(schema.RecommendDrop.Key, schema.RecommendDrop.Journal)),
+		Add:         list(key(schema.RecommendAdd.Key, schema.RecommendAdd.Journal)),
+		DeniedOnly:  list(key(schema.DeniedOnly.Key, schema.DeniedOnly.Journal)),
+		Probed:      list(key(schema.CapsProbed.Key, schema.CapsProbed.Journal)),
+		Runtime:     list(key(schema.CapsRuntime.Key, schema.CapsRuntime.Journal)),
+		Granted:     list(key(schema.CapsGranted.Key, schema.CapsGranted.Journal)),
+		Denied:      list(key(schema.CapsDenied.Key, schema.CapsDenied.Journal)),
+		Message:     key(schema.Msg.Key, schema.Msg.Journal),
+		PodSpec:     key(schema.SecurityContext.Key, schema.SecurityContext.Journal),
 	}
 	if logfmt {
 		s.Source = "logfmt"
 	}
 	var err error
-	if s.Events, err = strconv.ParseUint(key(advisor.KeyEvents, advisor.FieldEvents), 10, 64); err != nil {
+	if s.Events, err = strconv.ParseUint(key(schema.Events.Key, schema.Events.Journal), 10, 64); err != nil {
 		return s, fmt.Errorf("events: %w", err)
 	}
-	if s.Partial, err = parseFlag(key(advisor.KeyPartial, advisor.FieldPartial)); err != nil {
+	if s.Partial, err = parseFlag(key(schema.Partial.Key, schema.Partial.Journal)); err != nil {
 		return s, fmt.Errorf("partial: %w", err)
 	}
 	return s, nil
@@ -100,14 +99,14 @@ func (s *Stack) FileSummaries() ([]Summary, error) {
 	}
 	var out []Summary
 	for n, line := range strings.Split(string(data), "\n") {
-		if !strings.Contains(line, advisor.KeySummary+"=") {
+		if !strings.Contains(line, schema.Summary.Key+"=") {
 			continue
 		}
 		kv, err := ParseLogfmt(line)
 		if err != nil {
 			return out, fmt.Errorf("line %d: %w: %s", n+1, err, line)
 		}
-		if kv[advisor.KeySummary] != "true" {
+		if kv[schema.Summary.Key] != "true" {
 			continue
 		}
 		sum, err := summaryFromFields(kv, true, line)
@@ -122,7 +121,7 @@ func (s *Stack) FileSummaries() ([]Summary, error) {
 // JournalSummaries returns every summary entry in the private journal:
 // `journalctl -u captrace CAPTRACE_SUMMARY=1 -o json`.
 func (s *Stack) JournalSummaries(ctx context.Context) ([]Summary, error) {
-	out, err := run(ctx, s.Tools.Journalctl, "-D", s.JournalDir, "--no-pager", "-u", "captrace", "-o", "json", advisor.FieldSummary+"=1")
+	out, err := run(ctx, s.Tools.Journalctl, "-D", s.JournalDir, "--no-pager", "-u", "captrace", "-o", "json", schema.Summary.Journal+"=1")
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/captrace/captrace/pkg/advisor"
+	"github.com/captrace/captrace/pkg/schema"
 )
 
 // advisorSummary is what the daemon summarizes for set-priority-0.
@@ -59,7 +60,7 @@ func TestFileSummaries(t *testing.T) {
 func TestSummaryFromJournalFields(t *testing.T) {
 	s := advisorSummary()
 	f := s.JournalFields()
-	f[advisor.FieldMessage] = s.Message()
+	f[schema.Msg.Journal] = s.Message()
 	g, err := summaryFromFields(f, false, "")
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,151 @@
+// Package schema is captrace's output schema, defined once: every field of a
+// capability-check event and of a container's summary entry, with its logfmt
+// key, its journald field, its type and its meaning.
+//
+// The writers (pkg/output for events, pkg/advisor for summaries) and the
+// readers (pkg/advisor's record parser, test/e2e/stack) take every name from
+// here, and a test holds README's field tables to EventFields and
+// SummaryFields. Adding a field is one entry here plus its writer.
+package schema
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Type says how a field's value is written, the same in logfmt and journald.
+type Type string
+
+const (
+	TypeString  Type = "string"
+	TypeInteger Type = "integer"
+	TypeBool    Type = "`true`/`false`"
+	TypeDigit   Type = "`1`/`0`"
+	TypeTime    Type = "RFC 3339 time, UTC, ns"
+	TypeCapName Type = "capability name"
+	TypeCapList Type = "capability list"
+	TypeSeconds Type = "seconds, 3 decimals"
+	TypeYAML    Type = "YAML"
+)
+
+// Field is one output field.
+type Field struct {
+	Key     string // logfmt key; "" when only journald carries it
+	Journal string // journald field; "" when only logfmt carries it
+	Type    Type
+	Meaning string
+	// Seed is the column of Inspektor Gadget's trace_capabilities that holds
+	// the same value, "" when it has none.
+	Seed string
+}
+
+// Fields of every event line and entry. Level and Msg are written by logrus
+// (logfmt) and by journal.Send's arguments (PRIORITY, MESSAGE).
+var (
+	Time             = Field{"time", "CAPTRACE_TIME", TypeTime, "wall time of the check (converted from kernel boot time); a summary's entry time", "TIMESTAMP"}
+	Level            = Field{"level", "PRIORITY", TypeString, "`info`; journald: 5 (notice) for a denied check the kernel audits, 6 (info) otherwise", ""}
+	Msg              = Field{"msg", "MESSAGE", TypeString, "`cap_check` on events (journald: a human line); the summary's text on summaries", ""}
+	Namespace        = Field{"namespace", "K8S_NAMESPACE", TypeString, "pod namespace", "K8S.NAMESPACE"}
+	Pod              = Field{"pod", "K8S_POD_NAME", TypeString, "pod name", "K8S.PODNAME"}
+	Container        = Field{"container", "K8S_CONTAINER_NAME", TypeString, "container name", "K8S.CONTAINERNAME"}
+	ContainerID      = Field{"container_id", "CONTAINER_ID", TypeString, "full container ID", ""}
+	PodUID           = Field{"pod_uid", "K8S_POD_UID", TypeString, "pod UID", ""}
+	Comm             = Field{"comm", "PROC_COMM", TypeString, "task command name (invalid UTF-8 as `\\xNN`)", "COMM"}
+	Pid              = Field{"pid", "PROC_PID", TypeInteger, "host process ID", "PID"}
+	Tid              = Field{"tid", "PROC_TID", TypeInteger, "host thread ID", "TID"}
+	Uid              = Field{"uid", "PROC_UID", TypeInteger, "uid of the task", "UID"}
+	Gid              = Field{"gid", "PROC_GID", TypeInteger, "gid of the task", "GID"}
+	Cap              = Field{"cap", "CAP", TypeCapName, "`CAP_SYS_NICE`", "CAP"}
+	Capable          = Field{"capable", "CAPABLE", TypeBool, "`true` granted, `false` denied", "CAPABLE"}
+	Audit            = Field{"audit", "AUDIT", TypeDigit, "`1` the kernel audits this check, `0` it does not (a probe, not a need)", "AUDIT"}
+	Insetid          = Field{"insetid", "INSETID", TypeDigit, "where the tier knows it: fexit and kprobe (opts), tp_btf when `/proc/kallsyms` shows addresses", ""}
+	Syscall          = Field{"syscall", "SYSCALL", TypeString, "`SYS_SETPRIORITY`; empty outside a system call", "SYSCALL"}
+	CgroupID         = Field{"cgroup_id", "CAPTRACE_CGROUP_ID", TypeInteger, "cgroup v2 ID of the container (inode of its cgroup directory)", ""}
+	SyslogIdentifier = Field{"", "SYSLOG_IDENTIFIER", TypeString, "always `captrace`", ""}
+)
+
+// Identifier is the SYSLOG_IDENTIFIER of every captrace journal entry.
+const Identifier = "captrace"
+
+// EventMessage is the msg of every event line (msg=cap_check). Operational
+// lines (start-up, tier, NRI connection, stats, losses) never use it, so
+// `grep msg=cap_check` or a logfmt reader keeps events only.
+const EventMessage = "cap_check"
+
+// Fields of a summary entry besides the container's identity (Namespace, Pod,
+// PodUID, Container, ContainerID). Lists are comma-separated Kubernetes
+// capability names (SYS_NICE), empty when none.
+var (
+	Summary          = Field{"summary", "CAPTRACE_SUMMARY", TypeBool, "marks a summary entry (logfmt `true`, journald `1`)", ""}
+	CapsGranted      = Field{"caps_granted", "CAPS_GRANTED", TypeCapList, "granted at least once, by anyone", ""}
+	CapsDenied       = Field{"caps_denied", "CAPS_DENIED", TypeCapList, "denied at least once, by anyone", ""}
+	RecommendDrop    = Field{"recommend_drop", "RECOMMENDED_DROP", TypeCapList, "always `ALL`", ""}
+	RecommendAdd     = Field{"recommend_add", "RECOMMENDED_ADD", TypeCapList, "audited, granted, checked by the workload: what to add", ""}
+	DeniedOnly       = Field{"denied_only", "CAPS_DENIED_ONLY", TypeCapList, "audited, never granted: add only if the workload failed without it", ""}
+	CapsProbed       = Field{"caps_probed", "CAPS_PROBED", TypeCapList, "seen only in non-audited checks: probes, not needs", ""}
+	CapsRuntime      = Field{"caps_runtime", "CAPS_RUNTIME", TypeCapList, "checked only by runc init", ""}
+	WindowStart      = Field{"window_start", "WINDOW_START", TypeTime, "start of the observation window", ""}
+	WindowEnd        = Field{"window_end", "WINDOW_END", TypeTime, "end of the observation window", ""}
+	FirstEvent       = Field{"first_event", "FIRST_EVENT", TypeTime, "first check seen; empty when none", ""}
+	LastEvent        = Field{"last_event", "LAST_EVENT", TypeTime, "last check seen; empty when none", ""}
+	ObservedSeconds  = Field{"observed_seconds", "OBSERVED_SECONDS", TypeSeconds, "length of the window", ""}
+	Events           = Field{"events", "EVENTS", TypeInteger, "checks seen in the window", ""}
+	Partial          = Field{"partial", "PROFILE_PARTIAL", TypeBool, "`true`: observed for less than min_window_seconds", ""}
+	MinWindowSeconds = Field{"min_window_seconds", "MIN_WINDOW_SECONDS", TypeSeconds, "the window below which a summary is partial", ""}
+	FoldedEvents     = Field{"folded_events", "FOLDED_EVENTS", TypeInteger, "checks kept without their syscall (tuple limit)", ""}
+	AuditOnly        = Field{"audit_only", "AUDIT_ONLY", TypeBool, "the container's audit_only setting", ""}
+	Unique           = Field{"unique", "UNIQUE", TypeBool, "the container's unique setting", ""}
+	SecurityContext  = Field{"security_context", "SECURITY_CONTEXT", TypeYAML, "the ready-to-paste securityContext", ""}
+)
+
+// EventFields are an event's fields, in the order of every logfmt line (then
+// any other key alphabetically); README's "Fields" table lists them so.
+var EventFields = []Field{
+	Time, Level, Msg,
+	Namespace, Pod, Container, ContainerID, PodUID,
+	Comm, Pid, Tid, Uid, Gid,
+	Cap, Capable, Audit, Insetid, Syscall, CgroupID,
+	SyslogIdentifier,
+}
+
+// SummaryFields are a summary entry's fields, in README's order.
+var SummaryFields = []Field{
+	Summary,
+	Namespace, Pod, PodUID, Container, ContainerID,
+	CapsGranted, CapsDenied, RecommendDrop, RecommendAdd, DeniedOnly, CapsProbed, CapsRuntime,
+	WindowStart, WindowEnd, FirstEvent, LastEvent, ObservedSeconds, Events, Partial, MinWindowSeconds,
+	FoldedEvents, AuditOnly, Unique, SecurityContext,
+}
+
+// KeyOrder is the order of logfmt keys in every line: these first, then any
+// other key alphabetically.
+var KeyOrder = func() []string {
+	var keys []string
+	for _, f := range EventFields {
+		if f.Key != "" {
+			keys = append(keys, f.Key)
+		}
+	}
+	return keys
+}()
+
+// MarkdownTable renders fields as README shows them: one row per field, "—"
+// for a name a format does not carry.
+func MarkdownTable(fields []Field) string {
+	var b strings.Builder
+	b.WriteString("| logfmt key | journald field | type | meaning | seed column |\n|---|---|---|---|---|\n")
+	code := func(s string) string {
+		if s == "" {
+			return "—"
+		}
+		return "`" + s + "`"
+	}
+	for _, f := range fields {
+		seed := f.Seed
+		if seed == "" {
+			seed = "—"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", code(f.Key), code(f.Journal), f.Type, f.Meaning, seed)
+	}
+	return b.String()
+}
