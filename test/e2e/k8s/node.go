@@ -67,7 +67,7 @@ type Node struct {
 	containerd *stack.NodeContainerd
 	apiURL     string
 	api        *http.Client
-	procs      []*stack.Process // in start order
+	procs      []daemon // in start order
 	opts       Options
 }
 
@@ -279,13 +279,19 @@ func (n *Node) SetNRI(ctx context.Context, on bool) error {
 	return n.Stack.RestartContainerd(ctx)
 }
 
+// daemon is one of the cluster's processes.
+type daemon struct {
+	name string
+	*stack.Process
+}
+
 // spawn starts one of the cluster's daemons, recorded by the stack.
 func (n *Node) spawn(name string, inNamespace bool, argv ...string) error {
 	p, err := n.Stack.Spawn(name, argv, inNamespace)
 	if err != nil {
 		return err
 	}
-	n.procs = append(n.procs, p)
+	n.procs = append(n.procs, daemon{name, p})
 	return nil
 }
 
@@ -406,7 +412,7 @@ func (n *Node) waitAPI(ctx context.Context, path string, timeout time.Duration) 
 func (n *Node) daemonsAlive() error {
 	for _, p := range n.procs {
 		if p.Exited() {
-			return fmt.Errorf("a Kubernetes daemon (pid %d) exited: %v", p.PID(), p.Err())
+			return fmt.Errorf("%s (pid %d) exited: %v (its log: %s)", p.name, p.PID(), p.Err(), n.Stack.LogPath(p.name))
 		}
 	}
 	return nil
@@ -498,7 +504,7 @@ func (n *Node) Stop() {
 	}
 	for i := len(n.procs) - 1; i >= 0; i-- {
 		grace := 10 * time.Second
-		if i == 1 { // kube-apiserver
+		if n.procs[i].name == "kube-apiserver" {
 			grace = 0
 		}
 		n.procs[i].Stop(grace)
