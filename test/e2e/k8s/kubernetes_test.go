@@ -259,9 +259,9 @@ func deniedNamespace(ctx context.Context) (string, error) {
 }
 
 // captraceHasAdvisorPatch reports whether the captrace CLI built from this
-// tree has `report --format patch` and `--check` (issue 12).
+// tree has `report --format patch`, `--workload` and `--check` (issue 12).
 func captraceHasAdvisorPatch(ctx context.Context) (bool, string) {
 	out, _ := exec.CommandContext(ctx, "go", "run", "./cmd/captrace", "report", "--help").CombinedOutput()
 	help := string(out)
-	return strings.Contains(help, "patch") && strings.Contains(help, "--check"), help
+	return strings.Contains(help, "patch") && strings.Contains(help, "-check") && strings.Contains(help, "-workload"), help
 }

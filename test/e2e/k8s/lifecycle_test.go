@@ -51,7 +51,7 @@ spec:
 func testAdvisorPatch(t *testing.T) {
 	ctx := testCtx(t)
 	if ok, help := captraceHasAdvisorPatch(ctx); !ok {
-		t.Skipf("PENDING (issue 12): this tree's `captrace report` has no --format patch and --check, which scenario 3 needs; it runs once they are on main. `captrace report --help` says:\n%s", help)
+		t.Skipf("PENDING (issue 12): this tree's `captrace report` lacks --format patch, --workload and --check, which scenario 3 needs; it runs once they are on main. `captrace report --help` says:\n%s", help)
 	}
 	bin := buildCaptrace(t, ctx)
 	if _, err := node.KubectlStdin(ctx, webDeployment, "apply", "-f", "-"); err != nil {
@@ -85,7 +85,7 @@ func testAdvisorPatch(t *testing.T) {
 	if code, out := runCaptrace(ctx, bin, "report", "--check", original, logFile); code != 1 {
 		t.Errorf("captrace report --check on the unpatched manifest (default capability set kept): exit %d, want 1\n%s", code, out)
 	}
-	code, patch := runCaptrace(ctx, bin, "report", "--format", "patch", "--namespace", "default", logFile)
+	code, patch := runCaptrace(ctx, bin, "report", "--format", "patch", "--namespace", "default", "--workload", "deployment/web", logFile)
 	if code != 0 {
 		t.Fatalf("captrace report --format patch: exit %d\n%s", code, patch)
 	}
