@@ -4,9 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -202,53 +199,4 @@ func (n *Node) ContainerPID(ctx context.Context, namespace, pod, container strin
 		return 0, fmt.Errorf("crictl inspect %s: no pid (%v)", ids[0], err)
 	}
 	return info.Info.Pid, nil
-}
-
-// BPFObjects are the IDs of the BPF programs, maps and links a process holds.
-type BPFObjects struct {
-	Progs, Maps, Links []int
-}
-
-// BPFObjectsOf reads the BPF objects process pid holds file descriptors of,
-// from /proc/PID/fdinfo (Debian's bpftool lists no holders).
-func BPFObjectsOf(pid int) (BPFObjects, error) {
-	var o BPFObjects
-	fdDir := fmt.Sprintf("/proc/%d/fd", pid)
-	ents, err := os.ReadDir(fdDir)
-	if err != nil {
-		return o, err
-	}
-	seen := map[string]bool{}
-	for _, e := range ents {
-		link, err := os.Readlink(filepath.Join(fdDir, e.Name()))
-		if err != nil {
-			continue
-		}
-		var key string
-		var dst *[]int
-		switch link {
-		case "anon_inode:bpf-prog":
-			key, dst = "prog_id:", &o.Progs
-		case "anon_inode:bpf-map":
-			key, dst = "map_id:", &o.Maps
-		case "anon_inode:bpf_link":
-			key, dst = "link_id:", &o.Links
-		default:
-			continue
-		}
-		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, e.Name()))
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(info), "\n") {
-			if v, ok := strings.CutPrefix(line, key); ok {
-				v = strings.TrimSpace(v)
-				if id, err := strconv.Atoi(v); err == nil && !seen[key+v] {
-					seen[key+v] = true
-					*dst = append(*dst, id)
-				}
-			}
-		}
-	}
-	return o, nil
 }

@@ -327,7 +327,7 @@ func testDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	held, err := k8s.BPFObjectsOf(pid)
+	held, err := stack.BPFObjectsOf(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
