@@ -35,7 +35,9 @@ progress() {
 	while kill -0 "$pid" 2>/dev/null; do
 		sleep 10 & wait $! || true
 		kill -0 "$pid" 2>/dev/null || break
-		printf 'build-k8s: %s: %d s, %d packages compiled\n' "$label" $((SECONDS - start)) "$(grep -cv '^go: ' "$log" 2>/dev/null || echo 0)" >&2
+		local n
+		n=$(grep -cv '^go: ' "$log" 2>/dev/null || true)
+		printf 'build-k8s: %s: %d s, %d packages compiled\n' "$label" $((SECONDS - start)) "${n:-0}" >&2
 	done
 }
 
