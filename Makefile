@@ -5,7 +5,7 @@ GO ?= go
 PRIV_EXEC ?=
 GOTEST = CAPTRACE_REQUIRE_PRIVILEGED=1 $(GO) test $(if $(PRIV_EXEC),-exec '$(PRIV_EXEC)')
 
-.PHONY: all build dist image generate check-generated test test-unit e2e e2e-k8s test-kernels bench demo install uninstall clean
+.PHONY: all build dist image generate check-generated test test-unit fuzz fuzz-corpus e2e e2e-k8s test-kernels bench demo install uninstall clean
 
 all: build
 
@@ -60,13 +60,34 @@ generate:
 check-generated: generate
 	@git diff --exit-code --stat -- bpf/ || { echo "check-generated: the committed bpf2go output is stale: run make generate and commit it"; exit 1; }
 
-test: check-generated test-unit e2e e2e-k8s test-kernels
+test: check-generated test-unit fuzz e2e e2e-k8s test-kernels
 
 # Unit and privileged tests of every package (the privileged ones need root).
 test-unit:
 	scripts/install-deps.sh test
 	$(GO) vet ./...
 	$(GOTEST) -count=1 ./...
+
+# Each fuzz target for FUZZTIME over untrusted input: pod annotations,
+# CgroupsPath, report lines (logfmt and journal JSON), whole report inputs,
+# the config file. The committed corpus (testdata/fuzz) runs as plain tests in
+# test-unit; `make fuzz-corpus` adds what fuzzing found to it.
+FUZZTIME ?= 5s
+FUZZ_TARGETS = plugin:FuzzPolicyDecide pkg/cgmap:FuzzCgroupsPath config:FuzzParse \
+	pkg/advisor:FuzzParseRecord pkg/advisor:FuzzReportInput
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; echo "fuzz: $$fn in ./$$pkg for $(FUZZTIME)"; \
+		$(GO) test ./$$pkg/ -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) || exit 1; \
+	done
+
+fuzz-corpus: fuzz
+	@cache=$$($(GO) env GOCACHE)/fuzz/github.com/captrace/captrace; \
+	for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; mkdir -p $$pkg/testdata/fuzz/$$fn; \
+		cp -n $$cache/$$pkg/$$fn/* $$pkg/testdata/fuzz/$$fn/ 2>/dev/null; \
+		echo "fuzz-corpus: $$pkg/testdata/fuzz/$$fn: $$(ls $$pkg/testdata/fuzz/$$fn | wc -l) inputs"; \
+	done
 
 # The seed's scenarios on a private containerd 2.4 + runc + NRI + journald with
 # the real daemon, then the container start latency with and without captrace.
@@ -101,7 +122,7 @@ test-kernels:
 
 bench:
 	scripts/install-deps.sh bench
-	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./bpf/ ./plugin/
+	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./bpf/ ./plugin/ ./pkg/pipeline/
 
 # The seed's set-priority guide on a private stack; Ctrl-C or DEMO_FLAGS=-duration=… ends it.
 DEMO_FLAGS ?=

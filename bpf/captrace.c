@@ -101,7 +101,10 @@ struct cap_event {
 	__u8 insetid;
 	__u8 insetid_known;
 	char comm[16];
-	__u32 pad;
+	// keyed: this check added its dedup_key to cap_dedup (unique mode), so
+	// user space knows the exact keys to delete when the cgroup goes.
+	__u8 keyed;
+	__u8 pad[3];
 };
 
 // max_entries of the hash maps and the ring are set by user space before load.
@@ -343,6 +346,7 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
 		return 0;
 	}
 
+	e->keyed = 0;
 	if (unique) {
 		__u8 one = 1;
 		long err = bpf_map_update_elem(&cap_dedup, &key, &one, BPF_NOEXIST);
@@ -352,6 +356,8 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
 		}
 		if (err)
 			count_loss(LOSS_DEDUP); // still reported; a later check may repeat it
+		else
+			e->keyed = 1;
 	}
 
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -369,7 +375,7 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
 	e->insetid = !!(opts & CAP_OPT_INSETID);
 	// Without opts, insetid is known when the stack ranges were resolved.
 	e->insetid_known = opts_known || audit_nranges > 0;
-	e->pad = 0;
+	e->pad[0] = e->pad[1] = e->pad[2] = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 
 	__u64 queued = bpf_ringbuf_query(&cap_events, BPF_RB_AVAIL_DATA);

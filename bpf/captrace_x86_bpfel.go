@@ -48,7 +48,8 @@ type captraceCapEvent struct {
 	Insetid      uint8
 	InsetidKnown uint8
 	Comm         [16]int8
-	Pad          uint32
+	Keyed        uint8
+	Pad          [3]uint8
 }
 
 type captraceCaptraceBtfAnchor struct {
@@ -68,7 +69,8 @@ type captraceCaptraceBtfAnchor struct {
 		Insetid      uint8
 		InsetidKnown uint8
 		Comm         [16]int8
-		Pad          uint32
+		Keyed        uint8
+		Pad          [3]uint8
 	}
 	SettingFlag uint32
 	LossSlot    uint32

@@ -19,8 +19,8 @@ type Settings struct {
 	// Unique reports a (cgroup, cap, verdict, audit) once: a changed verdict
 	// reports again, and so does the first audited check of a cap whose
 	// non-audited probe (memory accounting, seccomp) was already reported.
-	// The kernel remembers them in an LRU map (tracer.dedup_entries); Untrace
-	// forgets the cgroup's entries.
+	// The kernel remembers them in an LRU map (Options.DedupEntries);
+	// ForgetUnique deletes an untraced cgroup's entries.
 	Unique bool
 }
 
@@ -93,6 +93,9 @@ type Stats struct {
 	RingLost uint64
 	// DedupUpdateFailed counts failed updates of the unique map (the event is still sent).
 	DedupUpdateFailed uint64
+	// StaleFilterEntries are untraced cgroups whose filter entry could not be
+	// deleted yet (retried at every Trace and Untrace).
+	StaleFilterEntries int
 	// FilterUpdateFailed counts failed kernel-side updates of the per-task state kept
 	// for a traced cgroup (the kprobe tier's pending-arguments map); the check is lost.
 	// The filter map itself is written only by Trace, which returns its errors.
@@ -112,6 +115,10 @@ func (e *OptionError) Error() string { return fmt.Sprintf("%s = %v: %s", e.Field
 // ErrFilterFull is wrapped by Trace's error when Options.MaxTracedCgroups
 // cgroups are traced already.
 var ErrFilterFull = errors.New("the filter map is full")
+
+// ErrFlushed is returned by Read once it has returned every check queued
+// before a Barrier or Wake.
+var ErrFlushed = errors.New("captrace ring flushed")
 
 // ErrClosed is returned by Read after Close.
 var ErrClosed = errors.New("captrace tracer closed")

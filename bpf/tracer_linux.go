@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -65,14 +66,32 @@ type Tracer struct {
 	rec    ringbuf.Record // reused by Read
 
 	maxTraced int
-	// noauditCaps are the caps that can have non-audited unique entries
-	// (bit n = cap n): all on fexit and kprobe, the walked caps on tp_btf.
-	noauditCaps uint64
+	// rcuBarrier is an array of maps of one entry: updating it returns only
+	// after an RCU grace period (the kernel's maybe_wait_bpf_programs), so
+	// every program run that could still see a deleted filter entry has
+	// finished, its check committed to the ring. Barrier uses it.
+	rcuBarrier, rcuInner *ebpf.Map
 
 	mu     sync.Mutex
 	closed bool // under mu: Trace and Untrace return ErrClosed
 	traced map[uint64]Settings
 	slots  map[uint32][]uint64 // traced cgroups per slot of cgroup_filter_slots
+	// stale are untraced cgroups whose filter entry could not be deleted:
+	// retried at every Trace and Untrace until gone, and counted against
+	// MaxTracedCgroups meanwhile (they hold a kernel entry).
+	stale map[uint64]struct{}
+
+	// keys are the unique-mode keys the kernel reported adding (keyed
+	// events), per cgroup: ForgetUnique deletes exactly these. A key added
+	// again after an LRU eviction is one bit, so a cgroup holds at most 256.
+	// Guarded by keysMu, which Read and ForgetUnique hold only around map
+	// accesses.
+	keysMu sync.Mutex
+	keys   map[uint64]*keySet
+
+	// filterOps counts the map syscalls of Trace and Untrace (the cost an
+	// NRI handler pays; tests and benchmarks read it).
+	filterOps atomic.Uint64
 
 	closeOnce sync.Once
 }
@@ -107,7 +126,6 @@ func Open(opts Options) (*Tracer, error) {
 	}
 	var skipped []string
 	var lt *loadedTier
-	var noauditCaps uint64
 	for _, tier := range tiers {
 		c := cfg
 		if tier == TierTpBTF {
@@ -119,10 +137,6 @@ func Open(opts Options) (*Tracer, error) {
 			continue
 		}
 		lt = l
-		noauditCaps = ^uint64(0)
-		if tier == TierTpBTF {
-			noauditCaps = c.walkCaps
-		}
 		break
 	}
 	if lt == nil {
@@ -143,15 +157,40 @@ func Open(opts Options) (*Tracer, error) {
 		return nil, fmt.Errorf("opening the ring buffer reader: %w", err)
 	}
 	rd.SetDeadline(time.Now().Add(readerPoll))
+	outer, inner, err := newRCUBarrier()
+	if err != nil {
+		rd.Close()
+		lt.Close()
+		return nil, err
+	}
 	return &Tracer{
-		log:         log,
-		lt:          lt,
-		reader:      rd,
-		maxTraced:   int(cfg.maxTraced),
-		noauditCaps: noauditCaps,
-		traced:      map[uint64]Settings{},
-		slots:       map[uint32][]uint64{},
+		log:        log,
+		lt:         lt,
+		reader:     rd,
+		maxTraced:  int(cfg.maxTraced),
+		rcuBarrier: outer,
+		rcuInner:   inner,
+		traced:     map[uint64]Settings{},
+		slots:      map[uint32][]uint64{},
+		stale:      map[uint64]struct{}{},
+		keys:       map[uint64]*keySet{},
 	}, nil
+}
+
+// newRCUBarrier creates the map-in-map whose update waits for an RCU grace
+// period (kernel/bpf/syscall.c: maybe_wait_bpf_programs, since Linux 4.14).
+func newRCUBarrier() (outer, inner *ebpf.Map, err error) {
+	innerSpec := &ebpf.MapSpec{Name: "captrace_rcu_in", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}
+	inner, err = ebpf.NewMap(innerSpec)
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating the ring barrier's inner map: %w", err)
+	}
+	outer, err = ebpf.NewMap(&ebpf.MapSpec{Name: "captrace_rcu", Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4, MaxEntries: 1, InnerMap: innerSpec})
+	if err != nil {
+		inner.Close()
+		return nil, nil, fmt.Errorf("creating the ring barrier's map: %w", err)
+	}
+	return outer, inner, nil
 }
 
 func orDefault(v, def int) int {
@@ -194,12 +233,13 @@ func (t *Tracer) Trace(cgroupID uint64, s Settings) error {
 	if t.closed {
 		return ErrClosed
 	}
+	t.retryStaleLocked()
 	// A new cgroup needs no forgetting: cgroup v2 IDs are not reused on
-	// 64-bit kernels (kernfs adds a generation in the high 32 bits), and
-	// Untrace forgot this ID's entries if it was traced before.
-	if _, known := t.traced[cgroupID]; !known && len(t.traced) >= t.maxTraced {
+	// 64-bit kernels (kernfs adds a generation in the high 32 bits).
+	if _, known := t.traced[cgroupID]; !known && len(t.traced)+len(t.stale) >= t.maxTraced {
 		return t.fullError(cgroupID)
 	}
+	t.filterOps.Add(1)
 	if err := t.lt.maps.Filter.Update(cgroupID, captraceSettings{Flags: settingsValue(s)}, ebpf.UpdateAny); err != nil {
 		if errors.Is(err, unix.E2BIG) {
 			return t.fullError(cgroupID)
@@ -236,6 +276,7 @@ func (t *Tracer) writeSlot(slot uint32) error {
 	default:
 		v = filterSlot{State: slotShared}
 	}
+	t.filterOps.Add(1)
 	if err := t.lt.maps.Slots.Update(slot, v, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("updating cgroup_filter_slots: %w", err)
 	}
@@ -255,13 +296,19 @@ func (t *Tracer) dropMember(slot uint32, cgroupID uint64) {
 	}
 }
 
-// Untrace removes cgroupID from the filter map and forgets its unique entries.
+// Untrace removes cgroupID from the filter map: two map updates (its slot,
+// its hash entry). Its unique entries stay until ForgetUnique; the kernel may
+// still be reporting a check it found the cgroup traced for until Barrier.
+//
+// A filter entry that cannot be deleted is kept as stale and deleted again at
+// every later Trace and Untrace until it is gone; the error says so.
 func (t *Tracer) Untrace(cgroupID uint64) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
 		return ErrClosed
 	}
+	t.retryStaleLocked()
 	if _, known := t.traced[cgroupID]; known {
 		// The slot forgets the cgroup before the hash does.
 		slot := uint32(cgroupID % filterSlots)
@@ -271,34 +318,115 @@ func (t *Tracer) Untrace(cgroupID uint64) error {
 			return fmt.Errorf("untracing cgroup %d: %w", cgroupID, err)
 		}
 	}
-	err := t.lt.maps.Filter.Delete(cgroupID)
-	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("untracing cgroup %d: %w", cgroupID, err)
-	}
 	delete(t.traced, cgroupID)
-	t.forget(cgroupID)
+	if err := t.deleteFilterEntry(cgroupID); err != nil {
+		t.stale[cgroupID] = struct{}{}
+		return fmt.Errorf("untracing cgroup %d (retried at the next change): %w", cgroupID, err)
+	}
 	return nil
 }
 
-// forget deletes cgroupID's unique entries: every (cap, verdict, audit) of
-// the caps the kernel knows (0..40), so no iteration over a map the kernel
-// keeps changing: 164 keys, 104 on tp_btf, whose non-walked caps are always
-// audited. Entries of a cap added after 40 would age out of the LRU.
-func (t *Tracer) forget(cgroupID uint64) {
-	for c := int32(0); c < int32(len(capNames)); c++ {
-		for v := uint8(0); v < 2; v++ {
-			for a := uint8(0); a < 2; a++ {
-				if a == 0 && t.noauditCaps&(1<<c) == 0 {
-					continue
-				}
-				t.lt.maps.Dedup.Delete(dedupKey{CgroupId: cgroupID, Cap: c, Capable: v, Audit: a})
-			}
+func (t *Tracer) deleteFilterEntry(cgroupID uint64) error {
+	t.filterOps.Add(1)
+	err := t.lt.maps.Filter.Delete(cgroupID)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	return nil
+}
+
+// retryStaleLocked deletes the filter entries a failed Untrace left behind.
+func (t *Tracer) retryStaleLocked() {
+	for id := range t.stale {
+		if _, traced := t.traced[id]; traced {
+			delete(t.stale, id) // traced again since: not stale
+			continue
+		}
+		if err := t.deleteFilterEntry(id); err == nil {
+			delete(t.stale, id)
+			t.log.WithField("cgroup_id", id).Info("stale filter entry deleted on retry")
 		}
 	}
 }
 
-// Read blocks until the next event and decodes it into ev. It returns ErrClosed after Close.
-// It is meant for one reading goroutine.
+// WaitPrograms returns once every run of the kernel program that started
+// before the call has finished, its check committed to the ring: after it,
+// a Wake (whose ErrFlushed Read returns after every record queued before the
+// Wake) covers every check of a cgroup untraced before WaitPrograms. It waits
+// for an RCU grace period (an update of a map-in-map: the kernel's
+// maybe_wait_bpf_programs), a few ms; safe on any goroutine while Read runs.
+func (t *Tracer) WaitPrograms() error {
+	if err := t.rcuBarrier.Update(uint32(0), t.rcuInner, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("waiting for running BPF programs (map-in-map update): %w", err)
+	}
+	return nil
+}
+
+// Barrier is WaitPrograms then Wake: Read then returns every check the
+// kernel reported for a cgroup before its Untrace returned, and ErrFlushed.
+func (t *Tracer) Barrier() error {
+	if err := t.WaitPrograms(); err != nil {
+		return err
+	}
+	return t.Wake()
+}
+
+// Wake makes Read return ErrFlushed once it has returned what the ring holds
+// now, without waiting for programs still running.
+func (t *Tracer) Wake() error {
+	if err := t.reader.Flush(); err != nil {
+		return fmt.Errorf("flushing the ring buffer reader: %w", err)
+	}
+	return nil
+}
+
+// ForgetUnique deletes the unique-mode keys the kernel reported for these
+// cgroups (untraced ones: after their Barrier), in one batch. Cgroups that
+// never used unique cost nothing. Keys the LRU evicted meanwhile are skipped.
+// It returns how many keys were deleted.
+func (t *Tracer) ForgetUnique(cgroupIDs ...uint64) (int, error) {
+	var keys []dedupKey
+	t.keysMu.Lock()
+	for _, id := range cgroupIDs {
+		if set := t.keys[id]; set != nil {
+			for bit := uint(0); bit < 256; bit++ {
+				if set[bit/64]&(1<<(bit%64)) != 0 {
+					keys = append(keys, dedupKey{CgroupId: id, Cap: int32(bit / 4), Capable: uint8(bit / 2 % 2), Audit: uint8(bit % 2)})
+				}
+			}
+			delete(t.keys, id)
+		}
+	}
+	t.keysMu.Unlock()
+	deleted := 0
+	for len(keys) > 0 {
+		n, err := t.lt.maps.Dedup.BatchDelete(keys, nil)
+		deleted += n
+		switch {
+		case err == nil:
+			return deleted, nil
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			keys = keys[n+1:] // evicted by the LRU: skip it
+		case errors.Is(err, ebpf.ErrNotSupported):
+			// Kernels before 5.6 have no batch operations.
+			for _, k := range keys {
+				if err := t.lt.maps.Dedup.Delete(k); err == nil {
+					deleted++
+				} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+					return deleted, fmt.Errorf("deleting unique keys: %w", err)
+				}
+			}
+			return deleted, nil
+		default:
+			return deleted, fmt.Errorf("deleting unique keys: %w", err)
+		}
+	}
+	return deleted, nil
+}
+
+// Read blocks until the next event and decodes it into ev. It returns
+// ErrFlushed after Barrier or Wake (once what was queued is read), and
+// ErrClosed after Close. It is meant for one reading goroutine.
 func (t *Tracer) Read(ev *Event) error {
 	for {
 		err := t.reader.ReadInto(&t.rec)
@@ -306,13 +434,18 @@ func (t *Tracer) Read(ev *Event) error {
 			if len(t.rec.RawSample) < eventSize {
 				return fmt.Errorf("ring record of %d bytes, want %d: the BPF object and the decoder disagree (rebuild with make generate)", len(t.rec.RawSample), eventSize)
 			}
-			decodeEvent(t.rec.RawSample, ev)
+			if decodeEvent(t.rec.RawSample, ev) {
+				t.noteKey(ev)
+			}
 			return nil
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			// The kernel wakes us only for a full batch: look again soon.
 			t.reader.SetDeadline(time.Now().Add(readerPoll))
 			continue
+		}
+		if errors.Is(err, ringbuf.ErrFlushed) {
+			return ErrFlushed
 		}
 		if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
 			return ErrClosed
@@ -321,10 +454,41 @@ func (t *Tracer) Read(ev *Event) error {
 	}
 }
 
+// keySet is a set of (cap, verdict, audit) of one cgroup: bit cap*4 +
+// capable*2 + audit.
+type keySet [4]uint64
+
+func keyBit(cap int32, capable, audit uint8) uint { return uint(cap)*4 + uint(capable)*2 + uint(audit) }
+
+// noteKey remembers the unique key a keyed event added, for ForgetUnique.
+// Caps above 63 (none today) are left to the LRU.
+func (t *Tracer) noteKey(ev *Event) {
+	if ev.Cap < 0 || ev.Cap > 63 {
+		return
+	}
+	bit := keyBit(int32(ev.Cap), boolByte(ev.Capable), boolByte(ev.Audit))
+	t.keysMu.Lock()
+	set := t.keys[ev.CgroupID]
+	if set == nil {
+		set = &keySet{}
+		t.keys[ev.CgroupID] = set
+	}
+	set[bit/64] |= 1 << (bit % 64)
+	t.keysMu.Unlock()
+}
+
+func boolByte(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // decodeEvent reads one ring record (at least eventSize bytes, from the
 // reader's 8-aligned buffer) through the generated struct cap_event, in the
-// host's byte order like the kernel wrote it.
-func decodeEvent(b []byte, ev *Event) {
+// host's byte order like the kernel wrote it. It reports whether the check
+// added a unique key.
+func decodeEvent(b []byte, ev *Event) (keyed bool) {
 	k := (*capEvent)(unsafe.Pointer(unsafe.SliceData(b)))
 	ev.CgroupID = k.CgroupId
 	ev.KtimeNs = k.KtimeNs
@@ -341,12 +505,13 @@ func decodeEvent(b []byte, ev *Event) {
 	for i, c := range k.Comm {
 		ev.Comm[i] = byte(c)
 	}
+	return k.Keyed != 0
 }
 
 // Stats reads the kernel's loss counters and the filter map size.
 func (t *Tracer) Stats() (Stats, error) {
 	t.mu.Lock()
-	st := Stats{Tier: t.lt.tier, Traced: len(t.traced)}
+	st := Stats{Tier: t.lt.tier, Traced: len(t.traced), StaleFilterEntries: len(t.stale)}
 	t.mu.Unlock()
 	var perCPU []uint64
 	sum := func(slot captraceLossSlot) (uint64, error) {
@@ -388,7 +553,7 @@ func (t *Tracer) Close() error {
 		t.mu.Lock()
 		defer t.mu.Unlock()
 		t.closed = true
-		err = errors.Join(t.reader.Close(), t.lt.Close())
+		err = errors.Join(t.reader.Close(), t.lt.Close(), t.rcuBarrier.Close(), t.rcuInner.Close())
 	})
 	return err
 }

@@ -138,9 +138,16 @@ func TestUnique(t *testing.T) {
 		t.Errorf("losses: %+v", st)
 	}
 
-	// Untrace forgets the cgroup's entries: tracing again reports again.
+	// ForgetUnique after Untrace forgets the cgroup's entries (the reader
+	// noted the two keyed events): tracing again reports again.
 	if err := tr.Untrace(cg.id); err != nil {
 		t.Fatal(err)
+	}
+	if n, err := tr.ForgetUnique(cg.id); err != nil || n < 2 {
+		t.Fatalf("ForgetUnique deleted %d keys (%v), want at least the 2 CAP_SYS_NICE ones", n, err)
+	}
+	if keys := dedupKeysOf(t, tr, cg.id); len(keys) != 0 {
+		t.Fatalf("after ForgetUnique, cap_dedup still holds %v", keys)
 	}
 	if err := tr.Trace(cg.id, Settings{Unique: true}); err != nil {
 		t.Fatal(err)
@@ -224,16 +231,20 @@ func TestUniqueKeepsAudit(t *testing.T) {
 		if err := tr.Untrace(cg.id); err != nil {
 			t.Fatal(err)
 		}
+		if _, err := tr.ForgetUnique(cg.id); err != nil {
+			t.Fatal(err)
+		}
 		if keys := dedupKeysOf(t, tr, cg.id); len(keys) != 0 {
-			t.Errorf("after Untrace, cap_dedup still holds %v", keys)
+			t.Errorf("after Untrace and ForgetUnique, cap_dedup still holds %v", keys)
 		}
 	}
 }
 
-// TestUntraceForgetsEveryKey: every unique key the kernel can write for a
-// cgroup (caps 0..40 × verdict × audit; on tp_btf audit=false only for the
-// walked caps) is gone after Untrace, other cgroups' keys stay.
-func TestUntraceForgetsEveryKey(t *testing.T) {
+// TestForgetUniqueDeletesReportedKeys: ForgetUnique deletes every key the
+// reader saw the kernel add for a cgroup (up to caps 0..40 × verdict × audit),
+// in batches that skip keys the LRU evicted, and leaves other cgroups' keys.
+// Untrace of a cgroup that never used unique touches no key.
+func TestForgetUniqueDeletesReportedKeys(t *testing.T) {
 	tr := openTracer(t, Options{})
 	const id, other = 1 << 41, 1<<41 + 1
 	if err := tr.Trace(id, Settings{Unique: true}); err != nil {
@@ -248,10 +259,14 @@ func TestUntraceForgetsEveryKey(t *testing.T) {
 	for c := int32(0); c < int32(len(capNames)); c++ {
 		for v := uint8(0); v < 2; v++ {
 			for a := uint8(0); a < 2; a++ {
-				if a == 0 && tr.Tier() == TierTpBTF && walkCapMask()&(1<<c) == 0 {
-					continue // audited by construction: the program writes no such key
+				k := dedupKey{CgroupId: id, Cap: c, Capable: v, Audit: a}
+				ev := Event{CgroupID: id, Cap: Capability(c), Capable: v == 1, Audit: a == 1}
+				tr.noteKey(&ev) // as Read does for a keyed event
+				tr.noteKey(&ev) // again, after an LRU eviction: still one key
+				if c%7 == 3 && v == 0 {
+					continue // reported, then evicted by the LRU
 				}
-				put(dedupKey{CgroupId: id, Cap: c, Capable: v, Audit: a})
+				put(k)
 				n++
 			}
 		}
@@ -260,16 +275,26 @@ func TestUntraceForgetsEveryKey(t *testing.T) {
 	if got := len(dedupKeysOf(t, tr, id)); got != n {
 		t.Fatalf("put %d keys, map holds %d", n, got)
 	}
-	start := time.Now()
 	if err := tr.Untrace(id); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%s: Untrace deleted %d unique keys in %v", tr.Tier(), n, time.Since(start))
+	if got := len(dedupKeysOf(t, tr, id)); got != n {
+		t.Fatalf("Untrace touched unique keys: %d left of %d", got, n)
+	}
+	start := time.Now()
+	deleted, err := tr.ForgetUnique(id, other+1)
+	if err != nil || deleted != n {
+		t.Fatalf("ForgetUnique deleted %d of %d keys: %v", deleted, n, err)
+	}
+	t.Logf("%s: ForgetUnique deleted %d unique keys in %v", tr.Tier(), n, time.Since(start))
 	if keys := dedupKeysOf(t, tr, id); len(keys) != 0 {
-		t.Errorf("after Untrace, cap_dedup still holds %v", keys)
+		t.Errorf("after ForgetUnique, cap_dedup still holds %v", keys)
 	}
 	if len(dedupKeysOf(t, tr, other)) != 1 {
-		t.Errorf("Untrace of %d deleted another cgroup's key", uint64(id))
+		t.Errorf("ForgetUnique of %d deleted another cgroup's key", uint64(id))
+	}
+	if n, err := tr.ForgetUnique(id); n != 0 || err != nil {
+		t.Errorf("second ForgetUnique: %d, %v", n, err)
 	}
 }
 
@@ -812,5 +837,107 @@ func loadedCaptracePrograms(t *testing.T) int {
 			n++
 		}
 		p.Close()
+	}
+}
+
+// TestBarrierOrdersUntrace: the checks a cgroup made before its Untrace are
+// all read before the ErrFlushed that follows Barrier, with no sleep.
+func TestBarrierOrdersUntrace(t *testing.T) {
+	tr := openTracer(t, Options{})
+	t.Cleanup(func() { tr.Close() })
+	cg := newCgroup(t)
+	c := startChild(t, cg)
+	c.do("drop") // every setpriority to -5 checks CAP_SYS_NICE, denied
+	for round := range 20 {
+		if err := tr.Trace(cg.id, Settings{}); err != nil {
+			t.Fatal(err)
+		}
+		c.do("nice 50")
+		if err := tr.Untrace(cg.id); err != nil {
+			t.Fatal(err)
+		}
+		if err := tr.Barrier(); err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for {
+			var ev Event
+			err := tr.Read(&ev)
+			if errors.Is(err, ErrFlushed) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ev.CgroupID == cg.id && ev.Cap == capSysNice {
+				got++
+			}
+		}
+		if got != 50 {
+			t.Fatalf("round %d: %d of 50 checks read before the barrier's ErrFlushed", round, got)
+		}
+	}
+}
+
+// TestUntraceMapOps: untracing a cgroup costs the handler at most three map
+// operations (its slot and its hash entry), unique or not; a cgroup sharing
+// its slot with another costs the same.
+func TestUntraceMapOps(t *testing.T) {
+	tr := openTracer(t, Options{})
+	t.Cleanup(func() { tr.Close() })
+	const id = 1 << 42
+	for _, s := range []Settings{{}, {Unique: true}, {AuditOnly: true}} {
+		for _, shared := range []bool{false, true} {
+			if shared {
+				if err := tr.Trace(id+filterSlots, s); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := tr.Trace(id, s); err != nil {
+				t.Fatal(err)
+			}
+			before := tr.filterOps.Load()
+			if err := tr.Untrace(id); err != nil {
+				t.Fatal(err)
+			}
+			if n := tr.filterOps.Load() - before; n > 3 {
+				t.Errorf("settings %+v, shared slot %v: Untrace made %d map operations, want <= 3", s, shared, n)
+			}
+			if shared {
+				if err := tr.Untrace(id + filterSlots); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+}
+
+// TestStaleFilterEntryRetried: a filter entry whose delete failed (simulated:
+// left in the kernel map and marked stale) counts against MaxTracedCgroups
+// and is deleted at the next Trace or Untrace, so the limit does not shrink.
+func TestStaleFilterEntryRetried(t *testing.T) {
+	tr := openTracer(t, Options{MaxTracedCgroups: 2})
+	t.Cleanup(func() { tr.Close() })
+	const stale, a, b = 1 << 43, 1<<43 + 1, 1<<43 + 2
+	if err := tr.lt.maps.Filter.Update(uint64(stale), captraceSettings{}, ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+	tr.mu.Lock()
+	tr.stale[stale] = struct{}{}
+	tr.mu.Unlock()
+	if st, _ := tr.Stats(); st.StaleFilterEntries != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	for _, id := range []uint64{a, b} { // both fit: the retry freed the stale entry
+		if err := tr.Trace(id, Settings{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var s captraceSettings
+	if err := tr.lt.maps.Filter.Lookup(uint64(stale), &s); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("stale entry still in the filter map: %v", err)
+	}
+	if st, _ := tr.Stats(); st.StaleFilterEntries != 0 || st.Traced != 2 {
+		t.Errorf("stats %+v", st)
 	}
 }

@@ -8,11 +8,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/BurntSushi/toml"
 	"github.com/captrace/captrace/config"
+	"github.com/captrace/captrace/internal/privilege"
 	"github.com/captrace/captrace/internal/privtest"
 )
 
@@ -59,13 +61,14 @@ func TestUnit(t *testing.T) {
 	}
 }
 
-// systemd-analyze verify knows every directive of the installed systemd
-// version: a misspelt one is reported (and would be ignored by systemd).
-func TestUnitVerifies(t *testing.T) {
+// analyzableUnit writes a copy of the unit for systemd-analyze, whose
+// ExecStart must exist: any existing executable stands in for the binary.
+func analyzableUnit(t *testing.T) string {
+	t.Helper()
 	if _, err := exec.LookPath("systemd-analyze"); err != nil {
 		privtest.Lacks(t, "systemd-analyze (apt-get install systemd)")
 	}
-	exe, err := os.Executable() // any existing executable stands in for the binary
+	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,10 +77,72 @@ func TestUnitVerifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "captrace.service")
-	os.WriteFile(path, []byte(strings.ReplaceAll(string(unit), "/usr/local/bin/captrace", exe)), 0o644)
+	if err := os.WriteFile(path, []byte(strings.ReplaceAll(string(unit), "/usr/local/bin/captrace", exe)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// systemd-analyze verify knows every directive of the installed systemd
+// version: a misspelt one is reported (and would be ignored by systemd).
+func TestUnitVerifies(t *testing.T) {
+	path := analyzableUnit(t)
 	out, err := exec.Command("systemd-analyze", "verify", path).CombinedOutput()
 	if err != nil || strings.Contains(string(out), "captrace.service") {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// The unit confines captrace to internal/privilege's capability set, the
+// one the e2e suite runs the daemon with.
+func TestUnitCapabilities(t *testing.T) {
+	s := unitSettings(t, "captrace.service")
+	want := strings.Join(privilege.Names(), " ")
+	for _, key := range []string{"CapabilityBoundingSet", "AmbientCapabilities"} {
+		if s[key] != want {
+			t.Errorf("captrace.service %s=%q, want %q (internal/privilege)", key, s[key], want)
+		}
+	}
+	for key, value := range map[string]string{
+		"LimitMEMLOCK": "infinity", "NoNewPrivileges": "yes", "RestrictAddressFamilies": "AF_UNIX",
+		"RestrictNamespaces": "yes", "LockPersonality": "yes", "MemoryDenyWriteExecute": "yes",
+		"SystemCallArchitectures": "native", "PrivateTmp": "yes", "UMask": "0027",
+		"ProtectKernelModules": "yes", "ProtectKernelLogs": "yes", "ProtectClock": "yes", "ProtectHostname": "yes",
+		"ProtectControlGroups": "yes",
+	} {
+		if s[key] != value {
+			t.Errorf("captrace.service %s=%q, want %q", key, s[key], value)
+		}
+	}
+	// It would hide /proc/kallsyms, which CAP_SYSLOG is there to read.
+	if _, ok := s["ProtectKernelTunables"]; ok {
+		t.Error("captrace.service sets ProtectKernelTunables=, which makes /proc/kallsyms inaccessible")
+	}
+}
+
+// maxExposure is the highest `systemd-analyze security` exposure the unit may
+// have (it was 9.1 "UNSAFE" before the unit was confined).
+const maxExposure = 3.0
+
+func TestUnitExposure(t *testing.T) {
+	path := analyzableUnit(t)
+	out, err := exec.Command("systemd-analyze", "security", "--offline=true", "--no-pager", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("systemd-analyze security --offline: %v\n%s", err, out)
+	}
+	const marker = "Overall exposure level for captrace.service: "
+	i := strings.Index(string(out), marker)
+	if i < 0 {
+		t.Fatalf("no exposure level in:\n%s", out)
+	}
+	fields := strings.Fields(string(out[i+len(marker):]))
+	exposure, err := strconv.ParseFloat(fields[0], 64)
+	if err != nil {
+		t.Fatalf("exposure %q: %v", fields[0], err)
+	}
+	t.Logf("systemd-analyze security exposure %.1f %s", exposure, fields[1])
+	if exposure > maxExposure {
+		t.Errorf("exposure %.1f > %.1f:\n%s", exposure, maxExposure, out)
 	}
 }
 

@@ -3,6 +3,10 @@ package plugin
 import (
 	"context"
 	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"unicode/utf8"
 
 	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/containerd/nri/pkg/api"
@@ -10,8 +14,8 @@ import (
 )
 
 // handler is what the NRI stub calls. The stub subscribes the plugin to the
-// events whose methods it has: Synchronize, StartContainer, StopContainer and
-// RemoveContainer, nothing else.
+// events whose methods it has: Synchronize, StartContainer, StopContainer,
+// RemoveContainer and RemovePodSandbox, nothing else.
 //
 // Every event holds containerd's runtime-wide lock, so each method does O(1)
 // work: a map lookup or two, at most one read of /proc/PID/cgroup and one
@@ -43,21 +47,22 @@ func (h *handler) Synchronize(_ context.Context, pods []*api.PodSandbox, ctrs []
 		}
 	}
 	removed, err := p.reg.Reconcile(traced)
-	if err != nil {
-		p.traceFailed.Add(uint64(countJoined(err)))
-		p.log.WithError(err).Error("some opted-in containers could not be traced after synchronizing with containerd")
-	}
-	for _, c := range removed {
-		p.changes.removed(c)
-	}
+	refused := 0
 	for _, c := range traced {
-		// Also the ones traced before: OnTrace must be idempotent (the
-		// advisor's Start is). Those the filter refused are not traced.
-		if got, ok := p.reg.Get(c.ID); ok {
-			p.changes.traced(got)
+		// Those the filter refused are not traced; the registry told its
+		// listeners of the others (cgmap.Listener).
+		if _, ok := p.reg.Get(c.ID); !ok && p.failures.first(c.ID) {
+			refused++
 		}
 	}
+	if err != nil {
+		// Counted once per container: the same refusal at the next
+		// Synchronize (every reconnection) is not a new loss.
+		p.traceFailed.Add(uint64(refused))
+		p.log.WithError(err).Error("some opted-in containers could not be traced after synchronizing with containerd")
+	}
 	p.pruneWarned(pods)
+	p.failures.keepOnly(ctrs)
 	p.connects.Add(1)
 	p.connected.Store(true)
 	p.log.WithFields(logrus.Fields{"pods": len(pods), "containers": len(ctrs), "traced": p.reg.Len(), "dropped": len(removed)}).
@@ -75,11 +80,11 @@ func (h *handler) StartContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 		return nil
 	}
 	if err := p.reg.Add(c); err != nil {
-		p.traceFailed.Add(1)
+		if p.failures.first(c.ID) {
+			p.traceFailed.Add(1)
+		}
 		p.containerLog(pod, ctr).WithError(err).Error("container opts in to tracing but could not be traced")
-		return nil
 	}
-	p.changes.traced(c)
 	return nil
 }
 
@@ -102,10 +107,20 @@ func (h *handler) RemoveContainer(_ context.Context, _ *api.PodSandbox, ctr *api
 	return nil
 }
 
+// RemovePodSandbox forgets the warnings given about the pod: nothing of a
+// pod that went away is kept (Synchronize prunes those whose removal
+// captrace missed).
+func (h *handler) RemovePodSandbox(_ context.Context, pod *api.PodSandbox) error {
+	h.p.warnedMu.Lock()
+	delete(h.p.warned, pod.GetUid())
+	h.p.warnedMu.Unlock()
+	return nil
+}
+
+// forget untraces a container; the registry tells its listeners.
 func (p *Plugin) forget(ctr *api.Container) {
-	if c, ok := p.reg.Remove(ctr.GetId()); ok {
-		p.changes.removed(c)
-	}
+	p.failures.forget(ctr.GetId())
+	p.reg.Remove(ctr.GetId())
 }
 
 // admit applies the policy and resolves the cgroup of a container that opts
@@ -121,7 +136,9 @@ func (p *Plugin) admit(pod *api.PodSandbox, ctr *api.Container, preferPID bool) 
 	}
 	id, tried, err := p.resolveCgroup(ctr, preferPID)
 	if err != nil {
-		p.cgroupMisses.Add(1)
+		if p.failures.first(ctr.GetId()) {
+			p.cgroupMisses.Add(1)
+		}
 		p.containerLog(pod, ctr).WithError(err).WithFields(logrus.Fields{
 			"tried": tried, "pid": ctr.GetPid(), "cgroups_path": ctr.GetLinux().GetCgroupsPath(),
 		}).Error("container opts in to tracing but its cgroup v2 directory was not found; not traced")
@@ -179,29 +196,59 @@ func (p *Plugin) resolveCgroup(ctr *api.Container, preferPID bool) (uint64, []st
 	return 0, tried, errors.Join(errs...)
 }
 
-// warnOnce logs a pod's policy problem the first time it is seen.
+// warnOnce logs a pod's policy problem the first time it is seen. The
+// annotation value comes from the pod's author: only a short prefix and its
+// length are kept and logged (boundedValue).
 func (p *Plugin) warnOnce(pod *api.PodSandbox, d decision) {
-	k := warnKey{podUID: pod.GetUid(), key: d.key, value: d.value, problem: d.problem}
+	k := warnKey{key: d.key, problem: d.problem}
+	if d.key != "" {
+		k.value = boundedValue(d.value)
+	}
+	uid := pod.GetUid()
 	p.warnedMu.Lock()
-	_, seen := p.warned[k]
+	_, seen := p.warned[uid][k]
 	if !seen {
-		// Bound the memory: a node never holds this many pods at once,
-		// and the next Synchronize prunes to the live ones anyway.
-		if len(p.warned) >= 65536 {
+		// Bound the memory: a node never holds this many pods at once, and
+		// RemovePodSandbox and Synchronize forget the pods that went away.
+		if len(p.warned) >= maxWarnedPods {
 			clear(p.warned)
 		}
-		p.warned[k] = struct{}{}
+		if p.warned[uid] == nil {
+			p.warned[strings.Clone(uid)] = make(map[warnKey]struct{}, 1)
+		}
+		p.warned[uid][k] = struct{}{}
 	}
 	p.warnedMu.Unlock()
 	if seen {
 		return
 	}
 	p.policyWarnings.Add(1)
-	l := p.log.WithFields(logrus.Fields{"namespace": pod.GetNamespace(), "pod": pod.GetName(), "pod_uid": pod.GetUid()})
+	l := p.log.WithFields(logrus.Fields{"namespace": boundedValue(pod.GetNamespace()), "pod": boundedValue(pod.GetName()), "pod_uid": boundedValue(uid)})
 	if d.key != "" {
-		l = l.WithFields(logrus.Fields{"annotation": d.key, "value": d.value})
+		l = l.WithFields(logrus.Fields{"annotation": d.key, "value": k.value})
 	}
 	l.Warn(d.problem)
+}
+
+// maxWarnedPods bounds the pods whose warnings are remembered.
+const maxWarnedPods = 65536
+
+// maxValueBytes is how much of an untrusted value (an annotation value) is
+// kept and logged.
+const maxValueBytes = 64
+
+// boundedValue returns v if it is short, else its first maxValueBytes bytes
+// (cut at a character boundary) and its length. The result never shares
+// memory with v, so keeping it does not keep a 256 KiB annotation alive.
+func boundedValue(v string) string {
+	if len(v) <= maxValueBytes {
+		return strings.Clone(v)
+	}
+	cut := maxValueBytes
+	for cut > 0 && !utf8.RuneStart(v[cut]) {
+		cut--
+	}
+	return v[:cut] + "... (" + strconv.Itoa(len(v)) + " bytes)"
 }
 
 func (p *Plugin) pruneWarned(pods []*api.PodSandbox) {
@@ -211,9 +258,55 @@ func (p *Plugin) pruneWarned(pods []*api.PodSandbox) {
 	}
 	p.warnedMu.Lock()
 	defer p.warnedMu.Unlock()
-	for k := range p.warned {
-		if _, ok := live[k.podUID]; !ok {
-			delete(p.warned, k)
+	for uid := range p.warned {
+		if _, ok := live[uid]; !ok {
+			delete(p.warned, uid)
+		}
+	}
+}
+
+// failureSet remembers the containers already counted as a cgroup miss or
+// a refused trace, so that each is counted once, not again at every
+// Synchronize. It holds only live containers: StopContainer,
+// RemoveContainer and Synchronize forget the others.
+type failureSet struct {
+	mu  sync.Mutex
+	ids map[string]struct{}
+}
+
+// first reports whether id was not counted yet, and marks it.
+func (f *failureSet) first(id string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.ids[id]; ok {
+		return false
+	}
+	if f.ids == nil {
+		f.ids = make(map[string]struct{})
+	}
+	f.ids[strings.Clone(id)] = struct{}{}
+	return true
+}
+
+func (f *failureSet) forget(id string) {
+	f.mu.Lock()
+	delete(f.ids, id)
+	f.mu.Unlock()
+}
+
+func (f *failureSet) keepOnly(ctrs []*api.Container) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.ids) == 0 {
+		return
+	}
+	live := make(map[string]struct{}, len(ctrs))
+	for _, c := range ctrs {
+		live[c.GetId()] = struct{}{}
+	}
+	for id := range f.ids {
+		if _, ok := live[id]; !ok {
+			delete(f.ids, id)
 		}
 	}
 }
@@ -222,12 +315,4 @@ func (p *Plugin) containerLog(pod *api.PodSandbox, ctr *api.Container) logrus.Fi
 	return p.log.WithFields(logrus.Fields{
 		"namespace": pod.GetNamespace(), "pod": pod.GetName(), "container": ctr.GetName(), "container_id": ctr.GetId(),
 	})
-}
-
-// countJoined counts the errors in an errors.Join.
-func countJoined(err error) int {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		return len(j.Unwrap())
-	}
-	return 1
 }

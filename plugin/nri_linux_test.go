@@ -274,6 +274,20 @@ func (r *fakeRuntime) removeContainer(pod *api.PodSandbox, ctr *api.Container) {
 	})
 }
 
+// removePod stops and removes the pod sandbox, as containerd does.
+func (r *fakeRuntime) removePod(pod *api.PodSandbox) {
+	r.t.Helper()
+	r.do(func(ctx context.Context) error {
+		r.mu.Lock()
+		delete(r.pods, pod.Id)
+		r.mu.Unlock()
+		if err := r.a.StopPodSandbox(ctx, &adaptation.StopPodSandboxRequest{Pod: pod}); err != nil {
+			return err
+		}
+		return r.a.RemovePodSandbox(ctx, &adaptation.RemovePodSandboxRequest{Pod: pod})
+	})
+}
+
 // setState changes what the runtime holds without telling any plugin, as
 // happens while the plugin is away.
 func (r *fakeRuntime) setState(f func(pods map[string]*api.PodSandbox, ctrs map[string]*api.Container)) {
@@ -298,6 +312,12 @@ func startPlugin(t testing.TB, socket string, reg *cgmap.Registry, policy Policy
 	if testing.Verbose() {
 		log.SetLevel(logrus.InfoLevel)
 	}
+	return startPluginLog(t, socket, reg, policy, log)
+}
+
+// startPluginLog is startPlugin logging to log.
+func startPluginLog(t testing.TB, socket string, reg *cgmap.Registry, policy Policy, log logrus.FieldLogger) *runningPlugin {
+	t.Helper()
 	rp := &runningPlugin{done: make(chan error, 1), removed: make(chan cgmap.Container, 4096), traced: make(chan cgmap.Container, 4096)}
 	p, err := New(reg, Options{
 		SocketPath: socket, PluginIndex: "10", Policy: policy, Log: log,
@@ -687,4 +707,46 @@ func pluginGoroutines() string {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return strings.Join(left, "\n\n")
+}
+
+// A container started in a cgroup another traced container holds takes it
+// over; the previous owner's tracing ends with it: OnRemove is called for it
+// now, so its summary is written, not kept until shutdown (issue 11, defect 3).
+func TestNRICgroupTakeoverRemovesPreviousOwner(t *testing.T) {
+	cg := newCgroupTree(t)
+	socket := filepath.Join(t.TempDir(), "nri.sock")
+	rt := newFakeRuntime(t, socket)
+	filter := newFakeFilter()
+	reg := cgmap.NewRegistry(filter, logrus.New())
+	pl := startPlugin(t, socket, reg, Policy{})
+	pl.waitConnects(t, 1)
+
+	pod := testPod("web", "team-a", enabled())
+	rt.runPod(pod)
+	a := cg.cgroupfsContainer(pod, "a")
+	rt.startContainer(pod, a.ctr)
+	b := &api.Container{Id: "b-takes-over-a-cgroup", PodSandboxId: pod.Id, Name: "b", Pid: a.ctr.Pid,
+		Linux: &api.LinuxContainer{CgroupsPath: a.ctr.Linux.CgroupsPath}}
+	rt.startContainer(pod, b)
+
+	for _, want := range []string{a.ctr.Id, b.Id} {
+		if got := <-pl.traced; got.ID != want || got.CgroupID != a.id {
+			t.Fatalf("OnTrace got %+v, want %s in cgroup %d", got, want, a.id)
+		}
+	}
+	select {
+	case got := <-pl.removed:
+		if got.ID != a.ctr.Id {
+			t.Fatalf("OnRemove got %+v, want the previous owner %s", got, a.ctr.Id)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the previous owner of the cgroup was never removed")
+	}
+	rt.removeContainer(pod, b)
+	if got := <-pl.removed; got.ID != b.Id {
+		t.Fatalf("OnRemove got %+v, want %s", got, b.Id)
+	}
+	if got := filter.ids(); len(got) != 0 {
+		t.Fatalf("filter still holds %v", got)
+	}
 }

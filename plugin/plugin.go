@@ -48,22 +48,33 @@ type Options struct {
 	PluginIndex string // default "10"
 	Policy      Policy
 	Log         logrus.FieldLogger
-	// OnRemove, if set, is called (outside containerd's critical path as far as
-	// possible) with each container that stops being traced.
+	// OnRemove, if set, is called (outside containerd's critical path) with
+	// each container that stops being traced, whatever the reason
+	// (cgmap.Listener's Untraced): exactly once for every container OnTrace
+	// was called with.
 	//
 	// Calls come one at a time from a goroutine of Run, in order, after the
 	// handler that removed the container has returned; none is dropped. On
 	// return Run waits for the calls still queued, so OnRemove must not block
-	// forever.
+	// forever. (The daemon's event pipeline listens to the registry itself.)
 	OnRemove func(cgmap.Container)
 	// OnTrace, if set, is called like OnRemove with each container that
-	// starts being traced (StartContainer, or found running at Synchronize),
-	// before any OnRemove of the same container.
+	// starts being traced or changes settings or cgroup (StartContainer, or
+	// found running at Synchronize), before its OnRemove.
 	OnTrace func(cgmap.Container)
 	// Resolver, if set, replaces the resolver of the host's cgroup2 mount
 	// (cgmap.NewResolver).
 	Resolver Resolver
+	// RegistrationWatchdog is how long a connection may go without
+	// containerd's Synchronize before it is abandoned and dialled again;
+	// default DefaultRegistrationWatchdog.
+	RegistrationWatchdog time.Duration
 }
+
+// DefaultRegistrationWatchdog is the registration timeout of nri's stub
+// (the time containerd allows a plugin to register by default) plus a
+// margin for Configure and Synchronize to arrive on a loaded node.
+const DefaultRegistrationWatchdog = stub.DefaultRegistrationTimeout + 2*time.Second
 
 // Stats are the plugin's counters since New. Every opted-in container that
 // is not traced is counted in one of them.
@@ -74,10 +85,15 @@ type Stats struct {
 	Connected bool
 	// Connects counts registrations with containerd: 1, plus one per reconnection.
 	Connects uint64
-	// CgroupMisses counts opted-in containers whose cgroup was not found.
+	// CgroupMisses counts opted-in containers whose cgroup was not found or
+	// was refused (the root or a non-container cgroup), each once.
 	CgroupMisses uint64
-	// TraceFailed counts opted-in containers the filter map refused (full, or an update error).
+	// TraceFailed counts opted-in containers the filter map refused (full,
+	// or an update error), each once however often Synchronize retries it.
 	TraceFailed uint64
+	// AbandonedStubs counts connections given up because containerd sent
+	// no Synchronize after the registration (see Options.RegistrationWatchdog).
+	AbandonedStubs uint64
 	// PolicyWarnings counts pods not traced because of a bad annotation value or a
 	// namespace the config keeps out (one per pod and problem).
 	PolicyWarnings uint64
@@ -97,17 +113,23 @@ type Plugin struct {
 	cgroupMisses   atomic.Uint64
 	traceFailed    atomic.Uint64
 	policyWarnings atomic.Uint64
+	abandonedStubs atomic.Uint64
+	watchdog       time.Duration
 
-	// warned holds pod UID + problem for the pods already warned about, so a
-	// pod with a bad annotation is named once, not at every container and
-	// every Synchronize. Pruned at each Synchronize to the live pods.
+	// warned holds, per pod UID, the problems the pod was already warned
+	// about, so a pod with a bad annotation is named once, not at every
+	// container and every Synchronize. A pod is forgotten at its
+	// RemovePodSandbox, and Synchronize prunes to the live pods.
 	warnedMu sync.Mutex
-	warned   map[warnKey]struct{}
+	warned   map[string]map[warnKey]struct{}
+	// failures are the containers counted in cgroupMisses or traceFailed.
+	failures failureSet
 
 	changes notifier
 }
 
-type warnKey struct{ podUID, key, value, problem string }
+// warnKey is one problem of a pod; value is bounded (boundedValue).
+type warnKey struct{ key, value, problem string }
 
 // New returns a plugin that maintains reg.
 func New(reg *cgmap.Registry, opts Options) (*Plugin, error) {
@@ -126,14 +148,21 @@ func New(reg *cgmap.Registry, opts Options) (*Plugin, error) {
 	if opts.Log == nil {
 		opts.Log = logrus.StandardLogger()
 	}
+	if opts.RegistrationWatchdog <= 0 {
+		opts.RegistrationWatchdog = DefaultRegistrationWatchdog
+	}
 	p := &Plugin{
-		reg:     reg,
-		opts:    opts,
-		log:     opts.Log.WithField("component", "nri"),
-		resolve: opts.Resolver,
-		warned:  make(map[warnKey]struct{}),
+		reg:      reg,
+		opts:     opts,
+		log:      opts.Log.WithField("component", "nri"),
+		resolve:  opts.Resolver,
+		watchdog: opts.RegistrationWatchdog,
+		warned:   make(map[string]map[warnKey]struct{}),
 	}
 	p.changes.onTrace, p.changes.onRemove = opts.OnTrace, opts.OnRemove
+	if opts.OnTrace != nil || opts.OnRemove != nil {
+		reg.Listen(&p.changes)
+	}
 	p.handler = &handler{p: p}
 	if p.resolve == nil {
 		r, err := cgmap.NewResolver()
@@ -159,6 +188,7 @@ func (p *Plugin) Stats() Stats {
 		CgroupMisses:   p.cgroupMisses.Load(),
 		TraceFailed:    p.traceFailed.Load(),
 		PolicyWarnings: p.policyWarnings.Load(),
+		AbandonedStubs: p.abandonedStubs.Load(),
 	}
 }
 
@@ -208,7 +238,7 @@ func (p *Plugin) Run(ctx context.Context) error {
 			return err
 		}
 		connectsBefore := p.connects.Load()
-		err = s.Run(ctx)
+		err = p.runStub(ctx, s, connectsBefore)
 		p.connected.Store(false)
 		if ctx.Err() != nil {
 			p.log.Info("NRI plugin stopped")
@@ -239,11 +269,54 @@ func (p *Plugin) Run(ctx context.Context) error {
 	}
 }
 
+// errRegistrationStalled is why a stub was abandoned by the watchdog.
+var errRegistrationStalled = errors.New("containerd accepted the registration but sent no Synchronize in time " +
+	"(the connection was lost between RegisterPlugin and Configure; nri's stub waits for Configure without a timeout)")
+
+// runStub runs one stub until it returns, with a watchdog: nri's stub.Start
+// waits for containerd's Configure with no timeout while holding its lock, so
+// a connection that drops between RegisterPlugin and Configure would hang Run
+// for good (containerd/nri PR #298 is still open) and every later pod would
+// go untraced. If no Synchronize arrives within p.watchdog, the stub is
+// abandoned (its goroutine stays blocked; counted in Stats.AbandonedStubs)
+// and Run dials again.
+func (p *Plugin) runStub(ctx context.Context, s stub.Stub, connectsBefore uint64) error {
+	stubCtx, cancel := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- s.Run(stubCtx) }()
+	watchdog := time.NewTimer(p.watchdog)
+	defer watchdog.Stop()
+	select {
+	case err := <-ran:
+		cancel()
+		return err
+	case <-watchdog.C:
+	case <-ctx.Done():
+	}
+	if p.connects.Load() != connectsBefore {
+		// Synchronized: the stub serves events and returns when the
+		// connection or ctx ends.
+		err := <-ran
+		cancel()
+		return err
+	}
+	cancel()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	n := p.abandonedStubs.Add(1)
+	p.log.WithFields(logrus.Fields{"socket": p.opts.SocketPath, "waited": p.watchdog, "abandoned_stubs": n}).
+		Warn("NRI registration stalled: no Synchronize from containerd; abandoning this connection and dialling again")
+	return errRegistrationStalled
+}
+
 // connectHint says what to do about a failed connection.
 func connectHint(err error, socket string) string {
 	switch {
 	case errors.Is(err, syscall.ENOENT):
 		return fmt.Sprintf("%s does not exist: NRI is disabled in containerd or uses another socket. ", socket) + EnableNRIHint(socket)
+	case errors.Is(err, errRegistrationStalled):
+		return "containerd dropped the connection during registration; dialling again"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "nothing listens on the socket: containerd is not running or is restarting"
 	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
@@ -283,8 +356,9 @@ type change struct {
 
 func (n *notifier) init() { n.once.Do(func() { n.wake = make(chan struct{}, 1) }) }
 
-func (n *notifier) traced(c cgmap.Container)  { n.push(change{c: c, traced: true}, n.onTrace) }
-func (n *notifier) removed(c cgmap.Container) { n.push(change{c: c}, n.onRemove) }
+// Traced and Untraced make the notifier a cgmap.Listener: they only queue.
+func (n *notifier) Traced(c cgmap.Container)   { n.push(change{c: c, traced: true}, n.onTrace) }
+func (n *notifier) Untraced(c cgmap.Container) { n.push(change{c: c}, n.onRemove) }
 
 func (n *notifier) push(ch change, fn func(cgmap.Container)) {
 	if fn == nil {

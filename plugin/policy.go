@@ -46,14 +46,20 @@ func (p *Policy) decide(pod *api.PodSandbox, ctr *api.Container) decision {
 		return decision{}
 	}
 	enabled, valid := parseBool(v)
+	// The namespace lists come first: a pod of a namespace the config keeps
+	// out is never traced, and its author cannot make captrace log or keep
+	// anything about its annotation values.
+	if !p.namespaceAllowed(pod.GetNamespace()) {
+		if enabled {
+			return decision{problem: "pod opts in to tracing, but the config does not allow its namespace (trace.allow_namespaces / trace.deny_namespaces); not traced"}
+		}
+		return decision{}
+	}
 	if !valid {
 		return badValue(AnnotationEnabled, v)
 	}
 	if !enabled {
 		return decision{}
-	}
-	if !p.namespaceAllowed(pod.GetNamespace()) {
-		return decision{problem: "pod opts in to tracing, but the config does not allow its namespace (trace.allow_namespaces / trace.deny_namespaces); not traced"}
 	}
 	d := decision{trace: true, settings: p.Defaults}
 	if v, ok := ann[AnnotationAuditOnly]; ok {

@@ -3,8 +3,10 @@ package plugin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/captrace/captrace/bpf"
 	"github.com/captrace/captrace/pkg/cgmap"
@@ -116,6 +118,7 @@ func TestPolicyNamespaces(t *testing.T) {
 		ns           string
 		trace, warn  bool
 		notAnnotated bool
+		value        string
 	}{
 		{name: "no lists", ns: "team-a", trace: true},
 		{name: "allowed", allow: []string{"team-a", "team-b"}, ns: "team-b", trace: true},
@@ -124,10 +127,16 @@ func TestPolicyNamespaces(t *testing.T) {
 		{name: "deny wins over allow", allow: []string{"kube-system"}, deny: []string{"kube-system"}, ns: "kube-system", warn: true},
 		{name: "deny list only", deny: []string{"kube-system"}, ns: "team-a", trace: true},
 		{name: "denied but not opted in: silent", deny: []string{"kube-system"}, ns: "kube-system", notAnnotated: true},
+		// A pod of a namespace kept out cannot make captrace log its values.
+		{name: "denied with a bad value: silent", deny: []string{"kube-system"}, ns: "kube-system", value: "yes"},
+		{name: "allowed with a bad value: warned", deny: []string{"kube-system"}, ns: "team-a", value: "yes", warn: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := Policy{AllowNamespaces: tc.allow, DenyNamespaces: tc.deny}
 			ann := map[string]string{AnnotationEnabled: "true"}
+			if tc.value != "" {
+				ann[AnnotationEnabled] = tc.value
+			}
 			if tc.notAnnotated {
 				ann = nil
 			}
@@ -271,5 +280,104 @@ func TestHandlerTraceFailed(t *testing.T) {
 	}
 	if s := p.Stats(); s.TraceFailed != 2 || s.Traced != 0 || s.CgroupMisses != 0 {
 		t.Fatalf("stats %+v", s)
+	}
+}
+
+// A pod author controls annotation values: the warning keeps and logs a short
+// prefix and the length, never the value (defect: 200 pods with 256 KiB
+// values held 52 MB and logged 256 KiB lines), and a removed pod is forgotten.
+func TestHandlerBoundsAnnotationValues(t *testing.T) {
+	log, hook := test.NewNullLogger()
+	reg := cgmap.NewRegistry(nopFilter{}, log)
+	p, err := New(reg, Options{Log: log, Resolver: fakeResolver{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	huge := strings.Repeat("é", 128<<10) // 256 KiB, two bytes a character
+	for i := 0; i < 50; i++ {
+		pd := pod("ns", map[string]string{AnnotationEnabled: huge, AnnotationUnique: huge})
+		pd.Uid = fmt.Sprintf("uid-%d", i)
+		c := ctr("app")
+		c.Pid = 1
+		if err := p.handler.StartContainer(context.Background(), pd, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries := hook.AllEntries()
+	if len(entries) != 50 {
+		t.Fatalf("%d log entries, want 50 warnings", len(entries))
+	}
+	for _, e := range entries {
+		line, err := e.String()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(line) > 1024 {
+			t.Fatalf("a warning of %d bytes: %.200s...", len(line), line)
+		}
+		v := e.Data["value"].(string)
+		if !strings.HasPrefix(v, "éé") || !strings.HasSuffix(v, "... (262144 bytes)") || !utf8.ValidString(v) {
+			t.Fatalf("value logged as %q, want a valid prefix and the length", v)
+		}
+	}
+	kept := 0
+	for uid, problems := range p.warned {
+		kept += len(uid)
+		for k := range problems {
+			kept += len(k.key) + len(k.value)
+		}
+	}
+	if kept > 50*200 {
+		t.Fatalf("the warnings keep %d bytes of pod input for 50 pods", kept)
+	}
+	for i := 0; i < 50; i++ {
+		pd := pod("ns", nil)
+		pd.Uid = fmt.Sprintf("uid-%d", i)
+		if err := p.handler.RemovePodSandbox(context.Background(), pd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(p.warned) != 0 {
+		t.Fatalf("%d removed pods still remembered", len(p.warned))
+	}
+}
+
+// A container the filter refuses, or whose cgroup is missing, is counted
+// once, not again at every Synchronize (each reconnection sends one).
+func TestHandlerCountsFailuresOncePerContainer(t *testing.T) {
+	log, _ := test.NewNullLogger()
+	reg := cgmap.NewRegistry(fullFilter{}, log)
+	p, err := New(reg, Options{Log: log, Resolver: fakeResolver{paths: map[string]uint64{"/a": 71}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pd := pod("ns", map[string]string{AnnotationEnabled: "true"})
+	refused := ctr("refused")
+	refused.PodSandboxId = pd.Id
+	refused.Linux = &api.LinuxContainer{CgroupsPath: "/a"}
+	missing := ctr("missing")
+	missing.PodSandboxId = pd.Id
+	missing.Linux = &api.LinuxContainer{CgroupsPath: "/gone"}
+	for i := 0; i < 3; i++ {
+		if _, err := p.handler.Synchronize(context.Background(), []*api.PodSandbox{pd}, []*api.Container{refused, missing}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := p.Stats(); s.TraceFailed != 1 || s.CgroupMisses != 1 {
+		t.Fatalf("after 3 Synchronize: trace_failed %d, cgroup_misses %d; want 1 and 1", s.TraceFailed, s.CgroupMisses)
+	}
+	// Removed, then a new container: counted again.
+	if err := p.handler.RemoveContainer(context.Background(), pd, refused); err != nil {
+		t.Fatal(err)
+	}
+	c := ctr("refused")
+	c.Pid = 9
+	c.Id = "id-refused-2"
+	c.Linux = &api.LinuxContainer{CgroupsPath: "/a"}
+	if err := p.handler.StartContainer(context.Background(), pd, c); err != nil {
+		t.Fatal(err)
+	}
+	if s := p.Stats(); s.TraceFailed != 2 {
+		t.Fatalf("trace_failed %d after a new refused container, want 2", s.TraceFailed)
 	}
 }

@@ -76,7 +76,8 @@ func TestDoctorReportsMissingItemsWithFixes(t *testing.T) {
 	mountinfo := filepath.Join(dir, "mountinfo")
 	os.WriteFile(mountinfo, []byte("41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"), 0o644)
 	env := doctorEnv{
-		euid: 0,
+		euid:         0,
+		capabilities: func() (uint64, error) { return 0x1fffeffffff, nil }, // root without CAP_SYS_RESOURCE
 		probe: func() []bpf.TierProbe {
 			return []bpf.TierProbe{
 				{Tier: bpf.TierFexit, Err: errors.New("fexit/cap_capable: permission denied (BPF trampolines)")},
@@ -94,6 +95,7 @@ func TestDoctorReportsMissingItemsWithFixes(t *testing.T) {
 	code := runDoctor([]string{"--nri-socket", sock}, &out, &errOut, env)
 	want := []string{
 		"[ok]      privileges: running as root",
+		"[ok]      capabilities: CAP_SYSLOG, CAP_PERFMON, CAP_BPF held, and 37 more the daemon does not need",
 		"[note]    attach tier fexit: fexit/cap_capable: permission denied (BPF trampolines)",
 		"[ok]      attach tier tp_btf: loads and attaches (the daemon will use it)",
 		"[note]    attach tier kprobe: kprobes not built in",

@@ -10,28 +10,27 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/captrace/captrace/bpf"
 	"github.com/captrace/captrace/config"
 	"github.com/captrace/captrace/internal/buildinfo"
+	"github.com/captrace/captrace/internal/privilege"
 	"github.com/captrace/captrace/pkg/advisor"
 	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/output"
+	"github.com/captrace/captrace/pkg/pipeline"
 	"github.com/captrace/captrace/plugin"
-	sdjournal "github.com/coreos/go-systemd/v22/journal"
 	"github.com/sirupsen/logrus"
 )
 
 // tracer is what the daemon needs of *bpf.Tracer.
 type tracer interface {
 	cgmap.Filter
-	Read(ev *bpf.Event) error
+	pipeline.Ring
 	Stats() (bpf.Stats, error)
 	Tier() bpf.Tier
-	Detach()
 	Close() error
 }
 
@@ -53,9 +52,7 @@ type daemonDeps struct {
 
 	statsEvery   time.Duration // stats line period (30 s)
 	nriRemind    time.Duration // how often a stopped NRI plugin is logged again
-	quiet        time.Duration // shutdown: the ring counts as drained after this long without an event
-	drainMax     time.Duration // shutdown: longest wait for the ring to drain
-	sinkDrainMax time.Duration // shutdown: longest wait for the sinks to write their queues
+	sinkDrainMax time.Duration // shutdown: longest wait for the NRI plugin to stop, and for the sinks to write their queues
 }
 
 func hostDeps(stdout io.Writer) daemonDeps {
@@ -63,6 +60,13 @@ func hostDeps(stdout io.Writer) daemonDeps {
 		openTracer: func(o bpf.Options) (tracer, error) {
 			t, err := bpf.Open(o)
 			if err != nil {
+				// Name the capability that is missing, if one is: the
+				// kernel only says "operation not permitted".
+				if eff, effErr := privilege.Effective(); effErr == nil {
+					if missing := privilege.Compare(eff).MissingError(); missing != nil {
+						return nil, fmt.Errorf("%w; %v", err, missing)
+					}
+				}
 				return nil, err
 			}
 			return t, nil
@@ -79,8 +83,6 @@ func hostDeps(stdout io.Writer) daemonDeps {
 		wallTime:       bpf.WallTime,
 		statsEvery:     30 * time.Second,
 		nriRemind:      5 * time.Minute,
-		quiet:          100 * time.Millisecond,
-		drainMax:       2 * time.Second,
 		sinkDrainMax:   10 * time.Second,
 	}
 }
@@ -116,6 +118,8 @@ func runDaemonCommand(args []string, stdout, stderr io.Writer) int {
 		log.WithFields(fields).Info("starting")
 	}
 
+	logPrivileges(log)
+
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	hup := make(chan os.Signal, 1)
@@ -129,45 +133,45 @@ func runDaemonCommand(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// daemon holds the running pieces and the counters the stats line reports.
-type daemon struct {
-	cfg    config.Config
-	log    *logrus.Logger
-	deps   daemonDeps
-	tracer tracer
-	plugin nriPlugin
-	reg    *cgmap.Registry
-	fanout *output.Fanout
-	// advice collects each traced container's checks into the summary
-	// written when it stops (pkg/advisor).
-	advice *advisor.Tracker
-
-	events        atomic.Uint64 // read from the ring
-	unknown       atomic.Uint64 // whose cgroup the registry did not know (sent anyway)
-	readErrors    atomic.Uint64
-	lastReadNanos atomic.Int64 // monotonic time of the last event, for the shutdown drain
-	started       time.Time
-
-	last lossCounters // at the previous stats line
+// logPrivileges says which of the capabilities captrace needs it lacks, and
+// how many it holds beyond them (internal/privilege is the one list).
+func logPrivileges(log logrus.FieldLogger) {
+	eff, err := privilege.Effective()
+	if err != nil {
+		log.WithError(err).Warn("cannot read this process's capabilities")
+		return
+	}
+	r := privilege.Compare(eff)
+	if err := r.MissingError(); err != nil {
+		// CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, so go on:
+		// the tracer's load says whether the kernel agrees.
+		log.WithError(err).Warn("capabilities missing")
+	}
+	if r.Excess > 0 {
+		log.WithField("needed", strings.Join(privilege.Names(), ",")).WithField("excess", r.Excess).
+			Info("captrace holds capabilities it does not need; confine it with CapabilityBoundingSet (deploy/captrace.service does)")
+	}
 }
 
-// lossCounters are everything that is lost or failed on an event's path.
-type lossCounters struct {
-	ringLost, dedupFailed, filterFailed, sinkDropped, sinkFailed, readErrors uint64
-	// opted-in containers not traced: cgroup not found, or the filter refused them
-	cgroupMisses, traceFailed uint64
-	// filter map deletions that failed (the cgroup may stay in the filter)
-	untraceFailed uint64
-	// containers beyond the advisor's limit: traced, but get no summary
-	untrackedContainers uint64
+// daemon holds the running pieces. The event path is pkg/pipeline's; the
+// daemon wires it and reports its stats.
+type daemon struct {
+	cfg      config.Config
+	log      *logrus.Logger
+	deps     daemonDeps
+	tracer   tracer
+	reg      *cgmap.Registry
+	fanout   *output.Fanout
+	pipeline *pipeline.Pipeline
+
+	last pipeline.Stats // at the previous stats line
 }
 
 // runDaemon runs captrace until ctx is done: sinks, then the tracer (loaded
 // before registering with NRI, whose handlers must find it ready), then the
-// registry and the NRI plugin, then the ring reader. hup reopens the file sink.
+// registry, the event pipeline and the NRI plugin. hup reopens the file sink.
 func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <-chan os.Signal, deps daemonDeps) error {
-	d := &daemon{cfg: cfg, log: log, deps: deps, started: time.Now(),
-		advice: advisor.NewTracker(advisor.Limits{MaxContainers: cfg.Tracer.MaxContainers})}
+	d := &daemon{cfg: cfg, log: log, deps: deps}
 
 	sinks, err := openSinks(cfg, deps)
 	if err != nil {
@@ -196,7 +200,22 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 	log.WithField("tier", t.Tier()).Info("tracer attached")
 
 	d.reg = cgmap.NewRegistry(keyedFilter{t}, log.WithField("component", "cgmap"))
-	p, err := deps.newPlugin(d.reg, plugin.Options{
+	var p nriPlugin
+	d.pipeline = pipeline.New(pipeline.Options{
+		Ring:     t,
+		Advisor:  advisor.NewTracker(advisor.Limits{MaxContainers: cfg.Tracer.MaxContainers}),
+		Sink:     d.fanout,
+		WallTime: deps.wallTime,
+		Log:      log.WithField("component", "pipeline"),
+		Sources: pipeline.Sources{
+			Tracer:   t.Stats,
+			Registry: d.reg.Stats,
+			NRI:      func() plugin.Stats { return p.Stats() },
+			Sinks:    d.fanout.Stats,
+		},
+	})
+	d.reg.Listen(d.pipeline)
+	p, err = deps.newPlugin(d.reg, plugin.Options{
 		SocketPath:  cfg.NRI.Socket,
 		PluginName:  cfg.NRI.PluginName,
 		PluginIndex: cfg.NRI.PluginIndex,
@@ -206,14 +225,6 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 			DenyNamespaces:  cfg.Trace.DenyNamespaces,
 		},
 		Log: log.WithField("component", "nri"),
-		// Both run on the plugin's own goroutine, never under containerd's lock.
-		OnTrace: func(c cgmap.Container) { d.advice.Start(c, time.Now()) },
-		OnRemove: func(c cgmap.Container) {
-			d.waitReaderCaughtUp()
-			if s, ok := d.advice.Finish(c.ID, time.Now()); ok {
-				d.sendSummary(s)
-			}
-		},
 	})
 	if err != nil {
 		_ = d.fanout.Close(context.Background())
@@ -221,9 +232,10 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 		return fmt.Errorf("create the NRI plugin: %w", err)
 	}
 
-	d.plugin = p
-	readerDone := make(chan struct{})
-	go func() { defer close(readerDone); d.readLoop() }()
+	pipelineDone := make(chan error, 1)
+	go func() { pipelineDone <- d.pipeline.Run() }()
+	pipelineStopped := false
+	var pipelineErr error
 
 	pluginCtx, stopPlugin := context.WithCancel(context.Background())
 	var background sync.WaitGroup
@@ -239,19 +251,25 @@ loop:
 		select {
 		case <-ctx.Done():
 			break loop
+		case pipelineErr = <-pipelineDone:
+			pipelineStopped = true
+			log.WithError(pipelineErr).Error("the event pipeline stopped")
+			break loop
 		case <-ticker.C:
 			d.logStats(false)
 		case <-hup:
 			if err := d.fanout.Reopen(); err != nil {
-				log.WithError(err).Error("SIGHUP: reopening the output file failed; its events are counted as failed")
+				log.WithError(err).Error("SIGHUP: reopening the output file failed; events still go to the file open before " +
+					"(the rotated one) and the open is retried every second; fix the path, or send SIGHUP again")
 			} else {
 				log.Info("SIGHUP: output file reopened")
 			}
 		}
 	}
 
-	// Shutdown: stop taking new containers, let the reader take what the ring
-	// holds, write every queued event, and only then detach from the kernel.
+	// Shutdown: stop taking new containers; the pipeline detaches from the
+	// kernel, reads what the ring holds (a barrier, not a timer) and writes
+	// every container's summary; then the sinks write their queues.
 	log.Info("shutting down")
 	stopPlugin()
 	pluginDone := make(chan struct{})
@@ -262,28 +280,22 @@ loop:
 		// Do not let a stuck NRI connection cost the queued events.
 		log.Warn("the NRI plugin did not stop in time; shutting down without it")
 	}
-	// No new checks from here on; what the ring holds is read before the
-	// summaries are made and the sinks closed.
-	t.Detach()
-	d.waitRingQuiet()
-	// Containers still running get their summary now, from every event read.
-	for _, s := range d.advice.FinishAll(time.Now()) {
-		d.sendSummary(s)
+	if !pipelineStopped {
+		d.pipeline.Shutdown()
+		pipelineErr = <-pipelineDone
 	}
 	sinkCtx, cancel := context.WithTimeout(context.Background(), deps.sinkDrainMax)
 	defer cancel()
 	var errs []error
+	if pipelineErr != nil {
+		errs = append(errs, pipelineErr)
+	}
 	if err := d.fanout.Close(sinkCtx); err != nil {
 		errs = append(errs, err)
 	}
 	d.logStats(true)
 	if err := t.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close the tracer: %w", err))
-	}
-	select {
-	case <-readerDone:
-	case <-time.After(deps.drainMax):
-		errs = append(errs, errors.New("the ring reader did not stop after the tracer closed"))
 	}
 	log.Info("stopped")
 	return errors.Join(errs...)
@@ -344,74 +356,6 @@ func openSinks(cfg config.Config, deps daemonDeps) ([]output.Sink, error) {
 	return sinks, nil
 }
 
-// readLoop is the ring reader: it never waits on output (Send only queues).
-func (d *daemon) readLoop() {
-	var ev bpf.Event
-	var lastErrLog time.Time
-	for {
-		if err := d.tracer.Read(&ev); err != nil {
-			if errors.Is(err, bpf.ErrClosed) {
-				return
-			}
-			n := d.readErrors.Add(1)
-			if time.Since(lastErrLog) > time.Minute {
-				d.log.WithError(err).WithField("read_errors", n).Warn("reading the ring buffer failed (logged at most once a minute)")
-				lastErrLog = time.Now()
-			}
-			time.Sleep(10 * time.Millisecond) // a persistent error must not spin a core
-			continue
-		}
-		d.events.Add(1)
-		d.lastReadNanos.Store(int64(time.Since(d.started)))
-		c, known := d.reg.Lookup(ev.CgroupID)
-		at := d.deps.wallTime(ev.KtimeNs)
-		if known {
-			d.advice.Observe(c, &ev, at)
-		} else {
-			d.unknown.Add(1)
-		}
-		rec := output.EnrichedEvent{Time: at, Event: ev, Container: c, Known: known}
-		d.fanout.Send(&rec)
-	}
-}
-
-// sendSummary queues a container's advice to every sink, like an event.
-func (d *daemon) sendSummary(s advisor.Summary) {
-	d.fanout.SendEntry(&output.Entry{Time: time.Now(), Message: s.Message(), Priority: sdjournal.PriInfo,
-		LogFields: s.LogFields(), JournalFields: s.JournalFields()})
-}
-
-// waitReaderCaughtUp gives the reader time to take a stopped container's
-// last checks from the ring before its summary is made: the kernel queues
-// them without waking the reader, which polls every few ms. It waits two
-// polls, then until the reader has been idle for one, 100 ms at most. A
-// check read later still reaches the sinks (the registry keeps the container
-// for cgmap.RemovedGrace) and is counted as advisor_late_events.
-func (d *daemon) waitReaderCaughtUp() {
-	const poll = 5 * time.Millisecond // bpf's reader deadline
-	time.Sleep(2 * poll)
-	deadline := time.Now().Add(100 * time.Millisecond)
-	for time.Now().Before(deadline) {
-		if time.Since(d.started)-time.Duration(d.lastReadNanos.Load()) >= poll {
-			return
-		}
-		time.Sleep(poll)
-	}
-}
-
-// waitRingQuiet waits until the reader has seen no event for deps.quiet (the
-// ring is drained), or deps.drainMax at most.
-func (d *daemon) waitRingQuiet() {
-	deadline := time.Now().Add(d.deps.drainMax)
-	for time.Now().Before(deadline) {
-		idle := time.Since(d.started) - time.Duration(d.lastReadNanos.Load())
-		if idle >= d.deps.quiet {
-			return
-		}
-		time.Sleep(d.deps.quiet - idle)
-	}
-}
-
 // runPlugin keeps the NRI plugin running until ctx is done. plugin.Run
 // reconnects by itself; if it returns anyway, it is run again with backoff.
 func (d *daemon) runPlugin(ctx context.Context, p nriPlugin) {
@@ -435,80 +379,16 @@ func (d *daemon) runPlugin(ctx context.Context, p nriPlugin) {
 	}
 }
 
-// logStats writes the msg=stats line: totals since start, at warning level
-// with *_delta fields when anything was lost since the previous line.
+// logStats writes the msg=stats line from the pipeline's one snapshot:
+// totals since start, at warning level with *_delta fields when anything was
+// lost since the previous line.
 func (d *daemon) logStats(final bool) {
-	fields := logrus.Fields{
-		"events":            d.events.Load(),
-		"unknown_container": d.unknown.Load(),
-		"read_errors":       d.readErrors.Load(),
-		"traced":            d.reg.Len(),
-	}
-	var now lossCounters
-	now.readErrors = d.readErrors.Load()
-	if st, err := d.tracer.Stats(); err != nil {
-		fields["tracer_stats_error"] = err.Error()
-	} else {
-		fields["tier"] = st.Tier
-		fields["traced"] = st.Traced
-		now.ringLost, now.dedupFailed, now.filterFailed = st.RingLost, st.DedupUpdateFailed, st.FilterUpdateFailed
-	}
-	for _, s := range d.fanout.Stats() {
-		now.sinkDropped += s.Dropped
-		now.sinkFailed += s.Failed
-		fields["sink_"+s.Name+"_written"] = s.Written
-		fields["sink_"+s.Name+"_dropped"] = s.Dropped
-		if s.Failed > 0 {
-			fields["sink_"+s.Name+"_failed"] = s.Failed
-		}
-	}
-	fields["ring_lost"] = now.ringLost
-	fields["dedup_update_failed"] = now.dedupFailed
-	fields["filter_update_failed"] = now.filterFailed
-	ps := d.plugin.Stats()
-	fields["nri_connected"] = ps.Connected
-	fields["nri_connects"] = ps.Connects
-	fields["cgroup_misses"] = ps.CgroupMisses
-	fields["trace_failed"] = ps.TraceFailed
-	now.cgroupMisses, now.traceFailed = ps.CgroupMisses, ps.TraceFailed
-	fields["policy_warnings"] = ps.PolicyWarnings
-	now.untraceFailed = d.reg.Stats().UntraceFailed
-	fields["untrace_failed"] = now.untraceFailed
-	adv := d.advice.Stats()
-	now.untrackedContainers = adv.UntrackedContainers
-	fields["advisor_untracked_containers"] = adv.UntrackedContainers
-	fields["advisor_containers"] = adv.Containers
-	fields["advisor_folded_events"] = adv.FoldedEvents
-	fields["advisor_untracked_events"] = adv.UntrackedEvents
-	fields["advisor_late_events"] = adv.LateEvents
-	fields["sink_dropped"] = now.sinkDropped
-	fields["sink_failed"] = now.sinkFailed
+	now := d.pipeline.Stats()
+	fields, lost := now.LogFields(d.last)
+	d.last = now
 	if final {
 		fields["final"] = true
 	}
-
-	lost := false
-	for _, c := range []struct {
-		key       string
-		now, last uint64
-	}{
-		{"ring_lost_delta", now.ringLost, d.last.ringLost},
-		{"dedup_update_failed_delta", now.dedupFailed, d.last.dedupFailed},
-		{"filter_update_failed_delta", now.filterFailed, d.last.filterFailed},
-		{"sink_dropped_delta", now.sinkDropped, d.last.sinkDropped},
-		{"sink_failed_delta", now.sinkFailed, d.last.sinkFailed},
-		{"read_errors_delta", now.readErrors, d.last.readErrors},
-		{"cgroup_misses_delta", now.cgroupMisses, d.last.cgroupMisses},
-		{"trace_failed_delta", now.traceFailed, d.last.traceFailed},
-		{"untrace_failed_delta", now.untraceFailed, d.last.untraceFailed},
-		{"advisor_untracked_containers_delta", now.untrackedContainers, d.last.untrackedContainers},
-	} {
-		if c.now > c.last {
-			fields[c.key] = c.now - c.last
-			lost = true
-		}
-	}
-	d.last = now
 	entry := d.log.WithFields(fields)
 	if lost {
 		entry.WithField("fix", "ring_lost: raise tracer.ring_buffer_bytes or trace busy pods with unique; "+

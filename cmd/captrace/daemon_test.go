@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -58,6 +59,7 @@ func (j *journal) list() []string {
 
 type fakeTracer struct {
 	events   chan bpf.Event
+	flush    chan struct{} // a pending Barrier or Wake, coalesced like the ring's eventfd
 	closed   chan struct{}
 	once     sync.Once
 	journal  *journal
@@ -81,15 +83,36 @@ func (f *fakeTracer) Untrace(id uint64) error {
 	return nil
 }
 
+// Read returns what is queued before a pending flush's ErrFlushed, as the ring does.
 func (f *fakeTracer) Read(ev *bpf.Event) error {
 	select {
 	case e := <-f.events:
 		*ev = e
 		return nil
+	default:
+	}
+	select {
+	case e := <-f.events:
+		*ev = e
+		return nil
+	case <-f.flush:
+		return bpf.ErrFlushed
 	case <-f.closed:
 		return bpf.ErrClosed
 	}
 }
+
+func (f *fakeTracer) Wake() error {
+	select {
+	case f.flush <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (f *fakeTracer) WaitPrograms() error { return nil }
+
+func (f *fakeTracer) ForgetUnique(...uint64) (int, error) { return 0, nil }
 
 func (f *fakeTracer) Stats() (bpf.Stats, error) {
 	f.mu.Lock()
@@ -127,7 +150,7 @@ func (p *fakePlugin) Run(ctx context.Context) error {
 }
 
 func testDeps(t *testing.T, stdout *syncBuffer, j *journal) (daemonDeps, *fakeTracer, chan *fakePlugin) {
-	ft := &fakeTracer{events: make(chan bpf.Event, 64), closed: make(chan struct{}), journal: j, stdout: stdout, traced: map[uint64]bpf.Settings{}}
+	ft := &fakeTracer{events: make(chan bpf.Event, 64), flush: make(chan struct{}, 1), closed: make(chan struct{}), journal: j, stdout: stdout, traced: map[uint64]bpf.Settings{}}
 	plugins := make(chan *fakePlugin, 1)
 	deps := hostDeps(stdout)
 	deps.openTracer = func(o bpf.Options) (tracer, error) {
@@ -144,7 +167,6 @@ func testDeps(t *testing.T, stdout *syncBuffer, j *journal) (daemonDeps, *fakeTr
 	deps.journaldExists = func() bool { return false }
 	deps.wallTime = func(k uint64) time.Time { return time.Unix(0, int64(k)).UTC() }
 	deps.statsEvery = 40 * time.Millisecond
-	deps.quiet = 30 * time.Millisecond
 	return deps, ft, plugins
 }
 
@@ -297,3 +319,18 @@ func TestDaemonJournaldSinkNeedsItsSocket(t *testing.T) {
 		t.Errorf("runDaemon = %v", err)
 	}
 }
+
+// A full filter map names the config key a user raises, not bpf's option.
+func TestFilterFullNamesConfigKey(t *testing.T) {
+	err := keyedFilter{fullFilterMap{}}.Trace(42, bpf.Settings{})
+	if err == nil || !strings.Contains(err.Error(), "raise tracer.max_containers in the config") {
+		t.Fatalf("Trace on a full map: %v", err)
+	}
+}
+
+type fullFilterMap struct{}
+
+func (fullFilterMap) Trace(id uint64, _ bpf.Settings) error {
+	return fmt.Errorf("cannot trace cgroup %d: %w (4096 cgroups traced, the limit of Options.MaxTracedCgroups)", id, bpf.ErrFilterFull)
+}
+func (fullFilterMap) Untrace(uint64) error { return nil }

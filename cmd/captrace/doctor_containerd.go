@@ -128,7 +128,7 @@ func checkContainerd(found []runningContainerd, socket string) []finding {
 				imported = true
 			}
 		}
-		disabled := nri == nil && strings.HasPrefix(c.version, "v1.") || nri["disable"] == true
+		disabled := nri == nil && isContainerd1(c.version) || nri["disable"] == true
 		switch {
 		case disabled:
 			f.detail = "NRI is disabled in the merged configuration"
@@ -152,13 +152,19 @@ func checkContainerd(found []runningContainerd, socket string) []finding {
 	return findings
 }
 
+// isContainerd1 reports a 1.x version as `containerd --version` prints it:
+// "v1.7.35" from a release, "1.7.35+unknown" from a source build.
+func isContainerd1(version string) bool {
+	return strings.HasPrefix(strings.TrimPrefix(version, "v"), "1.")
+}
+
 // containerdFix is what a containerd of this version needs for NRI.
 func containerdFix(version, config string, imported bool) string {
 	fix := "install deploy/containerd-nri.toml as " + nriDropInPath + " (make install does)"
 	if !imported {
 		fix += fmt.Sprintf(", add %s to %s", importsConfD, config)
 		switch {
-		case strings.HasPrefix(version, "v1."):
+		case isContainerd1(version):
 			fix += " (containerd 1.7 never reads conf.d by itself, and its NRI is off by default)"
 		default:
 			fix += " (only a config.toml written by `containerd config default` of 2.2 or later has this line)"

@@ -19,7 +19,7 @@ func TestCheckContainerd(t *testing.T) {
 		fixHas  []string
 		fixLack string
 	}{
-		{name: "1.7 without NRI section", c: runningContainerd{version: "v1.7.35", dump: "version = 2\nimports = [\"/etc/containerd/config.toml\"]\n"},
+		{name: "1.7 source build without NRI section", c: runningContainerd{version: "1.7.35+unknown", dump: "version = 2\nimports = [\"/etc/containerd/config.toml\"]\n"},
 			needed: true, detail: "NRI is disabled", fixHas: []string{nriDropInPath, importsConfD, "1.7 never reads conf.d"}},
 		{name: "2.0 default NRI, drop-in not imported", c: runningContainerd{version: "v2.0.14", dump: "version = 3\n[plugins.'io.containerd.nri.v1.nri']\ndisable = false\nsocket_path = '/var/run/nri/nri.sock'\n"},
 			ok: true, needed: true, detail: "NRI enabled on /var/run/nri/nri.sock"},

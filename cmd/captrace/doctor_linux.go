@@ -7,9 +7,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/captrace/captrace/bpf"
+	"github.com/captrace/captrace/internal/privilege"
 	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/output"
 	"github.com/captrace/captrace/plugin"
@@ -26,17 +28,20 @@ type doctorEnv struct {
 	journalSocket string
 	statfsType    func(path string) (int64, error)
 	containerds   func() []runningContainerd
+	// capabilities returns the effective capability mask (nil: not checked).
+	capabilities func() (uint64, error)
 }
 
 func hostDoctorEnv() doctorEnv {
 	return doctorEnv{
 		euid:          os.Geteuid(),
+		capabilities:  privilege.Effective,
 		probe:         bpf.Probe,
 		btfPath:       "/sys/kernel/btf/vmlinux",
 		cgroupRoot:    "/sys/fs/cgroup",
 		mountinfoPath: "/proc/self/mountinfo",
 		journalSocket: output.JournalSocket,
-		containerds: findContainerds,
+		containerds:   findContainerds,
 		statfsType: func(path string) (int64, error) {
 			var st unix.Statfs_t
 			if err := unix.Statfs(path, &st); err != nil {
@@ -72,6 +77,9 @@ func runDoctor(args []string, stdout, stderr io.Writer, env doctorEnv) int {
 		return 1
 	}
 	findings := []finding{checkRoot(env)}
+	if env.capabilities != nil {
+		findings = append(findings, checkCapabilities(env))
+	}
 	findings = append(findings, checkTiers(env)...)
 	findings = append(findings, checkBTF(env), checkCgroups(env), checkNRISocket(cfg.NRI.Socket), checkJournald(env))
 	if env.containerds != nil {
@@ -108,6 +116,28 @@ func checkRoot(env doctorEnv) finding {
 	} else {
 		f.detail = fmt.Sprintf("running as uid %d", env.euid)
 		f.fix = "run captrace as root (it loads BPF programs and reads cgroups): sudo captrace doctor"
+	}
+	return f
+}
+
+// checkCapabilities compares the capabilities held with internal/privilege's set.
+func checkCapabilities(env doctorEnv) finding {
+	f := finding{what: "capabilities", needed: true}
+	eff, err := env.capabilities()
+	if err != nil {
+		f.detail = err.Error()
+		return f
+	}
+	r := privilege.Compare(eff)
+	if err := r.MissingError(); err != nil {
+		f.detail = err.Error()
+		f.fix = "the daemon needs " + strings.Join(privilege.Names(), ", ") + " (CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON)"
+		return f
+	}
+	f.ok = true
+	f.detail = strings.Join(privilege.Names(), ", ") + " held"
+	if r.Excess > 0 {
+		f.detail += fmt.Sprintf(", and %d more the daemon does not need (captrace.service's CapabilityBoundingSet drops them)", r.Excess)
 	}
 	return f
 }

@@ -8,6 +8,7 @@ package kubernetes
 
 import (
 	"fmt"
+	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -15,6 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
+
+	"github.com/captrace/captrace/internal/privilege"
 )
 
 // Names of the objects (issue 17's Kubernetes e2e uses them too).
@@ -41,12 +44,19 @@ const (
 )
 
 // Capabilities is what the daemon needs, and all the DaemonSet adds after
-// dropping ALL: BPF maps and programs (CAP_BPF), tracing programs and their
-// kernel reads (CAP_PERFMON), kernel addresses in /proc/kallsyms for the
-// tp_btf tier's audit classification (CAP_SYSLOG). It must equal issue 11's
-// one definition (internal/privilege.Required); TestCapabilities compares
-// them once that package is on the branch.
-var Capabilities = []corev1.Capability{"BPF", "PERFMON", "SYSLOG"}
+// dropping ALL: the one definition, internal/privilege.Required (CAP_SYSLOG,
+// CAP_PERFMON, CAP_BPF; why each is needed is said there and in README
+// "Least privilege").
+var Capabilities = kubernetesNames(privilege.Names())
+
+// kubernetesNames spells kernel capability names as a pod spec does.
+func kubernetesNames(names []string) []corev1.Capability {
+	out := make([]corev1.Capability, len(names))
+	for i, n := range names {
+		out[i] = corev1.Capability(strings.TrimPrefix(n, "CAP_"))
+	}
+	return out
+}
 
 // Config is the ConfigMap's config.toml: stdout logfmt for the cluster's log
 // pipeline, kube-system never traced, everything else at captrace's defaults
@@ -137,11 +147,12 @@ func DaemonSetObject() *appsv1.DaemonSet {
 		// logs which drop-in to install; it never crash-loops.
 		LivenessProbe:  probe("/healthz", 3),
 		ReadinessProbe: probe("/readyz", 1),
-		// Requests: see README "Install on a cluster" (how they were measured).
+		// Requests: measured with 100 traced pods by the e2e's
+		// BenchmarkDaemonSetFootprint (README "Install on a cluster").
 		Resources: corev1.ResourceRequirements{
 			Requests: corev1.ResourceList{
-				corev1.ResourceCPU:    resource.MustParse("20m"),
-				corev1.ResourceMemory: resource.MustParse("64Mi"),
+				corev1.ResourceCPU:    resource.MustParse("25m"),
+				corev1.ResourceMemory: resource.MustParse("32Mi"),
 			},
 			// BPF maps (ring buffer 4 MiB, dedup LRU, filter) are charged to
 			// this container's memory cgroup: the limit covers them too.

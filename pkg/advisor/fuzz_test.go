@@ -115,3 +115,29 @@ func BenchmarkParseRecord(b *testing.B) {
 		}
 	})
 }
+
+// FuzzReportInput: a whole report input (logfmt and journal-JSON lines, as
+// a file or stdin gives them) never makes the report panic, exit other than
+// 0 or 1, or print a control character from the input.
+func FuzzReportInput(f *testing.F) {
+	for _, seed := range []string{
+		"time=2026-11-29T10:00:00Z level=info msg=cap_check namespace=default pod=p container=c container_id=c1 cap=CAP_SYS_NICE capable=false audit=1 syscall=SYS_SETPRIORITY\n",
+		`{"CAP":"CAP_SYS_ADMIN","CAPABLE":"true","AUDIT":"true","K8S_NAMESPACE_NAME":"n","K8S_POD_NAME":"p\u001b[2J","K8S_CONTAINER_NAME":"x","K8S_CONTAINER_ID":"id"}` + "\n",
+		"garbage\x1b]0;x\x07\n\n{\n",
+		`{"MESSAGE":[1,2,3],"CAP":[67,65,80]}` + "\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		for _, format := range []string{"table", "yaml"} {
+			var out, errb strings.Builder
+			code := RunReport([]string{"--format", format, "-"}, strings.NewReader(string(in)), &out, &errb)
+			if code != 0 && code != 1 {
+				t.Fatalf("exit %d: %s", code, errb.String())
+			}
+			if strings.ContainsAny(out.String(), "\x1b\x07\x9b") {
+				t.Fatalf("%s output holds a control character: %q", format, out.String())
+			}
+		}
+	})
+}

@@ -143,6 +143,7 @@ if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi
 "$JOURNALD" & jp=$!
 trap 'kill $jp 2>/dev/null || true' EXIT
 i=0; while [ ! -S /run/systemd/journal/socket ]; do i=$((i+1)); [ $i -lt 100 ] || { kill $jp; exit 1; }; sleep 0.05; done
+printf '%s\n' "$FORGED" | setpriv --reuid=65534 --regid=65534 --clear-groups logger --journald || { kill $jp; exit 1; }
 sh -c 'echo $$ > "$CG/cgroup.procs" && exec "$SELF"' || { kill $jp; exit 1; }
 kill -TERM $jp; wait $jp || true
 cp -a /run/log/journal/. "$DEST"/
@@ -152,8 +153,22 @@ cp -a /run/log/journal/. "$DEST"/
 	// A PID namespace too: journald and the writer die with unshare, whatever happens.
 	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private",
 		"--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c", script)
+	// Any local user can write an entry that claims to be captrace's
+	// (logger -t captrace): one by nobody, with a need captrace never saw.
+	var forgedLines []string
+	for k, v := range map[string]string{
+		"MESSAGE": "capability check", schema.SyslogIdentifier.Journal: schema.Identifier,
+		schema.Namespace.Journal: "default", schema.Pod.Journal: "forged", schema.PodUID.Journal: "uid-forged",
+		schema.Container.Journal: "forged", schema.ContainerID.Journal: "forged", schema.Comm.Journal: "sh",
+		schema.Pid.Journal: "1", schema.Tid.Journal: "1", schema.Uid.Journal: "0", schema.Gid.Journal: "0",
+		schema.Cap.Journal: "CAP_SYS_ADMIN", schema.Capable.Journal: "true", schema.Audit.Journal: "true",
+		schema.Insetid.Journal: "false", schema.Syscall.Journal: "SYS_MOUNT", schema.Time.Journal: t0.Format(time.RFC3339Nano),
+	} {
+		forgedLines = append(forgedLines, k+"="+v)
+	}
+	forged := strings.Join(forgedLines, "\n")
 	cmd.Env = append(os.Environ(), "JOURNALD="+journald, "CG="+cg, "SELF="+self, "DEST="+dest,
-		journalWriterEnv+"="+entriesFile)
+		journalWriterEnv+"="+entriesFile, "FORGED="+forged)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("journald in a private mount namespace: %v\n%s", err, out)
 	}
@@ -177,6 +192,19 @@ cp -a /run/log/journal/. "$DEST"/
 	}
 	if want := "read 23 lines from journalctl -o json --no-pager -u " + unit + " -D " + dest +
 		": 21 capability checks, 1 summary entries, 1 other records ignored"; !strings.HasPrefix(stderr.String(), "captrace report: "+want) {
+		t.Errorf("stderr %q, want %q", stderr.String(), want)
+	}
+	// Without a unit, entries are matched by SYSLOG_IDENTIFIER, and only
+	// root's: the forged one is not read.
+	stdout.Reset()
+	stderr.Reset()
+	if code := RunReport([]string{"-D", dest, "--unit", "", "--format", "json"}, strings.NewReader(""), &stdout, &stderr); code != 0 {
+		t.Fatalf("captrace report --unit '': exit %d\n%s", code, stderr.String())
+	}
+	if cs := decodeJSONReport(t, stdout.String()); len(cs) != 2 || strings.Contains(stdout.String(), "forged") {
+		t.Errorf("--unit '': %d containers, want the 2 captrace wrote and not the forged one: %s", len(cs), stdout.String())
+	}
+	if want := "SYSLOG_IDENTIFIER=captrace _UID=0 -D " + dest + ": 21 capability checks"; !strings.Contains(stderr.String(), want) {
 		t.Errorf("stderr %q, want %q", stderr.String(), want)
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/captrace/captrace/pkg/output"
 )
 
 // maxLineBytes bounds one input line; longer lines are skipped, not buffered.
@@ -68,7 +70,7 @@ func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env rep
 	fs.StringVar(&f.input, "i", "", "short for --input")
 	fs.StringVar(&f.journalDir, "journal-dir", "", "passed to journalctl as -D `DIR`")
 	fs.StringVar(&f.journalDir, "D", "", "short for --journal-dir")
-	fs.StringVar(&f.unit, "unit", "captrace", "systemd `unit` passed to journalctl -u; empty: match SYSLOG_IDENTIFIER=captrace instead")
+	fs.StringVar(&f.unit, "unit", "captrace", "systemd `unit` passed to journalctl -u; empty: match SYSLOG_IDENTIFIER=captrace written by root (_UID=0) instead")
 	fs.StringVar(&f.journalctl, "journalctl", env.journalctl, "journalctl `binary` to run")
 	fs.StringVar(&f.format, "format", "table", "output `format`: table, yaml or json")
 	fs.StringVar(&f.namespace, "namespace", "", "only this Kubernetes `namespace`")
@@ -125,7 +127,9 @@ func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env rep
 		if f.unit != "" {
 			jargs = append(jargs, "-u", f.unit)
 		} else {
-			jargs = append(jargs, "SYSLOG_IDENTIFIER=captrace")
+			// Any local user can write entries with this identifier
+			// (logger -t captrace): only root's count, _UID=0.
+			jargs = append(jargs, "SYSLOG_IDENTIFIER=captrace", "_UID=0")
 		}
 		if f.journalDir != "" {
 			jargs = append(jargs, "-D", f.journalDir)
@@ -189,7 +193,7 @@ func runReport(args []string, stdin io.Reader, stdout, stderr io.Writer, env rep
 		fmt.Fprintln(stderr, "captrace report: no capability checks read that match the filters: no advice")
 		if f.input == "" && agg.lines == 0 && f.unit != "" {
 			fmt.Fprintf(stderr, "  journald has no entries of unit %s; if captrace does not run as that systemd unit, "+
-				"try --unit '' (entries with SYSLOG_IDENTIFIER=captrace) or -D DIR for another journal\n", f.unit)
+				"try --unit '' (entries with SYSLOG_IDENTIFIER=captrace written by root, _UID=0) or -D DIR for another journal\n", f.unit)
 		}
 		return 1
 	}
@@ -501,7 +505,9 @@ func writeTable(w io.Writer, ss []Summary) error {
 			fmt.Fprintln(bw)
 		}
 		c := s.Container
-		fmt.Fprintf(bw, "NAMESPACE %s  POD %s  CONTAINER %s", c.Namespace, c.Pod, c.Name)
+		// Names come from pod authors (and report files from anyone):
+		// escaped, so no input can send a terminal escape sequence.
+		fmt.Fprintf(bw, "NAMESPACE %s  POD %s  CONTAINER %s", output.Printable(c.Namespace), output.Printable(c.Pod), output.Printable(c.Name))
 		if n := strings.Count(c.ID, ",") + 1; n > 1 {
 			fmt.Fprintf(bw, "  (%d container IDs: restarts add up)", n)
 		}
@@ -517,7 +523,7 @@ func writeTable(w io.Writer, ss []Summary) error {
 			if sys == "" {
 				sys = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", r.Cap, r.Granted, r.Denied, sys, Advice[r.Class])
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", output.Printable(r.Cap), r.Granted, r.Denied, output.Printable(sys), Advice[r.Class])
 		}
 		if err := tw.Flush(); err != nil {
 			return err
@@ -541,12 +547,12 @@ func writeYAML(w io.Writer, ss []Summary) error {
 				fmt.Fprintln(bw, "---") // one YAML document per pod
 			}
 			pod = p
-			fmt.Fprintf(bw, "# pod %s: merge into spec.containers\n", p)
+			fmt.Fprintf(bw, "# pod %s: merge into spec.containers\n", output.Printable(p))
 		}
 		fmt.Fprintf(bw, "# %s\n", s.Basis())
 		for _, r := range s.Rows {
 			if r.Class != ClassAdd {
-				fmt.Fprintf(bw, "# %s (granted %d, denied %d): %s\n", r.Cap, r.Granted, r.Denied, Advice[r.Class])
+				fmt.Fprintf(bw, "# %s (granted %d, denied %d): %s\n", output.Printable(r.Cap), r.Granted, r.Denied, Advice[r.Class])
 			}
 		}
 		fmt.Fprintf(bw, "- name: %s\n", yamlScalar(c.Name))

@@ -429,7 +429,7 @@ func TestReportRunsJournalctl(t *testing.T) {
 		t.Errorf("journalctl args %q, want %q", args, want)
 	}
 	_, _, _ = report(t, "", "--journalctl", fake, "--unit", "")
-	if args, _ := os.ReadFile(argsFile); string(args) != "-o json --no-pager SYSLOG_IDENTIFIER=captrace\n" {
+	if args, _ := os.ReadFile(argsFile); string(args) != "-o json --no-pager SYSLOG_IDENTIFIER=captrace _UID=0\n" {
 		t.Errorf("--unit '': journalctl args %q", args)
 	}
 
@@ -446,5 +446,36 @@ func TestReportRunsJournalctl(t *testing.T) {
 	out, errs, code = report(t, "", "--journalctl", filepath.Join(dir, "missing"))
 	if code != 1 || out != "" || !strings.Contains(errs, "journalctl -u captrace -o json | captrace report -") {
 		t.Errorf("missing journalctl: exit %d stdout %q stderr %s", code, out, errs)
+	}
+}
+
+// Names in a report come from pod authors, and a report file from anyone: a
+// crafted one must not send terminal escape sequences or break the YAML.
+func TestReportEscapesNames(t *testing.T) {
+	const esc = "\x1b]0;owned\x07\x1b[2J"
+	rs := setPriority1()
+	for i := range rs {
+		rs[i].ns = "ns" + esc
+		rs[i].pod = "pod\n- name: injected" + esc
+		rs[i].container = "ctr\u202e" + esc
+	}
+	for _, in := range []string{logfmtLines(t, rs), journalJSON(t, rs, func(b bool) string { return fmt.Sprint(b) })} {
+		for _, format := range []string{"table", "yaml"} {
+			out, errs, code := report(t, in+"garbage"+esc+"\n", "--format", format, "-")
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, errs)
+			}
+			for name, s := range map[string]string{"stdout": out, "stderr": errs} {
+				if strings.ContainsAny(s, "\x1b\x07\u202e") {
+					t.Errorf("%s %s holds a control character: %q", format, name, s)
+				}
+			}
+			if strings.Contains(out, "\n- name: injected") {
+				t.Errorf("%s: a pod name started a line of its own:\n%s", format, out)
+			}
+			if !strings.Contains(out, `\x1b]0;owned\a\x1b[2J`) {
+				t.Errorf("%s: the names are not shown escaped:\n%s", format, out)
+			}
+		}
 	}
 }

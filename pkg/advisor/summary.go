@@ -5,6 +5,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/captrace/captrace/pkg/output"
 )
 
 // DefaultMinWindow is how long a container must have been observed before its
@@ -278,9 +280,10 @@ func (s Summary) Basis() string {
 func (s Summary) Message() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "capability summary %s/%s/%s: recommended drop [ALL] add [%s]",
-		s.Container.Namespace, s.Container.Pod, s.Container.Name, strings.Join(s.Recommended.Add, " "))
+		output.Printable(s.Container.Namespace), output.Printable(s.Container.Pod), output.Printable(s.Container.Name),
+		output.Printable(strings.Join(s.Recommended.Add, " ")))
 	if len(s.DeniedOnly) > 0 {
-		fmt.Fprintf(&b, "; denied [%s]: add it only if the workload failed without it", strings.Join(s.DeniedOnly, " "))
+		fmt.Fprintf(&b, "; denied [%s]: add it only if the workload failed without it", output.Printable(strings.Join(s.DeniedOnly, " ")))
 	}
 	fmt.Fprintf(&b, "; %s", s.Basis())
 	return b.String()
@@ -304,7 +307,7 @@ func (s Summary) SecurityContext(indent int) string {
 		}
 	}
 	if len(s.DeniedOnly) > 0 {
-		fmt.Fprintf(&b, "%s    # denied, add only if the workload failed without it: %s\n", p, strings.Join(s.DeniedOnly, ", "))
+		fmt.Fprintf(&b, "%s    # denied, add only if the workload failed without it: %s\n", p, output.Printable(strings.Join(s.DeniedOnly, ", ")))
 	}
 	return b.String()
 }

@@ -60,9 +60,6 @@ type TrackerStats struct {
 	UntrackedEvents uint64
 	// UntrackedContainers were refused because MaxContainers were tracked.
 	UntrackedContainers uint64
-	// LateEvents arrived for a container already finished (read from the ring
-	// after its StopContainer); they are in the event records, not in its summary.
-	LateEvents uint64
 }
 
 // tupleKey packs (syscall, cap, capable, audit, runtime) into one word so the
@@ -125,26 +122,11 @@ type Tracker struct {
 	containers map[string]*containerState
 	tuples     int
 	stats      TrackerStats
-	// finished remembers the last MaxContainers finished IDs, oldest first in
-	// finishedOrder, so that a late event does not start a new, misleading
-	// summary (one made of a few stray checks) for a stopped container.
-	// A container started again (Start) leaves the map, not the order: the
-	// map holds the sequence number of the ID's latest entry in the order,
-	// and evicting an older entry leaves a newer one alone.
-	finished      map[string]uint64
-	finishedOrder []finishedID
-	finishedSeq   uint64
-}
-
-type finishedID struct {
-	id  string
-	seq uint64
 }
 
 // NewTracker returns an empty tracker bounded by limits.
 func NewTracker(limits Limits) *Tracker {
-	return &Tracker{limits: limits.withDefaults(), containers: map[string]*containerState{},
-		finished: map[string]uint64{}}
+	return &Tracker{limits: limits.withDefaults(), containers: map[string]*containerState{}}
 }
 
 // Limits are the tracker's limits, defaults filled in.
@@ -176,7 +158,6 @@ func (t *Tracker) Start(c cgmap.Container, at time.Time) {
 	defer t.mu.Unlock()
 	st := t.containers[c.ID]
 	if st == nil {
-		delete(t.finished, c.ID) // started again: a new observation
 		t.newState(c, at)
 		return
 	}
@@ -196,10 +177,6 @@ func (t *Tracker) Observe(c cgmap.Container, ev *bpf.Event, at time.Time) {
 	defer t.mu.Unlock()
 	st := t.containers[c.ID]
 	if st == nil {
-		if _, done := t.finished[c.ID]; done {
-			t.stats.LateEvents++
-			return
-		}
 		if st = t.newState(c, at); st == nil {
 			t.stats.UntrackedEvents++
 			return
@@ -240,39 +217,21 @@ func (t *Tracker) Observe(c cgmap.Container, ev *bpf.Event, at time.Time) {
 
 // Finish ends the observation of containerID at at and returns its summary;
 // false if the container was never started or observed, or already finished.
-// Call it on StopContainer, again on RemoveContainer (false after a Stop: it
-// covers containers whose Stop was missed), and FinishAll at shutdown. Events
-// of a finished container that arrive later are counted as LateEvents.
+// The caller orders it after the container's last event (pkg/pipeline: after
+// the ring barrier that follows its untrace), so no check of it can come
+// later: the tracker keeps no record of finished containers.
 func (t *Tracker) Finish(containerID string, at time.Time) (Summary, bool) {
 	t.mu.Lock()
 	st := t.containers[containerID]
 	if st != nil {
 		delete(t.containers, containerID)
 		t.tuples -= len(st.tuples)
-		t.markFinished(containerID)
 	}
 	t.mu.Unlock()
 	if st == nil {
 		return Summary{}, false
 	}
 	return st.summary(at, t.limits.MinWindow), true
-}
-
-// markFinished must be called with t.mu held.
-func (t *Tracker) markFinished(id string) {
-	if _, ok := t.finished[id]; ok {
-		return
-	}
-	for len(t.finishedOrder) >= t.limits.MaxContainers {
-		old := t.finishedOrder[0]
-		if t.finished[old.id] == old.seq {
-			delete(t.finished, old.id)
-		}
-		t.finishedOrder = t.finishedOrder[1:]
-	}
-	t.finishedSeq++
-	t.finished[id] = t.finishedSeq
-	t.finishedOrder = append(t.finishedOrder, finishedID{id, t.finishedSeq})
 }
 
 // FinishAll finishes every tracked container (daemon shutdown), in the order
@@ -282,9 +241,6 @@ func (t *Tracker) FinishAll(at time.Time) []Summary {
 	states := t.containers
 	t.containers = map[string]*containerState{}
 	t.tuples = 0
-	for id := range states {
-		t.markFinished(id) // a check read afterwards is late, not a new summary
-	}
 	t.mu.Unlock()
 	out := make([]Summary, 0, len(states))
 	for _, st := range states {

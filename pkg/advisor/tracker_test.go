@@ -327,38 +327,19 @@ func TestStartedContainerWithoutChecks(t *testing.T) {
 	}
 }
 
-// Checks read from the ring after StopContainer do not start a second summary.
-func TestLateEventsAfterFinish(t *testing.T) {
+// Start after a Finish is a new observation.
+func TestStartAfterFinish(t *testing.T) {
 	tr := NewTracker(Limits{MaxContainers: 2})
-	c := container("stopped")
+	c := container("x")
 	ev := event(step{"app", capChown, sysChown, true, true, 1})
 	tr.Observe(c, &ev, t0)
 	if _, ok := tr.Finish(c.ID, t0.Add(time.Second)); !ok {
 		t.Fatal("no summary at Stop")
 	}
-	tr.Observe(c, &ev, t0.Add(2*time.Second))
-	if _, ok := tr.Finish(c.ID, t0.Add(3*time.Second)); ok {
-		t.Error("a late event made a second summary at Remove")
-	}
-	if st := tr.Stats(); st.LateEvents != 1 || st.Containers != 0 {
-		t.Errorf("Stats = %+v, want 1 late event", st)
-	}
-	// The tombstones are bounded (MaxContainers): the oldest is forgotten.
-	for _, n := range []string{"x", "y"} {
-		tr.Observe(container(n), &ev, t0)
-		tr.Finish(container(n).ID, t0)
-	}
-	if len(tr.finished) != 2 || len(tr.finishedOrder) != 2 {
-		t.Errorf("tombstones: %v", tr.finishedOrder)
-	}
-	tr.Observe(c, &ev, t0.Add(4*time.Second))
-	if tr.Stats().Containers != 1 {
-		t.Error("the oldest tombstone was not forgotten")
-	}
-	// Start after a Finish is a new observation.
-	tr.Start(container("x"), t0)
-	if _, ok := tr.Finish(container("x").ID, t0.Add(time.Second)); !ok {
-		t.Error("no summary after a new Start")
+	tr.Start(c, t0.Add(2*time.Second))
+	s, ok := tr.Finish(c.ID, t0.Add(3*time.Second))
+	if !ok || s.Window.Events != 0 {
+		t.Errorf("after a new Start: %+v, %v; want a summary of no checks", s.Window, ok)
 	}
 }
 
@@ -604,40 +585,14 @@ func TestConcurrentObserveAndFinish(t *testing.T) {
 	}
 }
 
-// A container ID started again after its stop (Start is called for every
-// traced container at each Synchronize) leaves an old entry in the tombstone
-// order; evicting that old entry must not forget the newer stop.
-func TestRestartedContainerTombstone(t *testing.T) {
-	tr := NewTracker(Limits{MaxContainers: 2})
-	ev := event(step{"app", capChown, sysChown, true, true, 1})
-	a := container("a")
-	tr.Start(a, t0)
-	tr.Finish(a.ID, t0)
-	tr.Start(a, t0) // again: a new observation
-	tr.Finish(a.ID, t0)
-	b := container("b")
-	tr.Start(b, t0)
-	tr.Finish(b.ID, t0) // evicts a's first entry, not its second stop
-	tr.Observe(a, &ev, t0.Add(time.Second))
-	if st := tr.Stats(); st.LateEvents != 1 || st.Containers != 0 {
-		t.Errorf("a check of the restarted, stopped container: %+v, want 1 late event and no new summary", st)
+// Summary.Message escapes names the way output.EnrichedEvent.Message does.
+func TestSummaryMessageEscapesNames(t *testing.T) {
+	s := Summary{Container: ContainerRef{Namespace: "ns\x1b[2J", Pod: "pod\nfake line", Name: "c\u202e"}}
+	m := s.Message()
+	if strings.ContainsAny(m, "\x1b\n\u202e") {
+		t.Fatalf("Message() = %q: holds control characters", m)
 	}
-	if len(tr.finishedOrder) > 2 {
-		t.Errorf("tombstone order grew past MaxContainers: %v", tr.finishedOrder)
-	}
-}
-
-// After FinishAll (shutdown) a check still read is late, not a new summary.
-func TestFinishAllMarksFinished(t *testing.T) {
-	tr := NewTracker(Limits{})
-	ev := event(step{"app", capChown, sysChown, true, true, 1})
-	c := container("running")
-	tr.Observe(c, &ev, t0)
-	if n := len(tr.FinishAll(t0.Add(time.Minute))); n != 1 {
-		t.Fatalf("FinishAll gave %d summaries", n)
-	}
-	tr.Observe(c, &ev, t0.Add(2*time.Minute))
-	if st := tr.Stats(); st.LateEvents != 1 || st.Containers != 0 {
-		t.Errorf("after FinishAll: %+v, want 1 late event", st)
+	if !strings.Contains(m, `"ns\x1b[2J"/"pod\nfake line"/"c\u202e"`) {
+		t.Fatalf("Message() = %q: names not quoted like output.EnrichedEvent.Message", m)
 	}
 }

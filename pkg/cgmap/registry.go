@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/captrace/captrace/bpf"
 	"github.com/sirupsen/logrus"
@@ -31,37 +30,35 @@ type Container struct {
 	Settings  bpf.Settings
 }
 
+// Listener is told of every change of what is traced, in the order the
+// registry made them: Traced when a container starts being traced (or its
+// settings or cgroup change), Untraced exactly once when it stops, for
+// whatever reason (StopContainer, Synchronize, another container taking its
+// cgroup). Every container reported Traced is reported Untraced before the
+// registry forgets it. The calls come under the registry's lock, from the
+// NRI handlers: they must only queue, never wait.
+type Listener interface {
+	Traced(c Container)
+	Untraced(c Container)
+}
+
 // Registry is the set of traced containers, keyed by container ID and by cgroup
 // ID, mirrored into the kernel's filter map. Safe for concurrent use.
 //
-// Writers (NRI handlers) hold the write lock across the filter update so the
-// map and the registry never disagree; the event path only takes the read
-// lock and copies a Container out, which does not allocate.
+// Writers (NRI handlers) hold the lock across the filter update so the map
+// and the registry never disagree. The event path does not use the registry:
+// it keeps its own index, fed by a Listener (pkg/pipeline), so it never waits
+// for a handler's syscalls.
 type Registry struct {
 	filter Filter
 	log    logrus.FieldLogger
 
-	mu       sync.RWMutex
-	byID     map[string]Container
-	byCgroup map[uint64]string // cgroup ID → container ID
-	// removed keeps what was known of untraced cgroups for RemovedGrace, in
-	// removal order: their last checks are still in the ring buffer when
-	// StopContainer arrives (a one-shot container exits right after its
-	// check), and must still be enriched. cgroup v2 IDs are never reused, so
-	// a late Lookup cannot name the wrong container.
-	removed      map[uint64]Container
-	removedOrder []removal
-	now          func() time.Time
+	mu        sync.RWMutex
+	byID      map[string]Container
+	byCgroup  map[uint64]string // cgroup ID → container ID
+	listeners []Listener
 
 	untraceFailed atomic.Uint64
-}
-
-// RemovedGrace is how long Lookup still finds an untraced container.
-const RemovedGrace = 10 * time.Second
-
-type removal struct {
-	cgroupID uint64
-	at       time.Time
 }
 
 // RegistryStats are the registry's counters.
@@ -69,7 +66,8 @@ type RegistryStats struct {
 	// Traced is the number of traced containers.
 	Traced int
 	// UntraceFailed counts filter map deletions that failed; the container
-	// was dropped from the registry anyway (its cgroup is gone or going).
+	// was dropped from the registry anyway (its cgroup is gone or going), and
+	// the filter retries the deletion (bpf.Stats.StaleFilterEntries).
 	UntraceFailed uint64
 }
 
@@ -83,8 +81,25 @@ func NewRegistry(filter Filter, log logrus.FieldLogger) *Registry {
 		log:      log,
 		byID:     make(map[string]Container),
 		byCgroup: make(map[uint64]string),
-		removed:  make(map[uint64]Container),
-		now:      time.Now,
+	}
+}
+
+// Listen adds l to the listeners. Call it before the registry is used.
+func (r *Registry) Listen(l Listener) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.listeners = append(r.listeners, l)
+}
+
+func (r *Registry) tracedLocked(c Container) {
+	for _, l := range r.listeners {
+		l.Traced(c)
+	}
+}
+
+func (r *Registry) untracedLocked(c Container) {
+	for _, l := range r.listeners {
+		l.Untraced(c)
 	}
 }
 
@@ -114,45 +129,46 @@ func (r *Registry) addLocked(c Container) error {
 		return fmt.Errorf("cgmap: trace cgroup %d of container %s: %w", c.CgroupID, c.ID, err)
 	}
 	if had && old.CgroupID != c.CgroupID {
-		r.untraceLocked(old)
+		// The same container in another cgroup: the old one leaves the
+		// filter; listeners learn the new cgroup from Traced below.
+		if r.byCgroup[old.CgroupID] == old.ID {
+			delete(r.byCgroup, old.CgroupID)
+		}
+		r.untraceFilter(old)
 	}
 	if owner, ok := r.byCgroup[c.CgroupID]; ok && owner != c.ID {
 		r.log.WithFields(logrus.Fields{"cgroup_id": c.CgroupID, "container_id": c.ID, "previous_container_id": owner}).
 			Warn("cgroup already traced for another container; the newer container takes it over")
+		// The previous owner stops being traced: its listeners are told, so
+		// its summary is written instead of waiting for shutdown.
+		prev := r.byID[owner]
 		delete(r.byID, owner)
+		r.untracedLocked(prev)
 	}
 	r.byID[c.ID] = c
 	r.byCgroup[c.CgroupID] = c.ID
-	r.pruneRemovedLocked()
+	r.tracedLocked(c)
 	return nil
 }
 
-// untraceLocked removes c's cgroup from the filter and the cgroup index.
-func (r *Registry) untraceLocked(c Container) {
-	if r.byCgroup[c.CgroupID] == c.ID {
-		delete(r.byCgroup, c.CgroupID)
-		r.removed[c.CgroupID] = c
-		r.removedOrder = append(r.removedOrder, removal{c.CgroupID, r.now()})
-	}
-	r.pruneRemovedLocked()
+// untraceFilter removes c's cgroup from the kernel filter; a failure is
+// logged with the cgroup and counted (the filter retries it).
+func (r *Registry) untraceFilter(c Container) {
 	if err := r.filter.Untrace(c.CgroupID); err != nil {
 		r.untraceFailed.Add(1)
 		r.log.WithError(err).WithFields(logrus.Fields{"cgroup_id": c.CgroupID, "container_id": c.ID}).
-			Warn("could not remove cgroup from the filter map")
+			Warn("could not remove cgroup from the filter map; the container is finished anyway")
 	}
 }
 
-// pruneRemovedLocked forgets the untraced containers older than RemovedGrace.
-func (r *Registry) pruneRemovedLocked() {
-	cutoff := r.now().Add(-RemovedGrace)
-	n := 0
-	for n < len(r.removedOrder) && r.removedOrder[n].at.Before(cutoff) {
-		delete(r.removed, r.removedOrder[n].cgroupID)
-		n++
+// removeLocked stops tracing c, which is in byID.
+func (r *Registry) removeLocked(c Container) {
+	delete(r.byID, c.ID)
+	if r.byCgroup[c.CgroupID] == c.ID {
+		delete(r.byCgroup, c.CgroupID)
 	}
-	if n > 0 {
-		r.removedOrder = append(r.removedOrder[:0], r.removedOrder[n:]...)
-	}
+	r.untraceFilter(c)
+	r.untracedLocked(c)
 }
 
 // Remove untraces the container with this ID and returns what was known of it.
@@ -163,8 +179,7 @@ func (r *Registry) Remove(containerID string) (Container, bool) {
 	if !ok {
 		return Container{}, false
 	}
-	delete(r.byID, containerID)
-	r.untraceLocked(c)
+	r.removeLocked(c)
 	return c, true
 }
 
@@ -186,8 +201,7 @@ func (r *Registry) Reconcile(cs []Container) (removed []Container, err error) {
 	defer r.mu.Unlock()
 	for id, c := range r.byID {
 		if _, ok := want[id]; !ok {
-			delete(r.byID, id)
-			r.untraceLocked(c)
+			r.removeLocked(c)
 			removed = append(removed, c)
 		}
 	}
@@ -204,17 +218,15 @@ func (r *Registry) Reconcile(cs []Container) (removed []Container, err error) {
 	return removed, errors.Join(errs...)
 }
 
-// Lookup returns the container whose cgroup has this ID: traced now, or
-// untraced less than RemovedGrace ago (forgotten at the next Add or Remove
-// after that). The event path calls it.
+// Lookup returns the traced container whose cgroup has this ID.
 func (r *Registry) Lookup(cgroupID uint64) (Container, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	if id, ok := r.byCgroup[cgroupID]; ok {
-		return r.byID[id], true
+	id, ok := r.byCgroup[cgroupID]
+	if !ok {
+		return Container{}, false
 	}
-	c, ok := r.removed[cgroupID]
-	return c, ok
+	return r.byID[id], true
 }
 
 // Get returns the traced container with this container ID.

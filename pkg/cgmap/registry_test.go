@@ -6,7 +6,6 @@ import (
 	"sort"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/captrace/captrace/bpf"
 	"github.com/sirupsen/logrus"
@@ -65,8 +64,6 @@ func quietLog() logrus.FieldLogger {
 func TestRegistryAddRemoveLookup(t *testing.T) {
 	f := newMapFilter()
 	r := NewRegistry(f, quietLog())
-	clock := time.Unix(1000, 0)
-	r.now = func() time.Time { return clock }
 	a := Container{ID: "a", Name: "app", Namespace: "ns", Pod: "p", PodUID: "u", CgroupID: 10}
 	if err := r.Add(a); err != nil {
 		t.Fatal(err)
@@ -93,11 +90,9 @@ func TestRegistryAddRemoveLookup(t *testing.T) {
 	if got := f.ids(); fmt.Sprint(got) != "[12]" {
 		t.Fatalf("filter holds %v", got)
 	}
-	// Checks still in the ring from the old cgroup are enriched for a while.
-	if got, ok := r.Lookup(10); !ok || got.CgroupID != 10 || got.ID != "a" {
-		t.Fatalf("Lookup(10) just after untracing = %+v, %v; want the container as it was", got, ok)
+	if _, ok := r.Lookup(10); ok {
+		t.Fatal("Lookup(10) finds the container's old cgroup")
 	}
-	clock = clock.Add(RemovedGrace + time.Second) // forgotten at the next update
 	// Another container takes over the cgroup.
 	b := Container{ID: "b", CgroupID: 12}
 	if err := r.Add(b); err != nil {
@@ -249,33 +244,72 @@ func BenchmarkLookup(b *testing.B) {
 	}
 }
 
-// A one-shot container's check can still be in the ring buffer when its
-// StopContainer untraces it: Lookup finds it for RemovedGrace, then forgets it.
-func TestRegistryRemovedGrace(t *testing.T) {
+// recorder is a Listener that records what it is told.
+type recorder struct{ log []string }
+
+func (l *recorder) Traced(c Container) {
+	l.log = append(l.log, fmt.Sprintf("+%s@%d", c.ID, c.CgroupID))
+}
+func (l *recorder) Untraced(c Container) {
+	l.log = append(l.log, fmt.Sprintf("-%s@%d", c.ID, c.CgroupID))
+}
+
+// TestRegistryListenerPairs: every container reported Traced is reported
+// Untraced exactly once, whatever ends its tracing: Remove, Reconcile, or
+// another container taking over its cgroup (which used to drop the previous
+// owner silently: its summary then waited for shutdown). A settings change
+// or a move to another cgroup is a new Traced of the same container.
+func TestRegistryListenerPairs(t *testing.T) {
 	f := newMapFilter()
 	r := NewRegistry(f, quietLog())
-	clock := time.Unix(1000, 0)
-	r.now = func() time.Time { return clock }
-	a := Container{ID: "a", Name: "app", Pod: "p", CgroupID: 10}
-	if err := r.Add(a); err != nil {
+	l := &recorder{}
+	r.Listen(l)
+	mustAdd := func(c Container) {
+		t.Helper()
+		if err := r.Add(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustAdd(Container{ID: "a", CgroupID: 10})
+	mustAdd(Container{ID: "a", CgroupID: 10})                                       // no change: nothing to tell
+	mustAdd(Container{ID: "a", CgroupID: 10, Settings: bpf.Settings{Unique: true}}) // settings
+	mustAdd(Container{ID: "b", CgroupID: 10})                                       // b takes a's cgroup
+	mustAdd(Container{ID: "c", CgroupID: 20})
+	mustAdd(Container{ID: "c", CgroupID: 21}) // c moves
+	mustAdd(Container{ID: "d", CgroupID: 30})
+	r.Remove("d")
+	r.Remove("d")
+	if _, err := r.Reconcile([]Container{{ID: "c", CgroupID: 21}}); err != nil {
 		t.Fatal(err)
 	}
-	r.Remove("a")
+	r.Remove("c")
+	want := "[+a@10 +a@10 -a@10 +b@10 +c@20 +c@21 +d@30 -d@30 -b@10 -c@21]"
+	if got := fmt.Sprint(l.log); got != want {
+		t.Fatalf("listener told %s, want %s", got, want)
+	}
 	if len(f.ids()) != 0 || r.Len() != 0 {
-		t.Fatalf("after Remove: filter %v, %d traced", f.ids(), r.Len())
+		t.Fatalf("left: filter %v, registry %d", f.ids(), r.Len())
 	}
-	clock = clock.Add(RemovedGrace - time.Second)
-	if got, ok := r.Lookup(10); !ok || got != a {
-		t.Fatalf("Lookup within the grace = %+v, %v", got, ok)
-	}
-	clock = clock.Add(2 * time.Second)
-	if err := r.Add(Container{ID: "b", CgroupID: 11}); err != nil { // any update prunes
+}
+
+// A filter deletion that fails is counted, and the container still leaves
+// the registry and is reported Untraced.
+func TestRegistryUntraceFailure(t *testing.T) {
+	f := newMapFilter()
+	r := NewRegistry(f, quietLog())
+	l := &recorder{}
+	r.Listen(l)
+	if err := r.Add(Container{ID: "a", CgroupID: 10}); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := r.Lookup(10); ok {
-		t.Fatal("Lookup after the grace still finds the removed container")
+	f.failDel = true
+	if _, ok := r.Remove("a"); !ok {
+		t.Fatal("Remove failed")
 	}
-	if len(r.removed) != 0 || len(r.removedOrder) != 0 {
-		t.Fatalf("removed set not pruned: %v %v", r.removed, r.removedOrder)
+	if st := r.Stats(); st.UntraceFailed != 1 || st.Traced != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	if got := fmt.Sprint(l.log); got != "[+a@10 -a@10]" {
+		t.Fatalf("listener told %s", got)
 	}
 }

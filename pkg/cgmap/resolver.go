@@ -31,7 +31,18 @@ type Resolver struct {
 	// mountRoot is the cgroup the mount shows at its top: "/" unless the
 	// mount is a bind of a sub-tree (some container setups).
 	mountRoot string
+	// nsPrefix is how captrace's cgroup namespace names the hierarchy's
+	// root ("/../../.."), when captrace runs in a namespace of its own and
+	// sees the host's hierarchy through a mount of its root; "" otherwise.
+	nsPrefix string
+	// self is the directory of captrace's own cgroup, "" if unknown.
+	self string
 }
+
+// ErrNotContainerCgroup means a container's cgroup resolved to one that no
+// container owns: the root of the hierarchy (every host process that is in
+// no other cgroup) or captrace's own. Such a cgroup is never traced.
+var ErrNotContainerCgroup = errors.New("not a container's cgroup")
 
 // ErrNoCgroup2 means the host has no cgroup2 hierarchy mounted: a pure
 // cgroup v1 host, where cgroup IDs cannot identify containers.
@@ -46,7 +57,37 @@ func newResolver(h host) (*Resolver, error) {
 	if !ok {
 		return nil, ErrNoCgroup2
 	}
-	return &Resolver{host: h, mount: mount, mountRoot: root}, nil
+	r := &Resolver{host: h, mount: mount, mountRoot: root}
+	r.seeFromNamespace()
+	// captrace's own cgroup is never a container's: tracing it would feed
+	// captrace's checks back to itself. Unknown if it cannot be read.
+	if data, err := h.readFile("/proc/self/cgroup"); err == nil {
+		if cg, ok := unifiedCgroup(data); ok {
+			if dir, err := r.dir(cg); err == nil {
+				r.self = dir
+			}
+		}
+	}
+	return r, nil
+}
+
+// seeFromNamespace adapts the resolver to a cgroup namespace of its own: a
+// pod on a cgroup v2 node (containerd gives every non-privileged container
+// one) that mounts the node's /sys/fs/cgroup (the DaemonSet's hostPath). The
+// kernel shows that mount's root, and the cgroups in other containers'
+// /proc/PID/cgroup, relative to the namespace: "/../../..". When the mount is
+// the hierarchy's root (which alone has no cgroup.type file), OCI cgroups
+// paths join the mount as they are, and /proc paths lose that prefix.
+func (r *Resolver) seeFromNamespace() {
+	for _, seg := range strings.Split(strings.TrimPrefix(r.mountRoot, "/"), "/") {
+		if seg != ".." {
+			return
+		}
+	}
+	if _, err := r.host.readFile(path.Join(r.mount, "cgroup.type")); err == nil {
+		return // an ancestor of the namespace, but not the hierarchy's root
+	}
+	r.nsPrefix, r.mountRoot = r.mountRoot, "/"
 }
 
 // Mount returns the cgroup2 mount point in use.
@@ -69,10 +110,24 @@ func (r *Resolver) FromPID(pid uint32) (id uint64, dir string, err error) {
 		return 0, file, fmt.Errorf("cgmap: %s has no cgroup v2 (0::) line", file)
 	}
 	dir, err = r.dir(cg)
+	if err == nil {
+		err = r.containerDir(dir)
+	}
 	if err != nil {
 		return 0, file, fmt.Errorf("cgmap: process %d: %w", pid, err)
 	}
 	return r.stat(dir)
+}
+
+// containerDir refuses the cgroup directories no container owns.
+func (r *Resolver) containerDir(dir string) error {
+	switch {
+	case dir == r.mount:
+		return fmt.Errorf("cgroup %s is the top of the cgroup2 hierarchy: %w", dir, ErrNotContainerCgroup)
+	case r.self != "" && dir == r.self:
+		return fmt.Errorf("cgroup %s is captrace's own: %w", dir, ErrNotContainerCgroup)
+	}
+	return nil
 }
 
 // FromCgroupsPath resolves an OCI Linux.CgroupsPath, in cgroupfs form
@@ -84,8 +139,11 @@ func (r *Resolver) FromCgroupsPath(cgroupsPath string) (id uint64, dir string, e
 		return 0, "", err
 	}
 	dir, err = r.dir(cg)
+	if err == nil {
+		err = r.containerDir(dir)
+	}
 	if err != nil {
-		return 0, "", err
+		return 0, "", fmt.Errorf("cgmap: cgroups path %q: %w", cgroupsPath, err)
 	}
 	return r.stat(dir)
 }
@@ -102,6 +160,11 @@ func (r *Resolver) stat(dir string) (uint64, string, error) {
 func (r *Resolver) dir(cg string) (string, error) {
 	if strings.HasSuffix(cg, " (deleted)") {
 		return "", fmt.Errorf("cgroup %s was deleted", strings.TrimSuffix(cg, " (deleted)"))
+	}
+	if r.nsPrefix != "" {
+		if rel, ok := strings.CutPrefix(cg, r.nsPrefix); ok && (rel == "" || rel[0] == '/') {
+			cg = path.Join("/", rel)
+		}
 	}
 	if cg == "/.." || strings.HasPrefix(cg, "/../") {
 		return "", fmt.Errorf("cgroup %s is outside captrace's cgroup namespace: run captrace in the host's cgroup namespace", cg)
@@ -127,9 +190,25 @@ func CgroupsPathToCgroup(cgroupsPath string) (string, error) {
 	parts := strings.Split(cgroupsPath, ":")
 	switch len(parts) {
 	case 1:
-		return path.Join("/", cgroupsPath), nil
+		// runc cleans ".." away lexically; containerd never writes one, so
+		// a path with one is refused rather than followed elsewhere.
+		for _, elem := range strings.Split(cgroupsPath, "/") {
+			if elem == ".." {
+				return "", fmt.Errorf("cgmap: cgroups path %q contains \"..\"", cgroupsPath)
+			}
+		}
+		cg := path.Join("/", cgroupsPath)
+		if cg == "/" {
+			return "", fmt.Errorf("cgmap: cgroups path %q names the root cgroup: %w", cgroupsPath, ErrNotContainerCgroup)
+		}
+		return cg, nil
 	case 3:
 		slice, prefix, name := parts[0], parts[1], parts[2]
+		// The unit is prefix-name.scope inside the slice: a slash in
+		// either would lead out of the slice.
+		if strings.Contains(prefix, "/") {
+			return "", fmt.Errorf("cgmap: cgroups path %q: the unit prefix %q contains a slash", cgroupsPath, prefix)
+		}
 		if slice == "" {
 			// runc's systemd driver puts containers without a parent here.
 			slice = "system.slice"

@@ -141,6 +141,13 @@ func TestCgroupsPathToCgroup(t *testing.T) {
 		{"systemd not a slice", "kubepods:cri-containerd:x", "", "not a systemd slice"},
 		{"systemd empty name", "kubepods.slice:cri-containerd:", "", "bad unit name"},
 		{"two colons", "a:b", "", "neither"},
+		// A prefix with a slash led out of the slice to any cgroup.
+		{"systemd prefix with a slash", "a.slice:../../../system.slice/kubelet:x", "", "prefix"},
+		{"systemd prefix with one slash", "a.slice:x/y:z", "", "prefix"},
+		{"cgroupfs root", "/", "", "root cgroup"},
+		{"cgroupfs root unclean", "//./", "", "root cgroup"},
+		{"cgroupfs dot-dot", "/kubepods/../system.slice/kubelet.service", "", `".."`},
+		{"cgroupfs dot-dot to root", "/kubepods/..", "", `".."`},
 		{"empty", "", "", "empty"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -160,13 +167,16 @@ func TestCgroupsPathToCgroup(t *testing.T) {
 
 func TestResolver(t *testing.T) {
 	files := map[string]string{
-		"/proc/42/cgroup":  hybridProcCgroup,
-		"/proc/43/cgroup":  "0::/kubepods/gone (deleted)\n",
-		"/proc/44/cgroup":  "4:memory:/x\n",
-		"/proc/45/cgroup":  "0::/../../elsewhere\n",
-		"/proc/46/cgroup":  "0::/kubepods/pod1/ctr9\n",
-		"/proc/47/cgroup":  "0::/system.slice/other\n",
-		"/proc/self/dummy": "",
+		"/proc/42/cgroup":   hybridProcCgroup,
+		"/proc/43/cgroup":   "0::/kubepods/gone (deleted)\n",
+		"/proc/44/cgroup":   "4:memory:/x\n",
+		"/proc/45/cgroup":   "0::/../../elsewhere\n",
+		"/proc/46/cgroup":   "0::/kubepods/pod1/ctr9\n",
+		"/proc/47/cgroup":   "0::/system.slice/other\n",
+		"/proc/48/cgroup":   "0::/\n",
+		"/proc/49/cgroup":   "0::/system.slice/captrace.service\n",
+		"/proc/self/cgroup": "0::/system.slice/captrace.service\n",
+		"/proc/self/dummy":  "",
 	}
 	for _, tc := range []struct {
 		name      string
@@ -205,6 +215,14 @@ func TestResolver(t *testing.T) {
 			wantDir: "/sys/fs/cgroup/unified/kubepods.slice/kubepods-podabc.slice/cri-containerd-ctr1.scope",
 			err:     "cgroup directory /sys/fs/cgroup/unified/kubepods.slice/kubepods-podabc.slice/cri-containerd-ctr1.scope"},
 		{name: "bad path", mountinfo: unifiedMountinfo, path: "a--b.slice:x:y", err: "empty component"},
+		{name: "pid in the root cgroup", mountinfo: unifiedMountinfo, pid: 48,
+			dirs: map[string]uint64{"/sys/fs/cgroup": 1}, wantDir: "/proc/48/cgroup", err: "top of the cgroup2 hierarchy"},
+		{name: "pid in captrace's cgroup", mountinfo: unifiedMountinfo, pid: 49,
+			dirs: map[string]uint64{"/sys/fs/cgroup/system.slice/captrace.service": 5}, wantDir: "/proc/49/cgroup", err: "captrace's own"},
+		{name: "cgroupfs path of captrace's cgroup", mountinfo: unifiedMountinfo, path: "/system.slice/captrace.service",
+			dirs: map[string]uint64{"/sys/fs/cgroup/system.slice/captrace.service": 5}, err: "captrace's own"},
+		{name: "top of a bind mount", mountinfo: strings.SplitAfter(bindMountinfo, "\n")[0], path: "/kubepods/pod1",
+			dirs: map[string]uint64{"/sys/fs/cgroup": 3}, err: "top of the cgroup2 hierarchy"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := fakeHost{files: map[string]string{"/proc/self/mountinfo": tc.mountinfo}, dirs: tc.dirs}

@@ -188,6 +188,72 @@ func TestFileSinkReopen(t *testing.T) {
 	}
 }
 
+// A failed reopen (after logrotate moved the file, the path cannot be
+// opened) keeps writing to the moved file, says so, and retries on later
+// writes until the path opens again: no SIGHUP needed, nothing lost.
+func TestFileSinkReopenRetries(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "events.log")
+	sink, err := OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	now := time.Unix(1000, 0)
+	sink.file.now = func() time.Time { return now }
+	line := []byte("one\n")
+	if _, err := sink.file.Write(line); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path, path+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(path, 0o755); err != nil { // the path cannot be opened for writing
+		t.Fatal(err)
+	}
+	err = sink.Reopen()
+	if !errors.Is(err, ErrReopenPending) || !strings.Contains(err.Error(), "previous file") || !sink.ReopenPending() {
+		t.Fatalf("Reopen: %v (pending %v); want ErrReopenPending", err, sink.ReopenPending())
+	}
+	if _, err := sink.file.Write(line); err != nil {
+		t.Fatalf("write while the reopen is pending: %v", err)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(reopenRetryEvery)
+	if _, err := sink.file.Write(line); err != nil {
+		t.Fatal(err)
+	}
+	if sink.ReopenPending() {
+		t.Fatal("the reopen is still pending after the path came back")
+	}
+	for name, want := range map[string]string{path + ".1": "one\none\n", path: "one\n"} {
+		if data, err := os.ReadFile(name); err != nil || string(data) != want {
+			t.Errorf("%s holds %q (%v), want %q", name, data, err, want)
+		}
+	}
+}
+
+// captrace runs as root: the file sink never follows a symbolic link.
+func TestFileSinkRefusesSymlink(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "shadow")
+	if err := os.WriteFile(target, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "events.log")
+	if err := os.Symlink(target, path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenFile(path); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Fatalf("OpenFile of a symlink: %v, want an error naming the symbolic link", err)
+	}
+	if _, err := OpenFile(dir); err == nil || !strings.Contains(err.Error(), "output file") {
+		t.Fatalf("OpenFile of a directory: %v", err)
+	}
+}
+
 func TestFileSinkMissingDirectory(t *testing.T) {
 	_, err := OpenFile(filepath.Join(t.TempDir(), "nope", "events.log"))
 	if err == nil || !strings.Contains(err.Error(), "create its directory") {

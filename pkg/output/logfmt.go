@@ -2,10 +2,13 @@ package output
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -152,41 +155,92 @@ type File struct {
 	file *reopenable
 }
 
-// OpenFile opens (creating, mode 0640) path for appending.
+// OpenFile opens (creating, mode 0640) path for appending. path must be a
+// regular file, not a symbolic link (O_NOFOLLOW): captrace runs as root and
+// must not be pointed at another file by whoever can write its directory.
 func OpenFile(path string) (*File, error) {
-	f := &reopenable{path: path}
+	f := &reopenable{path: path, retryEvery: reopenRetryEvery, now: time.Now}
 	if err := f.Reopen(); err != nil {
 		return nil, err
 	}
 	return &File{path: path, Logfmt: NewLogfmt("file", f), file: f}, nil
 }
 
-// Reopen closes the file and opens path again.
+// Reopen closes the file and opens path again. If path cannot be opened,
+// the sink keeps writing to the file it had open (moved away by logrotate:
+// nothing is lost while that file exists) and retries the open at the next
+// write after reopenRetryEvery, until it succeeds.
 func (s *File) Reopen() error { return s.file.Reopen() }
+
+// ReopenPending tells whether a failed Reopen is still being retried.
+func (s *File) ReopenPending() bool { return s.file.pending() }
 
 // Close closes the file.
 func (s *File) Close() error { return s.file.Close() }
 
+// reopenRetryEvery is how often a write retries a failed Reopen.
+const reopenRetryEvery = time.Second
+
+// ErrReopenPending wraps a failed Reopen: the sink goes on writing to the
+// file it had open and retries.
+var ErrReopenPending = errors.New("writing continues to the previous file (the one logrotate moved away, " +
+	"lost if it is deleted) and the open is retried every second until it succeeds")
+
 // reopenable is a file that can be swapped under concurrent writes.
 type reopenable struct {
-	path string
-	mu   sync.Mutex
-	f    *os.File
+	path       string
+	retryEvery time.Duration
+	now        func() time.Time
+
+	mu        sync.Mutex
+	f         *os.File
+	retrying  bool      // a Reopen failed; writes retry it
+	lastRetry time.Time // when the open was last tried
+}
+
+func openAppend(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o640)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, fmt.Errorf("open output file: %s is a symbolic link; captrace writes only to a regular file (point output.file / --log-file at the real path)", path)
+		}
+		return nil, fmt.Errorf("open output file: %w (create its directory or fix output.file / --log-file)", err)
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("open output file: %s is not a regular file (fix output.file / --log-file)", path)
+	}
+	return f, nil
 }
 
 func (r *reopenable) Reopen() error {
-	f, err := os.OpenFile(r.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-	if err != nil {
-		return fmt.Errorf("open output file: %w (create its directory or fix output.file / --log-file)", err)
-	}
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.reopenLocked()
+}
+
+func (r *reopenable) reopenLocked() error {
+	r.lastRetry = r.now()
+	f, err := openAppend(r.path)
+	if err != nil {
+		if r.f == nil {
+			return err
+		}
+		r.retrying = true
+		return fmt.Errorf("%w; %w", err, ErrReopenPending)
+	}
 	old := r.f
-	r.f = f
-	r.mu.Unlock()
+	r.f, r.retrying = f, false
 	if old != nil {
 		return old.Close()
 	}
 	return nil
+}
+
+func (r *reopenable) pending() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.retrying
 }
 
 func (r *reopenable) Write(p []byte) (int, error) {
@@ -195,7 +249,20 @@ func (r *reopenable) Write(p []byte) (int, error) {
 	if r.f == nil {
 		return 0, os.ErrClosed
 	}
-	return r.f.Write(p)
+	if r.retrying && r.now().Sub(r.lastRetry) >= r.retryEvery {
+		_ = r.reopenLocked() // on failure the old file stays in use
+	}
+	n, err := r.f.Write(p)
+	if err != nil && n > 0 {
+		// A full filesystem took part of the line: cut it off again, so the
+		// file stays whole lines (the next line would otherwise be glued to
+		// the torn one) and the record counts as failed, not half written.
+		if fi, statErr := r.f.Stat(); statErr == nil {
+			_ = r.f.Truncate(fi.Size() - int64(n))
+		}
+		n = 0
+	}
+	return n, err
 }
 
 func (r *reopenable) Close() error {

@@ -141,10 +141,10 @@ func (r *EnrichedEvent) JournalFields() map[string]string {
 // Checks the kernel does not audit say so: they are probes, not needs.
 func (r *EnrichedEvent) Message() string {
 	var b strings.Builder
-	b.WriteString(printable(r.Comm()))
+	b.WriteString(Printable(r.Comm()))
 	fmt.Fprintf(&b, "[%d] in ", r.Event.Pid)
 	if r.Known {
-		fmt.Fprintf(&b, "%s/%s/%s", printable(r.Container.Namespace), printable(r.Container.Pod), printable(r.Container.Name))
+		fmt.Fprintf(&b, "%s/%s/%s", Printable(r.Container.Namespace), Printable(r.Container.Pod), Printable(r.Container.Name))
 	} else {
 		fmt.Fprintf(&b, "cgroup %d (container not known)", r.Event.CgroupID)
 	}
@@ -169,9 +169,16 @@ func (r *EnrichedEvent) Message() string {
 	return b.String()
 }
 
-// printable quotes s when it holds anything a terminal would not print as
-// itself, so MESSAGE stays one honest line.
-func printable(s string) string {
+// Printable quotes s when it holds anything a terminal would not print as
+// itself (control characters such as ESC, newlines, format characters such
+// as a right-to-left override), invalid UTF-8 or a double quote, so a name from a pod
+// author stays one honest line on a terminal and in MESSAGE.
+func Printable(s string) string {
+	// A byte that is not UTF-8 (0x9b is CSI to an 8-bit terminal) is
+	// quoted too: ranging over s would read it as a printable U+FFFD.
+	if !utf8.ValidString(s) {
+		return strconv.Quote(s)
+	}
 	for _, r := range s {
 		if !unicode.IsPrint(r) || r == '"' {
 			return strconv.Quote(s)

@@ -78,14 +78,7 @@ func nodeSetups(version string) []nodeSetup {
 func TestDropInContainerdVersions(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	root, err := stack.ProjectRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dropIn, err := os.ReadFile(filepath.Join(root, "deploy", "containerd-nri.toml"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, dropIn := shippedDropIn(t)
 	bin := filepath.Join(t.TempDir(), "captrace")
 	if err := stack.BuildCaptrace(ctx, root, bin); err != nil {
 		t.Fatal(err)
@@ -106,6 +99,7 @@ func TestDropInContainerdVersions(t *testing.T) {
 				}
 				defer s.Stop()
 				checkMergedNRI(t, ctx, s)
+				checkDoctor(t, ctx, s, bin)
 
 				name := "dropin-" + strings.NewReplacer(".", "-").Replace(version) + "-" + setup.name
 				pod, err := s.RunPod(ctx, stack.Pod{Name: name, Annotations: stack.Annotated()})
@@ -123,6 +117,21 @@ func TestDropInContainerdVersions(t *testing.T) {
 			})
 		}
 	}
+}
+
+// shippedDropIn returns the repository's root and deploy/containerd-nri.toml
+// as `make install` ships it.
+func shippedDropIn(t testing.TB) (root string, dropIn []byte) {
+	t.Helper()
+	root, err := stack.ProjectRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropIn, err = os.ReadFile(filepath.Join(root, "deploy", "containerd-nri.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root, dropIn
 }
 
 // checkMergedNRI reads the configuration the node's containerd merged
@@ -144,4 +153,23 @@ func checkMergedNRI(t *testing.T, ctx context.Context, s *stack.Stack) {
 	if nri["disable"] != false || nri["socket_path"] != stack.NodeNRISocket || nri["disable_connections"] != false {
 		t.Errorf("merged NRI section %v, want the drop-in's (enabled, %s, connections allowed)", nri, stack.NodeNRISocket)
 	}
+}
+
+// checkDoctor runs `captrace doctor` where the node's containerd runs and
+// requires its line for this containerd: NRI on the drop-in's socket, the
+// drop-in imported.
+func checkDoctor(t *testing.T, ctx context.Context, s *stack.Stack, bin string) {
+	t.Helper()
+	out, _ := s.InNamespace(ctx, bin, "doctor") // other checks may fail on a shared machine; only this line counts
+	want := fmt.Sprintf("(pid %d, %s): NRI enabled on %s (%s/captrace-nri.toml imported)", s.ContainerdPID(), stack.NodeConfig, stack.NodeNRISocket, stack.NodeConfDir)
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, want) {
+			if !strings.HasPrefix(line, "[ok]") {
+				t.Errorf("captrace doctor: %s", line)
+			}
+			t.Logf("captrace doctor: %s", line)
+			return
+		}
+	}
+	t.Errorf("captrace doctor has no line with %q:\n%s", want, out)
 }

@@ -32,26 +32,9 @@ func NodeRootConfig(s *Stack, version int, imports, nri string) string {
 	if version == 3 {
 		return containerdConfigV3(s.Dir, s.Tools, imports, nri)
 	}
-	return strings.NewReplacer(
-		"@DIR@", s.Dir,
-		"@RUNC@", fmt.Sprintf("%q", s.Tools.Runc),
-		"@PAUSE@", fmt.Sprintf("%q", PauseImage),
-		"@IMPORTS@", imports,
-		"@NRI@", nri,
-	).Replace(`version = 2
+	return renderConfig(s.Dir, s.Tools, imports, nri, `version = 2
 @IMPORTS@
-root = "@DIR@/root"
-state = "@DIR@/state"
-
-[grpc]
-  address = "@DIR@/containerd.sock"
-
-[ttrpc]
-  address = "@DIR@/containerd.sock.ttrpc"
-
-[debug]
-  address = "@DIR@/debug.sock"
-  level = "info"
+@TOP@
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "@DIR@/opt"
@@ -77,19 +60,23 @@ state = "@DIR@/state"
 `)
 }
 
-// containerdConfigV3 is the stack's version 3 config with an imports line and
-// an NRI section.
-func containerdConfigV3(dir string, t Tools, imports, nri string) string {
+// renderConfig fills a config template: @TOP@ (the stack's private root,
+// state and sockets, spelt the same in versions 2 and 3), @DIR@, @RUNC@,
+// @PAUSE@, @IMPORTS@ and @NRI@.
+func renderConfig(dir string, t Tools, imports, nri, template string) string {
 	q := func(s string) string { return fmt.Sprintf("%q", s) }
 	return strings.NewReplacer(
+		"@TOP@", strings.TrimSuffix(strings.ReplaceAll(configTop, "@DIR@", dir), "\n"),
 		"@DIR@", dir,
 		"@RUNC@", q(t.Runc),
 		"@PAUSE@", q(PauseImage),
 		"@IMPORTS@", imports,
 		"@NRI@", nri,
-	).Replace(`version = 3
-@IMPORTS@
-root = "@DIR@/root"
+	).Replace(template)
+}
+
+// configTop is the start of every config the stack writes.
+const configTop = `root = "@DIR@/root"
 state = "@DIR@/state"
 
 [grpc]
@@ -101,6 +88,14 @@ state = "@DIR@/state"
 [debug]
   address = "@DIR@/debug.sock"
   level = "info"
+`
+
+// containerdConfigV3 is the stack's version 3 config with an imports line and
+// an NRI section.
+func containerdConfigV3(dir string, t Tools, imports, nri string) string {
+	return renderConfig(dir, t, imports, nri, `version = 3
+@IMPORTS@
+@TOP@
 
 [plugins.'io.containerd.internal.v1.opt']
   path = "@DIR@/opt"

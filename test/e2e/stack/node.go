@@ -27,8 +27,8 @@ type NodeContainerd struct {
 	// "config.toml" is the root config, conf.d/ holds drop-ins. It is called
 	// at every start; a file it no longer returns is removed.
 	Etc func(s *Stack) (map[string]string, error)
-	// NRIOff says the config leaves NRI off: StartContainerd does not wait
-	// for the NRI socket (a node without NRI, as captrace must report it).
+	// NRIOff says the config leaves NRI off: the stack does not wait for
+	// the NRI socket (and starts no captrace of its own).
 	NRIOff bool
 	// Dirs are further node paths the namespace covers with directories of
 	// the stack, e.g. the kubelet's fixed /var/lib/kubelet and /var/log/containers.
@@ -132,12 +132,6 @@ func (s *Stack) writeNodeEtc() error {
 		}
 	}
 	return nil
-}
-
-// InNamespace runs argv in the stack's private mount namespace and returns
-// its output (e.g. `containerd config dump` as the node's containerd reads it).
-func (s *Stack) InNamespace(ctx context.Context, argv ...string) (string, error) {
-	return run(ctx, s.inNamespace(argv...)...)
 }
 
 // ContainerdBinDir is where EnsureContainerd puts one release's binaries.

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/captrace/captrace/internal/privilege"
 	"github.com/captrace/captrace/pkg/cgmap"
 	"math/rand/v2"
 	"os"
@@ -51,6 +52,10 @@ type Stack struct {
 	// EventFile is captrace's logfmt output; JournalDir its private journal.
 	EventFile  string
 	JournalDir string
+	// CaptraceEventFile, when set, is the output file as captrace sees it in
+	// the stack's mount namespace (a file on a mount made there); EventFile
+	// must then name the same file as the host sees it (InNamespacePath).
+	CaptraceEventFile string
 
 	opts       Options
 	lock       *os.File
@@ -362,7 +367,7 @@ func (s *Stack) StartContainerd(ctx context.Context) error {
 		os.Remove(s.NRISocket()) // left by an earlier start with NRI on
 		sockets = sockets[:1]
 	}
-	if err := waitFor(30*time.Second, p, "containerd's socket", func() bool { return allExist(sockets...) }); err != nil {
+	if err := waitFor(30*time.Second, p, "containerd's sockets "+strings.Join(sockets, ", "), func() bool { return allExist(sockets...) }); err != nil {
 		return err
 	}
 	return waitFor(30*time.Second, p, "CRI to answer `crictl info`", func() bool {
@@ -370,6 +375,9 @@ func (s *Stack) StartContainerd(ctx context.Context) error {
 		return err == nil
 	})
 }
+
+// ContainerdPID is the running containerd's PID.
+func (s *Stack) ContainerdPID() int { return s.containerd.pid() }
 
 // StopContainerd stops containerd (SIGTERM); shims and pods keep running.
 func (s *Stack) StopContainerd() {
@@ -460,6 +468,9 @@ func (s *Stack) StartCaptrace(ctx context.Context) error {
 	cfg := s.opts.Captrace
 	cfg.NRISocket = s.NRISocket()
 	cfg.EventFile = s.EventFile
+	if s.CaptraceEventFile != "" {
+		cfg.EventFile = s.CaptraceEventFile
+	}
 	if err := os.WriteFile(s.CaptraceConfigPath(), []byte(cfg.render()), 0o644); err != nil {
 		return err
 	}
@@ -480,12 +491,30 @@ func (s *Stack) StartCaptrace(ctx context.Context) error {
 	}
 	defer syscall.Close(cgfd)
 	before := s.pluginSyncs()
-	p, err := s.spawn("captrace", s.inNamespace(s.opts.CaptraceBin, "--config", s.CaptraceConfigPath()), spawnOpts{cgroupFD: cgfd})
+	p, err := s.spawn("captrace", s.inNamespace(s.ConfinedArgv(s.opts.CaptraceBin, "--config", s.CaptraceConfigPath())...), spawnOpts{cgroupFD: cgfd})
 	if err != nil {
 		return err
 	}
 	s.captrace = p
 	return waitFor(30*time.Second, p, "containerd to log captrace's NRI plugin \"connected and synchronized\"", func() bool { return s.pluginSyncs() > before })
+}
+
+// CaptraceBin is the daemon binary the stack runs.
+func (s *Stack) CaptraceBin() string { return s.opts.CaptraceBin }
+
+// ConfinedArgv prefixes argv so it runs as the captrace unit runs it: with
+// exactly the capabilities of internal/privilege (bounding, permitted and
+// effective; none inheritable or ambient) and no_new_privs, minus exclude.
+// The whole e2e suite runs the daemon this way, which proves the set enough.
+func (s *Stack) ConfinedArgv(argv ...string) []string {
+	return ConfinedArgv(s.Tools.Setpriv, argv, nil)
+}
+
+// ConfinedArgv is Stack.ConfinedArgv with capabilities left out (to prove
+// each is needed).
+func ConfinedArgv(setpriv string, argv []string, exclude []string) []string {
+	set := privilege.SetprivBoundingSet(exclude...)
+	return append([]string{setpriv, "--bounding-set", set, "--inh-caps", "-all", "--ambient-caps", "-all", "--no-new-privs", "--"}, argv...)
 }
 
 // pluginSyncs counts containerd's log lines saying captrace's plugin synchronized.
@@ -514,6 +543,38 @@ func (s *Stack) StopCaptrace() {
 	if s.captrace != nil {
 		s.captrace.stop(15 * time.Second)
 	}
+}
+
+// KillCaptrace kills the daemon with SIGKILL (no shutdown of any kind) and
+// returns once it is reaped.
+func (s *Stack) KillCaptrace() {
+	if s.captrace != nil && !s.captrace.exited() {
+		s.captrace.cmd.Process.Kill()
+		<-s.captrace.done
+	}
+}
+
+// StopJournald stops the stack's journald (SIGTERM); its socket file stays,
+// so writers get "connection refused" as on a node whose journald died.
+func (s *Stack) StopJournald() { s.journald.stop(5 * time.Second) }
+
+// StartJournald starts journald again in the stack's namespace.
+func (s *Stack) StartJournald() error {
+	var err error
+	s.journald, err = s.spawn("journald", s.inNamespace(s.Tools.Journald), spawnOpts{})
+	return err
+}
+
+// InNamespace runs argv in the stack's private mount namespace (where
+// journald and captrace run) and returns its combined output.
+func (s *Stack) InNamespace(ctx context.Context, argv ...string) (string, error) {
+	return run(ctx, s.inNamespace(argv...)...)
+}
+
+// InNamespacePath is path as the host sees it in the stack's mount
+// namespace (through the holder's /proc/PID/root).
+func (s *Stack) InNamespacePath(path string) string {
+	return filepath.Join(fmt.Sprintf("/proc/%d/root", s.holder.pid()), path)
 }
 
 // RestartCaptrace stops and starts the daemon.

@@ -30,6 +30,7 @@ type Tools struct {
 	Journalctl string
 	Unshare    string
 	Nsenter    string
+	Setpriv    string
 }
 
 // ProjectRoot returns the directory holding captrace's go.mod, searched
@@ -113,6 +114,7 @@ func EnsureTools(ctx context.Context, root string, logf func(string, ...any)) (T
 		{&t.Journalctl, "journalctl", []string{"/usr/bin/journalctl", "/bin/journalctl"}, "systemd"},
 		{&t.Unshare, "unshare", []string{"/usr/bin/unshare"}, "util-linux"},
 		{&t.Nsenter, "nsenter", []string{"/usr/bin/nsenter"}, "util-linux"},
+		{&t.Setpriv, "setpriv", []string{"/usr/bin/setpriv"}, "util-linux"},
 	} {
 		for _, p := range sys.paths {
 			if allExist(p) {

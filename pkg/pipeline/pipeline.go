@@ -1,0 +1,441 @@
+// Package pipeline owns captrace's event path. One goroutine (Run) reads the
+// kernel's ring buffer, enriches each check with its container, feeds the
+// advisor and the sinks, and applies the lifecycle changes the registry
+// reports (trace, untrace) and shutdown.
+//
+// Changes are ordered against the ring by a barrier, not by time: a stopped
+// container is finished (registry index, advisor, summary) only after the
+// ring has returned every check the kernel reported before its cgroup left
+// the filter. The barrier has two steps: WaitPrograms (an RCU grace period,
+// on a goroutine of its own so the reader keeps reading) makes every program
+// run that could have seen the cgroup in the filter commit its check; then
+// the reader flushes the ring itself, and the first bpf.ErrFlushed of a Read
+// that began after that flush comes after every record queued before it.
+// Every change queued since the previous barrier shares the next one, so a
+// Synchronize that drops a thousand containers costs one barrier. The NRI
+// handlers only queue: they never wait for the ring, the advisor or a sink.
+package pipeline
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/captrace/captrace/bpf"
+	"github.com/captrace/captrace/pkg/advisor"
+	"github.com/captrace/captrace/pkg/cgmap"
+	"github.com/captrace/captrace/pkg/output"
+	sdjournal "github.com/coreos/go-systemd/v22/journal"
+	"github.com/sirupsen/logrus"
+)
+
+// Ring is the kernel side of the event path; *bpf.Tracer implements it, and
+// tests use a fake that answers Wake with bpf.ErrFlushed like the ring.
+type Ring interface {
+	// Read returns the next check, bpf.ErrFlushed once every check queued
+	// before a Wake was returned, bpf.ErrClosed after Close.
+	Read(ev *bpf.Event) error
+	// Wake makes Read return bpf.ErrFlushed after what the ring holds now.
+	Wake() error
+	// WaitPrograms returns once every kernel program run that started
+	// before it has committed its check to the ring (an RCU grace period).
+	WaitPrograms() error
+	// ForgetUnique deletes the unique-mode keys of untraced cgroups.
+	ForgetUnique(cgroupIDs ...uint64) (int, error)
+	// Detach stops the kernel program; the ring stays readable.
+	Detach()
+}
+
+// Sink takes enriched events and summary entries without blocking
+// (*output.Fanout).
+type Sink interface {
+	Send(r *output.EnrichedEvent)
+	SendEntry(e *output.Entry)
+}
+
+// Options configure New.
+type Options struct {
+	Ring    Ring
+	Advisor *advisor.Tracker
+	Sink    Sink
+	// WallTime converts the kernel's CLOCK_BOOTTIME to wall time (bpf.WallTime).
+	WallTime func(ktimeNs uint64) time.Time
+	// Now is the clock of observation windows (default time.Now).
+	Now func() time.Time
+	Log logrus.FieldLogger
+	// Sources are the other counters Stats gathers; nil ones are left zero.
+	Sources Sources
+}
+
+// maxReadFailures ends Run after this many consecutive read errors: a ring
+// that fails every read is broken, and retrying would spin a core.
+const maxReadFailures = 1000
+
+// maxLoggedCgroups bounds the cgroup IDs named in one log line.
+const maxLoggedCgroups = 32
+
+type changeKind uint8
+
+const (
+	changeTraced changeKind = iota
+	changeUntraced
+	changeShutdown
+)
+
+// change is one lifecycle change, queued by a registry listener call.
+type change struct {
+	kind changeKind
+	c    cgmap.Container
+	at   time.Time
+}
+
+// barrierState is where the running barrier is.
+type barrierState uint8
+
+const (
+	barrierIdle     barrierState = iota
+	barrierPrograms              // WaitPrograms runs on its goroutine
+	barrierFlushed               // the reader flushed the ring after it: the next ErrFlushed completes
+)
+
+// indexed is a traced cgroup in the reader's index. gen tells a re-trace of
+// the same cgroup apart from the entry an earlier untrace named.
+type indexed struct {
+	c   cgmap.Container
+	gen uint64
+}
+
+// untrace is a container (or a container's former cgroup) waiting for its barrier.
+type untrace struct {
+	c   cgmap.Container
+	gen uint64
+}
+
+// Pipeline is the event path. Traced, Untraced (cgmap.Listener) and Shutdown
+// may be called from any goroutine; Run must run on one.
+type Pipeline struct {
+	ring     Ring
+	advice   *advisor.Tracker
+	sink     Sink
+	wallTime func(uint64) time.Time
+	now      func() time.Time
+	log      logrus.FieldLogger
+
+	mu     sync.Mutex
+	queue  []change
+	queued atomic.Bool // queue is not empty
+	woken  atomic.Bool // a Wake is pending: later changes need none
+
+	// Owned by Run.
+	byCgroup map[uint64]indexed
+	live     map[string]uint64 // traced container ID → its cgroup
+	gen      uint64
+	pending  []untrace // waiting for the next barrier
+	inflight []untrace // waiting for the running barrier
+	barrier  barrierState
+	// barrierDetached: the running barrier began after Detach, so it is the
+	// last one (a barrier begun before could miss a program run that
+	// started after its grace period did).
+	barrierDetached bool
+	shutdown        bool
+	detached        bool
+	lastErrLog      time.Time
+	rec             output.EnrichedEvent
+
+	done     chan struct{}
+	programs chan error // WaitPrograms' result, from its goroutine
+	sources  Sources
+
+	counters counters
+}
+
+// counters are the pipeline's own; Stats adds everyone else's.
+type counters struct {
+	events, unknown, readErrors          atomic.Uint64
+	barriers, barrierFailed, wakeFailed  atomic.Uint64
+	finished, keysForgotten, forgetFails atomic.Uint64
+}
+
+// New returns a pipeline; start Run on a goroutine of its own.
+func New(opts Options) *Pipeline {
+	p := &Pipeline{
+		ring:     opts.Ring,
+		advice:   opts.Advisor,
+		sink:     opts.Sink,
+		wallTime: opts.WallTime,
+		now:      opts.Now,
+		log:      opts.Log,
+		byCgroup: map[uint64]indexed{},
+		live:     map[string]uint64{},
+		done:     make(chan struct{}),
+		programs: make(chan error, 1),
+		sources:  opts.Sources,
+	}
+	if p.now == nil {
+		p.now = time.Now
+	}
+	if p.log == nil {
+		p.log = logrus.StandardLogger()
+	}
+	return p
+}
+
+// Traced queues the start of a container's tracing (cgmap.Listener).
+func (p *Pipeline) Traced(c cgmap.Container) {
+	p.push(change{kind: changeTraced, c: c, at: p.now()})
+}
+
+// Untraced queues the end of a container's tracing (cgmap.Listener): the
+// container is finished after the next barrier.
+func (p *Pipeline) Untraced(c cgmap.Container) { p.push(change{kind: changeUntraced, c: c}) }
+
+// Shutdown detaches the kernel program, reads what the ring still holds,
+// finishes every container (their summaries go to the sink) and returns once
+// Run has returned. Run must be running.
+func (p *Pipeline) Shutdown() {
+	p.push(change{kind: changeShutdown})
+	<-p.done
+}
+
+func (p *Pipeline) push(ch change) {
+	p.mu.Lock()
+	p.queue = append(p.queue, ch)
+	p.queued.Store(true)
+	p.mu.Unlock()
+	if p.woken.Swap(true) {
+		return // the reader has yet to take the queue
+	}
+	if err := p.ring.Wake(); err != nil {
+		// The change is taken at the next wake, barrier or unknown cgroup.
+		p.woken.Store(false)
+		p.counters.wakeFailed.Add(1)
+		p.log.WithError(err).Warn("could not wake the ring reader; the change waits for the next one")
+	}
+}
+
+// Run reads and delivers events until Shutdown (nil), the ring's Close (nil),
+// or a broken ring (an error). Every container is finished when it returns.
+func (p *Pipeline) Run() error {
+	defer close(p.done)
+	var ev bpf.Event
+	failures := 0
+	for {
+		err := p.ring.Read(&ev)
+		switch {
+		case err == nil:
+			failures = 0
+			p.deliver(&ev)
+		case errors.Is(err, bpf.ErrFlushed):
+			failures = 0
+			if p.round() {
+				return nil
+			}
+		case errors.Is(err, bpf.ErrClosed):
+			p.finishRest()
+			return nil
+		default:
+			failures++
+			n := p.counters.readErrors.Add(1)
+			if time.Since(p.lastErrLog) > time.Minute {
+				p.log.WithError(err).WithField("read_errors", n).Warn("reading the ring buffer failed (logged at most once a minute)")
+				p.lastErrLog = time.Now()
+			}
+			if failures >= maxReadFailures {
+				p.finishRest()
+				return fmt.Errorf("the ring buffer failed %d reads in a row: %w", failures, err)
+			}
+		}
+	}
+}
+
+// deliver enriches one check and hands it to the advisor and the sink.
+func (p *Pipeline) deliver(ev *bpf.Event) {
+	p.counters.events.Add(1)
+	e, known := p.byCgroup[ev.CgroupID]
+	if !known && p.queued.Load() {
+		// Traced before its first check, but not applied yet.
+		p.applyQueue()
+		e, known = p.byCgroup[ev.CgroupID]
+	}
+	at := p.wallTime(ev.KtimeNs)
+	if known {
+		p.advice.Observe(e.c, ev, at)
+	} else {
+		p.counters.unknown.Add(1)
+	}
+	// One record reused: a pointer through the Sink interface would
+	// otherwise move each record to the heap.
+	p.rec = output.EnrichedEvent{Time: at, Event: *ev, Container: e.c, Known: known}
+	p.sink.Send(&p.rec)
+}
+
+// applyQueue moves the queued changes into the reader's state: traces into
+// the index (and the advisor) at once, untraces to wait for a barrier.
+func (p *Pipeline) applyQueue() {
+	p.mu.Lock()
+	q := p.queue
+	p.queue = nil
+	p.queued.Store(false)
+	p.mu.Unlock()
+	for _, ch := range q {
+		switch ch.kind {
+		case changeTraced:
+			p.gen++
+			if prev, ok := p.live[ch.c.ID]; ok && prev != ch.c.CgroupID {
+				// Moved to another cgroup: the old one leaves the index after
+				// the barrier; the container goes on.
+				if e, ok := p.byCgroup[prev]; ok && e.c.ID == ch.c.ID {
+					p.pending = append(p.pending, untrace{c: e.c, gen: e.gen})
+				}
+			}
+			p.byCgroup[ch.c.CgroupID] = indexed{c: ch.c, gen: p.gen}
+			p.live[ch.c.ID] = ch.c.CgroupID
+			p.advice.Start(ch.c, ch.at)
+		case changeUntraced:
+			var gen uint64
+			if e, ok := p.byCgroup[ch.c.CgroupID]; ok && e.c.ID == ch.c.ID {
+				gen = e.gen
+			}
+			if p.live[ch.c.ID] == ch.c.CgroupID {
+				delete(p.live, ch.c.ID)
+			}
+			p.pending = append(p.pending, untrace{c: ch.c, gen: gen})
+		case changeShutdown:
+			p.shutdown = true
+		}
+	}
+}
+
+// round runs at each bpf.ErrFlushed: it advances the running barrier
+// (finishing its batch when done), applies the queue, and starts the next
+// barrier if anything waits for one. It reports whether the pipeline is done
+// (shut down).
+func (p *Pipeline) round() (done bool) {
+	p.woken.Store(false)
+	switch p.barrier {
+	case barrierFlushed:
+		// This ErrFlushed comes from a Read begun after our flush, which
+		// followed WaitPrograms: every check reported before these cgroups
+		// left the filter has been read. They can be finished.
+		if p.finishBatch() {
+			return true
+		}
+	case barrierPrograms:
+		select {
+		case err := <-p.programs:
+			if err == nil {
+				err = p.ring.Wake()
+			}
+			if err == nil {
+				p.barrier = barrierFlushed
+			} else if p.barrierFailed(err) {
+				return true
+			}
+		default: // a wake before WaitPrograms returned
+		}
+	}
+	p.applyQueue()
+	if p.shutdown && !p.detached {
+		p.ring.Detach()
+		p.detached = true
+	}
+	if p.barrier != barrierIdle || (len(p.pending) == 0 && !p.detached) {
+		return false
+	}
+	p.inflight, p.pending = p.pending, nil
+	p.barrier = barrierPrograms
+	p.barrierDetached = p.detached
+	p.counters.barriers.Add(1)
+	go func() {
+		p.programs <- p.ring.WaitPrograms()
+		// Wake the reader to take the result; if this wake fails, the
+		// next change's wake or the next barrier's does.
+		_ = p.ring.Wake()
+	}()
+	return false
+}
+
+// barrierFailed finishes the running barrier's batch without it: a straggler
+// is counted as unknown_container rather than the batch waiting forever. It
+// reports whether the pipeline is done (it was shutting down).
+func (p *Pipeline) barrierFailed(err error) (done bool) {
+	p.counters.barrierFailed.Add(1)
+	p.log.WithError(err).WithFields(logrus.Fields{"cgroup_ids": cgroupList(p.inflight), "containers": len(p.inflight)}).
+		Error("ring barrier failed; finishing the stopped containers without it (late checks count as unknown_container)")
+	p.barrierDetached = p.detached // no second try at shutdown
+	return p.finishBatch()
+}
+
+// finishBatch ends the running barrier: its batch is finished. After the
+// first barrier begun once the program was detached (shutdown), nothing can
+// come any more: everything is finished and finishBatch reports done.
+func (p *Pipeline) finishBatch() (done bool) {
+	p.barrier = barrierIdle
+	p.finish(p.inflight)
+	p.inflight = nil
+	if p.barrierDetached {
+		p.finishRest()
+		return true
+	}
+	return false
+}
+
+// finish drops untraced cgroups from the index, finishes their containers in
+// the advisor (writing each summary) and forgets their unique keys.
+func (p *Pipeline) finish(batch []untrace) {
+	if len(batch) == 0 {
+		return
+	}
+	now := p.now()
+	ids := make([]uint64, 0, len(batch))
+	for _, u := range batch {
+		if e, ok := p.byCgroup[u.c.CgroupID]; ok && e.gen == u.gen {
+			delete(p.byCgroup, u.c.CgroupID)
+		}
+		ids = append(ids, u.c.CgroupID)
+		if _, traced := p.live[u.c.ID]; traced {
+			continue // a former cgroup of a running container, or traced again
+		}
+		p.counters.finished.Add(1)
+		if s, ok := p.advice.Finish(u.c.ID, now); ok {
+			p.sendSummary(s)
+		}
+	}
+	n, err := p.ring.ForgetUnique(ids...)
+	p.counters.keysForgotten.Add(uint64(n))
+	if err != nil {
+		p.counters.forgetFails.Add(1)
+		p.log.WithError(err).WithField("cgroup_ids", cgroupList(batch)).
+			Warn("could not delete the unique-mode keys of stopped containers; the LRU map ages them out")
+	}
+}
+
+// finishRest finishes everything still queued, waiting or traced: at
+// shutdown after the final barrier, or when the ring is gone.
+func (p *Pipeline) finishRest() {
+	p.applyQueue()
+	p.finish(append(p.inflight, p.pending...))
+	p.inflight, p.pending = nil, nil
+	for _, s := range p.advice.FinishAll(p.now()) {
+		p.counters.finished.Add(1)
+		p.sendSummary(s)
+	}
+	clear(p.byCgroup)
+	clear(p.live)
+}
+
+// sendSummary queues a container's advice to every sink, like an event.
+func (p *Pipeline) sendSummary(s advisor.Summary) {
+	p.sink.SendEntry(&output.Entry{Time: p.now(), Message: s.Message(), Priority: sdjournal.PriInfo,
+		LogFields: s.LogFields(), JournalFields: s.JournalFields()})
+}
+
+func cgroupList(batch []untrace) []uint64 {
+	ids := make([]uint64, 0, min(len(batch), maxLoggedCgroups))
+	for _, u := range batch[:min(len(batch), maxLoggedCgroups)] {
+		ids = append(ids, u.c.CgroupID)
+	}
+	return ids
+}
