@@ -122,26 +122,33 @@ func moveSelf(b *testing.B, cgroupPath string) {
 // kernel's BPF run-time statistics on and reports the program's own cost per
 // run (bpf-ns/run). on/off switch the state outside the timed loops.
 func compare(b *testing.B, tr *Tracer, loop func(int) time.Duration, on, off func()) (stateNs float64) {
-	withoutSysNice(b)
+	bare, state := alternate(b, loop, off, on)
 	chunk := max(b.N/benchRounds, 1)
-	var bare, state []float64
-	loop(chunk / 10) // warm up
-	for r := 0; r < benchRounds; r++ {
-		// Switching attaches or detaches a program (text patching, RCU):
-		// let that settle outside the timed chunk.
-		off()
-		loop(chunk / 10)
-		bare = append(bare, float64(loop(chunk).Nanoseconds())/float64(chunk))
-		on()
-		loop(chunk / 10)
-		state = append(state, float64(loop(chunk).Nanoseconds())/float64(chunk))
-	}
 	if ns, ok := bpfRunNs(tr, func() { loop(chunk) }); ok {
 		b.ReportMetric(ns, "bpf-ns/run")
 	}
 	off()
 	reportRatios(b, bare, state)
 	return median(state)
+}
+
+// alternate runs benchRounds of (base chunk, state chunk) on a thread
+// without CAP_SYS_NICE and returns the ns per call of each chunk.
+func alternate(b *testing.B, loop func(int) time.Duration, base, state func()) (baseNs, stateNs []float64) {
+	withoutSysNice(b)
+	chunk := max(b.N/benchRounds, 1)
+	loop(chunk / 10) // warm up
+	for r := 0; r < benchRounds; r++ {
+		// Switching attaches or detaches a program (text patching, RCU):
+		// let that settle outside the timed chunk.
+		base()
+		loop(chunk / 10)
+		baseNs = append(baseNs, float64(loop(chunk).Nanoseconds())/float64(chunk))
+		state()
+		loop(chunk / 10)
+		stateNs = append(stateNs, float64(loop(chunk).Nanoseconds())/float64(chunk))
+	}
+	return baseNs, stateNs
 }
 
 func reportRatios(b *testing.B, bare, state []float64) {

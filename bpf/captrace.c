@@ -28,6 +28,8 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 enum setting_flag {
 	SETTING_AUDIT_ONLY = 1U << 0,
 	SETTING_UNIQUE = 1U << 1,
+	SETTING_KSTACK = 1U << 4, // kernel stack in the event (issue 13)
+	SETTING_USTACK = 1U << 5, // user stack in the event (issue 13)
 };
 
 // Loss counter slots (cap_losses).
@@ -35,7 +37,9 @@ enum loss_slot {
 	LOSS_RING = 0,
 	LOSS_DEDUP = 1,
 	LOSS_FILTER = 2,
-	LOSS_SLOTS = 4,
+	LOSS_KSTACK = 4, // kernel stack asked for, walk failed (event still sent)
+	LOSS_USTACK = 5, // user stack asked for, walk failed (event still sent)
+	LOSS_SLOTS = 8,
 };
 
 // Stack matching for the audit flag on the tracepoint tier.
@@ -105,6 +109,42 @@ struct cap_event {
 	// user space knows the exact keys to delete when the cgroup goes.
 	__u8 keyed;
 	__u8 pad[3];
+};
+
+// Stacks (issue 13). A cgroup with stacks on gets a longer record: the event,
+// then the stacks, copied into the ring record by bpf_get_stack (no stack
+// map: see bpf/README.md for the measurement). A cgroup with stacks off gets
+// the plain 64-byte cap_event, so the reader tells them apart by length.
+#define STACK_DEPTH_MAX 32
+struct stack_head {
+	__s32 kstack_bytes; // bytes of kstack written; 0: not asked; < 0: the walk's errno
+	__s32 ustack_bytes; // same for ustack
+};
+
+struct cap_event_kstack {
+	struct cap_event ev;
+	struct stack_head head;
+	__u64 kstack[STACK_DEPTH_MAX]; // innermost first
+};
+
+// The main executable of the task: frames the kernel could not give a
+// build ID for (Go's linker leaves its GNU build-ID note outside PT_NOTE)
+// resolve through the file with this device and inode, whose text is
+// mapped at start_code.
+struct exe_id {
+	__u64 ino;
+	__u32 dev;  // kernel encoding: major << 20 | minor
+	__u32 ppid; // the parent's tgid: often alive (the container's shell), its root is the container's
+	__u64 start_code;
+	__u64 end_code;
+};
+
+struct cap_event_stacks {
+	struct cap_event ev;
+	struct stack_head head;
+	__u64 kstack[STACK_DEPTH_MAX];
+	struct bpf_stack_build_id ustack[STACK_DEPTH_MAX]; // build ID + file offset, or the bare IP
+	struct exe_id exe;
 };
 
 // max_entries of the hash maps and the ring are set by user space before load.
@@ -183,6 +223,8 @@ struct {
 volatile const __u64 wakeup_bytes = 64 << 10;    // force a wakeup once this much is queued
 volatile const __u64 audit_walk_caps = 0;        // caps that have non-audited callers (bit n = cap n)
 volatile const __u32 audit_nranges = 0;          // used entries of audit_ranges
+volatile const __u32 stacks_enabled = 0;         // 0: the kernel refused the stack helper; stack code is dead
+volatile const __u32 stack_depth = STACK_DEPTH_MAX; // frames per stack, 1..STACK_DEPTH_MAX
 // Writable data, not .rodata: with constant bounds the verifier would track
 // every frame's range against each one and explode; unknown bounds keep it small.
 struct audit_range audit_ranges[AUDIT_RANGES] = {};
@@ -275,6 +317,129 @@ static __always_inline bool seen(struct dedup_key *key, bool audit)
 	return bpf_map_lookup_elem(&cap_dedup, key) != NULL;
 }
 
+// claim_dedup remembers a unique check once its record is reserved; it
+// discards the record and returns false when another CPU reported it first.
+// ev->keyed tells user space this check added its key (the exact keys to
+// delete when the cgroup goes).
+static __always_inline bool claim_dedup(void *rec, struct cap_event *ev, bool unique, struct dedup_key *key)
+{
+	ev->keyed = 0;
+	if (!unique)
+		return true;
+	__u8 one = 1;
+	long err = bpf_map_update_elem(&cap_dedup, key, &one, BPF_NOEXIST);
+	if (err == -17 /* EEXIST: another CPU reported it */) {
+		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
+		return false;
+	}
+	if (err)
+		count_loss(LOSS_DEDUP); // still reported; a later check may repeat it
+	else
+		ev->keyed = 1;
+	return true;
+}
+
+static __always_inline void fill_event(struct cap_event *e, __u64 cgroup_id, __s32 cap, bool capable,
+				       bool audit, bool opts_known, __u32 opts, struct task_struct *task)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+	e->cgroup_id = cgroup_id;
+	e->ktime_ns = event_time();
+	e->pid = pid_tgid >> 32;
+	e->tid = (__u32)pid_tgid;
+	e->uid = (__u32)uid_gid;
+	e->gid = uid_gid >> 32;
+	e->cap = cap;
+	e->syscall = current_syscall(task);
+	e->capable = capable;
+	e->audit = audit;
+	e->insetid = !!(opts & CAP_OPT_INSETID);
+	// Without opts, insetid is known when the stack ranges were resolved.
+	e->insetid_known = opts_known || audit_nranges > 0;
+	e->pad[0] = e->pad[1] = e->pad[2] = 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+}
+
+static __always_inline void submit_event(void *e)
+{
+	__u64 queued = bpf_ringbuf_query(&cap_events, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(e, queued >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
+// Stacks (issue 13): walked only here, after the filter, dedup, the cred
+// check and a successful ring reservation, so a dropped check costs no walk.
+static __always_inline __u32 stack_bytes(__u32 frame_size)
+{
+	__u32 d = stack_depth;
+	if (d < 1 || d > STACK_DEPTH_MAX)
+		d = STACK_DEPTH_MAX;
+	return d * frame_size;
+}
+
+static __always_inline __s32 walk_kernel_stack(void *ctx, __u64 *frames)
+{
+	long n = bpf_get_stack(ctx, frames, stack_bytes(sizeof(__u64)), 0);
+	if (n < 0)
+		count_loss(LOSS_KSTACK);
+	return n;
+}
+
+static __always_inline int send_stacked(void *ctx, __u32 stacks, bool unique, struct dedup_key *key,
+					__u64 cgroup_id, __s32 cap, bool capable, bool audit, bool opts_known,
+					__u32 opts, struct task_struct *task)
+{
+	if (!(stacks & SETTING_USTACK)) {
+		struct cap_event_kstack *k = bpf_ringbuf_reserve(&cap_events, sizeof(*k), 0);
+		if (!k) {
+			count_loss(LOSS_RING);
+			return 0;
+		}
+		if (!claim_dedup(k, &k->ev, unique, key))
+			return 0;
+		fill_event(&k->ev, cgroup_id, cap, capable, audit, opts_known, opts, task);
+		k->head.kstack_bytes = walk_kernel_stack(ctx, k->kstack);
+		k->head.ustack_bytes = 0;
+		submit_event(k);
+		return 0;
+	}
+	struct cap_event_stacks *s = bpf_ringbuf_reserve(&cap_events, sizeof(*s), 0);
+	if (!s) {
+		count_loss(LOSS_RING);
+		return 0;
+	}
+	if (!claim_dedup(s, &s->ev, unique, key))
+		return 0;
+	fill_event(&s->ev, cgroup_id, cap, capable, audit, opts_known, opts, task);
+	s->head.kstack_bytes = 0;
+	if (stacks & SETTING_KSTACK)
+		s->head.kstack_bytes = walk_kernel_stack(ctx, s->kstack);
+	// Build ID and file offset per frame: they name the code even after the
+	// process exited (a one-shot entrypoint lives a millisecond).
+	long n = bpf_get_stack(ctx, s->ustack, stack_bytes(sizeof(struct bpf_stack_build_id)),
+			       BPF_F_USER_STACK | BPF_F_USER_BUILD_ID);
+	if (n < 0)
+		count_loss(LOSS_USTACK);
+	s->head.ustack_bytes = n;
+	struct mm_struct *mm = task->mm;
+	s->exe.ino = 0;
+	s->exe.dev = 0;
+	s->exe.ppid = task->real_parent->tgid;
+	s->exe.start_code = 0;
+	s->exe.end_code = 0;
+	if (mm) {
+		struct file *exe = mm->exe_file;
+		if (exe) {
+			s->exe.ino = exe->f_inode->i_ino;
+			s->exe.dev = exe->f_inode->i_sb->s_dev;
+		}
+		s->exe.start_code = mm->start_code;
+		s->exe.end_code = mm->end_code;
+	}
+	submit_event(s);
+	return 0;
+}
+
 // report_check is the core shared by every tier. The caller has already
 // found the cgroup in the filter, with its settings flags. opts_known says
 // whether opts is real (fexit, kprobe); without it the audit flag comes from
@@ -339,47 +504,20 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
 		}
 	}
 
+	__u32 stacks = stacks_enabled ? flags & (SETTING_KSTACK | SETTING_USTACK) : 0;
+	if (stacks)
+		return send_stacked(ctx, stacks, unique, &key, cgroup_id, cap, capable, audit, opts_known, opts, task);
+
 	struct cap_event *e = bpf_ringbuf_reserve(&cap_events, sizeof(*e), 0);
 	if (!e) {
 		// Not remembered in dedup: the next identical check tries again.
 		count_loss(LOSS_RING);
 		return 0;
 	}
-
-	e->keyed = 0;
-	if (unique) {
-		__u8 one = 1;
-		long err = bpf_map_update_elem(&cap_dedup, &key, &one, BPF_NOEXIST);
-		if (err == -17 /* EEXIST: another CPU reported it */) {
-			bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
-			return 0;
-		}
-		if (err)
-			count_loss(LOSS_DEDUP); // still reported; a later check may repeat it
-		else
-			e->keyed = 1;
-	}
-
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u64 uid_gid = bpf_get_current_uid_gid();
-	e->cgroup_id = cgroup_id;
-	e->ktime_ns = event_time();
-	e->pid = pid_tgid >> 32;
-	e->tid = (__u32)pid_tgid;
-	e->uid = (__u32)uid_gid;
-	e->gid = uid_gid >> 32;
-	e->cap = cap;
-	e->syscall = current_syscall(task);
-	e->capable = capable;
-	e->audit = audit;
-	e->insetid = !!(opts & CAP_OPT_INSETID);
-	// Without opts, insetid is known when the stack ranges were resolved.
-	e->insetid_known = opts_known || audit_nranges > 0;
-	e->pad[0] = e->pad[1] = e->pad[2] = 0;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
-
-	__u64 queued = bpf_ringbuf_query(&cap_events, BPF_RB_AVAIL_DATA);
-	bpf_ringbuf_submit(e, queued >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	if (!claim_dedup(e, e, unique, &key))
+		return 0;
+	fill_event(e, cgroup_id, cap, capable, audit, opts_known, opts, task);
+	submit_event(e);
 	return 0;
 }
 
@@ -487,6 +625,8 @@ int captrace_kret(struct pt_regs *ctx)
 // types of globals and functions, not of locals. Never read or written.
 struct captrace_btf_anchor {
 	struct cap_event event;
+	struct stack_head stack_head; // issue 13: the stacked records' parts
+	struct exe_id exe_id;
 	enum setting_flag setting_flag;
 	enum loss_slot loss_slot;
 } btf_anchor __attribute__((unused));

@@ -72,6 +72,19 @@ type captraceCaptraceBtfAnchor struct {
 		Keyed        uint8
 		Pad          [3]uint8
 	}
+	StackHead struct {
+		_           structs.HostLayout
+		KstackBytes int32
+		UstackBytes int32
+	}
+	ExeId struct {
+		_         structs.HostLayout
+		Ino       uint64
+		Dev       uint32
+		Ppid      uint32
+		StartCode uint64
+		EndCode   uint64
+	}
 	SettingFlag uint32
 	LossSlot    uint32
 }
@@ -91,6 +104,15 @@ type captraceDedupKey struct {
 	Pad      uint16
 }
 
+type captraceExeId struct {
+	_         structs.HostLayout
+	Ino       uint64
+	Dev       uint32
+	Ppid      uint32
+	StartCode uint64
+	EndCode   uint64
+}
+
 type captraceFilterSlot struct {
 	_        structs.HostLayout
 	CgroupId uint64
@@ -104,7 +126,9 @@ const (
 	captraceLossSlotLOSS_RING   captraceLossSlot = 0
 	captraceLossSlotLOSS_DEDUP  captraceLossSlot = 1
 	captraceLossSlotLOSS_FILTER captraceLossSlot = 2
-	captraceLossSlotLOSS_SLOTS  captraceLossSlot = 4
+	captraceLossSlotLOSS_KSTACK captraceLossSlot = 4
+	captraceLossSlotLOSS_USTACK captraceLossSlot = 5
+	captraceLossSlotLOSS_SLOTS  captraceLossSlot = 8
 )
 
 type captracePendingCheck struct {
@@ -119,6 +143,8 @@ type captraceSettingFlag uint32
 const (
 	captraceSettingFlagSETTING_AUDIT_ONLY captraceSettingFlag = 1
 	captraceSettingFlagSETTING_UNIQUE     captraceSettingFlag = 2
+	captraceSettingFlagSETTING_KSTACK     captraceSettingFlag = 16
+	captraceSettingFlagSETTING_USTACK     captraceSettingFlag = 32
 )
 
 type captraceSettings struct {
@@ -133,6 +159,12 @@ const (
 	captraceSlotStateSLOT_ONE    captraceSlotState = 1
 	captraceSlotStateSLOT_SHARED captraceSlotState = 2
 )
+
+type captraceStackHead struct {
+	_           structs.HostLayout
+	KstackBytes int32
+	UstackBytes int32
+}
 
 // Names of all BPF objects in the ELF.
 //
@@ -153,6 +185,8 @@ const (
 	captraceVarAuditRanges       = "audit_ranges"
 	captraceVarAuditWalkCaps     = "audit_walk_caps"
 	captraceVarBtfAnchor         = "btf_anchor"
+	captraceVarStackDepth        = "stack_depth"
+	captraceVarStacksEnabled     = "stacks_enabled"
 	captraceVarWakeupBytes       = "wakeup_bytes"
 )
 
@@ -225,6 +259,8 @@ type captraceVariableSpecs struct {
 	AuditRanges   *ebpf.VariableSpec `ebpf:"audit_ranges"`
 	AuditWalkCaps *ebpf.VariableSpec `ebpf:"audit_walk_caps"`
 	BtfAnchor     *ebpf.VariableSpec `ebpf:"btf_anchor"`
+	StackDepth    *ebpf.VariableSpec `ebpf:"stack_depth"`
+	StacksEnabled *ebpf.VariableSpec `ebpf:"stacks_enabled"`
 	WakeupBytes   *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
@@ -277,6 +313,8 @@ type captraceVariables struct {
 	AuditRanges   *ebpf.Variable `ebpf:"audit_ranges"`
 	AuditWalkCaps *ebpf.Variable `ebpf:"audit_walk_caps"`
 	BtfAnchor     *ebpf.Variable `ebpf:"btf_anchor"`
+	StackDepth    *ebpf.Variable `ebpf:"stack_depth"`
+	StacksEnabled *ebpf.Variable `ebpf:"stacks_enabled"`
 	WakeupBytes   *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 

@@ -28,7 +28,11 @@ func init() {
 }
 
 func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) != "" {
+	switch os.Getenv(childEnv) {
+	case "":
+	case stackProbeChild:
+		os.Exit(stackProbeMain())
+	default:
 		os.Exit(childMain())
 	}
 	os.Exit(m.Run())

@@ -57,6 +57,8 @@ type loadConfig struct {
 	wakeupBytes uint64
 	walkCaps    uint64
 	ranges      []auditRange
+	stacks      bool   // stacks_enabled: load the stack capture
+	stackDepth  uint32 // stack_depth
 }
 
 // loadedTier is one tier's kernel objects, attached.
@@ -161,6 +163,8 @@ func loadTier(tier Tier, cfg loadConfig) (lt *loadedTier, err error) {
 	set("audit_walk_caps", cfg.walkCaps)
 	set("audit_nranges", uint32(min(len(cfg.ranges), auditRangeSlots)))
 	set("audit_ranges", ranges)
+	set("stacks_enabled", boolU32(cfg.stacks))
+	set("stack_depth", max(1, min(cfg.stackDepth, MaxStackDepth)))
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/sirupsen/logrus"
 )
@@ -22,6 +23,88 @@ type Settings struct {
 	// The kernel remembers them in an LRU map (Options.DedupEntries);
 	// ForgetUnique deletes an untraced cgroup's entries.
 	Unique bool
+	// Stacks says which call stacks each reported check carries (issue 13).
+	// StacksNone leaves the event exactly as without the feature.
+	Stacks Stacks
+}
+
+// Stacks selects the call stacks captured with each reported check.
+type Stacks uint8
+
+const (
+	StacksKernel Stacks = 1 << iota // the kernel stack: which kernel path checked the capability
+	StacksUser                      // the user stack: which code made the system call
+	StacksNone   Stacks = 0
+)
+
+// String is the annotation and config form: "none", "kernel", "user" or "kernel,user".
+func (s Stacks) String() string {
+	switch s & (StacksKernel | StacksUser) {
+	case StacksKernel:
+		return "kernel"
+	case StacksUser:
+		return "user"
+	case StacksKernel | StacksUser:
+		return "kernel,user"
+	}
+	return "none"
+}
+
+// ParseStacks reads the annotation and config form: "none", or "kernel" and
+// "user" separated by a comma, in any order and case.
+func ParseStacks(v string) (Stacks, error) {
+	var s Stacks
+	if strings.EqualFold(strings.TrimSpace(v), "none") {
+		return StacksNone, nil
+	}
+	for _, part := range strings.Split(v, ",") {
+		switch p := strings.TrimSpace(part); {
+		case strings.EqualFold(p, "kernel"):
+			s |= StacksKernel
+		case strings.EqualFold(p, "user"):
+			s |= StacksUser
+		default:
+			return 0, fmt.Errorf(`stacks value %q: want "none", "kernel", "user" or "kernel,user"`, v)
+		}
+	}
+	return s, nil
+}
+
+// MaxStackDepth is the most frames captured per stack (STACK_DEPTH_MAX).
+const MaxStackDepth = 32
+
+// RawStacks are the frames the kernel captured with one check, innermost
+// first, before symbolization. A nil *RawStacks means none were asked for.
+type RawStacks struct {
+	// Kernel are kernel addresses; KernelErr is the walk's errno (0: fine).
+	Kernel    []uint64
+	KernelErr int32
+	// User are user frames; UserErr is the walk's errno (0: fine).
+	User    []UserFrame
+	UserErr int32
+	// Exe is the task's main executable, for user frames without a build ID.
+	Exe ExeID
+}
+
+// ExeID names a task's main executable by device and inode, and where its
+// text was mapped (mm->start_code, mm->end_code).
+type ExeID struct {
+	Ino                uint64
+	DevMajor, DevMinor uint32
+	StartCode, EndCode uint64
+	// Ppid is the parent's tgid: through its /proc root the container's
+	// files stay reachable after the task itself exited.
+	Ppid uint32
+}
+
+// UserFrame is one user frame: a build ID and the offset in that file when
+// the kernel could read it, else the bare address.
+type UserFrame struct {
+	// HasBuildID says BuildID and Offset are valid; else IP is.
+	HasBuildID bool
+	BuildID    [20]byte
+	Offset     uint64
+	IP         uint64
 }
 
 // Tier names the kernel attach point in use.
@@ -49,14 +132,22 @@ type Options struct {
 	// RingBufferBytes is the ring buffer size, a power of two multiple of the page size
 	// (config key tracer.ring_buffer_bytes).
 	RingBufferBytes int
+	// StackDepth is the most frames per stack, 1..MaxStackDepth (config key
+	// tracer.stack_depth; 0 selects MaxStackDepth).
+	StackDepth int
+	// withoutStacks loads the program with its stack code dead (removed by
+	// the verifier), as on a kernel that refuses it: the benchmarks' baseline
+	// for "the stack feature not compiled in".
+	withoutStacks bool
 	// ForceTier, when set, tries only this tier (tests and the kernel matrix).
 	ForceTier Tier
 	// Log receives operational messages: the chosen tier, why others were skipped, losses.
 	Log logrus.FieldLogger
 }
 
-// Event is one capability check, as the kernel reported it. It holds no
-// pointers, so the reader decodes into it without allocating.
+// Event is one capability check, as the kernel reported it. Its only
+// pointer is Stacks, nil unless the cgroup asked for stacks: the reader
+// decodes a plain event without allocating.
 type Event struct {
 	CgroupID uint64
 	// KtimeNs is the kernel's CLOCK_BOOTTIME of the check, in ns; WallTime converts it.
@@ -81,6 +172,9 @@ type Event struct {
 	InSetID      bool
 	InSetIDKnown bool
 	Comm         [16]byte
+	// Stacks are the raw call stacks when the cgroup's Settings asked for
+	// them, else nil (the plain event allocates nothing).
+	Stacks *RawStacks
 }
 
 // Stats are the tracer's counters since Open. Every event the kernel could not
@@ -100,6 +194,14 @@ type Stats struct {
 	// for a traced cgroup (the kprobe tier's pending-arguments map); the check is lost.
 	// The filter map itself is written only by Trace, which returns its errors.
 	FilterUpdateFailed uint64
+	// KernelStackFailed and UserStackFailed count stack walks the kernel
+	// refused for a check that asked for them (a kernel thread has no user
+	// stack); the event is still sent, with the stack marked as failed.
+	KernelStackFailed uint64
+	UserStackFailed   uint64
+	// StacksUnavailable, when not nil, says why this kernel gives no stacks:
+	// events flow without them.
+	StacksUnavailable error
 }
 
 // OptionError is an Options value Open refuses. Field names the Options

@@ -53,9 +53,14 @@ const (
 	lossRing   = captraceLossSlotLOSS_RING
 	lossDedup  = captraceLossSlotLOSS_DEDUP
 	lossFilter = captraceLossSlotLOSS_FILTER
+	// Stack walks the kernel refused (issue 13).
+	lossKernelStack = captraceLossSlotLOSS_KSTACK
+	lossUserStack   = captraceLossSlotLOSS_USTACK
 
-	settingAuditOnly = uint32(captraceSettingFlagSETTING_AUDIT_ONLY)
-	settingUnique    = uint32(captraceSettingFlagSETTING_UNIQUE)
+	settingAuditOnly   = uint32(captraceSettingFlagSETTING_AUDIT_ONLY)
+	settingUnique      = uint32(captraceSettingFlagSETTING_UNIQUE)
+	settingKernelStack = uint32(captraceSettingFlagSETTING_KSTACK)
+	settingUserStack   = uint32(captraceSettingFlagSETTING_USTACK)
 )
 
 // Tracer is the loaded and attached kernel program.
@@ -71,6 +76,8 @@ type Tracer struct {
 	// every program run that could still see a deleted filter entry has
 	// finished, its check committed to the ring. Barrier uses it.
 	rcuBarrier, rcuInner *ebpf.Map
+	// stacksErr says why the loaded program captures no stacks (nil: it does).
+	stacksErr error
 
 	mu     sync.Mutex
 	closed bool // under mu: Trace and Untrace return ErrClosed
@@ -109,7 +116,12 @@ func Open(opts Options) (*Tracer, error) {
 		dedup:       uint32(orDefault(opts.DedupEntries, DefaultDedupEntries)),
 		ringBytes:   uint32(orDefault(opts.RingBufferBytes, DefaultRingBufferBytes)),
 		wakeupBytes: wakeupBytes,
+		stacks:      !opts.withoutStacks,
 	}
+	if opts.StackDepth < 0 || opts.StackDepth > MaxStackDepth {
+		return nil, fmt.Errorf("tracer.stack_depth = %d: want 1..%d frames (0 selects %d)", opts.StackDepth, MaxStackDepth, MaxStackDepth)
+	}
+	cfg.stackDepth = uint32(orDefault(opts.StackDepth, MaxStackDepth))
 	page := uint32(os.Getpagesize())
 	if cfg.ringBytes < page || cfg.ringBytes&(cfg.ringBytes-1) != 0 {
 		return nil, &OptionError{Field: "RingBufferBytes", Value: cfg.ringBytes, Reason: fmt.Sprintf("must be a power of two and at least the page size (%d)", page)}
@@ -126,17 +138,19 @@ func Open(opts Options) (*Tracer, error) {
 	}
 	var skipped []string
 	var lt *loadedTier
+	var unavailable error
 	for _, tier := range tiers {
 		c := cfg
 		if tier == TierTpBTF {
 			c.walkCaps, c.ranges = auditConfig(log)
 		}
-		l, err := loadTier(tier, c)
+		l, stacksErr, err := loadTierStacks(tier, c)
 		if err != nil {
 			skipped = append(skipped, fmt.Sprintf("%s: %v", tier, err))
 			continue
 		}
 		lt = l
+		unavailable = stacksErr
 		break
 	}
 	if lt == nil {
@@ -150,6 +164,9 @@ func Open(opts Options) (*Tracer, error) {
 		fields["forced"] = true
 	}
 	log.WithFields(fields).Info("capability tracer attached")
+	if unavailable != nil {
+		log.WithError(unavailable).Warn("this kernel gives no call stacks: pods asking for captrace.io/stacks are traced without them")
+	}
 
 	rd, err := ringbuf.NewReader(lt.maps.Events)
 	if err != nil {
@@ -174,6 +191,7 @@ func Open(opts Options) (*Tracer, error) {
 		slots:      map[uint32][]uint64{},
 		stale:      map[uint64]struct{}{},
 		keys:       map[uint64]*keySet{},
+		stacksErr:  unavailable,
 	}, nil
 }
 
@@ -222,7 +240,7 @@ func settingsValue(s Settings) uint32 {
 	if s.Unique {
 		v |= settingUnique
 	}
-	return v
+	return v | stackFlags(s.Stacks)
 }
 
 // Trace adds cgroupID to the filter map with settings s, or updates its settings.
@@ -434,6 +452,10 @@ func (t *Tracer) Read(ev *Event) error {
 			if len(t.rec.RawSample) < eventSize {
 				return fmt.Errorf("ring record of %d bytes, want %d: the BPF object and the decoder disagree (rebuild with make generate)", len(t.rec.RawSample), eventSize)
 			}
+			ev.Stacks = nil
+			if len(t.rec.RawSample) > eventSize {
+				ev.Stacks = decodeStacks(t.rec.RawSample[eventSize:])
+			}
 			if decodeEvent(t.rec.RawSample, ev) {
 				t.noteKey(ev)
 			}
@@ -534,6 +556,13 @@ func (t *Tracer) Stats() (Stats, error) {
 	if st.FilterUpdateFailed, err = sum(lossFilter); err != nil {
 		return st, err
 	}
+	if st.KernelStackFailed, err = sum(lossKernelStack); err != nil {
+		return st, err
+	}
+	if st.UserStackFailed, err = sum(lossUserStack); err != nil {
+		return st, err
+	}
+	st.StacksUnavailable = t.stacksErr
 	return st, nil
 }
 

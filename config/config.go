@@ -53,6 +53,9 @@ type Trace struct {
 	AuditOnly bool `toml:"audit_only"`
 	// Unique reports a (container, cap, verdict, audit flag) once.
 	Unique bool `toml:"unique"`
+	// Stacks are the call stacks each reported check carries: "none" (the
+	// default), "kernel", "user" or "kernel,user" (bpf.ParseStacks).
+	Stacks string `toml:"stacks"`
 	// AllowNamespaces, when not empty, are the only namespaces whose pods may opt in.
 	AllowNamespaces []string `toml:"allow_namespaces"`
 	// DenyNamespaces may never opt in; deny wins over allow.
@@ -69,6 +72,9 @@ type Tracer struct {
 	RingBufferBytes int `toml:"ring_buffer_bytes"`
 	// Tier forces an attach tier; "" probes the kernel for the best one.
 	Tier string `toml:"tier"`
+	// StackDepth bounds the frames walked per stack (bpf.Options.StackDepth),
+	// attach machinery included (2-4 frames, dropped from the output).
+	StackDepth int `toml:"stack_depth"`
 }
 
 // Output chooses where events go.
@@ -110,11 +116,12 @@ func Defaults() Config {
 			PluginName:  plugin.DefaultPluginName,
 			PluginIndex: plugin.DefaultPluginIndex,
 		},
-		Trace: Trace{AllowNamespaces: []string{}, DenyNamespaces: []string{}},
+		Trace: Trace{Stacks: bpf.StacksNone.String(), AllowNamespaces: []string{}, DenyNamespaces: []string{}},
 		Tracer: Tracer{
 			MaxContainers:   bpf.DefaultMaxTracedCgroups,
 			DedupEntries:    bpf.DefaultDedupEntries,
 			RingBufferBytes: bpf.DefaultRingBufferBytes,
+			StackDepth:      bpf.MaxStackDepth,
 		},
 		Output: Output{Sinks: []string{}, QueueSize: output.DefaultQueueSize},
 	}
@@ -265,6 +272,12 @@ func (c *Config) Validate() error {
 	}
 	if n := c.Tracer.RingBufferBytes; n < RingBufferMin || n > RingBufferMax || n&(n-1) != 0 {
 		bad("tracer.ring_buffer_bytes", "invalid value %d: expected a power of two from %d (one page) to %d, e.g. 4194304", n, RingBufferMin, RingBufferMax)
+	}
+	if _, err := bpf.ParseStacks(c.Trace.Stacks); err != nil {
+		bad("trace.stacks", "invalid value %q: expected \"none\", \"kernel\", \"user\" or \"kernel,user\"", c.Trace.Stacks)
+	}
+	if n := c.Tracer.StackDepth; n < 1 || n > bpf.MaxStackDepth {
+		bad("tracer.stack_depth", "invalid value %d: expected an integer from 1 to %d frames", n, bpf.MaxStackDepth)
 	}
 	if !slices.Contains(Tiers, c.Tracer.Tier) {
 		bad("tracer.tier", "invalid value %q: expected \"\" (probe the kernel), \"fexit\", \"tp_btf\" or \"kprobe\"", c.Tracer.Tier)

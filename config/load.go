@@ -44,8 +44,8 @@ type table struct {
 // order of the documented example.
 var schema = []table{
 	{"nri", []field{{"socket", kindString}, {"plugin_name", kindString}, {"plugin_index", kindString}}},
-	{"trace", []field{{"audit_only", kindBool}, {"unique", kindBool}, {"allow_namespaces", kindStringList}, {"deny_namespaces", kindStringList}}},
-	{"tracer", []field{{"max_containers", kindInt}, {"dedup_entries", kindInt}, {"ring_buffer_bytes", kindInt}, {"tier", kindString}}},
+	{"trace", []field{{"audit_only", kindBool}, {"unique", kindBool}, {"stacks", kindString}, {"allow_namespaces", kindStringList}, {"deny_namespaces", kindStringList}}},
+	{"tracer", []field{{"max_containers", kindInt}, {"dedup_entries", kindInt}, {"ring_buffer_bytes", kindInt}, {"tier", kindString}, {"stack_depth", kindInt}}},
 	{"output", []field{{"sinks", kindStringList}, {"file", kindString}, {"queue_size", kindInt}}},
 }
 

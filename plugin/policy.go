@@ -13,6 +13,8 @@ const (
 	AnnotationAuditOnly  = "captrace.io/audit-only"
 	AnnotationUnique     = "captrace.io/unique"
 	AnnotationContainers = "captrace.io/containers"
+	// AnnotationStacks selects call stacks: none, kernel, user or kernel,user.
+	AnnotationStacks = "captrace.io/stacks"
 )
 
 // Policy decides which pods may be traced and with what defaults; pod
@@ -23,6 +25,14 @@ type Policy struct {
 	AllowNamespaces []string
 	// DenyNamespaces may never opt in; deny wins over allow.
 	DenyNamespaces []string
+	// StacksUnavailable, when not empty, is why the kernel gives no stacks
+	// (bpf.Stats.StacksUnavailable): a pod asking for them is traced
+	// without, and warned about once.
+	StacksUnavailable string
+	// UserStacksUnavailable, when not empty, is why captrace cannot name
+	// user frames (privilege.UserStacks missing): a pod asking for user
+	// stacks gets kernel stacks only, and is warned about once.
+	UserStacksUnavailable string
 }
 
 // decision is what the policy says about one container.
@@ -75,6 +85,24 @@ func (p *Policy) decide(pod *api.PodSandbox, ctr *api.Container) decision {
 			return badValue(AnnotationUnique, v)
 		}
 		d.settings.Unique = b
+	}
+	if v, ok := ann[AnnotationStacks]; ok {
+		st, err := bpf.ParseStacks(v)
+		if err != nil {
+			return decision{problem: `annotation value is not "none", "kernel", "user" or "kernel,user"; pod not traced`, key: AnnotationStacks, value: v}
+		}
+		d.settings.Stacks = st
+	}
+	if d.settings.Stacks != bpf.StacksNone && p.StacksUnavailable != "" {
+		// Traced all the same: the checks matter more than their stacks.
+		d.problem = "pod asks for call stacks (" + d.settings.Stacks.String() + ") but this kernel gives none: " + p.StacksUnavailable + "; traced without stacks"
+		d.key, d.value = AnnotationStacks, ann[AnnotationStacks]
+		d.settings.Stacks = bpf.StacksNone
+	}
+	if d.settings.Stacks&bpf.StacksUser != 0 && p.UserStacksUnavailable != "" {
+		d.problem = "pod asks for user stacks but " + p.UserStacksUnavailable + "; traced with kernel stacks only"
+		d.key, d.value = AnnotationStacks, ann[AnnotationStacks]
+		d.settings.Stacks &^= bpf.StacksUser
 	}
 	if v, ok := ann[AnnotationContainers]; ok {
 		named, empty := listNames(v, ctr.GetName())

@@ -72,6 +72,12 @@ func TestPolicySettings(t *testing.T) {
 		{name: "audit-only yes", ann: map[string]string{AnnotationAuditOnly: "yes"}, warn: AnnotationAuditOnly},
 		{name: "audit-only empty", ann: map[string]string{AnnotationAuditOnly: ""}, warn: AnnotationAuditOnly},
 		{name: "unique garbage", ann: map[string]string{AnnotationUnique: "garbage"}, warn: AnnotationUnique},
+		{name: "stacks kernel", ann: map[string]string{AnnotationStacks: "kernel"}, trace: true, want: bpf.Settings{AuditOnly: true, Stacks: bpf.StacksKernel}},
+		{name: "stacks User,KERNEL", ann: map[string]string{AnnotationStacks: " User,KERNEL "}, trace: true, want: bpf.Settings{AuditOnly: true, Stacks: bpf.StacksKernel | bpf.StacksUser}},
+		{name: "stacks none", ann: map[string]string{AnnotationStacks: "none"}, trace: true, want: defaults},
+		{name: "stacks empty", ann: map[string]string{AnnotationStacks: ""}, warn: AnnotationStacks},
+		{name: "stacks garbage", ann: map[string]string{AnnotationStacks: "kernel;user"}, warn: AnnotationStacks},
+		{name: "stacks none,kernel", ann: map[string]string{AnnotationStacks: "none,kernel"}, warn: AnnotationStacks},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.ann[AnnotationEnabled] = "true"
@@ -84,6 +90,39 @@ func TestPolicySettings(t *testing.T) {
 				t.Fatalf("settings %+v, want %+v", d.settings, tc.want)
 			}
 		})
+	}
+}
+
+// A pod asking for stacks on a kernel that refuses them is traced without,
+// with one warning that names the annotation and the kernel's limit.
+func TestPolicyStacksUnavailable(t *testing.T) {
+	p := Policy{Defaults: bpf.Settings{Stacks: bpf.StacksKernel}, StacksUnavailable: "the kernel refused the stack capture (needs Linux >= 5.5)"}
+	for _, ann := range []map[string]string{
+		{AnnotationEnabled: "true", AnnotationStacks: "kernel,user"},
+		{AnnotationEnabled: "true"}, // the config's default asks for them
+	} {
+		d := p.decide(pod("ns", ann), ctr("app"))
+		if !d.trace || d.settings.Stacks != bpf.StacksNone || d.key != AnnotationStacks ||
+			!strings.Contains(d.problem, "needs Linux >= 5.5") || !strings.Contains(d.problem, "traced without stacks") {
+			t.Errorf("%v: got %+v", ann, d)
+		}
+	}
+	if d := p.decide(pod("ns", map[string]string{AnnotationEnabled: "true", AnnotationStacks: "none"}), ctr("app")); d.problem != "" || !d.trace {
+		t.Errorf("stacks none on such a kernel: %+v", d)
+	}
+}
+
+// Without CAP_SYS_PTRACE a pod asking for user stacks gets kernel stacks
+// only, with one warning naming the capability.
+func TestPolicyUserStacksUnavailable(t *testing.T) {
+	p := Policy{UserStacksUnavailable: "captrace lacks CAP_SYS_PTRACE (user stacks)"}
+	d := p.decide(pod("ns", map[string]string{AnnotationEnabled: "true", AnnotationStacks: "kernel,user"}), ctr("app"))
+	if !d.trace || d.settings.Stacks != bpf.StacksKernel || d.key != AnnotationStacks || !strings.Contains(d.problem, "CAP_SYS_PTRACE") {
+		t.Errorf("kernel,user: %+v", d)
+	}
+	d = p.decide(pod("ns", map[string]string{AnnotationEnabled: "true", AnnotationStacks: "kernel"}), ctr("app"))
+	if !d.trace || d.settings.Stacks != bpf.StacksKernel || d.problem != "" {
+		t.Errorf("kernel only: %+v", d)
 	}
 }
 

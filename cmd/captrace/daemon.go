@@ -21,6 +21,7 @@ import (
 	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/output"
 	"github.com/captrace/captrace/pkg/pipeline"
+	"github.com/captrace/captrace/pkg/symbolize"
 	"github.com/captrace/captrace/plugin"
 	"github.com/sirupsen/logrus"
 )
@@ -153,6 +154,19 @@ func logPrivileges(log logrus.FieldLogger) {
 	}
 }
 
+// userStacksProblem says why user frames cannot be named, "" when they can.
+func userStacksProblem() string {
+	eff, err := privilege.Effective()
+	if err != nil {
+		return "captrace cannot read its own capabilities (" + err.Error() + ")"
+	}
+	if privilege.Holds(eff, privilege.UserStacks) {
+		return ""
+	}
+	c := privilege.UserStacks
+	return "captrace lacks " + c.Name + " (" + c.Why + "): add it to CapabilityBoundingSet or the DaemonSet's capabilities to name user frames"
+}
+
 // daemon holds the running pieces. The event path is pkg/pipeline's; the
 // daemon wires it and reports its stats.
 type daemon struct {
@@ -163,6 +177,8 @@ type daemon struct {
 	reg      *cgmap.Registry
 	fanout   *output.Fanout
 	pipeline *pipeline.Pipeline
+	// symbols names the frames of stacked events, in the sink writers.
+	symbols *symbolize.Symbolizer
 
 	last pipeline.Stats // at the previous stats line
 }
@@ -172,6 +188,13 @@ type daemon struct {
 // registry, the event pipeline and the NRI plugin. hup reopens the file sink.
 func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <-chan os.Signal, deps daemonDeps) error {
 	d := &daemon{cfg: cfg, log: log, deps: deps}
+	d.symbols = symbolize.New("/proc/kallsyms", symbolize.Limits{}, func(err error) {
+		log.WithError(err).Warn("kernel stacks print as addresses: the kernel's symbols are not readable")
+	})
+	defaultStacks, err := bpf.ParseStacks(cfg.Trace.Stacks)
+	if err != nil {
+		return fmt.Errorf("trace.stacks: %w", err)
+	}
 
 	sinks, err := openSinks(cfg, deps)
 	if err != nil {
@@ -190,6 +213,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 		DedupEntries:     cfg.Tracer.DedupEntries,
 		RingBufferBytes:  cfg.Tracer.RingBufferBytes,
 		ForceTier:        bpf.Tier(cfg.Tracer.Tier),
+		StackDepth:       cfg.Tracer.StackDepth,
 		Log:              log.WithField("component", "bpf"),
 	})
 	if err != nil {
@@ -199,6 +223,15 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 	d.tracer = t
 	log.WithField("tier", t.Tier()).Info("tracer attached")
 
+	var stacksUnavailable string
+	if st, err := t.Stats(); err == nil && st.StacksUnavailable != nil {
+		stacksUnavailable = st.StacksUnavailable.Error()
+	}
+	userStacksUnavailable := userStacksProblem()
+	if userStacksUnavailable != "" && defaultStacks&bpf.StacksUser != 0 {
+		log.Warn("trace.stacks asks for user stacks but " + userStacksUnavailable + "; pods get kernel stacks only")
+	}
+
 	d.reg = cgmap.NewRegistry(keyedFilter{t}, log.WithField("component", "cgmap"))
 	var p nriPlugin
 	d.pipeline = pipeline.New(pipeline.Options{
@@ -206,6 +239,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 		Advisor:  advisor.NewTracker(advisor.Limits{MaxContainers: cfg.Tracer.MaxContainers}),
 		Sink:     d.fanout,
 		WallTime: deps.wallTime,
+		Symbols:  d.symbols,
 		Log:      log.WithField("component", "pipeline"),
 		Sources: pipeline.Sources{
 			Tracer:   t.Stats,
@@ -220,9 +254,11 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 		PluginName:  cfg.NRI.PluginName,
 		PluginIndex: cfg.NRI.PluginIndex,
 		Policy: plugin.Policy{
-			Defaults:        bpf.Settings{AuditOnly: cfg.Trace.AuditOnly, Unique: cfg.Trace.Unique},
-			AllowNamespaces: cfg.Trace.AllowNamespaces,
-			DenyNamespaces:  cfg.Trace.DenyNamespaces,
+			Defaults:              bpf.Settings{AuditOnly: cfg.Trace.AuditOnly, Unique: cfg.Trace.Unique, Stacks: defaultStacks},
+			AllowNamespaces:       cfg.Trace.AllowNamespaces,
+			DenyNamespaces:        cfg.Trace.DenyNamespaces,
+			StacksUnavailable:     stacksUnavailable,
+			UserStacksUnavailable: userStacksUnavailable,
 		},
 		Log: log.WithField("component", "nri"),
 	})

@@ -46,6 +46,17 @@ var Required = []Capability{
 		Why: "create BPF maps (cgroup filter, dedup, ring buffer) and load BPF programs"},
 }
 
+// UserStacks is the capability an optional feature needs beyond Required:
+// user stacks (captrace.io/stacks: user) read the mappings of container
+// processes and open their files through /proc/PID/root, which the kernel
+// allows only with it (the tasks hold capabilities captrace lacks). Without
+// it, pods asking for user stacks get kernel stacks only, with a warning.
+var UserStacks = Capability{Name: "CAP_SYS_PTRACE", Bit: 19,
+	Why: "user stacks: read container processes' mappings and their files through /proc/PID/root"}
+
+// Holds says whether the effective mask eff includes c.
+func Holds(eff uint64, c Capability) bool { return eff&(1<<c.Bit) != 0 }
+
 // Names returns the names of Required, e.g. for CapabilityBoundingSet=.
 func Names() []string {
 	names := make([]string, len(Required))

@@ -36,6 +36,7 @@ func (s Summary) pairs() [][3]string {
 		{schema.RecommendDrop.Key, schema.RecommendDrop.Journal, strings.Join(s.Recommended.Drop, ",")},
 		{schema.RecommendAdd.Key, schema.RecommendAdd.Journal, strings.Join(s.Recommended.Add, ",")},
 		{schema.DeniedOnly.Key, schema.DeniedOnly.Journal, strings.Join(s.DeniedOnly, ",")},
+		{schema.Code.Key, schema.Code.Journal, strings.Join(s.Code, "; ")},
 		{schema.CapsProbed.Key, schema.CapsProbed.Journal, strings.Join(s.Probed, ",")},
 		{schema.CapsRuntime.Key, schema.CapsRuntime.Journal, strings.Join(s.RuntimeOnly, ",")},
 		{schema.WindowStart.Key, schema.WindowStart.Journal, formatTime(s.Window.Start)},

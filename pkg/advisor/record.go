@@ -39,6 +39,8 @@ type ParsedLine struct {
 	Syscall     string
 	Capable     bool
 	Audit       bool
+	// UserStack is an event's ustack (schema.UserStack), "" when absent.
+	UserStack string
 	// WindowStart, WindowEnd and Events are set on summaries: the window the
 	// tracker observed and how many checks it saw in it.
 	WindowStart time.Time
@@ -54,6 +56,7 @@ type names struct {
 	time, namespace, pod, podUID, container, containerID, comm            string
 	cap, capable, audit, syscall, summary, windowStart, windowEnd, events string
 	unique, auditOnly                                                     string
+	userStack                                                             string
 }
 
 var logfmtNames = names{
@@ -62,7 +65,7 @@ var logfmtNames = names{
 	containerID: schema.ContainerID.Key, comm: schema.Comm.Key, cap: schema.Cap.Key,
 	capable: schema.Capable.Key, audit: schema.Audit.Key, syscall: schema.Syscall.Key,
 	summary: schema.Summary.Key, windowStart: schema.WindowStart.Key, windowEnd: schema.WindowEnd.Key, events: schema.Events.Key,
-	unique: schema.Unique.Key, auditOnly: schema.AuditOnly.Key,
+	unique: schema.Unique.Key, auditOnly: schema.AuditOnly.Key, userStack: schema.UserStack.Key,
 }
 
 var journalNames = names{
@@ -71,7 +74,7 @@ var journalNames = names{
 	containerID: schema.ContainerID.Journal, comm: schema.Comm.Journal, cap: schema.Cap.Journal,
 	capable: schema.Capable.Journal, audit: schema.Audit.Journal, syscall: schema.Syscall.Journal,
 	summary: schema.Summary.Journal, windowStart: schema.WindowStart.Journal, windowEnd: schema.WindowEnd.Journal, events: schema.Events.Journal,
-	unique: schema.Unique.Journal, auditOnly: schema.AuditOnly.Journal,
+	unique: schema.Unique.Journal, auditOnly: schema.AuditOnly.Journal, userStack: schema.UserStack.Journal,
 }
 
 // journald's receive time, µs since the epoch, on every `journalctl -o json` entry.
@@ -154,6 +157,7 @@ func buildRecord(get func(string) (string, bool, error), n names) (ParsedLine, e
 	r.Namespace, r.Pod, r.PodUID = str(n.namespace), str(n.pod), str(n.podUID)
 	r.Container, r.ContainerID, r.Comm = str(n.container), str(n.containerID), str(n.comm)
 	r.Cap, r.Syscall = str(n.cap), str(n.syscall)
+	r.UserStack = str(n.userStack)
 	if firstErr != nil {
 		return ParsedLine{}, firstErr
 	}
@@ -265,7 +269,7 @@ func init() {
 	for _, n := range []names{journalNames, logfmtNames} {
 		for _, name := range []string{n.time, n.namespace, n.pod, n.podUID, n.container, n.containerID,
 			n.comm, n.cap, n.capable, n.audit, n.syscall, n.summary, n.windowStart, n.windowEnd, n.events,
-			n.unique, n.auditOnly} {
+			n.unique, n.auditOnly, n.userStack} {
 			add(name)
 		}
 	}

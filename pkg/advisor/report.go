@@ -412,6 +412,9 @@ func (a *aggregate) add(line []byte) {
 		g.checks[ck] = c
 	}
 	c.Count++
+	if c.UserStack == "" {
+		c.UserStack = rec.UserStack
+	}
 	if !rec.Time.IsZero() {
 		if c.First.IsZero() || rec.Time.Before(c.First) {
 			c.First = rec.Time
@@ -528,6 +531,12 @@ func writeTable(w io.Writer, ss []Summary) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+		if len(s.Code) > 0 {
+			fmt.Fprintln(bw, "code that asked (user stacks):")
+			for _, c := range s.Code {
+				fmt.Fprintf(bw, "  %s\n", c)
+			}
+		}
 		fmt.Fprintln(bw)
 		fmt.Fprint(bw, s.SecurityContext(0))
 	}
@@ -554,6 +563,9 @@ func writeYAML(w io.Writer, ss []Summary) error {
 			if r.Class != ClassAdd {
 				fmt.Fprintf(bw, "# %s (granted %d, denied %d): %s\n", output.Printable(r.Cap), r.Granted, r.Denied, Advice[r.Class])
 			}
+		}
+		for _, code := range s.Code {
+			fmt.Fprintf(bw, "# code: %s\n", code)
 		}
 		fmt.Fprintf(bw, "- name: %s\n", yamlScalar(c.Name))
 		fmt.Fprint(bw, s.SecurityContext(2))

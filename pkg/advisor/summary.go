@@ -35,6 +35,9 @@ type Check struct {
 	Count   uint64
 	First   time.Time
 	Last    time.Time
+	// UserStack is the user stack of one of these checks (schema.UserStack:
+	// frames joined by ';', innermost first), "" when none was captured.
+	UserStack string
 }
 
 // Class says what a row of the summary means for the recommendation.
@@ -70,6 +73,9 @@ type Row struct {
 	Granted  uint64   `json:"granted"`
 	Denied   uint64   `json:"denied"`
 	Syscalls []string `json:"syscalls"`
+	// Code names the top user frames behind the row's checks, e.g.
+	// "setpriority ← main (nice)", when user stacks were captured.
+	Code string `json:"code,omitempty"`
 }
 
 // Window is the time a summary rests on.
@@ -127,6 +133,9 @@ type Summary struct {
 	Probed []string `json:"probed"`
 	// RuntimeOnly lists capabilities checked by runc init and not by the workload.
 	RuntimeOnly []string `json:"runtime_only"`
+	// Code names, for each recommended or denied capability whose checks
+	// carried a user stack, the code that asked: "SYS_NICE ← setpriority ← main (nice)".
+	Code []string `json:"code,omitempty"`
 }
 
 // Summarize applies the rules (README, "Capability advice") to the checks of
@@ -186,6 +195,9 @@ func Summarize(ref ContainerRef, checks []Check, w Window, minWindow time.Durati
 		if c.Syscall != "" {
 			syscalls[k][c.Syscall] = true
 		}
+		if r.Code == "" && c.UserStack != "" && (class == ClassAdd || class == ClassDenied) {
+			r.Code = CodeOf(c.UserStack)
+		}
 		if classes[kube] == nil {
 			classes[kube] = map[Class]bool{}
 		}
@@ -203,6 +215,11 @@ func Summarize(ref ContainerRef, checks []Check, w Window, minWindow time.Durati
 		return a.Cap < b.Cap
 	})
 
+	for _, r := range s.Rows {
+		if r.Code != "" {
+			s.Code = append(s.Code, r.Cap+" ← "+r.Code)
+		}
+	}
 	s.Granted = sortedKeys(granted)
 	s.Denied = sortedKeys(denied)
 	s.Recommended = Capabilities{Drop: []string{"ALL"}, Add: []string{}}
@@ -284,6 +301,9 @@ func (s Summary) Message() string {
 		output.Printable(strings.Join(s.Recommended.Add, " ")))
 	if len(s.DeniedOnly) > 0 {
 		fmt.Fprintf(&b, "; denied [%s]: add it only if the workload failed without it", output.Printable(strings.Join(s.DeniedOnly, " ")))
+	}
+	if len(s.Code) > 0 {
+		fmt.Fprintf(&b, "; code: %s", strings.Join(s.Code, "; "))
 	}
 	fmt.Fprintf(&b, "; %s", s.Basis())
 	return b.String()

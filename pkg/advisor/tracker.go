@@ -99,6 +99,15 @@ func (k tupleKey) folded() tupleKey {
 type tupleStats struct {
 	count       uint64
 	first, last int64 // unix ns
+	// stacks of the first check of the tuple that carried them, named only
+	// when the summary is made.
+	stacks StackText
+}
+
+// StackText gives the named stacks of a check (output.Stacks); the tracker
+// keeps the first per tuple and asks for the text only in Finish.
+type StackText interface {
+	Text() (kernel, user string)
 }
 
 type containerState struct {
@@ -170,6 +179,12 @@ func (t *Tracker) Start(c cgmap.Container, at time.Time) {
 // Observe records one capability check of container c made at at. It does not
 // allocate once the container and the tuple are known.
 func (t *Tracker) Observe(c cgmap.Container, ev *bpf.Event, at time.Time) {
+	t.ObserveWithStacks(c, ev, at, nil)
+}
+
+// ObserveWithStacks is Observe for a check that carries stacks: the first
+// stacks of each tuple name its code in the summary.
+func (t *Tracker) ObserveWithStacks(c cgmap.Container, ev *bpf.Event, at time.Time, stacks StackText) {
 	ns := at.UnixNano()
 	k := makeKey(ev.Cap, ev.Syscall, ev.Capable, ev.Audit, isRuntimeCommBytes(&ev.Comm))
 
@@ -197,6 +212,9 @@ func (t *Tracker) Observe(c cgmap.Container, ev *bpf.Event, at time.Time) {
 		}
 	}
 	ts.count++
+	if ts.stacks == nil && stacks != nil {
+		ts.stacks = stacks
+	}
 	if ns < ts.first {
 		ts.first = ns
 	}
@@ -277,6 +295,9 @@ func (st *containerState) summary(at time.Time, minWindow time.Duration) Summary
 		checks = append(checks, Check{Cap: kernelCapName(k.cap()), Syscall: sys,
 			Capable: k&keyCapable != 0, Audit: k&keyAudit != 0, Runtime: k&keyRuntime != 0, Count: ts.count,
 			First: unixTime(ts.first), Last: unixTime(ts.last)})
+		if ts.stacks != nil {
+			_, checks[len(checks)-1].UserStack = ts.stacks.Text()
+		}
 	}
 	end := at.UTC()
 	if ns := at.UnixNano(); ns < st.last {

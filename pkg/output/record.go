@@ -28,6 +28,8 @@ type EnrichedEvent struct {
 	// when the container was gone by the time the event was read.
 	Container cgmap.Container
 	Known     bool
+	// Stacks are the check's call stacks when its pod asked for them, else nil.
+	Stacks *Stacks
 }
 
 // TimeFormat is how times are written (logfmt time=, journald CAPTRACE_TIME).
@@ -98,6 +100,14 @@ func (r *EnrichedEvent) LogFields() logrus.Fields {
 	if ev.InSetIDKnown {
 		f[schema.Insetid.Key] = boolDigit(ev.InSetID)
 	}
+	if k, u := r.Stacks.Text(); k != "" || u != "" {
+		if k != "" {
+			f[schema.KernelStack.Key] = k
+		}
+		if u != "" {
+			f[schema.UserStack.Key] = u
+		}
+	}
 	return f
 }
 
@@ -123,6 +133,14 @@ func (r *EnrichedEvent) JournalFields() map[string]string {
 	}
 	if ev.InSetIDKnown {
 		f[schema.Insetid.Journal] = boolDigit(ev.InSetID)
+	}
+	if k, u := r.Stacks.Text(); k != "" || u != "" {
+		if k != "" {
+			f[schema.KernelStack.Journal] = k
+		}
+		if u != "" {
+			f[schema.UserStack.Journal] = u
+		}
 	}
 	c := &r.Container
 	for field, value := range map[string]string{

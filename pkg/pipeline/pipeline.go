@@ -27,6 +27,7 @@ import (
 	"github.com/captrace/captrace/pkg/advisor"
 	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/output"
+	"github.com/captrace/captrace/pkg/symbolize"
 	sdjournal "github.com/coreos/go-systemd/v22/journal"
 	"github.com/sirupsen/logrus"
 )
@@ -67,6 +68,9 @@ type Options struct {
 	Log logrus.FieldLogger
 	// Sources are the other counters Stats gathers; nil ones are left zero.
 	Sources Sources
+	// Symbols names the frames of checks that carry stacks, in the sink
+	// writers (never here); nil leaves stacked events without stack fields.
+	Symbols *symbolize.Symbolizer
 }
 
 // maxReadFailures ends Run after this many consecutive read errors: a ring
@@ -118,6 +122,7 @@ type untrace struct {
 type Pipeline struct {
 	ring     Ring
 	advice   *advisor.Tracker
+	symbols  *symbolize.Symbolizer
 	sink     Sink
 	wallTime func(uint64) time.Time
 	now      func() time.Time
@@ -163,6 +168,7 @@ func New(opts Options) *Pipeline {
 	p := &Pipeline{
 		ring:     opts.Ring,
 		advice:   opts.Advisor,
+		symbols:  opts.Symbols,
 		sink:     opts.Sink,
 		wallTime: opts.WallTime,
 		now:      opts.Now,
@@ -260,14 +266,20 @@ func (p *Pipeline) deliver(ev *bpf.Event) {
 		e, known = p.byCgroup[ev.CgroupID]
 	}
 	at := p.wallTime(ev.KtimeNs)
-	if known {
-		p.advice.Observe(e.c, ev, at)
-	} else {
+	// Raw stacks only (nil without): the sink writers name them, and the
+	// advisor when it makes the summary.
+	stacks := output.NewStacks(p.symbols, ev.Pid, ev.Stacks)
+	switch {
+	case !known:
 		p.counters.unknown.Add(1)
+	case stacks != nil:
+		p.advice.ObserveWithStacks(e.c, ev, at, stacks)
+	default:
+		p.advice.Observe(e.c, ev, at)
 	}
 	// One record reused: a pointer through the Sink interface would
 	// otherwise move each record to the heap.
-	p.rec = output.EnrichedEvent{Time: at, Event: *ev, Container: e.c, Known: known}
+	p.rec = output.EnrichedEvent{Time: at, Event: *ev, Container: e.c, Known: known, Stacks: stacks}
 	p.sink.Send(&p.rec)
 }
 

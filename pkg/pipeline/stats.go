@@ -42,6 +42,10 @@ type Stats struct {
 	// containers; UniqueForgetFailed the batches that failed (the LRU ages them out).
 	UniqueKeysForgotten, UniqueForgetFailed uint64
 
+	// UserFramesUnresolved are user frames printed as [unknown] (the file
+	// behind them could not be found or read).
+	UserFramesUnresolved uint64
+
 	Tracer      bpf.Stats
 	TracerError error // reading Tracer failed
 	Registry    cgmap.RegistryStats
@@ -76,6 +80,9 @@ func (p *Pipeline) Stats() Stats {
 	}
 	if f := p.sources.Sinks; f != nil {
 		s.Sinks = f()
+	}
+	if p.symbols != nil {
+		s.UserFramesUnresolved = p.symbols.User.Unresolved()
 	}
 	return s
 }
@@ -145,7 +152,11 @@ func (s Stats) LogFields(prev Stats) (fields logrus.Fields, lost bool) {
 	} else {
 		fields["tier"] = s.Tracer.Tier
 		fields["traced"] = s.Tracer.Traced
+		// Stack walks the kernel refused: the check was sent without that stack.
+		fields["kernel_stack_failed"] = s.Tracer.KernelStackFailed
+		fields["user_stack_failed"] = s.Tracer.UserStackFailed
 	}
+	fields["user_frames_unresolved"] = s.UserFramesUnresolved
 	if s.WakeFailed > 0 {
 		fields["wake_failed"] = s.WakeFailed
 	}

@@ -26,6 +26,7 @@ const (
 	TypeCapList Type = "capability list"
 	TypeSeconds Type = "seconds, 3 decimals"
 	TypeYAML    Type = "YAML"
+	TypeStack   Type = "frames joined by `;`, innermost first, outermost last"
 )
 
 // Field is one output field.
@@ -62,6 +63,9 @@ var (
 	Syscall          = Field{"syscall", "SYSCALL", TypeString, "`SYS_SETPRIORITY`; empty outside a system call", "SYSCALL"}
 	CgroupID         = Field{"cgroup_id", "CAPTRACE_CGROUP_ID", TypeInteger, "cgroup v2 ID of the container (inode of its cgroup directory)", ""}
 	SyslogIdentifier = Field{"", "SYSLOG_IDENTIFIER", TypeString, "always `captrace`", ""}
+	// Call stacks, only when the pod asked for them (captrace.io/stacks).
+	KernelStack = Field{"kstack", "KERNEL_STACK", TypeStack, "kernel frames `symbol+0xoff` from cap_capable's caller to the syscall entry; only with `captrace.io/stacks` kernel", "KERNEL_STACK"}
+	UserStack   = Field{"ustack", "USER_STACK", TypeStack, "user frames `function+0xoff (module)`, `module+0xoff` when stripped, `[unknown] 0x… (module)` when unresolved; only with `captrace.io/stacks` user", "USER_STACK"}
 )
 
 // Identifier is the SYSLOG_IDENTIFIER of every captrace journal entry.
@@ -82,6 +86,7 @@ var (
 	RecommendDrop    = Field{"recommend_drop", "RECOMMENDED_DROP", TypeCapList, "always `ALL`", ""}
 	RecommendAdd     = Field{"recommend_add", "RECOMMENDED_ADD", TypeCapList, "audited, granted, checked by the workload: what to add", ""}
 	DeniedOnly       = Field{"denied_only", "CAPS_DENIED_ONLY", TypeCapList, "audited, never granted: add only if the workload failed without it", ""}
+	Code             = Field{"code", "CAPTRACE_CODE", TypeString, "the code behind each recommended or denied capability, `; `-separated: `SYS_NICE ← setpriority ← main (nice)`; `unnamed code (module+0xoff)` for a stripped binary; only with user stacks", ""}
 	CapsProbed       = Field{"caps_probed", "CAPS_PROBED", TypeCapList, "seen only in non-audited checks: probes, not needs", ""}
 	CapsRuntime      = Field{"caps_runtime", "CAPS_RUNTIME", TypeCapList, "checked only by runc init", ""}
 	WindowStart      = Field{"window_start", "WINDOW_START", TypeTime, "start of the observation window", ""}
@@ -105,6 +110,7 @@ var EventFields = []Field{
 	Namespace, Pod, Container, ContainerID, PodUID,
 	Comm, Pid, Tid, Uid, Gid,
 	Cap, Capable, Audit, Insetid, Syscall, CgroupID,
+	KernelStack, UserStack,
 	SyslogIdentifier,
 }
 
@@ -112,7 +118,7 @@ var EventFields = []Field{
 var SummaryFields = []Field{
 	Summary,
 	Namespace, Pod, PodUID, Container, ContainerID,
-	CapsGranted, CapsDenied, RecommendDrop, RecommendAdd, DeniedOnly, CapsProbed, CapsRuntime,
+	CapsGranted, CapsDenied, RecommendDrop, RecommendAdd, DeniedOnly, Code, CapsProbed, CapsRuntime,
 	WindowStart, WindowEnd, FirstEvent, LastEvent, ObservedSeconds, Events, Partial, MinWindowSeconds,
 	FoldedEvents, AuditOnly, Unique, SecurityContext,
 }

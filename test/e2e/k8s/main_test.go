@@ -115,7 +115,7 @@ func busyboxWithNice(ctx context.Context, root string) (stack.Image, error) {
 	if err != nil {
 		return stack.Image{}, err
 	}
-	layer, err := stack.BusyboxLayer(stack.LayerFile{Name: "nice", Data: data})
+	layer, err := stack.BusyboxLayerWith(map[string][]byte{"nice": data})
 	if err != nil {
 		return stack.Image{}, err
 	}

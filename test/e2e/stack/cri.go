@@ -26,6 +26,7 @@ type Container struct {
 	Privileged bool
 	CapAdd     []string // e.g. "SYS_NICE"
 	CapDrop    []string // e.g. "ALL"
+	Image      string   // BusyboxImage when empty
 }
 
 // RunningPod is a pod sandbox that CRI created.
@@ -87,9 +88,13 @@ func (s *Stack) CreateContainer(ctx context.Context, pod *RunningPod, c Containe
 	if len(c.CapAdd) > 0 || len(c.CapDrop) > 0 {
 		sc["capabilities"] = map[string]any{"add_capabilities": c.CapAdd, "drop_capabilities": c.CapDrop}
 	}
+	image := c.Image
+	if image == "" {
+		image = BusyboxImage
+	}
 	cfg := map[string]any{
 		"metadata": map[string]any{"name": c.Name, "attempt": 0},
-		"image":    map[string]any{"image": BusyboxImage},
+		"image":    map[string]any{"image": image},
 		"command":  c.Command,
 		"log_path": c.Name + ".log",
 		"linux":    map[string]any{"security_context": sc},

@@ -31,6 +31,8 @@ type Event struct {
 	Syscall     string
 	Capable     bool
 	Audit       bool
+	KStack      string // kstack / KERNEL_STACK, when the pod asked for stacks
+	UStack      string // ustack / USER_STACK
 	Raw         string // the line or the JSON entry, for failure messages
 }
 
@@ -121,6 +123,8 @@ func eventFromFields(f map[string]string, logfmt bool, raw string) (Event, error
 		Comm:        key(schema.Comm.Key, schema.Comm.Journal),
 		Cap:         key(schema.Cap.Key, schema.Cap.Journal),
 		Syscall:     key(schema.Syscall.Key, schema.Syscall.Journal),
+		KStack:      key(schema.KernelStack.Key, schema.KernelStack.Journal),
+		UStack:      key(schema.UserStack.Key, schema.UserStack.Journal),
 	}
 	e.Source = "journald"
 	if logfmt {

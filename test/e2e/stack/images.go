@@ -38,17 +38,13 @@ func (b ociBlob) descriptor() map[string]any {
 	return map[string]any{"mediaType": b.mediaType, "digest": b.digest(), "size": len(b.data)}
 }
 
-// LayerFile is a file added to a layer's /bin.
-type LayerFile struct {
-	Name string // the name in /bin
-	Data []byte
-}
-
 // BusyboxLayer returns an uncompressed, reproducible rootfs layer holding the
-// static busybox, one symlink per applet, extra programs in /bin, and the few
-// files a shell expects. There is deliberately no /mnt: the seed's guide
-// creates it.
-func BusyboxLayer(extra ...LayerFile) ([]byte, error) {
+// static busybox, one symlink per applet, and the few files a shell expects.
+// There is deliberately no /mnt: the seed's guide creates it.
+func BusyboxLayer() ([]byte, error) { return BusyboxLayerWith(nil) }
+
+// BusyboxLayerWith is BusyboxLayer plus extra executables in /bin (name → content).
+func BusyboxLayerWith(extra map[string][]byte) ([]byte, error) {
 	bin, err := os.ReadFile(busyboxPath)
 	if err != nil {
 		return nil, fmt.Errorf("read %s (install Debian's busybox-static): %w", busyboxPath, err)
@@ -83,19 +79,16 @@ func BusyboxLayer(extra ...LayerFile) ([]byte, error) {
 			if err := file("bin/busybox", 0o755, bin); err != nil {
 				return nil, err
 			}
-			for _, a := range applets {
-				if a == "busybox" || strings.ContainsAny(a, "/[") {
-					continue
-				}
-				if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + a, Linkname: "busybox", Mode: 0o777, ModTime: epoch, Format: tar.FormatPAX}); err != nil {
+			for _, name := range sortedNames(extra) {
+				if err := file("bin/"+name, 0o755, extra[name]); err != nil {
 					return nil, err
 				}
 			}
-			for _, f := range extra {
-				if i := sort.SearchStrings(applets, f.Name); i < len(applets) && applets[i] == f.Name {
-					return nil, fmt.Errorf("bin/%s is a busybox applet already", f.Name)
+			for _, a := range applets {
+				if a == "busybox" || strings.ContainsAny(a, "/[") || extra[a] != nil {
+					continue
 				}
-				if err := file("bin/"+f.Name, 0o755, f.Data); err != nil {
+				if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + a, Linkname: "busybox", Mode: 0o777, ModTime: epoch, Format: tar.FormatPAX}); err != nil {
 					return nil, err
 				}
 			}
@@ -115,6 +108,15 @@ func BusyboxLayer(extra ...LayerFile) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+func sortedNames(m map[string][]byte) []string {
+	var names []string
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
 }
 
 // Image is a one-layer OCI image: its manifest and the blobs it names.

@@ -32,6 +32,7 @@ type Summary struct {
 	Partial     bool
 	Message     string // msg / MESSAGE: the human line
 	PodSpec     string // security_context / SECURITY_CONTEXT
+	Code        string // code / CAPTRACE_CODE: the code behind each cap, with user stacks
 	Raw         string
 }
 
@@ -73,6 +74,7 @@ func summaryFromFields(f map[string]string, logfmt bool, raw string) (Summary, e
 		Denied:      list(key(schema.CapsDenied.Key, schema.CapsDenied.Journal)),
 		Message:     key(schema.Msg.Key, schema.Msg.Journal),
 		PodSpec:     key(schema.SecurityContext.Key, schema.SecurityContext.Journal),
+		Code:        key(schema.Code.Key, schema.Code.Journal),
 	}
 	if logfmt {
 		s.Source = "logfmt"
