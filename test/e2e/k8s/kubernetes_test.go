@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -32,6 +33,13 @@ var (
 // TestCaptraceOnKubernetes plays the scenarios in order on one node: the
 // DaemonSet is applied first and deleted last.
 func TestCaptraceOnKubernetes(t *testing.T) {
+	// The DaemonSet's probes ask /readyz and /healthz on --metrics-listen
+	// (issue 15); an image of a tree without that flag crash-loops.
+	if os.Getenv("CAPTRACE_IMAGE_TAR") == "" {
+		if help := captraceHelp(testCtx(t)); !strings.Contains(help, "metrics-listen") {
+			t.Skipf("PENDING (issue 15): this tree's captrace has no --metrics-listen, which deploy/kubernetes' DaemonSet passes for its /healthz and /readyz probes; the Kubernetes scenarios run once it is on main (or with CAPTRACE_IMAGE_TAR=<an image that has it>). `captrace --help` says:\n%s", help)
+		}
+	}
 	steps := []struct {
 		name string
 		run  func(*testing.T)
@@ -261,7 +269,18 @@ func deniedNamespace(ctx context.Context) (string, error) {
 // captraceHasAdvisorPatch reports whether the captrace CLI built from this
 // tree has `report --format patch`, `--workload` and `--check` (issue 12).
 func captraceHasAdvisorPatch(ctx context.Context) (bool, string) {
-	out, _ := exec.CommandContext(ctx, "go", "run", "./cmd/captrace", "report", "--help").CombinedOutput()
-	help := string(out)
+	help := captraceHelp(ctx, "report")
 	return strings.Contains(help, "patch") && strings.Contains(help, "-check") && strings.Contains(help, "-workload"), help
+}
+
+// captraceHelp is the --help of this tree's captrace (or of one of its commands).
+func captraceHelp(ctx context.Context, command ...string) string {
+	root, err := stack.ProjectRoot()
+	if err != nil {
+		return err.Error()
+	}
+	cmd := exec.CommandContext(ctx, "go", append(append([]string{"run", "./cmd/captrace"}, command...), "--help")...)
+	cmd.Dir = root
+	out, _ := cmd.CombinedOutput()
+	return string(out)
 }
