@@ -26,18 +26,19 @@ ARCHES ?= amd64 arm64
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 RELEASE_LDFLAGS = -s -w $(VERSION_LDFLAGS)
 DIST_FILES = deploy/captrace.service deploy/containerd-nri.toml deploy/config.toml LICENSE
+DISTDIR ?= dist
 dist:
-	rm -rf dist && mkdir -p dist
+	rm -rf $(DISTDIR) && mkdir -p $(DISTDIR)
 	set -e; for arch in $(ARCHES); do \
-		name=captrace-$(VERSION)-linux-$$arch; d=dist/$$name; mkdir -p $$d; \
+		name=captrace-$(VERSION)-linux-$$arch; d=$(DISTDIR)/$$name; mkdir -p $$d; \
 		echo "dist: building $$name"; \
 		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags "$(RELEASE_LDFLAGS)" -o $$d/captrace ./cmd/captrace; \
 		cp $(DIST_FILES) $$d/; \
 		(cd $$d && sha256sum captrace $(notdir $(DIST_FILES)) > SHA256SUMS); \
 		tar --sort=name --mtime=@$(SOURCE_DATE_EPOCH) --owner=0 --group=0 --numeric-owner \
-			--mode=go-w -C dist -cf - $$name | gzip -n -9 > dist/$$name.tar.gz; \
+			--mode=go-w -C $(DISTDIR) -cf - $$name | gzip -n -9 > $(DISTDIR)/$$name.tar.gz; \
 	done
-	cd dist && sha256sum *.tar.gz > SHA256SUMS && cat SHA256SUMS
+	cd $(DISTDIR) && sha256sum *.tar.gz > SHA256SUMS && cat SHA256SUMS
 
 # The multi-arch OCI image (amd64, arm64) as an OCI layout tarball, built
 # without a container engine by cmd/captrace-image from `make dist`'s static
@@ -47,7 +48,7 @@ dist:
 IMAGE ?=
 image: dist
 	$(GO) run ./cmd/captrace-image $(if $(IMAGE),-ref $(IMAGE)) -version $(VERSION) -revision $(COMMIT) \
-		-created $(SOURCE_DATE_EPOCH) -dist dist -o dist/captrace-image.tar
+		-created $(SOURCE_DATE_EPOCH) -dist $(DISTDIR) -o $(DISTDIR)/captrace-image.tar
 
 # Rebuilds the committed bpf2go objects from bpf/*.c with clang.
 generate:
@@ -122,7 +123,7 @@ test-kernels:
 
 bench:
 	scripts/install-deps.sh bench
-	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./bpf/ ./plugin/ ./pkg/pipeline/ ./pkg/symbolize/
+	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./bpf/ ./plugin/ ./pkg/pipeline/ ./pkg/symbolize/ ./pkg/output/
 
 # The seed's set-priority guide on a private stack; Ctrl-C or DEMO_FLAGS=-duration=… ends it.
 DEMO_FLAGS ?=

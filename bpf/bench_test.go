@@ -302,6 +302,16 @@ func BenchmarkCapCheck(b *testing.B) {
 			b.Errorf("every event: %d sent, %d delivered, %d lost in the ring", sent, got, lost)
 		}
 	})
+	b.Run("every-event-under-limit", func(b *testing.B) {
+		// The rate limiter's cost on a check it passes: compare with
+		// every-event (no limit: the limiter returns at once). Issue 18: <= 1.1x.
+		compare(b, tr, capCheckLoop, attach(&Settings{RateLimit: 1 << 30, RateBurst: 1 << 30}), detach)
+	})
+	b.Run("over-limit", func(b *testing.B) {
+		// Every check over the limit: dropped before the ring, counted.
+		// Compare with unique-repeated (issue 18: <= a unique-mode hit).
+		compare(b, tr, capCheckLoop, attach(&Settings{RateLimit: 1, RateBurst: 1}), detach)
+	})
 	b.Run("getpid-traced", func(b *testing.B) {
 		// No capability check: the program never runs on this thread (no bpf-ns/run).
 		compare(b, nil, getpidLoop, attach(&Settings{AuditOnly: true, Unique: true}), detach)

@@ -30,6 +30,10 @@ enum setting_flag {
 	SETTING_UNIQUE = 1U << 1,
 	SETTING_KSTACK = 1U << 4, // kernel stack in the event (issue 13)
 	SETTING_USTACK = 1U << 5, // user stack in the event (issue 13)
+	// The bits from here up hold the container's index in container_states
+	// (0: none), so finding a container's limiter and loss counters costs
+	// an array lookup the verifier inlines, not a second hash lookup.
+	SETTING_STATE_SHIFT = 8,
 };
 
 // Loss counter slots (cap_losses).
@@ -37,6 +41,7 @@ enum loss_slot {
 	LOSS_RING = 0,
 	LOSS_DEDUP = 1,
 	LOSS_FILTER = 2,
+	LOSS_RATE = 3,   // over a container's rate limit, dropped before the ring
 	LOSS_KSTACK = 4, // kernel stack asked for, walk failed (event still sent)
 	LOSS_USTACK = 5, // user stack asked for, walk failed (event still sent)
 	LOSS_SLOTS = 8,
@@ -206,6 +211,28 @@ struct {
 	__type(value, struct pending_check);
 } cap_pending SEC(".maps");
 
+// Per traced container: its rate limit and the checks it lost, indexed by the
+// upper bits of its settings flags. User space writes the whole value when it
+// traces a container (resetting the counters) and reads the counters when it
+// finishes one. max_entries is set by user space (tracer.max_containers + 1).
+struct container_state {
+	// Rate limit as a generic cell rate algorithm: one check per interval_ns
+	// on average, up to burst checks at once. interval_ns 0: unlimited.
+	__u64 interval_ns;
+	__u64 tolerance_ns; // (burst - 1) * interval_ns
+	__u64 tat;          // theoretical arrival time of the next check, boot ns
+	__u64 last_now;     // the latest time a check of the container saw
+	__u64 rate_limited; // checks dropped by the limit
+	__u64 ring_lost;    // checks lost because the ring buffer was full
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4097);
+	__type(key, __u32);
+	__type(value, struct container_state);
+} container_states SEC(".maps");
+
 // Per CPU: the scheduler tick (jiffies) of the last timestamp and its value.
 struct clock_cache {
 	__u64 jiffies;
@@ -310,6 +337,65 @@ static __always_inline int stack_opts(void *ctx)
 	return STACK_AUDIT;
 }
 
+static __always_inline struct container_state *container_state(__u32 flags)
+{
+	__u32 idx = flags >> SETTING_STATE_SHIFT;
+	if (!idx)
+		return NULL;
+	return bpf_map_lookup_elem(&container_states, &idx);
+}
+
+// over_rate_limit applies the container's limit to one check at time now and
+// counts what it drops. One state word and no division: a check passes while
+// the schedule (tat) runs at most tolerance_ns ahead of now, and each pass
+// moves the schedule one interval on. Over a time D it passes D/interval +
+// burst checks. Two CPUs of one container racing on tat can each pass one
+// check the schedule had room for only once: the excess is bounded by the
+// CPUs, never a loss.
+static __always_inline bool over_rate_limit(struct container_state *cs, __u64 now)
+{
+	__u64 interval = cs->interval_ns;
+	if (!interval)
+		return false;
+	// event_time() is each CPU's first reading in the current tick: a check
+	// on another CPU can read a time a little before the one that set tat,
+	// and a busy CPU's reading can lag. So the container's clock never runs
+	// backwards, and a check is dropped only on the exact clock (a drop pays
+	// the ~100 ns reading; a pass does not).
+	__u64 last = cs->last_now;
+	if (now < last)
+		now = last;
+	__u64 tat = cs->tat;
+	if (tat < now)
+		tat = now;
+	if (tat - now > cs->tolerance_ns) {
+		__u64 exact = bpf_ktime_get_boot_ns();
+		if (exact > now) {
+			now = exact;
+			if (tat < now)
+				tat = now;
+		}
+		if (tat - now > cs->tolerance_ns) {
+			__sync_fetch_and_add(&cs->rate_limited, 1);
+			count_loss(LOSS_RATE);
+			return true;
+		}
+	}
+	if (now > last)
+		cs->last_now = now;
+	cs->tat = tat + interval;
+	return false;
+}
+
+// ring_full counts a check lost because the ring buffer was full, against
+// its container too.
+static __always_inline void ring_full(struct container_state *cs)
+{
+	count_loss(LOSS_RING);
+	if (cs)
+		__sync_fetch_and_add(&cs->ring_lost, 1);
+}
+
 // seen says whether unique already reported this (cgroup, cap, verdict, audit).
 static __always_inline bool seen(struct dedup_key *key, bool audit)
 {
@@ -339,13 +425,13 @@ static __always_inline bool claim_dedup(void *rec, struct cap_event *ev, bool un
 	return true;
 }
 
-static __always_inline void fill_event(struct cap_event *e, __u64 cgroup_id, __s32 cap, bool capable,
+static __always_inline void fill_event(struct cap_event *e, __u64 now, __u64 cgroup_id, __s32 cap, bool capable,
 				       bool audit, bool opts_known, __u32 opts, struct task_struct *task)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u64 uid_gid = bpf_get_current_uid_gid();
 	e->cgroup_id = cgroup_id;
-	e->ktime_ns = event_time();
+	e->ktime_ns = now;
 	e->pid = pid_tgid >> 32;
 	e->tid = (__u32)pid_tgid;
 	e->uid = (__u32)uid_gid;
@@ -387,17 +473,17 @@ static __always_inline __s32 walk_kernel_stack(void *ctx, __u64 *frames)
 
 static __always_inline int send_stacked(void *ctx, __u32 stacks, bool unique, struct dedup_key *key,
 					__u64 cgroup_id, __s32 cap, bool capable, bool audit, bool opts_known,
-					__u32 opts, struct task_struct *task)
+					__u32 opts, struct task_struct *task, __u64 now, struct container_state *cs)
 {
 	if (!(stacks & SETTING_USTACK)) {
 		struct cap_event_kstack *k = bpf_ringbuf_reserve(&cap_events, sizeof(*k), 0);
 		if (!k) {
-			count_loss(LOSS_RING);
+			ring_full(cs);
 			return 0;
 		}
 		if (!claim_dedup(k, &k->ev, unique, key))
 			return 0;
-		fill_event(&k->ev, cgroup_id, cap, capable, audit, opts_known, opts, task);
+		fill_event(&k->ev, now, cgroup_id, cap, capable, audit, opts_known, opts, task);
 		k->head.kstack_bytes = walk_kernel_stack(ctx, k->kstack);
 		k->head.ustack_bytes = 0;
 		submit_event(k);
@@ -405,12 +491,12 @@ static __always_inline int send_stacked(void *ctx, __u32 stacks, bool unique, st
 	}
 	struct cap_event_stacks *s = bpf_ringbuf_reserve(&cap_events, sizeof(*s), 0);
 	if (!s) {
-		count_loss(LOSS_RING);
+		ring_full(cs);
 		return 0;
 	}
 	if (!claim_dedup(s, &s->ev, unique, key))
 		return 0;
-	fill_event(&s->ev, cgroup_id, cap, capable, audit, opts_known, opts, task);
+	fill_event(&s->ev, now, cgroup_id, cap, capable, audit, opts_known, opts, task);
 	s->head.kstack_bytes = 0;
 	if (stacks & SETTING_KSTACK)
 		s->head.kstack_bytes = walk_kernel_stack(ctx, s->kstack);
@@ -504,19 +590,27 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
 		}
 	}
 
+	// The rate limit comes after every reason to drop a check for free
+	// (filter, dedup, borrowed creds, audit_only) and before the ring: a
+	// check over the limit costs no ring space and no user-space CPU.
+	__u64 now = event_time();
+	struct container_state *cs = container_state(flags);
+	if (cs && over_rate_limit(cs, now))
+		return 0; // not remembered in dedup: the next identical check tries again
+
 	__u32 stacks = stacks_enabled ? flags & (SETTING_KSTACK | SETTING_USTACK) : 0;
 	if (stacks)
-		return send_stacked(ctx, stacks, unique, &key, cgroup_id, cap, capable, audit, opts_known, opts, task);
+		return send_stacked(ctx, stacks, unique, &key, cgroup_id, cap, capable, audit, opts_known, opts, task, now, cs);
 
 	struct cap_event *e = bpf_ringbuf_reserve(&cap_events, sizeof(*e), 0);
 	if (!e) {
 		// Not remembered in dedup: the next identical check tries again.
-		count_loss(LOSS_RING);
+		ring_full(cs);
 		return 0;
 	}
 	if (!claim_dedup(e, e, unique, &key))
 		return 0;
-	fill_event(e, cgroup_id, cap, capable, audit, opts_known, opts, task);
+	fill_event(e, now, cgroup_id, cap, capable, audit, opts_known, opts, task);
 	submit_event(e);
 	return 0;
 }

@@ -95,6 +95,16 @@ type captraceClockCache struct {
 	BootNs  uint64
 }
 
+type captraceContainerState struct {
+	_           structs.HostLayout
+	IntervalNs  uint64
+	ToleranceNs uint64
+	Tat         uint64
+	LastNow     uint64
+	RateLimited uint64
+	RingLost    uint64
+}
+
 type captraceDedupKey struct {
 	_        structs.HostLayout
 	CgroupId uint64
@@ -126,6 +136,7 @@ const (
 	captraceLossSlotLOSS_RING   captraceLossSlot = 0
 	captraceLossSlotLOSS_DEDUP  captraceLossSlot = 1
 	captraceLossSlotLOSS_FILTER captraceLossSlot = 2
+	captraceLossSlotLOSS_RATE   captraceLossSlot = 3
 	captraceLossSlotLOSS_KSTACK captraceLossSlot = 4
 	captraceLossSlotLOSS_USTACK captraceLossSlot = 5
 	captraceLossSlotLOSS_SLOTS  captraceLossSlot = 8
@@ -141,10 +152,11 @@ type captracePendingCheck struct {
 type captraceSettingFlag uint32
 
 const (
-	captraceSettingFlagSETTING_AUDIT_ONLY captraceSettingFlag = 1
-	captraceSettingFlagSETTING_UNIQUE     captraceSettingFlag = 2
-	captraceSettingFlagSETTING_KSTACK     captraceSettingFlag = 16
-	captraceSettingFlagSETTING_USTACK     captraceSettingFlag = 32
+	captraceSettingFlagSETTING_AUDIT_ONLY  captraceSettingFlag = 1
+	captraceSettingFlagSETTING_UNIQUE      captraceSettingFlag = 2
+	captraceSettingFlagSETTING_KSTACK      captraceSettingFlag = 16
+	captraceSettingFlagSETTING_USTACK      captraceSettingFlag = 32
+	captraceSettingFlagSETTING_STATE_SHIFT captraceSettingFlag = 8
 )
 
 type captraceSettings struct {
@@ -177,6 +189,7 @@ const (
 	captraceMapCapPending        = "cap_pending"
 	captraceMapCgroupFilter      = "cgroup_filter"
 	captraceMapCgroupFilterSlots = "cgroup_filter_slots"
+	captraceMapContainerStates   = "container_states"
 	captraceProgCaptraceFexit    = "captrace_fexit"
 	captraceProgCaptraceKprobe   = "captrace_kprobe"
 	captraceProgCaptraceKret     = "captrace_kret"
@@ -249,6 +262,7 @@ type captraceMapSpecs struct {
 	CapPending        *ebpf.MapSpec `ebpf:"cap_pending"`
 	CgroupFilter      *ebpf.MapSpec `ebpf:"cgroup_filter"`
 	CgroupFilterSlots *ebpf.MapSpec `ebpf:"cgroup_filter_slots"`
+	ContainerStates   *ebpf.MapSpec `ebpf:"container_states"`
 }
 
 // captraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -291,6 +305,7 @@ type captraceMaps struct {
 	CapPending        *ebpf.Map `ebpf:"cap_pending"`
 	CgroupFilter      *ebpf.Map `ebpf:"cgroup_filter"`
 	CgroupFilterSlots *ebpf.Map `ebpf:"cgroup_filter_slots"`
+	ContainerStates   *ebpf.Map `ebpf:"container_states"`
 }
 
 func (m *captraceMaps) Close() error {
@@ -302,6 +317,7 @@ func (m *captraceMaps) Close() error {
 		m.CapPending,
 		m.CgroupFilter,
 		m.CgroupFilterSlots,
+		m.ContainerStates,
 	)
 }
 

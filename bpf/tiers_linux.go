@@ -30,6 +30,7 @@ type sharedMaps struct {
 	Events *ebpf.Map `ebpf:"cap_events"`
 	Losses *ebpf.Map `ebpf:"cap_losses"`
 	Clock  *ebpf.Map `ebpf:"cap_clock"`
+	States *ebpf.Map `ebpf:"container_states"`
 }
 
 type fexitObjects struct {
@@ -150,6 +151,8 @@ func loadTier(tier Tier, cfg loadConfig) (lt *loadedTier, err error) {
 	spec.Maps["cgroup_filter"].MaxEntries = cfg.maxTraced
 	spec.Maps["cap_dedup"].MaxEntries = cfg.dedup
 	spec.Maps["cap_events"].MaxEntries = cfg.ringBytes
+	// Index 0 means none; untraced cgroups keep theirs until their barrier.
+	spec.Maps["container_states"].MaxEntries = 2*cfg.maxTraced + 1
 	set := func(name string, v any) {
 		if err == nil {
 			if e := spec.Variables[name].Set(v); e != nil {

@@ -56,11 +56,14 @@ const (
 	// Stack walks the kernel refused (issue 13).
 	lossKernelStack = captraceLossSlotLOSS_KSTACK
 	lossUserStack   = captraceLossSlotLOSS_USTACK
+	lossRate        = captraceLossSlotLOSS_RATE
 
 	settingAuditOnly   = uint32(captraceSettingFlagSETTING_AUDIT_ONLY)
 	settingUnique      = uint32(captraceSettingFlagSETTING_UNIQUE)
 	settingKernelStack = uint32(captraceSettingFlagSETTING_KSTACK)
 	settingUserStack   = uint32(captraceSettingFlagSETTING_USTACK)
+	// settingStateShift: the settings flags' upper bits hold the container's index in container_states.
+	settingStateShift = uint32(captraceSettingFlagSETTING_STATE_SHIFT)
 )
 
 // Tracer is the loaded and attached kernel program.
@@ -83,6 +86,7 @@ type Tracer struct {
 	closed bool // under mu: Trace and Untrace return ErrClosed
 	traced map[uint64]Settings
 	slots  map[uint32][]uint64 // traced cgroups per slot of cgroup_filter_slots
+	states containerStates     // each traced cgroup's index in container_states
 	// stale are untraced cgroups whose filter entry could not be deleted:
 	// retried at every Trace and Untrace until gone, and counted against
 	// MaxTracedCgroups meanwhile (they hold a kernel entry).
@@ -191,6 +195,7 @@ func Open(opts Options) (*Tracer, error) {
 		slots:      map[uint32][]uint64{},
 		stale:      map[uint64]struct{}{},
 		keys:       map[uint64]*keySet{},
+		states:     newContainerStates(2 * int(cfg.maxTraced)),
 		stacksErr:  unavailable,
 	}, nil
 }
@@ -232,8 +237,8 @@ func auditConfig(log logrus.FieldLogger) (uint64, []auditRange) {
 // Tier is the attach point in use.
 func (t *Tracer) Tier() Tier { return t.lt.tier }
 
-func settingsValue(s Settings) uint32 {
-	var v uint32
+func settingsValue(s Settings, stateIndex uint32) uint32 {
+	v := stateIndex << settingStateShift
 	if s.AuditOnly {
 		v |= settingAuditOnly
 	}
@@ -257,8 +262,15 @@ func (t *Tracer) Trace(cgroupID uint64, s Settings) error {
 	if _, known := t.traced[cgroupID]; !known && len(t.traced)+len(t.stale) >= t.maxTraced {
 		return t.fullError(cgroupID)
 	}
+	idx, err := t.states.acquire(t.lt.maps.States, cgroupID, s)
+	if err != nil {
+		return fmt.Errorf("tracing cgroup %d: %w", cgroupID, err)
+	}
 	t.filterOps.Add(1)
-	if err := t.lt.maps.Filter.Update(cgroupID, captraceSettings{Flags: settingsValue(s)}, ebpf.UpdateAny); err != nil {
+	if err := t.lt.maps.Filter.Update(cgroupID, captraceSettings{Flags: settingsValue(s, idx)}, ebpf.UpdateAny); err != nil {
+		if _, known := t.traced[cgroupID]; !known {
+			t.states.release(cgroupID)
+		}
 		if errors.Is(err, unix.E2BIG) {
 			return t.fullError(cgroupID)
 		}
@@ -277,6 +289,7 @@ func (t *Tracer) Trace(cgroupID uint64, s Settings) error {
 			t.dropMember(slot, cgroupID)
 			delete(t.traced, cgroupID)
 			t.lt.maps.Filter.Delete(cgroupID)
+			t.states.release(cgroupID)
 		}
 		return fmt.Errorf("tracing cgroup %d: %w", cgroupID, err)
 	}
@@ -290,7 +303,7 @@ func (t *Tracer) writeSlot(slot uint32) error {
 	switch members := t.slots[slot]; len(members) {
 	case 0:
 	case 1:
-		v = filterSlot{CgroupId: members[0], Flags: settingsValue(t.traced[members[0]]), State: slotOne}
+		v = filterSlot{CgroupId: members[0], Flags: settingsValue(t.traced[members[0]], t.states.index[members[0]]), State: slotOne}
 	default:
 		v = filterSlot{State: slotShared}
 	}
@@ -362,6 +375,7 @@ func (t *Tracer) retryStaleLocked() {
 		}
 		if err := t.deleteFilterEntry(id); err == nil {
 			delete(t.stale, id)
+			t.states.release(id) // kept while the entry could still count into it
 			t.log.WithField("cgroup_id", id).Info("stale filter entry deleted on retry")
 		}
 	}
@@ -399,10 +413,12 @@ func (t *Tracer) Wake() error {
 }
 
 // ForgetUnique deletes the unique-mode keys the kernel reported for these
-// cgroups (untraced ones: after their Barrier), in one batch. Cgroups that
-// never used unique cost nothing. Keys the LRU evicted meanwhile are skipped.
-// It returns how many keys were deleted.
+// cgroups (untraced ones: after their Barrier), in one batch, and frees
+// their per-container state (read ContainerLosses first). Cgroups that
+// never used unique cost no map operation. Keys the LRU evicted meanwhile
+// are skipped. It returns how many keys were deleted.
 func (t *Tracer) ForgetUnique(cgroupIDs ...uint64) (int, error) {
+	t.releaseStates(cgroupIDs)
 	var keys []dedupKey
 	t.keysMu.Lock()
 	for _, id := range cgroupIDs {
@@ -554,6 +570,9 @@ func (t *Tracer) Stats() (Stats, error) {
 		return st, err
 	}
 	if st.FilterUpdateFailed, err = sum(lossFilter); err != nil {
+		return st, err
+	}
+	if st.RateLimited, err = sum(lossRate); err != nil {
 		return st, err
 	}
 	if st.KernelStackFailed, err = sum(lossKernelStack); err != nil {

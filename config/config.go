@@ -8,6 +8,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -53,6 +54,11 @@ type Trace struct {
 	AuditOnly bool `toml:"audit_only"`
 	// Unique reports a (container, cap, verdict, audit flag) once.
 	Unique bool `toml:"unique"`
+	// RateLimit is how many checks per second one container may report on
+	// average (0: unlimited); over it the kernel drops and counts them.
+	RateLimit int `toml:"rate_limit"`
+	// RateBurst is how many checks a container may report at once (0: RateLimit).
+	RateBurst int `toml:"rate_burst"`
 	// Stacks are the call stacks each reported check carries: "none" (the
 	// default), "kernel", "user" or "kernel,user" (bpf.ParseStacks).
 	Stacks string `toml:"stacks"`
@@ -116,7 +122,12 @@ func Defaults() Config {
 			PluginName:  plugin.DefaultPluginName,
 			PluginIndex: plugin.DefaultPluginIndex,
 		},
-		Trace: Trace{Stacks: bpf.StacksNone.String(), AllowNamespaces: []string{}, DenyNamespaces: []string{}},
+		Trace: Trace{
+			RateLimit:       bpf.DefaultRateLimit,
+			RateBurst:       bpf.DefaultRateBurst,
+			Stacks:          bpf.StacksNone.String(),
+			AllowNamespaces: []string{}, DenyNamespaces: []string{},
+		},
 		Tracer: Tracer{
 			MaxContainers:   bpf.DefaultMaxTracedCgroups,
 			DedupEntries:    bpf.DefaultDedupEntries,
@@ -264,6 +275,14 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	for _, v := range []struct {
+		key string
+		n   int
+	}{{"trace.rate_limit", c.Trace.RateLimit}, {"trace.rate_burst", c.Trace.RateBurst}} {
+		if v.n < 0 || v.n > math.MaxUint32 {
+			bad(v.key, "invalid value %d: expected checks per second per container, from 0 (unlimited) to %d", v.n, uint32(math.MaxUint32))
+		}
+	}
 	if n := c.Tracer.MaxContainers; n < 1 || n > MaxContainersLimit {
 		bad("tracer.max_containers", "invalid value %d: expected an integer from 1 to %d", n, MaxContainersLimit)
 	}

@@ -125,6 +125,8 @@ func TestLoadErrors(t *testing.T) {
 			`F:2: nri.plugin_index: invalid value "1": expected two digits "00"…"99" (NRI orders plugins by it)`},
 		{"relative socket", "[nri]\nsocket = \"nri.sock\"\n",
 			`F:2: nri.socket: invalid value "nri.sock": expected an absolute path to containerd's NRI socket, e.g. "/var/run/nri/nri.sock"`},
+		{"negative rate limit", "[trace]\nrate_limit = -1\n",
+			`F:2: trace.rate_limit: invalid value -1: expected checks per second per container, from 0 (unlimited) to 4294967295`},
 		{"zero queue", "[output]\nqueue_size = 0\n",
 			`F:2: output.queue_size: invalid value 0: expected an integer from 1 to 1048576`},
 		{"syntax error", "[tracer\ntier = \"x\"\n",

@@ -3,7 +3,14 @@
 package deploy
 
 import (
+	"archive/tar"
 	"bufio"
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"debug/elf"
+	"encoding/hex"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -230,5 +237,89 @@ func TestMakeInstallAndUninstall(t *testing.T) {
 	mk("uninstall")
 	if got := listFiles(t, dest); len(got) != 0 {
 		t.Errorf("after install+uninstall: %v left", got)
+	}
+}
+
+// make dist: a static, stamped binary in a tarball with the unit, the
+// drop-in, the example config, LICENSE and their SHA-256 sums, byte for byte
+// the same when built twice from one commit.
+func TestMakeDist(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		privtest.Lacks(t, "make (apt-get install make)")
+	}
+	build := func() (dir string, tarball []byte) {
+		t.Helper()
+		dir = t.TempDir()
+		out, err := exec.Command("make", "-s", "-C", "..", "dist", "DISTDIR="+dir, "ARCHES=amd64", "VERSION=v9.9.9-test").CombinedOutput()
+		if err != nil {
+			t.Fatalf("make dist: %v\n%s", err, out)
+		}
+		tarball, err = os.ReadFile(filepath.Join(dir, "captrace-v9.9.9-test-linux-amd64.tar.gz"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dir, tarball
+	}
+	dir, first := build()
+	_, second := build()
+	if !bytes.Equal(first, second) {
+		t.Errorf("two builds of one commit gave different tarballs (%d and %d bytes)", len(first), len(second))
+	}
+
+	files := map[string][]byte{}
+	gz, err := gzip.NewReader(bytes.NewReader(first))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(gz)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Uid != 0 || h.Gid != 0 {
+			t.Errorf("%s owned by %d:%d", h.Name, h.Uid, h.Gid)
+		}
+		if h.Typeflag == tar.TypeReg {
+			data, _ := io.ReadAll(tr)
+			files[strings.TrimPrefix(h.Name, "captrace-v9.9.9-test-linux-amd64/")] = data
+		}
+	}
+	var names []string
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	if got := strings.Join(names, " "); got != "LICENSE SHA256SUMS captrace captrace.service config.toml containerd-nri.toml" {
+		t.Fatalf("tarball holds %s", got)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(files["SHA256SUMS"])), "\n") {
+		sum, name, _ := strings.Cut(line, "  ")
+		got := sha256.Sum256(files[name])
+		if hex.EncodeToString(got[:]) != sum {
+			t.Errorf("SHA256SUMS: %s does not match %s", line, name)
+		}
+	}
+	if len(strings.Split(strings.TrimSpace(string(files["SHA256SUMS"])), "\n")) != 5 {
+		t.Errorf("SHA256SUMS covers %q, want the 5 other files", files["SHA256SUMS"])
+	}
+
+	bin := filepath.Join(dir, "captrace-v9.9.9-test-linux-amd64", "captrace")
+	f, err := elf.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			t.Errorf("%s has a program interpreter: not static", bin)
+		}
+	}
+	out, err := exec.Command(bin, "version").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "v9.9.9-test") || !strings.Contains(string(out), "commit") {
+		t.Errorf("captrace version: %v %s", err, out)
 	}
 }

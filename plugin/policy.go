@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"strconv"
 	"strings"
 
 	"github.com/captrace/captrace/bpf"
@@ -13,6 +14,7 @@ const (
 	AnnotationAuditOnly  = "captrace.io/audit-only"
 	AnnotationUnique     = "captrace.io/unique"
 	AnnotationContainers = "captrace.io/containers"
+	AnnotationRateLimit  = "captrace.io/rate-limit"
 	// AnnotationStacks selects call stacks: none, kernel, user or kernel,user.
 	AnnotationStacks = "captrace.io/stacks"
 )
@@ -85,6 +87,17 @@ func (p *Policy) decide(pod *api.PodSandbox, ctr *api.Container) decision {
 			return badValue(AnnotationUnique, v)
 		}
 		d.settings.Unique = b
+	}
+	if v, ok := ann[AnnotationRateLimit]; ok {
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err != nil {
+			// Unlike the switches above, a bad limit does not stop tracing:
+			// the pod asked to be traced, and the default limit is safe.
+			d.problem = "annotation value is not a whole number of checks per second (0: unlimited); the default rate limit applies"
+			d.key, d.value = AnnotationRateLimit, v
+		} else {
+			d.settings.RateLimit = uint32(n)
+		}
 	}
 	if v, ok := ann[AnnotationStacks]; ok {
 		st, err := bpf.ParseStacks(v)

@@ -57,7 +57,8 @@ func TestPolicyEnabledValues(t *testing.T) {
 }
 
 func TestPolicySettings(t *testing.T) {
-	defaults := bpf.Settings{AuditOnly: true, Unique: false}
+	defaults := bpf.Settings{AuditOnly: true, Unique: false, RateLimit: 1000, RateBurst: 10000}
+	limited := func(n uint32) bpf.Settings { s := defaults; s.RateLimit = n; return s }
 	for _, tc := range []struct {
 		name  string
 		ann   map[string]string
@@ -66,14 +67,23 @@ func TestPolicySettings(t *testing.T) {
 		warn  string // annotation named in the warning
 	}{
 		{name: "defaults", ann: map[string]string{}, trace: true, want: defaults},
-		{name: "audit-only false", ann: map[string]string{AnnotationAuditOnly: "false"}, trace: true, want: bpf.Settings{}},
-		{name: "audit-only TRUE unique true", ann: map[string]string{AnnotationAuditOnly: "TRUE", AnnotationUnique: "true"}, trace: true, want: bpf.Settings{AuditOnly: true, Unique: true}},
+		{name: "audit-only false", ann: map[string]string{AnnotationAuditOnly: "false"}, trace: true, want: bpf.Settings{RateLimit: 1000, RateBurst: 10000}},
+		{name: "audit-only TRUE unique true", ann: map[string]string{AnnotationAuditOnly: "TRUE", AnnotationUnique: "true"}, trace: true, want: bpf.Settings{AuditOnly: true, Unique: true, RateLimit: 1000, RateBurst: 10000}},
+		{name: "rate-limit 50", ann: map[string]string{AnnotationRateLimit: "50"}, trace: true, want: limited(50)},
+		{name: "rate-limit 0 is unlimited", ann: map[string]string{AnnotationRateLimit: "0"}, trace: true, want: limited(0)},
+		{name: "rate-limit max", ann: map[string]string{AnnotationRateLimit: "4294967295"}, trace: true, want: limited(4294967295)},
+		// A bad limit warns and keeps the default: the pod still asked to be traced.
+		{name: "rate-limit negative", ann: map[string]string{AnnotationRateLimit: "-1"}, trace: true, want: defaults, warn: AnnotationRateLimit},
+		{name: "rate-limit fraction", ann: map[string]string{AnnotationRateLimit: "1.5"}, trace: true, want: defaults, warn: AnnotationRateLimit},
+		{name: "rate-limit too large", ann: map[string]string{AnnotationRateLimit: "4294967296"}, trace: true, want: defaults, warn: AnnotationRateLimit},
+		{name: "rate-limit spaces", ann: map[string]string{AnnotationRateLimit: " 10"}, trace: true, want: defaults, warn: AnnotationRateLimit},
+		{name: "rate-limit empty", ann: map[string]string{AnnotationRateLimit: ""}, trace: true, want: defaults, warn: AnnotationRateLimit},
 		{name: "unique FALSE", ann: map[string]string{AnnotationUnique: "FALSE"}, trace: true, want: defaults},
 		{name: "audit-only yes", ann: map[string]string{AnnotationAuditOnly: "yes"}, warn: AnnotationAuditOnly},
 		{name: "audit-only empty", ann: map[string]string{AnnotationAuditOnly: ""}, warn: AnnotationAuditOnly},
 		{name: "unique garbage", ann: map[string]string{AnnotationUnique: "garbage"}, warn: AnnotationUnique},
-		{name: "stacks kernel", ann: map[string]string{AnnotationStacks: "kernel"}, trace: true, want: bpf.Settings{AuditOnly: true, Stacks: bpf.StacksKernel}},
-		{name: "stacks User,KERNEL", ann: map[string]string{AnnotationStacks: " User,KERNEL "}, trace: true, want: bpf.Settings{AuditOnly: true, Stacks: bpf.StacksKernel | bpf.StacksUser}},
+		{name: "stacks kernel", ann: map[string]string{AnnotationStacks: "kernel"}, trace: true, want: bpf.Settings{AuditOnly: true, RateLimit: 1000, RateBurst: 10000, Stacks: bpf.StacksKernel}},
+		{name: "stacks User,KERNEL", ann: map[string]string{AnnotationStacks: " User,KERNEL "}, trace: true, want: bpf.Settings{AuditOnly: true, RateLimit: 1000, RateBurst: 10000, Stacks: bpf.StacksKernel | bpf.StacksUser}},
 		{name: "stacks none", ann: map[string]string{AnnotationStacks: "none"}, trace: true, want: defaults},
 		{name: "stacks empty", ann: map[string]string{AnnotationStacks: ""}, warn: AnnotationStacks},
 		{name: "stacks garbage", ann: map[string]string{AnnotationStacks: "kernel;user"}, warn: AnnotationStacks},

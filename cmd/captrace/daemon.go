@@ -254,7 +254,10 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 		PluginName:  cfg.NRI.PluginName,
 		PluginIndex: cfg.NRI.PluginIndex,
 		Policy: plugin.Policy{
-			Defaults:              bpf.Settings{AuditOnly: cfg.Trace.AuditOnly, Unique: cfg.Trace.Unique, Stacks: defaultStacks},
+			Defaults: bpf.Settings{
+				AuditOnly: cfg.Trace.AuditOnly, Unique: cfg.Trace.Unique, Stacks: defaultStacks,
+				RateLimit: uint32(cfg.Trace.RateLimit), RateBurst: uint32(cfg.Trace.RateBurst),
+			},
 			AllowNamespaces:       cfg.Trace.AllowNamespaces,
 			DenyNamespaces:        cfg.Trace.DenyNamespaces,
 			StacksUnavailable:     stacksUnavailable,

@@ -51,6 +51,10 @@ func (s Summary) pairs() [][3]string {
 		{schema.AuditOnly.Key, schema.AuditOnly.Journal, strconv.FormatBool(s.AuditOnly)},
 		{schema.Unique.Key, schema.Unique.Journal, strconv.FormatBool(s.Unique)},
 		{schema.SecurityContext.Key, schema.SecurityContext.Journal, s.SecurityContext(0)},
+		{schema.RateLimited.Key, schema.RateLimited.Journal, strconv.FormatUint(s.Lost.RateLimited, 10)},
+		{schema.RingLost.Key, schema.RingLost.Journal, strconv.FormatUint(s.Lost.RingLost, 10)},
+		{schema.SinkDropped.Key, schema.SinkDropped.Journal, strconv.FormatUint(s.Lost.SinkDropped, 10)},
+		{schema.Incomplete.Key, schema.Incomplete.Journal, strconv.FormatBool(s.Lost.Unseen() > 0)},
 	}
 }
 

@@ -119,6 +119,8 @@ type Summary struct {
 	// Folded counts events whose syscall detail was dropped because the
 	// tracker's tuple limit was reached; their verdicts are still counted.
 	Folded uint64 `json:"folded_events"`
+	// Lost are the container's checks that never reached the advisor.
+	Lost Losses `json:"lost"`
 
 	Rows []Row `json:"rows"`
 	// Granted and Denied are the plain facts: every capability granted (denied)
@@ -137,6 +139,18 @@ type Summary struct {
 	// carried a user stack, the code that asked: "SYS_NICE ← setpriority ← main (nice)".
 	Code []string `json:"code,omitempty"`
 }
+
+// Losses are a container's checks that were not seen, by cause.
+type Losses struct {
+	RateLimited uint64 `json:"rate_limited"` // over the rate limit, dropped in the kernel
+	RingLost    uint64 `json:"ring_lost"`    // the kernel's ring buffer was full
+	// SinkDropped is the most any one sink's queue dropped: what the advisor
+	// saw is not affected, but that sink's record of the container is short.
+	SinkDropped uint64 `json:"sink_dropped"`
+}
+
+// Unseen is how many of the container's checks the advisor never saw.
+func (l Losses) Unseen() uint64 { return l.RateLimited + l.RingLost }
 
 // Summarize applies the rules (README, "Capability advice") to the checks of
 // one container.
@@ -289,6 +303,12 @@ func (s Summary) Basis() string {
 	}
 	if s.Folded > 0 {
 		b += fmt.Sprintf("; %d checks lost their syscall detail to the tuple limit", s.Folded)
+	}
+	if n := s.Lost.Unseen(); n > 0 {
+		b += fmt.Sprintf("; incomplete: %d checks not seen (%d over the rate limit, %d lost in the ring buffer): a capability checked only there is missing", n, s.Lost.RateLimited, s.Lost.RingLost)
+	}
+	if s.Lost.SinkDropped > 0 {
+		b += fmt.Sprintf("; %d of its checks were dropped by a sink's queue (the advice saw them)", s.Lost.SinkDropped)
 	}
 	return b
 }

@@ -585,6 +585,30 @@ func TestConcurrentObserveAndFinish(t *testing.T) {
 	}
 }
 
+// A container that lost checks gets advice that says so, in the message and
+// in the fields, with each cause counted.
+func TestLossesMarkAdviceIncomplete(t *testing.T) {
+	s := Summarize(ContainerRef{Namespace: "default", Pod: "flood", Name: "flood"}, nil, Window{}, time.Minute)
+	if strings.Contains(s.Message(), "incomplete") || s.LogFields()["incomplete"] != "false" {
+		t.Errorf("no losses: %q %v", s.Message(), s.LogFields()["incomplete"])
+	}
+	s.Lost = Losses{RateLimited: 5000, RingLost: 7, SinkDropped: 3}
+	msg := s.Message()
+	if !strings.Contains(msg, "incomplete: 5007 checks not seen (5000 over the rate limit, 7 lost in the ring buffer)") ||
+		!strings.Contains(msg, "3 of its checks were dropped by a sink's queue") {
+		t.Errorf("message %q", msg)
+	}
+	f, j := s.LogFields(), s.JournalFields()
+	for key, want := range map[string]string{"rate_limited": "5000", "ring_lost": "7", "sink_dropped": "3", "incomplete": "true"} {
+		if f[key] != want {
+			t.Errorf("logfmt %s = %v, want %s", key, f[key], want)
+		}
+	}
+	if j["PROFILE_INCOMPLETE"] != "true" || j["RATE_LIMITED"] != "5000" {
+		t.Errorf("journald fields %v", j)
+	}
+}
+
 // Summary.Message escapes names the way output.EnrichedEvent.Message does.
 func TestSummaryMessageEscapesNames(t *testing.T) {
 	s := Summary{Container: ContainerRef{Namespace: "ns\x1b[2J", Pod: "pod\nfake line", Name: "c\u202e"}}

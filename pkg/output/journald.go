@@ -43,7 +43,11 @@ func (*Journald) WriteEntry(e *Entry) error {
 		}
 		fields[schema.SyslogIdentifier.Journal] = schema.Identifier
 	}
-	return journal.Send(e.Message, e.Priority, fields)
+	msg := e.Message
+	if e.JournalMessage != "" {
+		msg = e.JournalMessage
+	}
+	return journal.Send(msg, e.Priority, fields)
 }
 
 // Close does nothing: the journal socket is shared by the process.

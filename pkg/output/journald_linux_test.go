@@ -46,6 +46,8 @@ func TestMain(m *testing.M) {
 		os.Exit(reportHelper(namespaceHelper()))
 	case "writer":
 		os.Exit(reportHelper(writerHelper(os.Getenv(helperPodEnv))))
+	case "bench":
+		os.Exit(reportHelper(journaldBenchHelper()))
 	}
 	os.Exit(m.Run())
 }
@@ -137,6 +139,51 @@ func TestJournaldSinkWithStandaloneJournald(t *testing.T) {
 		}
 	}
 	checkEntries(t, "-u captrace K8S_POD_NAME=web-1 CAP=...", results["recipe"], admin, true)
+}
+
+// startPrivateJournald starts a standalone journald with tmpfs over its
+// directories; the caller runs in a mount namespace of its own. stop ends
+// journald by its PID and adds its output to a failure.
+func startPrivateJournald() (stop func(error) error, err error) {
+	for _, dir := range []string{"/run/systemd", "/run/log", "/var/log/journal"} {
+		if _, statErr := os.Stat(dir); statErr != nil {
+			continue // absent: journald creates it under /run's tmpfs below if needed
+		}
+		if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "mode=0755"); err != nil {
+			return nil, fmt.Errorf("mount tmpfs on %s: %w", dir, err)
+		}
+	}
+	if _, statErr := os.Stat("/run/systemd"); statErr != nil {
+		if err := syscall.Mount("tmpfs", "/run", "tmpfs", 0, "mode=0755"); err != nil {
+			return nil, fmt.Errorf("mount tmpfs on /run: %w", err)
+		}
+	}
+	journald := exec.Command(journaldPath)
+	var journaldOut bytes.Buffer
+	journald.Stdout, journald.Stderr = &journaldOut, &journaldOut
+	journald.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := journald.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", journaldPath, err)
+	}
+	stop = func(err error) error {
+		_ = journald.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- journald.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = journald.Process.Kill()
+			<-done
+		}
+		if err != nil {
+			err = fmt.Errorf("%w\njournald output:\n%s", err, journaldOut.String())
+		}
+		return err
+	}
+	if err := waitUntil(5*time.Second, JournaldAvailable); err != nil {
+		return nil, stop(fmt.Errorf("journald socket %s did not appear: %w", JournalSocket, err))
+	}
+	return stop, nil
 }
 
 // checkEntries compares journalctl's JSON entries with the records, field by field.
@@ -232,45 +279,11 @@ func rmdirCgroup(t *testing.T, dir string) {
 // namespaceHelper runs inside the private mount namespace and prints the
 // journalctl results as JSON on stdout.
 func namespaceHelper() (err error) {
-	for _, dir := range []string{"/run/systemd", "/run/log", "/var/log/journal"} {
-		if _, statErr := os.Stat(dir); statErr != nil {
-			continue // absent: journald creates it under /run's tmpfs below if needed
-		}
-		if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "mode=0755"); err != nil {
-			return fmt.Errorf("mount tmpfs on %s: %w", dir, err)
-		}
+	stop, err := startPrivateJournald()
+	if err != nil {
+		return err
 	}
-	if _, statErr := os.Stat("/run/systemd"); statErr != nil {
-		if err := syscall.Mount("tmpfs", "/run", "tmpfs", 0, "mode=0755"); err != nil {
-			return fmt.Errorf("mount tmpfs on /run: %w", err)
-		}
-	}
-
-	journald := exec.Command(journaldPath)
-	var journaldOut bytes.Buffer
-	journald.Stdout, journald.Stderr = &journaldOut, &journaldOut
-	journald.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := journald.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", journaldPath, err)
-	}
-	defer func() {
-		// Stop journald by its PID, and wait for it.
-		_ = journald.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- journald.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = journald.Process.Kill()
-			<-done
-		}
-		if err != nil {
-			err = fmt.Errorf("%w\njournald output:\n%s", err, journaldOut.String())
-		}
-	}()
-	if err := waitUntil(5*time.Second, JournaldAvailable); err != nil {
-		return fmt.Errorf("journald socket %s did not appear: %w", JournalSocket, err)
-	}
+	defer func() { err = stop(err) }()
 
 	exe, err := os.Executable()
 	if err != nil {

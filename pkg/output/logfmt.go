@@ -77,60 +77,60 @@ func NewLogger(w io.Writer, level logrus.Level) *logrus.Logger {
 	}
 }
 
-// Logfmt writes one logfmt line per record to a writer.
+// Logfmt writes one logfmt line per record to a writer, in batches: Write
+// appends the line to a buffer and Flush hands the buffer to the writer in
+// one write(2). The fanout flushes when the sink's queue runs empty, when a
+// batch reaches flushBytes and at least every flushInterval under load, so a
+// line waits for company only while more lines are already queued.
 type Logfmt struct {
-	name      string
-	w         io.Writer
-	buf       bytes.Buffer   // reused by Write, which one goroutine calls at a time
+	name string
+	// mu guards everything below: Write and Flush come from the sink's
+	// goroutine, Reopen's flush from the signal handler.
+	mu    sync.Mutex
+	w     io.Writer
+	batch []byte // complete lines not yet written
+	lines int    // lines in batch
+	// Lines that a flush outside Flush (Reopen's) wrote or lost, reported by
+	// the next Flush so the fanout counts every line once.
+	carriedWritten, carriedFailed int
+
+	entryBuf  bytes.Buffer   // WriteEntry's logrus output, reused
 	logger    *logrus.Logger // carries no output; the formatter needs an entry's logger
 	formatter *logrus.TextFormatter
 }
 
+// flushBytes is the batch size that makes Write's caller flush even though
+// more lines are queued: large enough that a write(2) carries hundreds of
+// lines, small enough to stay in cache.
+const flushBytes = 64 << 10
+
 // NewLogfmt returns a sink named name that writes to w (e.g. os.Stdout).
-// Each line is written with one Write call.
 func NewLogfmt(name string, w io.Writer) *Logfmt {
 	logger := logrus.New()
 	logger.Out = io.Discard
-	return &Logfmt{name: name, w: w, logger: logger, formatter: NewTextFormatter()}
+	return &Logfmt{name: name, w: w, batch: make([]byte, 0, flushBytes+4096), logger: logger, formatter: NewTextFormatter()}
 }
 
 // Name is the sink's name in stats and logs.
 func (s *Logfmt) Name() string { return s.name }
 
-// Format renders r as one logfmt line ending in '\n'.
-func (s *Logfmt) Format(r *EnrichedEvent) ([]byte, error) {
-	return s.format(r, nil)
-}
-
-func (s *Logfmt) format(r *EnrichedEvent, buf *bytes.Buffer) ([]byte, error) {
-	entry := &logrus.Entry{
-		Buffer:  buf,
-		Logger:  s.logger,
-		Data:    r.LogFields(),
-		Time:    r.Time.UTC(),
-		Level:   logrus.InfoLevel,
-		Message: schema.EventMessage,
-	}
-	return s.formatter.Format(entry)
-}
-
-// Write formats r and writes it. Unlike a logrus.Logger, it returns the
-// writer's error so that the queue can count it.
+// Write appends r's line to the batch; it is written by the next Flush.
 func (s *Logfmt) Write(r *EnrichedEvent) error {
-	s.buf.Reset()
-	line, err := s.format(r, &s.buf)
-	if err != nil {
-		return err
-	}
-	_, err = s.w.Write(line)
-	return err
+	s.mu.Lock()
+	s.batch = r.AppendLogfmt(s.batch)
+	s.lines++
+	s.mu.Unlock()
+	return nil
 }
 
-// WriteEntry writes e as one logfmt line with msg=e.Message.
+// WriteEntry appends e as one logfmt line with msg=e.Message (logrus formats
+// it: entries are rare, one per container).
 func (s *Logfmt) WriteEntry(e *Entry) error {
-	s.buf.Reset()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.entryBuf.Reset()
 	line, err := s.formatter.Format(&logrus.Entry{
-		Buffer:  &s.buf,
+		Buffer:  &s.entryBuf,
 		Logger:  s.logger,
 		Data:    e.LogFields,
 		Time:    e.Time.UTC(),
@@ -140,12 +140,58 @@ func (s *Logfmt) WriteEntry(e *Entry) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.w.Write(line)
+	s.batch = append(s.batch, line...)
+	s.lines++
+	return nil
+}
+
+// Buffered is the size of the batch not yet written.
+func (s *Logfmt) Buffered() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.batch)
+}
+
+// Flush writes the batch. written and failed count the lines since the last
+// Flush: a line is written when all its bytes reached the writer. A failed
+// batch is not kept for a retry (a full disk would otherwise hold every later
+// line hostage); its lines are counted as failed and the next batch tries again.
+func (s *Logfmt) Flush() (written, failed int, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err = s.flushLocked()
+	written, failed = s.carriedWritten, s.carriedFailed
+	s.carriedWritten, s.carriedFailed = 0, 0
+	return written, failed, err
+}
+
+func (s *Logfmt) flushLocked() error {
+	if s.lines == 0 {
+		return nil
+	}
+	n, err := s.w.Write(s.batch)
+	ok := s.lines
+	if err != nil {
+		ok = bytes.Count(s.batch[:n], []byte{'\n'})
+	}
+	s.carriedWritten += ok
+	s.carriedFailed += s.lines - ok
+	s.batch, s.lines = s.batch[:0], 0
 	return err
 }
 
-// Close does nothing: the writer belongs to the caller.
-func (s *Logfmt) Close() error { return nil }
+// Format renders r as one logfmt line ending in '\n'.
+func (s *Logfmt) Format(r *EnrichedEvent) ([]byte, error) {
+	return r.AppendLogfmt(nil), nil
+}
+
+// Close writes what is left; the writer belongs to the caller. Lines it
+// could not write are reported by a last Flush.
+func (s *Logfmt) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.flushLocked()
+}
 
 // File is the "file" sink: logfmt lines appended to a file that Reopen
 // reopens by path, so logrotate can move it away and send SIGHUP.
@@ -166,17 +212,25 @@ func OpenFile(path string) (*File, error) {
 	return &File{path: path, Logfmt: NewLogfmt("file", f), file: f}, nil
 }
 
-// Reopen closes the file and opens path again. If path cannot be opened,
-// the sink keeps writing to the file it had open (moved away by logrotate:
-// nothing is lost while that file exists) and retries the open at the next
-// write after reopenRetryEvery, until it succeeds.
-func (s *File) Reopen() error { return s.file.Reopen() }
+// Reopen writes the batch to the old file, then closes it and opens path
+// again, so no line written before the SIGHUP lands in the new file. If
+// path cannot be opened, the sink keeps writing to the file it had open
+// (moved away by logrotate: nothing is lost while that file exists) and
+// retries the open at the next write after reopenRetryEvery, until it succeeds.
+func (s *File) Reopen() error {
+	s.Logfmt.mu.Lock()
+	defer s.Logfmt.mu.Unlock()
+	flushErr := s.Logfmt.flushLocked()
+	return errors.Join(flushErr, s.file.Reopen())
+}
 
 // ReopenPending tells whether a failed Reopen is still being retried.
 func (s *File) ReopenPending() bool { return s.file.pending() }
 
-// Close closes the file.
-func (s *File) Close() error { return s.file.Close() }
+// Close writes what is left and closes the file.
+func (s *File) Close() error {
+	return errors.Join(s.Logfmt.Close(), s.file.Close())
+}
 
 // reopenRetryEvery is how often a write retries a failed Reopen.
 const reopenRetryEvery = time.Second
@@ -254,13 +308,15 @@ func (r *reopenable) Write(p []byte) (int, error) {
 	}
 	n, err := r.f.Write(p)
 	if err != nil && n > 0 {
-		// A full filesystem took part of the line: cut it off again, so the
-		// file stays whole lines (the next line would otherwise be glued to
-		// the torn one) and the record counts as failed, not half written.
+		// A full filesystem took part of a batch: cut off the torn last line,
+		// so the file stays whole lines (the next line would otherwise be
+		// glued to it); the whole lines before it are written, the torn one
+		// counts as failed, not half written.
+		whole := bytes.LastIndexByte(p[:n], '\n') + 1
 		if fi, statErr := r.f.Stat(); statErr == nil {
-			_ = r.f.Truncate(fi.Size() - int64(n))
+			_ = r.f.Truncate(fi.Size() - int64(n-whole))
 		}
-		n = 0
+		n = whole
 	}
 	return n, err
 }

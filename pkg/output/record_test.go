@@ -46,8 +46,12 @@ func seedRecord(t testing.TB) EnrichedEvent {
 func formatLine(t *testing.T, r *EnrichedEvent) string {
 	t.Helper()
 	var buf bytes.Buffer
-	if err := NewLogfmt("stdout", &buf).Write(r); err != nil {
+	s := NewLogfmt("stdout", &buf)
+	if err := s.Write(r); err != nil {
 		t.Fatal(err)
+	}
+	if written, failed, err := s.Flush(); written != 1 || failed != 0 || err != nil {
+		t.Fatalf("Flush: %d written, %d failed, %v", written, failed, err)
 	}
 	return buf.String()
 }

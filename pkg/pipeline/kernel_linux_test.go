@@ -287,14 +287,31 @@ type benchSetup struct {
 	dir    string
 	parent string
 	done   chan error
+	// readerTID is the thread Run is locked to, for its CPU time.
+	readerTID atomic.Int64
 }
 
-type countSink struct{ n atomic.Uint64 }
+// countSink counts events and hands them on to next, if any.
+type countSink struct {
+	n    atomic.Uint64
+	next Sink
+}
 
-func (s *countSink) Send(*output.EnrichedEvent) { s.n.Add(1) }
-func (s *countSink) SendEntry(*output.Entry)    {}
+func (s *countSink) Send(r *output.EnrichedEvent) {
+	if s.next != nil {
+		s.next.Send(r)
+	}
+	s.n.Add(1)
+}
 
-func newBenchSetup(b *testing.B) *benchSetup {
+func (s *countSink) SendEntry(e *output.Entry) {
+	if s.next != nil {
+		s.next.SendEntry(e)
+	}
+}
+
+// newBenchSetup's pipeline hands events on to next (nil: discards them).
+func newBenchSetup(b *testing.B, next Sink) *benchSetup {
 	privtest.Root(b)
 	tr, err := bpf.Open(bpf.Options{})
 	if err != nil {
@@ -305,7 +322,7 @@ func newBenchSetup(b *testing.B) *benchSetup {
 	if err != nil {
 		privtest.Lacks(b, "a cgroup2 mount: "+err.Error())
 	}
-	s := &benchSetup{tr: tr, sink: &countSink{}, done: make(chan error, 1)}
+	s := &benchSetup{tr: tr, sink: &countSink{next: next}, done: make(chan error, 1)}
 	s.parent = filepath.Join(root, fmt.Sprintf("captrace-pipeline-bench-%d", os.Getpid()))
 	s.dir = filepath.Join(s.parent, "producer")
 	for _, d := range []string{s.parent, s.dir} {
@@ -325,7 +342,11 @@ func newBenchSetup(b *testing.B) *benchSetup {
 		WallTime: bpf.WallTime, Log: quietLog(), Sources: Sources{Tracer: tr.Stats}})
 	s.reg = cgmap.NewRegistry(tr, quietLog())
 	s.reg.Listen(s.p)
-	go func() { s.done <- s.p.Run() }()
+	go func() {
+		runtime.LockOSThread() // the reader's CPU time is its thread's
+		s.readerTID.Store(int64(unix.Gettid()))
+		s.done <- s.p.Run()
+	}()
 	b.Cleanup(func() { s.p.Shutdown(); <-s.done })
 	if err := s.reg.Add(cgmap.Container{ID: "producer", CgroupID: st.Ino}); err != nil {
 		b.Fatal(err)
@@ -388,7 +409,7 @@ func (s *benchSetup) ringLost(b *testing.B) uint64 {
 // summaries and unique-key purges on the reader's goroutine): churn-ratio =
 // events/s with churn / without (>= 0.9).
 func BenchmarkPipelineThroughput(b *testing.B) {
-	s := newBenchSetup(b)
+	s := newBenchSetup(b, nil)
 	hs := s.producers(b, 2)
 	const perProducer = 1 << 20
 	var others []cgmap.Container
@@ -437,7 +458,7 @@ func BenchmarkPipelineThroughput(b *testing.B) {
 // pipeline listening: the handler's time (issue 10: <= 100 ms), against a
 // baseline of the bare filter work (Untrace of each cgroup) in the same run.
 func BenchmarkSynchronizeDrop(b *testing.B) {
-	s := newBenchSetup(b)
+	s := newBenchSetup(b, nil)
 	const n = 4096 - 1 // the producer container holds one filter entry
 	var cs []cgmap.Container
 	for i := range n {

@@ -43,7 +43,8 @@ type Ring interface {
 	// WaitPrograms returns once every kernel program run that started
 	// before it has committed its check to the ring (an RCU grace period).
 	WaitPrograms() error
-	// ForgetUnique deletes the unique-mode keys of untraced cgroups.
+	// ForgetUnique deletes the unique-mode keys of untraced cgroups and
+	// frees their per-container state.
 	ForgetUnique(cgroupIDs ...uint64) (int, error)
 	// Detach stops the kernel program; the ring stays readable.
 	Detach()
@@ -54,6 +55,19 @@ type Ring interface {
 type Sink interface {
 	Send(r *output.EnrichedEvent)
 	SendEntry(e *output.Entry)
+}
+
+// KernelLosses is a Ring that counts each container's losses (*bpf.Tracer):
+// checks dropped over its rate limit or lost to a full ring, readable from
+// Trace until ForgetUnique. A ring without it reports none.
+type KernelLosses interface {
+	ContainerLosses(cgroupID uint64) (bpf.ContainerLosses, bool, error)
+}
+
+// SinkLosses is a Sink that charges its drops to containers (*output.Fanout):
+// per sink, the records of a cgroup dropped since the last call for it.
+type SinkLosses interface {
+	TakeContainerDrops(cgroupID uint64) []uint64
 }
 
 // Options configure New.
@@ -68,10 +82,16 @@ type Options struct {
 	Log logrus.FieldLogger
 	// Sources are the other counters Stats gathers; nil ones are left zero.
 	Sources Sources
+	// ThrottleInterval is how often Run looks for containers over their rate
+	// limit, writing one throttle entry per such container (default 1 s).
+	ThrottleInterval time.Duration
 	// Symbols names the frames of checks that carry stacks, in the sink
 	// writers (never here); nil leaves stacked events without stack fields.
 	Symbols *symbolize.Symbolizer
 }
+
+// DefaultThrottleInterval: a throttle entry at most once a second per container.
+const DefaultThrottleInterval = time.Second
 
 // maxReadFailures ends Run after this many consecutive read errors: a ring
 // that fails every read is broken, and retrying would spin a core.
@@ -86,6 +106,7 @@ const (
 	changeTraced changeKind = iota
 	changeUntraced
 	changeShutdown
+	changeThrottleScan // look for containers over their rate limit
 )
 
 // change is one lifecycle change, queued by a registry listener call.
@@ -148,6 +169,13 @@ type Pipeline struct {
 	detached        bool
 	lastErrLog      time.Time
 	rec             output.EnrichedEvent
+	// lost are the kernel's and sinks' loss counts of cgroups a container
+	// left (it moved, or it stopped), added to its summary.
+	lost map[string]advisor.Losses
+	// throttleSeen is each traced cgroup's rate-limited count at its last
+	// throttle entry.
+	throttleSeen     map[uint64]uint64
+	throttleInterval time.Duration
 
 	done     chan struct{}
 	programs chan error // WaitPrograms' result, from its goroutine
@@ -161,6 +189,7 @@ type counters struct {
 	events, unknown, readErrors          atomic.Uint64
 	barriers, barrierFailed, wakeFailed  atomic.Uint64
 	finished, keysForgotten, forgetFails atomic.Uint64
+	throttles                            atomic.Uint64
 }
 
 // New returns a pipeline; start Run on a goroutine of its own.
@@ -178,6 +207,13 @@ func New(opts Options) *Pipeline {
 		done:     make(chan struct{}),
 		programs: make(chan error, 1),
 		sources:  opts.Sources,
+
+		lost:             map[string]advisor.Losses{},
+		throttleSeen:     map[uint64]uint64{},
+		throttleInterval: opts.ThrottleInterval,
+	}
+	if p.throttleInterval <= 0 {
+		p.throttleInterval = DefaultThrottleInterval
 	}
 	if p.now == nil {
 		p.now = time.Now
@@ -225,6 +261,22 @@ func (p *Pipeline) push(ch change) {
 // or a broken ring (an error). Every container is finished when it returns.
 func (p *Pipeline) Run() error {
 	defer close(p.done)
+	// The rate-limit scan is a report cadence, not an ordering: it rides the
+	// change queue so the reader's goroutine alone touches its state.
+	stopScan := make(chan struct{})
+	defer close(stopScan)
+	go func() {
+		tick := time.NewTicker(p.throttleInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				p.push(change{kind: changeThrottleScan})
+			case <-stopScan:
+				return
+			}
+		}
+	}()
 	var ev bpf.Event
 	failures := 0
 	for {
@@ -316,6 +368,8 @@ func (p *Pipeline) applyQueue() {
 			p.pending = append(p.pending, untrace{c: ch.c, gen: gen})
 		case changeShutdown:
 			p.shutdown = true
+		case changeThrottleScan:
+			p.scanThrottles()
 		}
 	}
 }
@@ -407,6 +461,7 @@ func (p *Pipeline) finish(batch []untrace) {
 			delete(p.byCgroup, u.c.CgroupID)
 		}
 		ids = append(ids, u.c.CgroupID)
+		p.collectLosses(u.c)
 		if _, traced := p.live[u.c.ID]; traced {
 			continue // a former cgroup of a running container, or traced again
 		}
@@ -414,6 +469,7 @@ func (p *Pipeline) finish(batch []untrace) {
 		if s, ok := p.advice.Finish(u.c.ID, now); ok {
 			p.sendSummary(s)
 		}
+		delete(p.lost, u.c.ID)
 	}
 	n, err := p.ring.ForgetUnique(ids...)
 	p.counters.keysForgotten.Add(uint64(n))
@@ -430,16 +486,65 @@ func (p *Pipeline) finishRest() {
 	p.applyQueue()
 	p.finish(append(p.inflight, p.pending...))
 	p.inflight, p.pending = nil, nil
+	for id, cg := range p.live {
+		p.collectLosses(cgmap.Container{ID: id, CgroupID: cg})
+	}
 	for _, s := range p.advice.FinishAll(p.now()) {
 		p.counters.finished.Add(1)
 		p.sendSummary(s)
 	}
 	clear(p.byCgroup)
 	clear(p.live)
+	clear(p.lost)
+}
+
+// collectLosses adds what the kernel and the sinks lost of container c's
+// checks in cgroup c.CgroupID to the container's tally: after the barrier,
+// when no check of that cgroup can still be counted.
+func (p *Pipeline) collectLosses(c cgmap.Container) {
+	l := p.lost[c.ID]
+	if kl, ok := p.ring.(KernelLosses); ok {
+		if k, held, err := kl.ContainerLosses(c.CgroupID); err != nil {
+			p.log.WithError(err).WithField("cgroup_id", c.CgroupID).Warn("could not read a stopped container's kernel loss counters; its summary lacks them")
+		} else if held {
+			l.RateLimited += k.RateLimited
+			l.RingLost += k.RingLost
+		}
+	}
+	if sl, ok := p.sink.(SinkLosses); ok {
+		for _, n := range sl.TakeContainerDrops(c.CgroupID) {
+			l.SinkDropped = max(l.SinkDropped, n)
+		}
+	}
+	delete(p.throttleSeen, c.CgroupID)
+	p.lost[c.ID] = l
+}
+
+// scanThrottles writes a throttle entry for each traced container whose
+// checks the kernel dropped over its rate limit since the last scan.
+func (p *Pipeline) scanThrottles() {
+	kl, ok := p.ring.(KernelLosses)
+	if !ok {
+		return
+	}
+	now := p.now()
+	for cg, e := range p.byCgroup {
+		if e.c.Settings.RateLimit == 0 {
+			continue
+		}
+		k, held, err := kl.ContainerLosses(cg)
+		if err != nil || !held || k.RateLimited <= p.throttleSeen[cg] {
+			continue
+		}
+		p.sink.SendEntry(output.ThrottleEntry(e.c, k.RateLimited-p.throttleSeen[cg], k.RateLimited, now))
+		p.throttleSeen[cg] = k.RateLimited
+		p.counters.throttles.Add(1)
+	}
 }
 
 // sendSummary queues a container's advice to every sink, like an event.
 func (p *Pipeline) sendSummary(s advisor.Summary) {
+	s.Lost = p.lost[s.Container.ID]
 	p.sink.SendEntry(&output.Entry{Time: p.now(), Message: s.Message(), Priority: sdjournal.PriInfo,
 		LogFields: s.LogFields(), JournalFields: s.JournalFields()})
 }

@@ -41,6 +41,9 @@ type Stats struct {
 	// UniqueKeysForgotten are unique-mode kernel keys deleted for stopped
 	// containers; UniqueForgetFailed the batches that failed (the LRU ages them out).
 	UniqueKeysForgotten, UniqueForgetFailed uint64
+	// ThrottleEntries are the throttle entries written (containers over
+	// their rate limit, at most one each per scan).
+	ThrottleEntries uint64
 
 	// UserFramesUnresolved are user frames printed as [unknown] (the file
 	// behind them could not be found or read).
@@ -67,6 +70,7 @@ func (p *Pipeline) Stats() Stats {
 		ContainersFinished:  c.finished.Load(),
 		UniqueKeysForgotten: c.keysForgotten.Load(),
 		UniqueForgetFailed:  c.forgetFails.Load(),
+		ThrottleEntries:     c.throttles.Load(),
 		Advisor:             p.advice.Stats(),
 	}
 	if f := p.sources.Tracer; f != nil {
@@ -112,6 +116,7 @@ func (s Stats) losses() []struct {
 		n   uint64
 	}{
 		{"ring_lost", s.Tracer.RingLost},
+		{"rate_limited", s.Tracer.RateLimited},
 		{"dedup_update_failed", s.Tracer.DedupUpdateFailed},
 		{"filter_update_failed", s.Tracer.FilterUpdateFailed},
 		{"sink_dropped", s.SinkDropped()},
@@ -137,6 +142,7 @@ func (s Stats) LogFields(prev Stats) (fields logrus.Fields, lost bool) {
 		"barriers":                     s.Barriers,
 		"containers_finished":          s.ContainersFinished,
 		"unique_keys_forgotten":        s.UniqueKeysForgotten,
+		"throttle_entries":             s.ThrottleEntries,
 		"nri_connected":                s.NRI.Connected,
 		"nri_connects":                 s.NRI.Connects,
 		"nri_abandoned_stubs":          s.NRI.AbandonedStubs,

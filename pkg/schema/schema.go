@@ -101,7 +101,24 @@ var (
 	AuditOnly        = Field{"audit_only", "AUDIT_ONLY", TypeBool, "the container's audit_only setting", ""}
 	Unique           = Field{"unique", "UNIQUE", TypeBool, "the container's unique setting", ""}
 	SecurityContext  = Field{"security_context", "SECURITY_CONTEXT", TypeYAML, "the ready-to-paste securityContext", ""}
+	// The container's checks that were not seen, by cause (a throttle entry carries the first two too).
+	RateLimited = Field{"rate_limited", "RATE_LIMITED", TypeInteger, "checks over the container's rate limit, dropped in the kernel", ""}
+	RingLost    = Field{"ring_lost", "RING_LOST", TypeInteger, "checks lost because the kernel's ring buffer was full", ""}
+	SinkDropped = Field{"sink_dropped", "SINK_DROPPED", TypeInteger, "checks a sink's queue dropped for this container, the most of any sink", ""}
+	Incomplete  = Field{"incomplete", "PROFILE_INCOMPLETE", TypeBool, "`true`: checks were lost (the three fields above), so the advice rests on part of the evidence", ""}
 )
+
+// A throttle entry (msg=rate_limited, journald CAPTRACE_THROTTLED=1) is
+// written at most once a second per container while the kernel drops its
+// checks over the rate limit. It carries the container's identity and:
+var (
+	Throttled = Field{"", "CAPTRACE_THROTTLED", TypeDigit, "marks a throttle entry (journald `1`; logfmt msg=rate_limited)", ""}
+	Dropped   = Field{"dropped", "DROPPED", TypeInteger, "checks the rate limit dropped since the previous throttle entry", ""}
+	RateLimit = Field{"rate_limit", "RATE_LIMIT", TypeInteger, "the container's limit, checks per second", ""}
+)
+
+// ThrottleMessage is the msg of a throttle entry.
+const ThrottleMessage = "rate_limited"
 
 // EventFields are an event's fields, in the order of every logfmt line (then
 // any other key alphabetically); README's "Fields" table lists them so.
@@ -121,6 +138,12 @@ var SummaryFields = []Field{
 	CapsGranted, CapsDenied, RecommendDrop, RecommendAdd, DeniedOnly, Code, CapsProbed, CapsRuntime,
 	WindowStart, WindowEnd, FirstEvent, LastEvent, ObservedSeconds, Events, Partial, MinWindowSeconds,
 	FoldedEvents, AuditOnly, Unique, SecurityContext,
+	RateLimited, RingLost, SinkDropped, Incomplete,
+}
+
+// ThrottleFields are a throttle entry's fields, in README's order.
+var ThrottleFields = []Field{
+	Throttled, Namespace, Pod, PodUID, Container, ContainerID, CgroupID, Dropped, RateLimited, RateLimit,
 }
 
 // KeyOrder is the order of logfmt keys in every line: these first, then any

@@ -21,6 +21,7 @@ func TestREADMETables(t *testing.T) {
 	}{
 		{"schema:events", EventFields},
 		{"schema:summaries", SummaryFields},
+		{"schema:throttles", ThrottleFields},
 	} {
 		begin, end := "<!-- "+c.marker+" -->\n", "<!-- /"+c.marker+" -->"
 		i, j := strings.Index(readme, begin), strings.Index(readme, end)
@@ -46,7 +47,7 @@ func TestREADMETables(t *testing.T) {
 
 // TestNamesUnique: a reader tells fields apart by name, in either format.
 func TestNamesUnique(t *testing.T) {
-	for _, fields := range [][]Field{EventFields, SummaryFields} {
+	for _, fields := range [][]Field{EventFields, SummaryFields, ThrottleFields} {
 		keys, journal := map[string]bool{}, map[string]bool{}
 		for _, f := range fields {
 			if f.Key == "" && f.Journal == "" || f.Type == "" || f.Meaning == "" {

@@ -59,12 +59,17 @@ func nodeStack(t testing.TB, ctx context.Context, nriOff bool, etc func(s *stack
 func importCaptraceImage(t testing.TB, ctx context.Context, s *stack.Stack, root string) {
 	t.Helper()
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "captrace")
-	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./cmd/captrace")
-	build.Dir = root
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("static build: %v\n%s", err, out)
+	// CAPTRACE_E2E_BIN (a static build) goes into the image instead, as it
+	// replaces the stack's daemon.
+	bin := os.Getenv("CAPTRACE_E2E_BIN")
+	if bin == "" {
+		bin = filepath.Join(dir, "captrace")
+		build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./cmd/captrace")
+		build.Dir = root
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("static build: %v\n%s", err, out)
+		}
 	}
 	data, err := os.ReadFile(bin)
 	if err != nil {

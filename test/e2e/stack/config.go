@@ -150,6 +150,10 @@ type CaptraceConfig struct {
 	EventFile string
 	AuditOnly bool
 	Unique    bool
+	// RingBufferBytes and QueueSize, when set, replace captrace's defaults
+	// (tracer.ring_buffer_bytes, output.queue_size).
+	RingBufferBytes int
+	QueueSize       int
 }
 
 func (c CaptraceConfig) render() string {
@@ -166,7 +170,21 @@ unique = %t
 [output]
 sinks = ["journald", "file"]
 file = %q
-`, c.NRISocket, c.AuditOnly, c.Unique, c.EventFile)
+`, c.NRISocket, c.AuditOnly, c.Unique, c.EventFile) + c.sizes()
+}
+
+// sizes renders the size overrides, in their tables (TOML allows a table
+// again only once, so [tracer] and the queue go after everything else).
+func (c CaptraceConfig) sizes() string {
+	var b strings.Builder
+	if c.QueueSize > 0 {
+		// [output] is the last table above: this key joins it.
+		fmt.Fprintf(&b, "queue_size = %d\n", c.QueueSize)
+	}
+	if c.RingBufferBytes > 0 {
+		fmt.Fprintf(&b, "\n[tracer]\nring_buffer_bytes = %d\n", c.RingBufferBytes)
+	}
+	return b.String()
 }
 
 func crictlConfig(sock string) string {

@@ -545,6 +545,14 @@ func (s *Stack) StopCaptrace() {
 	}
 }
 
+// RestartCaptraceWith stops the daemon and starts it with its config
+// changed by edit; the change lasts until the next RestartCaptraceWith.
+func (s *Stack) RestartCaptraceWith(ctx context.Context, edit func(*CaptraceConfig)) error {
+	s.StopCaptrace()
+	edit(&s.opts.Captrace)
+	return s.StartCaptrace(ctx)
+}
+
 // KillCaptrace kills the daemon with SIGKILL (no shutdown of any kind) and
 // returns once it is reaped.
 func (s *Stack) KillCaptrace() {

@@ -30,10 +30,13 @@ type Summary struct {
 	Denied      []string // caps_denied / CAPS_DENIED
 	Events      uint64
 	Partial     bool
-	Message     string // msg / MESSAGE: the human line
-	PodSpec     string // security_context / SECURITY_CONTEXT
-	Code        string // code / CAPTRACE_CODE: the code behind each cap, with user stacks
-	Raw         string
+	// The container's losses: rate_limited, ring_lost, sink_dropped, incomplete.
+	RateLimited, RingLost, SinkDropped uint64
+	Incomplete                         bool
+	Message                            string // msg / MESSAGE: the human line
+	PodSpec                            string // security_context / SECURITY_CONTEXT
+	Code                               string // code / CAPTRACE_CODE: the code behind each cap, with user stacks
+	Raw                                string
 }
 
 // String is a compact form for test failure messages.
@@ -85,6 +88,17 @@ func summaryFromFields(f map[string]string, logfmt bool, raw string) (Summary, e
 	}
 	if s.Partial, err = parseFlag(key(schema.Partial.Key, schema.Partial.Journal)); err != nil {
 		return s, fmt.Errorf("partial: %w", err)
+	}
+	for _, c := range []struct {
+		f   schema.Field
+		dst *uint64
+	}{{schema.RateLimited, &s.RateLimited}, {schema.RingLost, &s.RingLost}, {schema.SinkDropped, &s.SinkDropped}} {
+		if *c.dst, err = strconv.ParseUint(key(c.f.Key, c.f.Journal), 10, 64); err != nil {
+			return s, fmt.Errorf("%s: %w", c.f.Key, err)
+		}
+	}
+	if s.Incomplete, err = parseFlag(key(schema.Incomplete.Key, schema.Incomplete.Journal)); err != nil {
+		return s, fmt.Errorf("incomplete: %w", err)
 	}
 	return s, nil
 }
@@ -210,4 +224,61 @@ func (s *Stack) ReportStdin(ctx context.Context, stdin []byte, args ...string) (
 // private journal, narrowed by matches such as "K8S_POD_NAME=x".
 func (s *Stack) JournalJSON(ctx context.Context, matches ...string) (string, error) {
 	return run(ctx, append([]string{s.Tools.Journalctl, "-D", s.JournalDir, "--no-pager", "-u", "captrace", "-o", "json"}, matches...)...)
+}
+
+// Throttle is one throttle entry (the kernel dropped a container's checks
+// over its rate limit), read back from the logfmt file or the journal.
+type Throttle struct {
+	Source           string
+	Namespace, Pod   string
+	Dropped, Limited uint64 // since the previous entry; since traced
+}
+
+// Throttles returns the throttle entries of both sinks.
+func (s *Stack) Throttles(ctx context.Context) (logfmt, journal []Throttle, err error) {
+	data, err := os.ReadFile(s.EventFile)
+	if err != nil && !os.IsNotExist(err) {
+		return nil, nil, err
+	}
+	parse := func(src string, key func(schema.Field) string) (Throttle, error) {
+		t := Throttle{Source: src, Namespace: key(schema.Namespace), Pod: key(schema.Pod)}
+		var err error
+		if t.Dropped, err = strconv.ParseUint(key(schema.Dropped), 10, 64); err != nil {
+			return t, fmt.Errorf("dropped: %w", err)
+		}
+		if t.Limited, err = strconv.ParseUint(key(schema.RateLimited), 10, 64); err != nil {
+			return t, fmt.Errorf("rate_limited: %w", err)
+		}
+		return t, nil
+	}
+	for n, line := range strings.Split(string(data), "\n") {
+		if !strings.Contains(line, schema.Msg.Key+"="+schema.ThrottleMessage) {
+			continue
+		}
+		kv, err := ParseLogfmt(line)
+		if err != nil || kv[schema.Msg.Key] != schema.ThrottleMessage {
+			continue
+		}
+		t, err := parse("logfmt", func(f schema.Field) string { return kv[f.Key] })
+		if err != nil {
+			return nil, nil, fmt.Errorf("line %d: %w: %s", n+1, err, line)
+		}
+		logfmt = append(logfmt, t)
+	}
+	out, err := run(ctx, s.Tools.Journalctl, "-D", s.JournalDir, "--no-pager", "-u", "captrace", "-o", "json", schema.Throttled.Journal+"=1")
+	if err != nil {
+		return nil, nil, err
+	}
+	entries, err := readJournalJSON([]byte(out))
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, e := range entries {
+		t, err := parse("journald", func(f schema.Field) string { return e.fields[f.Journal] })
+		if err != nil {
+			return nil, nil, fmt.Errorf("journal: %w", err)
+		}
+		journal = append(journal, t)
+	}
+	return logfmt, journal, nil
 }
