@@ -13,8 +13,9 @@ for group in "$@"; do
 	test) want bpftool; want systemd; want busybox-static ;;
 	# runc (Debian's 1.1.5; crun 1.8 rejects runtime-spec 1.3), busybox-static for the
 	# images, systemd for the standalone journald and journalctl, util-linux for
-	# unshare/nsenter; containerd and crictl are built by the test with `go install`.
-	e2e) want runc; want bpftool; want busybox-static; want systemd; want util-linux ;;
+	# unshare/nsenter, iproute2 for the k8s node's bridge teardown (ip link del);
+	# containerd and crictl are built by the test with `go install`.
+	e2e) want runc; want bpftool; want busybox-static; want systemd; want util-linux; want iproute2 ;;
 	kernels) want qemu-system-x86; want busybox-static ;; # apt-get download and dpkg-deb fetch the kernels
 	bench) want bpftrace ;;
 	*) echo "install-deps: unknown group $group" >&2; exit 2 ;;
