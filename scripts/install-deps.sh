@@ -14,8 +14,9 @@ for group in "$@"; do
 	test) want bpftool; want systemd; want busybox-static; want qemu-system-x86; want qemu-system-arm ;;
 	# runc (Debian's 1.1.5; crun 1.8 rejects runtime-spec 1.3), busybox-static for the
 	# images, systemd for the standalone journald and journalctl, util-linux for
-	# unshare/nsenter; containerd and crictl are built by the test with `go install`.
-	e2e) want runc; want bpftool; want busybox-static; want systemd; want util-linux ;;
+	# unshare/nsenter, iproute2 for the k8s node's bridge teardown (ip link del);
+	# containerd and crictl are built by the test with `go install`.
+	e2e) want runc; want bpftool; want busybox-static; want systemd; want util-linux; want iproute2 ;;
 	# qemu-system-arm provides qemu-system-aarch64 for the arm64 guests; apt-get download
 	# (with the matrix's private sources) and dpkg-deb fetch the kernels and arm64's busybox.
 	kernels) want qemu-system-x86; want qemu-system-arm; want busybox-static ;;

@@ -54,17 +54,42 @@ func (s *Stack) CaptraceMapEntries(ctx context.Context, name string) ([]json.Raw
 }
 
 // bpfMapIDsOf lists the IDs of the BPF maps process pid holds file
-// descriptors of, from /proc/PID/fdinfo (Debian's bpftool lists no holders).
+// descriptors of.
 func bpfMapIDsOf(pid int) ([]int, error) {
+	o, err := BPFObjectsOf(pid)
+	return o.Maps, err
+}
+
+// BPFObjects are the IDs of the BPF programs, maps and links a process holds.
+type BPFObjects struct {
+	Progs, Maps, Links []int
+}
+
+// BPFObjectsOf reads the BPF objects process pid holds file descriptors of,
+// from /proc/PID/fdinfo (Debian's bpftool lists no holders).
+func BPFObjectsOf(pid int) (BPFObjects, error) {
+	var o BPFObjects
 	fdDir := fmt.Sprintf("/proc/%d/fd", pid)
 	ents, err := os.ReadDir(fdDir)
 	if err != nil {
-		return nil, err
+		return o, err
 	}
-	seen := map[int]bool{}
-	var ids []int
+	seen := map[string]bool{}
 	for _, e := range ents {
-		if link, err := os.Readlink(filepath.Join(fdDir, e.Name())); err != nil || link != "anon_inode:bpf-map" {
+		link, err := os.Readlink(filepath.Join(fdDir, e.Name()))
+		if err != nil {
+			continue
+		}
+		var key string
+		var dst *[]int
+		switch link {
+		case "anon_inode:bpf-prog":
+			key, dst = "prog_id:", &o.Progs
+		case "anon_inode:bpf-map":
+			key, dst = "map_id:", &o.Maps
+		case "anon_inode:bpf_link":
+			key, dst = "link_id:", &o.Links
+		default:
 			continue
 		}
 		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, e.Name()))
@@ -72,13 +97,14 @@ func bpfMapIDsOf(pid int) ([]int, error) {
 			continue
 		}
 		for _, line := range strings.Split(string(info), "\n") {
-			if v, ok := strings.CutPrefix(line, "map_id:"); ok {
-				if id, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && !seen[id] {
-					seen[id] = true
-					ids = append(ids, id)
+			if v, ok := strings.CutPrefix(line, key); ok {
+				v = strings.TrimSpace(v)
+				if id, err := strconv.Atoi(v); err == nil && !seen[key+v] {
+					seen[key+v] = true
+					*dst = append(*dst, id)
 				}
 			}
 		}
 	}
-	return ids, nil
+	return o, nil
 }

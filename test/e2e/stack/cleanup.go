@@ -152,10 +152,40 @@ func teardownDir(dir string) []string {
 		}
 	}
 
-	// Host mount points the stack had to create (only where they were missing).
+	// Host mount points the stack had to create (only where they were missing), deepest first.
 	if made, err := os.ReadFile(filepath.Join(dir, "made-dirs")); err == nil {
-		for _, d := range strings.Fields(string(made)) {
-			os.Remove(d) // fails, harmlessly, if something else uses it now
+		dirs := strings.Fields(string(made))
+		sort.SliceStable(dirs, func(i, j int) bool { return len(dirs[i]) > len(dirs[j]) })
+		for _, d := range dirs {
+			// Removing a directory that is a mount point in another
+			// namespace (another live stack's bind) would detach that mount.
+			if !mountPointElsewhere(d) {
+				os.Remove(d) // fails, harmlessly, if something else uses it now
+			}
+		}
+	}
+	// Network interfaces made for the stack (a node's CNI bridge).
+	if made, err := os.ReadFile(filepath.Join(dir, "made-links")); err == nil {
+		for _, link := range strings.Fields(string(made)) {
+			if _, err := os.Stat(filepath.Join("/sys/class/net", link)); err != nil {
+				continue
+			}
+			if out, err := exec.Command("ip", "link", "del", link).CombinedOutput(); err != nil {
+				problems = append(problems, fmt.Sprintf("ip link del %s: %v: %s", link, err, strings.TrimSpace(string(out))))
+			}
+		}
+	}
+	// Kernel settings the stack's node changed (CNI's bridge sets ip_forward), written back.
+	if saved, err := os.ReadFile(filepath.Join(dir, "sysctls")); err == nil {
+		lines := strings.Split(string(saved), "\n")
+		for i := len(lines) - 1; i >= 0; i-- { // the first record, written last, holds the original
+			path, value, ok := strings.Cut(lines[i], " ")
+			if !ok || !strings.HasPrefix(path, "/proc/sys/") {
+				continue
+			}
+			if err := os.WriteFile(path, []byte(value+"\n"), 0o644); err != nil {
+				problems = append(problems, fmt.Sprintf("restore %s to %s: %v", path, value, err))
+			}
 		}
 	}
 
@@ -346,6 +376,10 @@ type Footprint struct {
 	Dir         string
 	ShimSockets []string
 	Processes   []RecordedProcess
+	// MadeDirs, MadeLinks and Sysctls are what the stack recorded (Record)
+	// that it made or changed on the host.
+	MadeDirs, MadeLinks []string
+	Sysctls             map[string]string // path → value to restore
 }
 
 // RecordedProcess is a process the stack started, named for good by PID and start time.
@@ -370,6 +404,21 @@ func (s *Stack) Footprint() Footprint {
 		var r RecordedProcess
 		if n, _ := fmt.Sscanf(line, "%s %d %d", &r.Name, &r.PID, &r.Start); n == 3 {
 			f.Processes = append(f.Processes, r)
+		}
+	}
+	data, _ = os.ReadFile(filepath.Join(s.Dir, "made-dirs"))
+	f.MadeDirs = strings.Fields(string(data))
+	data, _ = os.ReadFile(filepath.Join(s.Dir, "made-links"))
+	f.MadeLinks = strings.Fields(string(data))
+	data, _ = os.ReadFile(filepath.Join(s.Dir, "sysctls"))
+	for _, line := range strings.Split(string(data), "\n") {
+		if path, value, ok := strings.Cut(line, " "); ok {
+			if f.Sysctls == nil {
+				f.Sysctls = map[string]string{}
+			}
+			if _, seen := f.Sysctls[path]; !seen { // the first record holds the original value
+				f.Sysctls[path] = value
+			}
 		}
 	}
 	return f
@@ -410,6 +459,21 @@ func (f Footprint) Leftovers() []string {
 			left = append(left, "shim socket "+s)
 		}
 	}
+	for _, d := range f.MadeDirs {
+		if _, err := os.Stat(d); err == nil && !mountPointElsewhere(d) {
+			left = append(left, "directory "+d+" (made by the stack)")
+		}
+	}
+	for _, l := range f.MadeLinks {
+		if _, err := os.Stat(filepath.Join("/sys/class/net", l)); err == nil {
+			left = append(left, "network interface "+l)
+		}
+	}
+	for path, want := range f.Sysctls {
+		if got, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(got)) != want {
+			left = append(left, fmt.Sprintf("%s is %s, was %s", path, strings.TrimSpace(string(got)), want))
+		}
+	}
 	if _, err := os.Stat(f.Dir); err == nil {
 		left = append(left, "directory "+f.Dir)
 	}
@@ -428,4 +492,46 @@ func (s *Stack) Abandon() {
 		s.lock = nil
 	}
 	s.Dir = ""
+}
+
+// MakeCgroupParent creates the stack's cgroup parent on every hierarchy, for
+// a kubelet whose cgroupRoot it is (the kubelet requires it to exist);
+// teardown removes it with everything below.
+func (s *Stack) MakeCgroupParent() error {
+	for _, mnt := range cgroupMounts() {
+		if err := os.MkdirAll(filepath.Join(mnt, s.CgroupParent), 0o755); err != nil {
+			return fmt.Errorf("create cgroup %s: %w", filepath.Join(mnt, s.CgroupParent), err)
+		}
+	}
+	return nil
+}
+
+// mountPointElsewhere reports whether path is a mount point in any mount
+// namespace of a live process (read once per namespace from /proc/PID/mountinfo).
+func mountPointElsewhere(path string) bool {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	seen := map[string]bool{}
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		ns, err := os.Readlink(filepath.Join("/proc", e.Name(), "ns", "mnt"))
+		if err != nil || seen[ns] {
+			continue
+		}
+		seen[ns] = true
+		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "mountinfo"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(line); len(f) >= 5 && unescapeMountinfo(f[4]) == path {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -119,24 +119,47 @@ func sortedNames(m map[string][]byte) []string {
 	return names
 }
 
-// OCIArchive returns an OCI image layout tar (as `ctr images import` reads it)
-// holding one image named ref, made of layer and running entrypoint.
-func OCIArchive(ref string, layer []byte, entrypoint []string) ([]byte, error) {
-	layerBlob := ociBlob{"application/vnd.oci.image.layer.v1.tar", layer}
+// Image is a one-layer OCI image: its manifest and the blobs it names.
+type Image struct {
+	Manifest  []byte
+	MediaType string            // the manifest's
+	Blobs     map[string][]byte // config and layer, by digest ("sha256:…")
+}
+
+// Digest is the manifest's digest.
+func (i Image) Digest() string { return ociBlob{i.MediaType, i.Manifest}.digest() }
+
+// NewImage builds a one-layer amd64 image with an entrypoint and a default
+// command (Docker Hub's busybox has only a command: ["sh"]).
+func NewImage(layer []byte, entrypoint, cmd []string) (Image, error) {
+	layerBlob, cfgBlob, manifestBlob, err := imageBlobs(layer, entrypoint, cmd)
+	if err != nil {
+		return Image{}, err
+	}
+	return Image{
+		Manifest:  manifestBlob.data,
+		MediaType: manifestBlob.mediaType,
+		Blobs:     map[string][]byte{layerBlob.digest(): layerBlob.data, cfgBlob.digest(): cfgBlob.data},
+	}, nil
+}
+
+func imageBlobs(layer []byte, entrypoint, cmd []string) (layerBlob, cfgBlob, manifestBlob ociBlob, err error) {
+	layerBlob = ociBlob{"application/vnd.oci.image.layer.v1.tar", layer}
 	cfg, err := json.Marshal(map[string]any{
 		"architecture": "amd64",
 		"os":           "linux",
 		"config": map[string]any{
 			"Env":        []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
 			"Entrypoint": entrypoint,
+			"Cmd":        cmd,
 			"WorkingDir": "/",
 		},
 		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerBlob.digest()}},
 	})
 	if err != nil {
-		return nil, err
+		return
 	}
-	cfgBlob := ociBlob{"application/vnd.oci.image.config.v1+json", cfg}
+	cfgBlob = ociBlob{"application/vnd.oci.image.config.v1+json", cfg}
 	manifest, err := json.Marshal(map[string]any{
 		"schemaVersion": 2,
 		"mediaType":     "application/vnd.oci.image.manifest.v1+json",
@@ -144,9 +167,19 @@ func OCIArchive(ref string, layer []byte, entrypoint []string) ([]byte, error) {
 		"layers":        []any{layerBlob.descriptor()},
 	})
 	if err != nil {
+		return
+	}
+	manifestBlob = ociBlob{"application/vnd.oci.image.manifest.v1+json", manifest}
+	return layerBlob, cfgBlob, manifestBlob, nil
+}
+
+// OCIArchive returns an OCI image layout tar (as `ctr images import` reads it)
+// holding one image named ref, made of layer and running entrypoint.
+func OCIArchive(ref string, layer []byte, entrypoint []string) ([]byte, error) {
+	layerBlob, cfgBlob, manifestBlob, err := imageBlobs(layer, entrypoint, nil)
+	if err != nil {
 		return nil, err
 	}
-	manifestBlob := ociBlob{"application/vnd.oci.image.manifest.v1+json", manifest}
 	md := manifestBlob.descriptor()
 	md["platform"] = map[string]string{"architecture": "amd64", "os": "linux"}
 	md["annotations"] = map[string]string{

@@ -24,11 +24,15 @@ type NodeContainerd struct {
 	// .cache/tools/containerd/<version>/bin.
 	Version string
 	// Etc returns the files of /etc/containerd (relative path → content):
-	// "config.toml" is the root config, conf.d/ holds drop-ins.
+	// "config.toml" is the root config, conf.d/ holds drop-ins. It is called
+	// at every start; a file it no longer returns is removed.
 	Etc func(s *Stack) (map[string]string, error)
 	// NRIOff says the config leaves NRI off: the stack does not wait for
 	// the NRI socket (and starts no captrace of its own).
 	NRIOff bool
+	// Dirs are further node paths the namespace covers with directories of
+	// the stack, e.g. the kubelet's fixed /var/lib/kubelet and /var/log/containers.
+	Dirs []string
 }
 
 // Node paths inside the private mount namespace.
@@ -43,10 +47,25 @@ const (
 // nodeMounts are the binds the holder makes for a NodeContainerd stack:
 // stack directory → node path.
 func (s *Stack) nodeMounts() [][2]string {
-	return [][2]string{
+	m := [][2]string{
 		{filepath.Join(s.Dir, "node", "etc-containerd"), NodeEtcDir},
 		{filepath.Join(s.Dir, "node", "run-nri"), NodeNRIDir},
 	}
+	for _, d := range s.opts.Node.Dirs {
+		m = append(m, [2]string{filepath.Join(s.Dir, "node", strings.ReplaceAll(strings.Trim(filepath.Clean(d), "/"), "/", "-")), d})
+	}
+	return m
+}
+
+// NodeDir is the stack's directory that the private mount namespace shows at
+// path, one of the node paths (NodeEtcDir, NodeNRIDir, NodeContainerd.Dirs).
+func (s *Stack) NodeDir(path string) (string, bool) {
+	for _, m := range s.nodeMounts() {
+		if m[1] == path {
+			return m[0], true
+		}
+	}
+	return "", false
 }
 
 // prepareNodeMounts creates the stack's directories for the node paths and
@@ -93,6 +112,16 @@ func (s *Stack) writeNodeEtc() error {
 		return err
 	}
 	dir := s.nodeMounts()[0][0]
+	keep := map[string]bool{}
+	for rel := range files {
+		keep[filepath.Join(dir, filepath.Clean("/"+rel))] = true
+	}
+	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && !keep[path] {
+			os.Remove(path) // a drop-in taken away since the last start
+		}
+		return nil
+	})
 	for rel, content := range files {
 		path := filepath.Join(dir, filepath.Clean("/"+rel))
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {

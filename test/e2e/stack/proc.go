@@ -165,3 +165,46 @@ func killPID(pid int, start uint64) bool {
 	}
 	return true
 }
+
+// Process is a long-running process started with Spawn. It is recorded by
+// PID and start time, so that teardown (or a later run's, after a crash)
+// stops it without ever matching processes by name.
+type Process struct{ p *proc }
+
+// Spawn starts argv as a process of the stack, logged to LogPath(name); in
+// the stack's private mount namespace when inNamespace.
+func (s *Stack) Spawn(name string, argv []string, inNamespace bool) (*Process, error) {
+	if inNamespace {
+		argv = s.inNamespace(argv...)
+	}
+	p, err := s.spawn(name, argv, spawnOpts{})
+	if err != nil {
+		return nil, err
+	}
+	return &Process{p}, nil
+}
+
+// LogPath is the log file of the process called name.
+func (s *Stack) LogPath(name string) string { return filepath.Join(s.Dir, "logs", name+".log") }
+
+// PID is the process's ID.
+func (p *Process) PID() int { return p.p.pid() }
+
+// Exited reports whether the process has exited.
+func (p *Process) Exited() bool { return p.p.exited() }
+
+// Err is how the process ended (nil while it runs or after a clean exit).
+func (p *Process) Err() error {
+	if !p.p.exited() {
+		return nil
+	}
+	return p.p.err
+}
+
+// Stop sends SIGTERM, then SIGKILL after grace (at once when grace is 0),
+// and returns once the process is reaped.
+func (p *Process) Stop(grace time.Duration) {
+	if p != nil {
+		p.p.stop(grace)
+	}
+}

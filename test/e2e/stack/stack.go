@@ -308,6 +308,20 @@ exec sleep infinity`, filepath.Dir(s.JournalDir), conf, nodeMounts, ready)
 	return waitFor(10*time.Second, s.journald, "journald's socket", func() bool { return allExist(sock) })
 }
 
+// Record appends line to the stack's file name, one of the lists teardown
+// (also a later run's, after a crash) acts on: made-dirs (empty directories
+// to remove), made-links (network interfaces to delete), sysctls ("path
+// value" to write back).
+func (s *Stack) Record(name, line string) error {
+	f, err := os.OpenFile(filepath.Join(s.Dir, name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = fmt.Fprintln(f, line)
+	return err
+}
+
 // inNamespace prefixes argv so it runs in the stack's private mount namespace.
 func (s *Stack) inNamespace(argv ...string) []string {
 	return append([]string{s.Tools.Nsenter, fmt.Sprintf("--mount=/proc/%d/ns/mnt", s.holder.pid()), "--"}, argv...)
@@ -366,6 +380,7 @@ func (s *Stack) StartContainerd(ctx context.Context) error {
 	s.containerd = p
 	sockets := []string{s.ContainerdSocket(), s.NRISocket()}
 	if s.opts.Node != nil && s.opts.Node.NRIOff {
+		os.Remove(s.NRISocket()) // left by an earlier start with NRI on
 		sockets = sockets[:1]
 	}
 	if err := waitFor(30*time.Second, p, "containerd's sockets "+strings.Join(sockets, ", "), func() bool { return allExist(sockets...) }); err != nil {
