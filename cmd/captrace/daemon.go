@@ -242,11 +242,13 @@ func runDaemon(ctx context.Context, cfg config.Config, log *logrus.Logger, hup <
 	d.reg = cgmap.NewRegistry(keyedFilter{t}, log.WithField("component", "cgmap"))
 	var p nriPlugin
 	var counter pipeline.EventCounter // a nil *metrics.EventCounter must stay a nil interface
+	var losses pipeline.LossRecorder
 	if d.metrics != nil {
-		counter = d.metrics.Events
+		counter, losses = d.metrics.Events, d.metrics.Losses
 	}
 	d.pipeline = pipeline.New(pipeline.Options{
 		Counter:  counter,
+		Losses:   losses,
 		Ring:     t,
 		Advisor:  advisor.NewTracker(advisor.Limits{MaxContainers: cfg.Tracer.MaxContainers}),
 		Sink:     d.fanout,

@@ -21,6 +21,7 @@ type BuildInfo struct {
 type Metrics struct {
 	Registry *prometheus.Registry
 	Events   *EventCounter
+	Losses   *LossCounter
 	nri      *prometheus.HistogramVec
 }
 
@@ -30,6 +31,7 @@ func New(snapshot func() pipeline.Stats, tier func() string, build BuildInfo, ma
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
 		Events:   NewEventCounter(maxSeries),
+		Losses:   NewLossCounter(maxSeries),
 		nri: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "captrace_nri_request_duration_seconds",
 			Help: "Time captrace's NRI handlers took, by request; containerd waits for them under its runtime-wide lock.",
@@ -42,6 +44,7 @@ func New(snapshot func() pipeline.Stats, tier func() string, build BuildInfo, ma
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&statsCollector{snapshot: snapshot, tier: tier, build: build},
 		m.Events,
+		m.Losses,
 		m.nri,
 	)
 	return m

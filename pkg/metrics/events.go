@@ -112,7 +112,7 @@ func NewEventCounter(maxSeries int) *EventCounter {
 	c := &EventCounter{
 		maxSeries: maxSeries,
 		desc: prometheus.NewDesc("captrace_events_total",
-			"Capability checks read from the ring buffer, by container and verdict (workload: the pod name). "+
+			"Capability checks read from the ring buffer, by container and verdict (workload: the pod's owner, or the pod's name for a bare pod). "+
 				"Past metrics.max_series label sets, new ones count in the series whose labels are \"other\".",
 			eventLabels, nil),
 		foldDesc: prometheus.NewDesc("captrace_events_series_folded_total",
@@ -185,7 +185,7 @@ func (c *EventCounter) series(ev *bpf.Event, ctr *cgmap.Container) (_ *series, e
 	if ev.Capable {
 		capable = "true"
 	}
-	ls := labelSet{namespace: ctr.Namespace, workload: ctr.Pod, container: ctr.Name, cap: ev.Cap.String(), capable: capable}
+	ls := labelSet{namespace: ctr.Namespace, workload: workloadLabel(ctr), container: ctr.Name, cap: ev.Cap.String(), capable: capable}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if s, ok := c.bySet[ls]; ok {
@@ -245,18 +245,19 @@ func (c *EventCounter) Collect(ch chan<- prometheus.Metric) {
 }
 
 // Forget marks the series of a container that is gone (its pod's namespace,
-// pod and container name). They are still collected, so the last counts
+// workload label and container name). A series its workload's other
+// replicas still count in comes back at their next check. They are still collected, so the last counts
 // reach Prometheus; when the bound is reached, the oldest gone series make
 // room for new ones before anything folds into "other". On a node where pods
 // come and go, the bound so holds the live containers rather than the first
 // ones ever seen. A dropped series that comes back starts from 0, which
 // Prometheus's rate() reads as a counter reset.
-func (c *EventCounter) Forget(namespace, pod, container string) {
+func (c *EventCounter) Forget(namespace, workload, container string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, s := range c.list {
 		l := &s.labels
-		if l.namespace == namespace && l.workload == pod && l.container == container && !s.gone {
+		if l.namespace == namespace && l.workload == workload && l.container == container && !s.gone {
 			s.gone = true
 			c.gone = append(c.gone, s)
 		}
@@ -269,7 +270,19 @@ func (c *EventCounter) Forget(namespace, pod, container string) {
 }
 
 // Finished is Forget for a container whose tracing ended (pipeline.EventCounter).
-func (c *EventCounter) Finished(ctr cgmap.Container) { c.Forget(ctr.Namespace, ctr.Pod, ctr.Name) }
+func (c *EventCounter) Finished(ctr cgmap.Container) {
+	c.Forget(ctr.Namespace, workloadLabel(&ctr), ctr.Name)
+}
+
+// workloadLabel is the workload label: the pod's owner (pkg/workload), so
+// the replicas of one Deployment share their series, or the pod's name when
+// the container carries none (a bare pod, or an unknown container).
+func workloadLabel(ctr *cgmap.Container) string {
+	if ctr.Workload != "" {
+		return ctr.Workload
+	}
+	return ctr.Pod
+}
 
 // Series is the number of label sets held, not counting "other".
 func (c *EventCounter) Series() int {

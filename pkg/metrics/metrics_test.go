@@ -295,3 +295,35 @@ func TestListenErrors(t *testing.T) {
 		t.Error("Listen in a missing directory succeeded")
 	}
 }
+
+// captrace_container_lost_total: each container's losses by cause, bounded
+// like captrace_events_total, every loss counted (folded ones in "other").
+func TestContainerLossesAreBounded(t *testing.T) {
+	const bound = 3
+	m := New(func() pipeline.Stats { return pipeline.Stats{} }, func() string { return "tp_btf" }, BuildInfo{}, bound)
+	flood := cgmap.Container{Namespace: "ns", Pod: "flood-7d4b9-abcde", Workload: "flood", Name: "app"}
+	m.Losses.AddLoss(flood, "rate_limited", 500)
+	m.Losses.AddLoss(flood, "rate_limited", 300)
+	m.Losses.AddLoss(flood, "ring_lost", 2)
+	m.Losses.AddLoss(flood, "sink_dropped", 0) // nothing lost: no series
+	for i := range 3 {
+		m.Losses.AddLoss(cgmap.Container{Namespace: "ns", Pod: fmt.Sprintf("p%d", i), Name: "app"}, "ring_lost", 10)
+	}
+	base, client := serve(t, m, Checks{Live: func() error { return nil }, Ready: func() error { return nil }})
+	fams := scrape(t, client, base+"/metrics")
+	if got := value(t, fams, "captrace_container_lost_total", "workload", "flood", "cause", "rate_limited"); got != 800 {
+		t.Errorf("flood rate_limited = %v, want 800", got)
+	}
+	if got := value(t, fams, "captrace_container_lost_total", "workload", "flood", "cause", "ring_lost"); got != 2 {
+		t.Errorf("flood ring_lost = %v, want 2", got)
+	}
+	if got := value(t, fams, "captrace_container_lost_total", "namespace", OtherLabel); got != 20 {
+		t.Errorf("other = %v, want the 2 folded containers' 20", got)
+	}
+	if got := value(t, fams, "captrace_container_lost_series_folded_total"); got != 2 {
+		t.Errorf("folded = %v, want 2", got)
+	}
+	if n := len(fams["captrace_container_lost_total"].Metric); n != bound+1 {
+		t.Errorf("%d series, want the bound %d + other", n, bound)
+	}
+}

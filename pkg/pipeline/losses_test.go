@@ -1,12 +1,14 @@
 package pipeline
 
 import (
+	"fmt"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/captrace/captrace/bpf"
 	"github.com/captrace/captrace/pkg/advisor"
+	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/output"
 )
 
@@ -57,14 +59,27 @@ func (s *droppingSink) throttles() []output.Entry {
 	return out
 }
 
+// lossLog records what the pipeline tells the metrics.
+type lossLog struct {
+	mu sync.Mutex
+	n  map[string]uint64 // "container cause" -> checks
+}
+
+func (l *lossLog) AddLoss(c cgmap.Container, cause string, n uint64) {
+	l.mu.Lock()
+	l.n[c.Name+" "+cause] += n
+	l.mu.Unlock()
+}
+
 // A container over its rate limit gets one throttle entry per scan in which
 // its count grew, and its summary carries every loss, each from its source.
 func TestLossesReachThrottlesAndSummary(t *testing.T) {
 	ring := &lossyRing{fakeRing: newFakeRing(), losses: map[uint64]bpf.ContainerLosses{}}
 	sink := &droppingSink{recordSink: &recordSink{}, drops: map[uint64][]uint64{}}
+	metrics := &lossLog{n: map[string]uint64{}}
 	p := New(Options{Ring: ring, Advisor: advisor.NewTracker(advisor.Limits{}), Sink: sink,
 		WallTime: func(k uint64) time.Time { return time.Unix(0, int64(k)) }, Log: quietLog(),
-		ThrottleInterval: 10 * time.Millisecond})
+		ThrottleInterval: 10 * time.Millisecond, Losses: metrics})
 	go p.Run()
 	t.Cleanup(ring.close)
 
@@ -101,6 +116,13 @@ func TestLossesReachThrottlesAndSummary(t *testing.T) {
 	}
 	if st := p.Stats(); st.ThrottleEntries != 2 {
 		t.Errorf("ThrottleEntries = %d", st.ThrottleEntries)
+	}
+	// The metrics count each loss once: the throttle entries' 800, the ring's
+	// 2 and the worst sink's 7 at the stop.
+	metrics.mu.Lock()
+	defer metrics.mu.Unlock()
+	if want := map[string]uint64{"app rate_limited": 800, "app ring_lost": 2, "app sink_dropped": 7}; fmt.Sprint(metrics.n) != fmt.Sprint(want) {
+		t.Errorf("losses told to the metrics %v, want %v", metrics.n, want)
 	}
 }
 

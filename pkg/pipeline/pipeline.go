@@ -27,6 +27,7 @@ import (
 	"github.com/captrace/captrace/pkg/advisor"
 	"github.com/captrace/captrace/pkg/cgmap"
 	"github.com/captrace/captrace/pkg/output"
+	"github.com/captrace/captrace/pkg/schema"
 	"github.com/captrace/captrace/pkg/symbolize"
 	sdjournal "github.com/coreos/go-systemd/v22/journal"
 	"github.com/sirupsen/logrus"
@@ -92,6 +93,15 @@ type Options struct {
 	// metrics' captrace_events_total) and is told of each finished container.
 	// Both run on the reader: they must be quick.
 	Counter EventCounter
+	// Losses, if set, is told each container's checks lost, by cause, as
+	// throttle entries and summaries count them (the metrics' per-container view).
+	Losses LossRecorder
+}
+
+// LossRecorder is what Options.Losses does (pkg/metrics.LossCounter); the
+// causes are the summary's logfmt keys (schema.RateLimited, RingLost, SinkDropped).
+type LossRecorder interface {
+	AddLoss(c cgmap.Container, cause string, n uint64)
 }
 
 // EventCounter is what Options.Counter does (pkg/metrics.EventCounter).
@@ -191,6 +201,7 @@ type Pipeline struct {
 	programs chan error // WaitPrograms' result, from its goroutine
 	sources  Sources
 	counter  EventCounter
+	losses   LossRecorder
 
 	// epoch and busySince tell a reader waiting for the ring from one stuck
 	// on an event or a change: busySince is when (since epoch, |1) the
@@ -225,6 +236,7 @@ func New(opts Options) *Pipeline {
 		programs: make(chan error, 1),
 		sources:  opts.Sources,
 		counter:  opts.Counter,
+		losses:   opts.Losses,
 		epoch:    time.Now(),
 
 		lost:             map[string]advisor.Losses{},
@@ -526,7 +538,11 @@ func (p *Pipeline) finishRest() {
 	p.finish(append(p.inflight, p.pending...))
 	p.inflight, p.pending = nil, nil
 	for id, cg := range p.live {
-		p.collectLosses(cgmap.Container{ID: id, CgroupID: cg})
+		c := cgmap.Container{ID: id, CgroupID: cg}
+		if e, ok := p.byCgroup[cg]; ok {
+			c = e.c
+		}
+		p.collectLosses(c)
 	}
 	for _, s := range p.advice.FinishAll(p.now()) {
 		p.counters.finished.Add(1)
@@ -548,15 +564,28 @@ func (p *Pipeline) collectLosses(c cgmap.Container) {
 		} else if held {
 			l.RateLimited += k.RateLimited
 			l.RingLost += k.RingLost
+			// The throttle entries already counted what they reported.
+			p.recordLoss(c, schema.RateLimited.Key, k.RateLimited-min(k.RateLimited, p.throttleSeen[c.CgroupID]))
+			p.recordLoss(c, schema.RingLost.Key, k.RingLost)
 		}
 	}
 	if sl, ok := p.sink.(SinkLosses); ok {
+		var worst uint64
 		for _, n := range sl.TakeContainerDrops(c.CgroupID) {
-			l.SinkDropped = max(l.SinkDropped, n)
+			worst = max(worst, n)
 		}
+		l.SinkDropped = max(l.SinkDropped, worst)
+		p.recordLoss(c, schema.SinkDropped.Key, worst)
 	}
 	delete(p.throttleSeen, c.CgroupID)
 	p.lost[c.ID] = l
+}
+
+// recordLoss tells the metrics of n lost checks of container c.
+func (p *Pipeline) recordLoss(c cgmap.Container, cause string, n uint64) {
+	if p.losses != nil && n > 0 {
+		p.losses.AddLoss(c, cause, n)
+	}
 }
 
 // scanThrottles writes a throttle entry for each traced container whose
@@ -576,6 +605,7 @@ func (p *Pipeline) scanThrottles() {
 			continue
 		}
 		p.sink.SendEntry(output.ThrottleEntry(e.c, k.RateLimited-p.throttleSeen[cg], k.RateLimited, now))
+		p.recordLoss(e.c, schema.RateLimited.Key, k.RateLimited-p.throttleSeen[cg])
 		p.throttleSeen[cg] = k.RateLimited
 		p.counters.throttles.Add(1)
 	}
