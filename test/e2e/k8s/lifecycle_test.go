@@ -82,12 +82,12 @@ func testAdvisorPatch(t *testing.T) {
 	if err := os.WriteFile(original, []byte(webDeployment), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if code, out := runCaptrace(ctx, bin, "report", "--check", original, logFile); code != 1 {
-		t.Errorf("captrace report --check on the unpatched manifest (default capability set kept): exit %d, want 1\n%s", code, out)
+	if code, out, errOut := runCaptrace(ctx, bin, "report", "--check", original, logFile); code != 1 {
+		t.Errorf("captrace report --check on the unpatched manifest (default capability set kept): exit %d, want 1\n%s%s", code, out, errOut)
 	}
-	code, patch := runCaptrace(ctx, bin, "report", "--format", "patch", "--namespace", "default", "--workload", "deployment/web", logFile)
+	code, patch, errOut := runCaptrace(ctx, bin, "report", "--format", "patch", "--namespace", "default", "--workload", "deployment/web", logFile)
 	if code != 0 {
-		t.Fatalf("captrace report --format patch: exit %d\n%s", code, patch)
+		t.Fatalf("captrace report --format patch: exit %d\n%s%s", code, patch, errOut)
 	}
 	t.Logf("the advisor's patch:\n%s", patch)
 	patchFile := filepath.Join(dir, "patch.yaml")
@@ -127,8 +127,8 @@ func testAdvisorPatch(t *testing.T) {
 	if err := os.WriteFile(patchedFile, []byte(manifest), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if code, out := runCaptrace(ctx, bin, "report", "--check", patchedFile, logFile); code != 0 {
-		t.Errorf("captrace report --check on the patched manifest: exit %d, want 0\n%s", code, out)
+	if code, out, errOut := runCaptrace(ctx, bin, "report", "--check", patchedFile, logFile); code != 0 {
+		t.Errorf("captrace report --check on the patched manifest: exit %d, want 0\n%s%s", code, out, errOut)
 	}
 }
 
@@ -146,17 +146,22 @@ func buildCaptrace(t *testing.T, ctx context.Context) string {
 	return bin
 }
 
-// runCaptrace runs the CLI and returns its exit code and output.
-func runCaptrace(ctx context.Context, bin string, args ...string) (int, string) {
-	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+// runCaptrace runs the CLI and returns its exit code, its standard output
+// (what a user redirects into a file: the patch) and its standard error
+// (the report's account of what it read).
+func runCaptrace(ctx context.Context, bin string, args ...string) (code int, stdout, stderr string) {
+	var out, errb strings.Builder
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
 	var exit *exec.ExitError
 	if errors.As(err, &exit) {
-		return exit.ExitCode(), string(out)
+		return exit.ExitCode(), out.String(), errb.String()
 	}
 	if err != nil {
-		return -1, err.Error()
+		return -1, out.String(), err.Error()
 	}
-	return 0, string(out)
+	return 0, out.String(), errb.String()
 }
 
 // 4. `kubectl rollout restart ds/captrace` while a traced pod loops checks:
