@@ -253,8 +253,10 @@ func TestFaultJournaldStopped(t *testing.T) {
 		back.Sub(stoppedAt).Round(time.Second), lost, stats["sink_journald_failed"], stats["sink_journald_dropped"], stats["sink_file_written"])
 }
 
-// The file sink on a full filesystem (a 1 MiB tmpfs, filled up): writes fail and are
-// counted, and succeed again when space returns, without a restart.
+// The file sink on a full filesystem (a 16 MiB tmpfs, filled up): writes fail and are
+// counted, and succeed again when space returns, without a restart. (1 MiB
+// was too small: three looping pods at a few thousand checks a second fill
+// it with the sink's own lines, and then freeing the filler frees nothing.)
 func TestFaultFileSinkFull(t *testing.T) {
 	ctx := testCtx(t)
 	const ns = "fault-full"
@@ -262,7 +264,7 @@ func TestFaultFileSinkFull(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := st.InNamespace(ctx, "mount", "-t", "tmpfs", "-o", "size=1m", "captrace-e2e-full", dir); err != nil {
+	if out, err := st.InNamespace(ctx, "mount", "-t", "tmpfs", "-o", "size=16m", "captrace-e2e-full", dir); err != nil {
 		t.Fatal(st.Fail("mount a small tmpfs", fmt.Errorf("%v: %s", err, out)))
 	}
 	hostFile, oldFile := st.InNamespacePath(filepath.Join(dir, "events.logfmt")), st.EventFile
