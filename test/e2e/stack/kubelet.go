@@ -124,8 +124,25 @@ func (s *Stack) RunDaemonSetPod(ctx context.Context, ds *appsv1.DaemonSet, confi
 
 // containerConfig is the CRI ContainerConfig of c.
 func containerConfig(c corev1.Container, volumes map[string]string) (map[string]any, error) {
-	if len(c.Env) > 0 || len(c.EnvFrom) > 0 || c.WorkingDir != "" {
-		return nil, fmt.Errorf("container %s: env and workingDir are not translated", c.Name)
+	if len(c.EnvFrom) > 0 || c.WorkingDir != "" {
+		return nil, fmt.Errorf("container %s: envFrom and workingDir are not translated", c.Name)
+	}
+	// Env as the kubelet resolves it: literal values, and the node's name
+	// for a spec.nodeName field reference (this stack's node is the host).
+	var envs []map[string]any
+	for _, e := range c.Env {
+		value := e.Value
+		if f := e.ValueFrom; f != nil {
+			if f.FieldRef == nil || f.FieldRef.FieldPath != "spec.nodeName" {
+				return nil, fmt.Errorf("container %s: env %s: only values and fieldRef spec.nodeName are translated", c.Name, e.Name)
+			}
+			host, err := os.Hostname()
+			if err != nil {
+				return nil, err
+			}
+			value = host
+		}
+		envs = append(envs, map[string]any{"key": e.Name, "value": value})
 	}
 	var mounts []map[string]any
 	for _, m := range c.VolumeMounts {
@@ -176,6 +193,7 @@ func containerConfig(c corev1.Container, volumes map[string]string) (map[string]
 		"image":    map[string]any{"image": c.Image},
 		"command":  c.Command,
 		"args":     c.Args,
+		"envs":     envs,
 		"mounts":   mounts,
 		"log_path": c.Name + ".log",
 		"linux":    map[string]any{"security_context": sc},
