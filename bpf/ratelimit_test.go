@@ -150,18 +150,12 @@ func TestRateLimitOffLosesNothing(t *testing.T) {
 	}
 }
 
-// recursionMisses are the runs of the tracer's programs the kernel skipped
-// (prog stats, Linux >= 5.12).
+// recursionMisses are the runs of the tracer's program the kernel skipped.
 func recursionMisses(t *testing.T, tr *Tracer) uint64 {
 	t.Helper()
-	var n uint64
-	for _, p := range tr.lt.progs {
-		st, err := p.Stats()
-		if err != nil {
-			t.Logf("program stats: %v (recursion misses not known)", err)
-			return 0
-		}
-		n += st.RecursionMisses
+	st, err := tr.Stats()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return n
+	return st.ProgramMisses
 }

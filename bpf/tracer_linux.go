@@ -582,6 +582,13 @@ func (t *Tracer) Stats() (Stats, error) {
 		return st, err
 	}
 	st.StacksUnavailable = t.stacksErr
+	// Program stats need Linux >= 5.12 (and BPF stats are always counted
+	// for misses); where the kernel has none, the count stays 0.
+	for _, p := range t.lt.progs {
+		if ps, err := p.Stats(); err == nil {
+			st.ProgramMisses += ps.RecursionMisses
+		}
+	}
 	return st, nil
 }
 

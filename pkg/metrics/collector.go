@@ -102,6 +102,7 @@ var (
 	keysForgotDesc    = desc("captrace_unique_keys_forgotten_total", "Unique-mode kernel keys deleted for stopped containers.")
 	forgetFailedDesc  = desc("captrace_unique_forget_failed_total", "Batches of unique-mode keys that could not be deleted (the LRU map ages them out).")
 	rateLimitedDesc   = desc("captrace_rate_limited_total", "Checks the kernel dropped because their container was over its rate limit (trace.rate_limit).")
+	programMissesDesc = desc("captrace_program_misses_total", "Runs of the capability program the kernel skipped (recursion protection): checks of any cgroup captrace never saw.")
 	throttleDesc      = desc("captrace_throttle_entries_total", "Throttle entries written for containers over their rate limit.")
 	kstackFailedDesc  = desc("captrace_kernel_stack_failed_total", "Kernel stack walks the kernel refused (the check was sent without that stack).")
 	ustackFailedDesc  = desc("captrace_user_stack_failed_total", "User stack walks the kernel refused (the check was sent without that stack).")
@@ -114,7 +115,7 @@ func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 		filterFailDesc, sinkWrittenDesc, sinkDroppedDesc, sinkFailedDesc, sinkQueuedDesc, tracedDesc, nriConnectedDesc,
 		nriConnectsDesc, nriAbandonedDesc, cgroupMissesDesc, traceFailedDesc, policyWarnDesc, untraceFailedDesc, advContainersDesc,
 		advUntrackedCDesc, advUntrackedEDesc, advFoldedDesc, barriersDesc, barrierFailedDesc, wakeFailedDesc,
-		finishedDesc, keysForgotDesc, forgetFailedDesc, staleFilterDesc, rateLimitedDesc, throttleDesc, kstackFailedDesc,
+		finishedDesc, keysForgotDesc, forgetFailedDesc, staleFilterDesc, rateLimitedDesc, programMissesDesc, throttleDesc, kstackFailedDesc,
 		ustackFailedDesc, ufUnresolvedDesc} {
 		ch <- d
 	}
@@ -140,6 +141,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(tracedDesc, float64(s.Tracer.Traced))
 		gauge(staleFilterDesc, float64(s.Tracer.StaleFilterEntries))
 		counter(rateLimitedDesc, s.Tracer.RateLimited)
+		counter(programMissesDesc, s.Tracer.ProgramMisses)
 		counter(kstackFailedDesc, s.Tracer.KernelStackFailed)
 		counter(ustackFailedDesc, s.Tracer.UserStackFailed)
 	}
