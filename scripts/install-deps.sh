@@ -16,7 +16,8 @@ for group in "$@"; do
 	# images, systemd for the standalone journald and journalctl, util-linux for
 	# unshare/nsenter, iproute2 for the k8s node's bridge teardown (ip link del);
 	# containerd and crictl are built by the test with `go install`.
-	e2e) want runc; want bpftool; want busybox-static; want systemd; want util-linux; want iproute2 ;;
+	# gcc and libc6-dev: the stacks e2e builds a static C probe (cc -static).
+	e2e) want runc; want bpftool; want busybox-static; want systemd; want util-linux; want iproute2; want gcc; want libc6-dev ;;
 	# qemu-system-arm provides qemu-system-aarch64 for the arm64 guests; apt-get download
 	# (with the matrix's private sources) and dpkg-deb fetch the kernels and arm64's busybox.
 	kernels) want qemu-system-x86; want qemu-system-arm; want busybox-static ;;
