@@ -11,7 +11,7 @@ for group in "$@"; do
 	generate) want clang; want llvm; want bpftool ;;
 	# systemd: the journald tests; busybox-static: test/kernels' initramfs and seedcheck;
 	# qemu-system-x86, qemu-system-arm: test/kernels/matrix's tests of guests that never boot
-	test) want bpftool; want systemd; want busybox-static; want qemu-system-x86; want qemu-system-arm ;;
+	test) want bpftool; want systemd; want busybox-static; want gcc; want libc6-dev; want qemu-system-x86; want qemu-system-arm ;;
 	# runc (Debian's 1.1.5; crun 1.8 rejects runtime-spec 1.3), busybox-static for the
 	# images, systemd for the standalone journald and journalctl, util-linux for
 	# unshare/nsenter, iproute2 for the k8s node's bridge teardown (ip link del);

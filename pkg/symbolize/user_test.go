@@ -3,6 +3,7 @@ package symbolize
 import (
 	"bufio"
 	"debug/elf"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -114,14 +115,14 @@ func TestBinaryFrames(t *testing.T) {
 
 	cc, err := exec.LookPath("cc")
 	if err != nil {
-		t.Skipf("C frames not checked: no C compiler (%v)", err)
+		privtest.Lacks(t, fmt.Sprintf("a C compiler for the C frames (%v; apt-get install gcc)", err))
 	}
 	dir := t.TempDir()
 	src := filepath.Join(dir, "nice.c")
 	os.WriteFile(src, []byte("#include <sys/resource.h>\n__attribute__((noinline)) int renice_me(void) { return setpriority(PRIO_PROCESS, 0, -1); }\nint main(void) { return renice_me(); }\n"), 0o644)
 	cbin := filepath.Join(dir, "nice")
 	if msg, err := exec.Command(cc, "-static", "-O1", "-o", cbin, src).CombinedOutput(); err != nil {
-		t.Skipf("C frames not checked: static link failed (libc6-dev?): %v\n%s", err, msg)
+		privtest.Lacks(t, fmt.Sprintf("a static C link for the C frames (apt-get install libc6-dev): %v\n%s", err, msg))
 	}
 	coff, _ := symbolOffset(t, cbin, "renice_me")
 	b, _, hasID := parseFile(t, cbin)

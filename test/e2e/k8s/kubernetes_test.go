@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -258,21 +257,3 @@ func deniedNamespace(ctx context.Context) (string, error) {
 	return "", fmt.Errorf("no config in deploy/kubernetes' ConfigMaps has a trace.deny_namespaces: %v", seen)
 }
 
-// captraceHasAdvisorPatch reports whether the captrace CLI built from this
-// tree has `report --format patch`, `--workload` and `--check` (issue 12).
-func captraceHasAdvisorPatch(ctx context.Context) (bool, string) {
-	help := captraceHelp(ctx, "report")
-	return strings.Contains(help, "patch") && strings.Contains(help, "-check") && strings.Contains(help, "-workload"), help
-}
-
-// captraceHelp is the --help of this tree's captrace (or of one of its commands).
-func captraceHelp(ctx context.Context, command ...string) string {
-	root, err := stack.ProjectRoot()
-	if err != nil {
-		return err.Error()
-	}
-	cmd := exec.CommandContext(ctx, "go", append(append([]string{"run", "./cmd/captrace"}, command...), "--help")...)
-	cmd.Dir = root
-	out, _ := cmd.CombinedOutput()
-	return string(out)
-}

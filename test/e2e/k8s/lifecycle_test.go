@@ -50,9 +50,6 @@ spec:
 // `captrace report --check` on the patched manifest exits 0.
 func testAdvisorPatch(t *testing.T) {
 	ctx := testCtx(t)
-	if ok, help := captraceHasAdvisorPatch(ctx); !ok {
-		t.Skipf("PENDING (issue 12): this tree's `captrace report` lacks --format patch, --workload and --check, which scenario 3 needs; it runs once they are on main. `captrace report --help` says:\n%s", help)
-	}
 	bin := buildCaptrace(t, ctx)
 	if _, err := node.KubectlStdin(ctx, webDeployment, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
