@@ -64,9 +64,13 @@ type benchEnv struct {
 // setupBench opens a tracer with a reader that counts events (as the daemon
 // reads all the time), and moves this process into a fresh cgroup.
 func setupBench(b *testing.B) *benchEnv {
+	return setupBenchWith(b, Options{})
+}
+
+func setupBenchWith(b *testing.B, opts Options) *benchEnv {
 	b.Helper()
 	privtest.Root(b)
-	env := &benchEnv{tr: openTracer(b, Options{}), cg: newCgroup(b)}
+	env := &benchEnv{tr: openTracer(b, opts), cg: newCgroup(b)}
 	go func() {
 		var ev Event
 		for env.tr.Read(&ev) == nil {
@@ -164,6 +168,12 @@ func bpfRunNs(tr *Tracer, fn func()) (float64, bool) {
 	if tr == nil || tr.lt.links == nil {
 		return 0, false
 	}
+	return progsRunNs(tr.lt.progs, fn)
+}
+
+// progsRunNs runs fn with the kernel's BPF run-time statistics on and
+// returns the programs' average run time.
+func progsRunNs(progs []*ebpf.Program, fn func()) (float64, bool) {
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		return 0, false
@@ -172,7 +182,7 @@ func bpfRunNs(tr *Tracer, fn func()) (float64, bool) {
 	sum := func() (time.Duration, uint64) {
 		var rt time.Duration
 		var n uint64
-		for _, p := range tr.lt.progs {
+		for _, p := range progs {
 			if s, err := p.Stats(); err == nil {
 				rt += s.Runtime
 				n += s.RunCount

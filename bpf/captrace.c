@@ -247,7 +247,7 @@ struct {
 } cap_clock SEC(".maps");
 
 // Set by user space before load.
-volatile const __u64 wakeup_bytes = 64 << 10;    // force a wakeup once this much is queued
+volatile const __u64 wakeup_bytes = 64 << 10;    // force a wakeup once per this much produced
 volatile const __u64 audit_walk_caps = 0;        // caps that have non-audited callers (bit n = cap n)
 volatile const __u32 audit_nranges = 0;          // used entries of audit_ranges
 volatile const __u32 stacks_enabled = 0;         // 0: the kernel refused the stack helper; stack code is dead
@@ -447,10 +447,21 @@ static __always_inline void fill_event(struct cap_event *e, __u64 now, __u64 cgr
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 }
 
-static __always_inline void submit_event(void *e)
+// submit_event wakes the reader once per wakeup_bytes produced: when this
+// record's bytes in the ring (its size plus the 8-byte header) take the
+// producer position across a multiple of wakeup_bytes. A wakeup costs ~3 us
+// here (irq_work and an IPI, both VM exits); waking on every record while
+// wakeup_bytes are queued (as before) made a reader that fell behind cost
+// each record a wakeup, which slowed it further: 5-7 us per stacked event.
+// A reader asleep is woken before wakeup_bytes are queued; a wakeup missed
+// to a race between CPUs is made up by the next crossing or the reader's
+// poll deadline.
+static __always_inline void submit_event(void *e, __u64 record_bytes)
 {
-	__u64 queued = bpf_ringbuf_query(&cap_events, BPF_RB_AVAIL_DATA);
-	bpf_ringbuf_submit(e, queued >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	__u64 end = bpf_ringbuf_query(&cap_events, BPF_RB_PROD_POS);
+	__u64 start = end - (record_bytes + 8);
+	bool crossed = wakeup_bytes && start / wakeup_bytes != end / wakeup_bytes;
+	bpf_ringbuf_submit(e, crossed ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 // Stacks (issue 13): walked only here, after the filter, dedup, the cred
@@ -486,7 +497,7 @@ static __always_inline int send_stacked(void *ctx, __u32 stacks, bool unique, st
 		fill_event(&k->ev, now, cgroup_id, cap, capable, audit, opts_known, opts, task);
 		k->head.kstack_bytes = walk_kernel_stack(ctx, k->kstack);
 		k->head.ustack_bytes = 0;
-		submit_event(k);
+		submit_event(k, sizeof(*k));
 		return 0;
 	}
 	struct cap_event_stacks *s = bpf_ringbuf_reserve(&cap_events, sizeof(*s), 0);
@@ -522,7 +533,7 @@ static __always_inline int send_stacked(void *ctx, __u32 stacks, bool unique, st
 		s->exe.start_code = mm->start_code;
 		s->exe.end_code = mm->end_code;
 	}
-	submit_event(s);
+	submit_event(s, sizeof(*s));
 	return 0;
 }
 
@@ -611,7 +622,7 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
 	if (!claim_dedup(e, e, unique, &key))
 		return 0;
 	fill_event(e, now, cgroup_id, cap, capable, audit, opts_known, opts, task);
-	submit_event(e);
+	submit_event(e, sizeof(*e));
 	return 0;
 }
 
