@@ -248,6 +248,7 @@ struct {
 
 // Set by user space before load.
 volatile const __u64 wakeup_bytes = 64 << 10;    // force a wakeup once per this much produced
+volatile const __u64 backlog_bytes = 2 << 20;    // and on every record while this much is queued
 volatile const __u64 audit_walk_caps = 0;        // caps that have non-audited callers (bit n = cap n)
 volatile const __u32 audit_nranges = 0;          // used entries of audit_ranges
 volatile const __u32 stacks_enabled = 0;         // 0: the kernel refused the stack helper; stack code is dead
@@ -450,18 +451,21 @@ static __always_inline void fill_event(struct cap_event *e, __u64 now, __u64 cgr
 // submit_event wakes the reader once per wakeup_bytes produced: when this
 // record's bytes in the ring (its size plus the 8-byte header) take the
 // producer position across a multiple of wakeup_bytes. A wakeup costs ~3 us
-// here (irq_work and an IPI, both VM exits); waking on every record while
-// wakeup_bytes are queued (as before) made a reader that fell behind cost
-// each record a wakeup, which slowed it further: 5-7 us per stacked event.
-// A reader asleep is woken before wakeup_bytes are queued; a wakeup missed
-// to a race between CPUs is made up by the next crossing or the reader's
-// poll deadline.
+// here (irq_work and an IPI, both VM exits): waking on every record while
+// wakeup_bytes were queued (as before) made a reader a little behind on
+// stacked records cost each of them a wakeup, 5-7 us per stacked event. A
+// reader asleep is woken before wakeup_bytes are queued; a wakeup missed to
+// a race between CPUs is made up by the next crossing or the reader's poll
+// deadline. Only a reader far behind (backlog_bytes queued, half the ring)
+// is woken on every record: those wakeups also slow the traced tasks, so
+// the ring fills later or not at all (a loaded machine's reader catches up).
 static __always_inline void submit_event(void *e, __u64 record_bytes)
 {
 	__u64 end = bpf_ringbuf_query(&cap_events, BPF_RB_PROD_POS);
 	__u64 start = end - (record_bytes + 8);
-	bool crossed = wakeup_bytes && start / wakeup_bytes != end / wakeup_bytes;
-	bpf_ringbuf_submit(e, crossed ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	bool wake = (wakeup_bytes && start / wakeup_bytes != end / wakeup_bytes) ||
+		    bpf_ringbuf_query(&cap_events, BPF_RB_AVAIL_DATA) >= backlog_bytes;
+	bpf_ringbuf_submit(e, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 // Stacks (issue 13): walked only here, after the filter, dedup, the cred

@@ -19,8 +19,9 @@ import (
 )
 
 const (
-	// wakeupBytes: the kernel wakes the reader once this much is queued;
-	// below it the reader finds events on its poll deadline.
+	// wakeupBytes: the kernel wakes the reader once per this much
+	// produced (and on every record while half the ring is queued); in
+	// between the reader finds events on its poll deadline.
 	wakeupBytes = 64 << 10
 	// readerPoll bounds how long an event can wait in the ring when fewer
 	// than wakeupBytes are queued.
@@ -132,6 +133,7 @@ func Open(opts Options) (*Tracer, error) {
 	}
 	// A small ring must still wake the reader before it fills.
 	cfg.wakeupBytes = min(cfg.wakeupBytes, uint64(cfg.ringBytes/4))
+	cfg.backlogBytes = uint64(cfg.ringBytes / 2)
 
 	tiers := tierOrder
 	if opts.ForceTier != "" {
