@@ -247,8 +247,8 @@ struct {
 } cap_clock SEC(".maps");
 
 // Set by user space before load.
-volatile const __u64 wakeup_bytes = 64 << 10;    // force a wakeup once per this much produced
-volatile const __u64 backlog_bytes = 2 << 20;    // and on every record while this much is queued
+volatile const __u64 wakeup_bytes = 64 << 10;    // from this much queued, wake the reader once per this much produced
+volatile const __u64 backlog_bytes = 2 << 20;    // from this much queued, wake it on every record
 volatile const __u64 audit_walk_caps = 0;        // caps that have non-audited callers (bit n = cap n)
 volatile const __u32 audit_nranges = 0;          // used entries of audit_ranges
 volatile const __u32 stacks_enabled = 0;         // 0: the kernel refused the stack helper; stack code is dead
@@ -448,23 +448,29 @@ static __always_inline void fill_event(struct cap_event *e, __u64 now, __u64 cgr
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 }
 
-// submit_event wakes the reader once per wakeup_bytes produced: when this
-// record's bytes in the ring (its size plus the 8-byte header) take the
-// producer position across a multiple of wakeup_bytes. A wakeup costs ~3 us
-// here (irq_work and an IPI, both VM exits): waking on every record while
-// wakeup_bytes were queued (as before) made a reader a little behind on
-// stacked records cost each of them a wakeup, 5-7 us per stacked event. A
-// reader asleep is woken before wakeup_bytes are queued; a wakeup missed to
-// a race between CPUs is made up by the next crossing or the reader's poll
-// deadline. Only a reader far behind (backlog_bytes queued, half the ring)
-// is woken on every record: those wakeups also slow the traced tasks, so
-// the ring fills later or not at all (a loaded machine's reader catches up).
+// submit_event submits a record, waking the reader with
+// BPF_RB_FORCE_WAKEUP or not. A wakeup costs ~3 us here (irq_work and an
+// IPI, both VM exits). Below wakeup_bytes queued it sleeps until its poll
+// deadline. From wakeup_bytes queued, a record wakes it when its bytes in
+// the ring (size plus the 8-byte header) take the producer position across
+// a multiple of wakeup_bytes: once per wakeup_bytes produced. (Waking on
+// every record from wakeup_bytes queued, as before, made each stacked
+// record pay a wakeup as soon as the reader fell a little behind, which
+// slowed it further: 5-7 us per stacked event, and the plain events after
+// them paid it too.) From backlog_bytes (half the ring) queued, every
+// record wakes it: a reader that far behind is woken at once, and those
+// wakeups slow the traced tasks, so a loaded machine's reader catches up
+// before the ring fills. A wakeup missed to a race between CPUs is made up
+// by the next crossing or the poll deadline.
 static __always_inline void submit_event(void *e, __u64 record_bytes)
 {
-	__u64 end = bpf_ringbuf_query(&cap_events, BPF_RB_PROD_POS);
-	__u64 start = end - (record_bytes + 8);
-	bool wake = (wakeup_bytes && start / wakeup_bytes != end / wakeup_bytes) ||
-		    bpf_ringbuf_query(&cap_events, BPF_RB_AVAIL_DATA) >= backlog_bytes;
+	__u64 queued = bpf_ringbuf_query(&cap_events, BPF_RB_AVAIL_DATA);
+	bool wake = queued >= wakeup_bytes;
+	if (wake && queued < backlog_bytes) {
+		__u64 end = bpf_ringbuf_query(&cap_events, BPF_RB_PROD_POS);
+		__u64 start = end - (record_bytes + 8);
+		wake = start / wakeup_bytes != end / wakeup_bytes;
+	}
 	bpf_ringbuf_submit(e, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 

@@ -19,9 +19,9 @@ import (
 )
 
 const (
-	// wakeupBytes: the kernel wakes the reader once per this much
-	// produced (and on every record while half the ring is queued); in
-	// between the reader finds events on its poll deadline.
+	// wakeupBytes: from this much queued the kernel wakes the reader once
+	// per this much produced (and on every record from half the ring
+	// queued); below it the reader finds events on its poll deadline.
 	wakeupBytes = 64 << 10
 	// readerPoll bounds how long an event can wait in the ring when fewer
 	// than wakeupBytes are queued.
