@@ -146,6 +146,11 @@ func childMain() int {
 			reply("%v", err)
 		case "chown", "chmod", "chroot", "mount", "unshare", "setns":
 			reply("%v", igGuideStep(f[0], f[1:]))
+		case "rename": // prctl(PR_SET_NAME) of this thread, as a workload posing as runc would
+			reply("%v", unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(unsafe.StringData(f[1]+"\x00"))), 0, 0, 0))
+		case "forknice": // a forked child (no exec) checks CAP_SYS_NICE once and exits; replies its pid
+			pid, err := forkNice()
+			reply("%d %v", pid, err)
 		case "exit":
 			return 0
 		default:
@@ -168,6 +173,37 @@ func niceLoop(n int) error {
 		}
 	}
 	return err
+}
+
+// forkNice forks this thread without exec; the child, still in the parent's
+// credentials (CAP_SYS_NICE as the thread has it), asks for nice -5 once and
+// exits. Only raw system calls run in the child, as in syscall's own fork.
+func forkNice() (int, error) {
+	pid, errno := rawForkNice()
+	if errno != 0 {
+		return 0, errno
+	}
+	var ws unix.WaitStatus
+	if _, err := unix.Wait4(int(pid), &ws, 0, nil); err != nil {
+		return int(pid), err
+	}
+	if !ws.Exited() || ws.ExitStatus() != 0 {
+		return int(pid), fmt.Errorf("forked child: %v", ws)
+	}
+	return int(pid), nil
+}
+
+//go:nosplit
+func rawForkNice() (uintptr, syscall.Errno) {
+	pid, _, errno := syscall.RawSyscall6(syscall.SYS_CLONE, uintptr(syscall.SIGCHLD), 0, 0, 0, 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	if pid == 0 {
+		syscall.RawSyscall(syscall.SYS_SETPRIORITY, unix.PRIO_PROCESS, 0, ^uintptr(4)) // -5
+		syscall.RawSyscall(syscall.SYS_EXIT_GROUP, 0, 0, 0)
+	}
+	return pid, 0
 }
 
 // setEffective adds or removes cap from this thread's effective set,
