@@ -179,7 +179,7 @@ func niceLoop(n int) error {
 // credentials (CAP_SYS_NICE as the thread has it), asks for nice -5 once and
 // exits. Only raw system calls run in the child, as in syscall's own fork.
 func forkNice() (int, error) {
-	pid, errno := rawForkNice()
+	pid, errno := rawFork(true)
 	if errno != 0 {
 		return 0, errno
 	}
@@ -193,14 +193,19 @@ func forkNice() (int, error) {
 	return int(pid), nil
 }
 
+// rawFork forks without exec; the child asks for nice -5 if nice is set,
+// then exits 0.
+//
 //go:nosplit
-func rawForkNice() (uintptr, syscall.Errno) {
+func rawFork(nice bool) (uintptr, syscall.Errno) {
 	pid, _, errno := syscall.RawSyscall6(syscall.SYS_CLONE, uintptr(syscall.SIGCHLD), 0, 0, 0, 0, 0)
 	if errno != 0 {
 		return 0, errno
 	}
 	if pid == 0 {
-		syscall.RawSyscall(syscall.SYS_SETPRIORITY, unix.PRIO_PROCESS, 0, ^uintptr(4)) // -5
+		if nice {
+			syscall.RawSyscall(syscall.SYS_SETPRIORITY, unix.PRIO_PROCESS, 0, ^uintptr(4)) // -5
+		}
 		syscall.RawSyscall(syscall.SYS_EXIT_GROUP, 0, 0, 0)
 	}
 	return pid, 0

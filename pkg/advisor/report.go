@@ -532,7 +532,7 @@ func (a *aggregate) add(line []byte) {
 	}
 	a.events++
 	in.events++
-	ck := checkKey{rec.Cap, rec.Syscall, rec.Capable, rec.Audit, isRuntimeComm(rec.Comm), rec.NonRoot, rec.WouldDeny}
+	ck := checkKey{rec.Cap, rec.Syscall, rec.Capable, rec.Audit, rec.Runtime, rec.NonRoot, rec.WouldDeny}
 	c := in.checks[ck]
 	if c == nil {
 		c = &Check{Cap: rec.Cap, Syscall: rec.Syscall, Capable: rec.Capable, Audit: rec.Audit,

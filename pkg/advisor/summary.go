@@ -395,11 +395,9 @@ func (s Summary) Basis() string {
 		b += fmt.Sprintf(" (observed for at least %s; paths the workload did not take are still not covered)", s.MinWindow)
 	}
 	if s.Unique {
-		// The kernel dedups on (cap, verdict, audit): a probe no longer hides
-		// a need, but runc's checks during an exec share the container's
-		// cgroup and can still come first.
-		b += "; unique mode: counts are first occurrences, and a capability first checked by runc's setup (crictl/kubectl exec)" +
-			" hides the workload's later checks with the same verdict and audit flag, so needs may be missing: trace without unique for advice"
+		// The kernel dedups on (cap, verdict, audit, runtime): neither a
+		// probe nor runc's set-up (crictl/kubectl exec) hides a need.
+		b += "; unique mode: counts are first occurrences"
 	}
 	if s.AuditOnly {
 		b += "; audit-only mode: probes were not recorded"

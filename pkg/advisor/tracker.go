@@ -197,7 +197,7 @@ func (t *Tracker) Observe(c cgmap.Container, ev *bpf.Event, at time.Time) {
 // stacks of each tuple name its code in the summary.
 func (t *Tracker) ObserveWithStacks(c cgmap.Container, ev *bpf.Event, at time.Time, stacks StackText) {
 	ns := at.UnixNano()
-	k := makeKey(ev.Cap, ev.Syscall, ev.Capable, ev.Audit, isRuntimeCommBytes(&ev.Comm), ev.Uid != 0)
+	k := makeKey(ev.Cap, ev.Syscall, ev.Capable, ev.Audit, ev.Runtime, ev.Uid != 0)
 
 	t.mu.Lock()
 	defer t.mu.Unlock()
