@@ -6,7 +6,7 @@
 //   tp_btf/cap_capable           return value, no opts: audit from the caller's stack
 //   kprobe+kretprobe cap_capable entry saves the arguments, return reports
 // User space loads exactly one of them, each in its own collection, with the
-// two task-marking programs (tp_btf/sched_process_exec, tp_btf/sched_process_fork)
+// two task-marking programs (tp_btf/sched_process_exec, tp_btf/task_newtask)
 // that tell a container's workload from its runtime's set-up (task_workload).
 //
 // Every program starts with the cgroup filter (traced()); a check from a
@@ -779,18 +779,21 @@ int captrace_exec(__u64 *ctx)
 	return 0;
 }
 
-// sched_process_fork(struct task_struct *parent, struct task_struct *child),
-// for processes and threads alike, before the child first runs: the child
-// inherits the parent's mark. A fork of an unmarked task costs one lookup
-// (a task without any storage answers from a NULL pointer).
-SEC("tp_btf/sched_process_fork")
+// task_newtask(struct task_struct *task, unsigned long clone_flags), run by
+// the creating task (current) at the end of copy_process, before the new task
+// first runs: it inherits the creator's mark. Unlike sched_process_fork it
+// also fires for the threads the kernel creates on a task's behalf (io_uring
+// workers, vhost workers: create_io_thread, copy_process without
+// kernel_clone), so a workload cannot hand its checks to an unmarked
+// io_uring worker. A task created by an unmarked one costs one lookup (a
+// task without any storage answers from a NULL pointer).
+SEC("tp_btf/task_newtask")
 int captrace_fork(__u64 *ctx)
 {
-	struct task_struct *parent = (struct task_struct *)ctx[0];
-	struct task_struct *child = (struct task_struct *)ctx[1];
-	if (!bpf_task_storage_get(&task_workload, parent, 0, 0))
+	struct task_struct *task = (struct task_struct *)ctx[0];
+	if (!bpf_task_storage_get(&task_workload, bpf_get_current_task_btf(), 0, 0))
 		return 0;
-	mark_workload(child);
+	mark_workload(task);
 	return 0;
 }
 

@@ -151,6 +151,13 @@ func childMain() int {
 		case "forknice": // a forked child (no exec) checks CAP_SYS_NICE once and exits; replies its pid
 			pid, err := forkNice()
 			reply("%d %v", pid, err)
+		case "uringopen": // open f[1] through an io_uring worker, without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH
+			setEffective(capDacOverride, false)
+			setEffective(capDacReadSearch, false)
+			res, err := uringOpenAsync(f[1])
+			setEffective(capDacOverride, true)
+			setEffective(capDacReadSearch, true)
+			reply("%d %v", res, err)
 		case "exit":
 			return 0
 		default:

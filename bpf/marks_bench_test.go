@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// BenchmarkMarks: what the workload marks (tp_btf/sched_process_fork and
+// BenchmarkMarks: what the workload marks (tp_btf/task_newtask and
 // sched_process_exec) cost a node's untraced processes, as ratios to the
 // same loop with nothing attached, in the same run. Nothing here is traced:
 // a fork pays one task-storage lookup of its parent, an exec one filter

@@ -79,7 +79,7 @@ var markPrograms = []string{"captrace_exec", "captrace_fork"}
 
 // marksAttach is how markPrograms attach, on every tier and architecture:
 // BTF-enabled raw tracepoints (no trampoline).
-var marksAttach = KernelNeed{What: "tp_btf/sched_process_exec and sched_process_fork (BTF raw tracepoints)", Since: "5.5"}
+var marksAttach = KernelNeed{What: "tp_btf/sched_process_exec and task_newtask (BTF raw tracepoints)", Since: "5.5"}
 
 // tierPrograms are the programs of captrace.c each tier loads.
 var tierPrograms = map[Tier][]string{

@@ -5,7 +5,11 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
+
+	"github.com/captrace/captrace/internal/privtest"
+	"golang.org/x/sys/unix"
 )
 
 // The runtime set-up flag is a kernel fact, not a name: a task exec'd inside
@@ -117,5 +121,59 @@ func TestRuntimeIsExecNotComm(t *testing.T) {
 	}
 	if st.MarkFailed != 0 {
 		t.Errorf("MarkFailed = %d, want 0", st.MarkFailed)
+	}
+}
+
+// The threads the kernel creates for a task (io_uring's io-wq workers) are
+// made by copy_process without fork's tracepoint: they inherit the mark
+// through task_newtask, so a workload cannot hand its checks to a worker to
+// have them filed as runtime set-up. A set-up task's workers stay set-up.
+func TestRuntimeOfIOUringWorkers(t *testing.T) {
+	tr := openTracer(t, Options{})
+	col := collect(t, tr)
+	traced, outside := newCgroup(t), newCgroup(t)
+	if err := tr.Trace(traced.id, Settings{}); err != nil {
+		t.Fatal(err)
+	}
+	locked := filepath.Join(t.TempDir(), "locked")
+	if err := os.WriteFile(locked, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	w := startChild(t, traced)
+	s := startChild(t, outside)
+	if err := os.WriteFile(filepath.Join(traced.path, "cgroup.procs"), []byte(strconv.Itoa(s.pid)), 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*child{w, s} {
+		got := c.do("uringopen " + locked)
+		if strings.Contains(got, "io_uring_setup") {
+			privtest.Lacks(t, "io_uring: "+got)
+		}
+		if got != fmt.Sprintf("%d <nil>", -int(unix.EACCES)) {
+			t.Fatalf("open of a mode-0 file through io_uring without CAP_DAC_*: %s", got)
+		}
+	}
+	dac := func(ev Event) bool { return ev.Cap == capDacOverride && int(ev.Tid) != int(ev.Pid) }
+	col.waitFor(traced.id, 2, dac)
+	want := map[int]bool{w.pid: false, s.pid: true}
+	seen := map[int]int{}
+	for _, ev := range col.of(traced.id) {
+		if !dac(ev) {
+			continue
+		}
+		if !strings.HasPrefix(commString(ev.Comm), "iou-wrk-") {
+			t.Errorf("CAP_DAC_OVERRIDE from thread %q, want an io-wq worker:%s", commString(ev.Comm), describe([]Event{ev}))
+		}
+		runtime, ok := want[int(ev.Pid)]
+		if !ok {
+			continue
+		}
+		seen[int(ev.Pid)]++
+		if ev.Runtime != runtime {
+			t.Errorf("io_uring worker of pid %d (set-up: %v): Runtime = %v:%s", ev.Pid, runtime, ev.Runtime, describe([]Event{ev}))
+		}
+	}
+	if seen[w.pid] == 0 || seen[s.pid] == 0 {
+		t.Errorf("CAP_DAC_OVERRIDE from io_uring workers: %d of the workload, %d of the set-up task, want both:%s", seen[w.pid], seen[s.pid], describe(col.of(traced.id)))
 	}
 }

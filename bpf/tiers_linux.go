@@ -50,7 +50,7 @@ func (m *markObjects) attach() ([]link.Link, error) {
 	fork, err := link.AttachTracing(link.TracingOptions{Program: m.Fork})
 	if err != nil {
 		exec.Close()
-		return nil, fmt.Errorf("tp_btf/sched_process_fork (marks the workload's tasks): %w", err)
+		return nil, fmt.Errorf("tp_btf/task_newtask (marks the workload's tasks): %w", err)
 	}
 	return []link.Link{exec, fork}, nil
 }
