@@ -75,24 +75,28 @@ func childMain() int {
 				time.Sleep(time.Millisecond)
 			}
 			reply("done")
-		case "niceflood": // niceflood MS GAPUS: checks of CAP_SYS_NICE in a tight loop for MS ms;
-			// replies how many, and how long (µs) the loop stood still beyond GAPUS at a time,
-			// summed: time the scheduler gave the flood no CPU, longer than a limiter's burst covers.
-			gapUs := int64(0)
-			if len(f) > 2 {
-				gapUs, _ = strconv.ParseInt(f[2], 10, 64)
+		case "niceflood": // niceflood MS RATE BURST: checks of CAP_SYS_NICE in a tight loop for MS ms;
+			// replies how many, and how many a limiter of RATE/s and BURST passes at the
+			// times this loop made them (the kernel's limiter, simulated here: see expectPasses).
+			rate, burst := 0, 0
+			if len(f) > 3 {
+				rate, _ = strconv.Atoi(f[2])
+				burst, _ = strconv.Atoi(f[3])
 			}
-			n, stalled := 0, time.Duration(0)
-			last := time.Now()
-			for end := last.Add(time.Duration(arg) * time.Millisecond); last.Before(end); n += 64 {
-				niceLoop(64)
+			lim := newLimiterModel(Settings{RateLimit: uint32(rate), RateBurst: uint32(burst)})
+			n := 0
+			for end := time.Now().Add(time.Duration(arg) * time.Millisecond); ; {
+				niceLoop(1)
+				n++
+				// One clock reading per check: a preemption between the check
+				// and the reading misplaces that one check only.
 				now := time.Now()
-				if gap := now.Sub(last) - time.Duration(gapUs)*time.Microsecond; gap > 0 {
-					stalled += gap
+				lim.check(now)
+				if !now.Before(end) {
+					break
 				}
-				last = now
 			}
-			reply("%d %d", n, stalled.Microseconds())
+			reply("%d %d", n, lim.passed)
 		case "sched": // CAP_SYS_NICE in sched_setscheduler
 			param := struct{ prio int32 }{1}
 			_, _, e := unix.Syscall(unix.SYS_SCHED_SETSCHEDULER, 0, 1 /* SCHED_FIFO */, uintptr(unsafe.Pointer(&param)))

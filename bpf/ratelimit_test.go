@@ -15,23 +15,17 @@ func TestRateLimit(t *testing.T) {
 	tr := openTracer(t, Options{})
 	col := collect(t, tr)
 	const floodMs = 5000
-	// A limiter cannot pass checks that are not made: while a flooding child
-	// waits for a CPU (three floods and other tests share two here), the
-	// budget it does not use piles up only to the burst. The child measures
-	// how long it stood still beyond what its burst covers, and that time
-	// leaves the expected count: the test measures the limiter, not the
-	// scheduler.
 	limits := []Settings{
 		{AuditOnly: true, RateLimit: 200, RateBurst: 50},
 		{AuditOnly: true, RateLimit: 1000, RateBurst: 400},
-		{AuditOnly: true, RateLimit: 5000}, // burst defaults to the rate
+		{AuditOnly: true, RateLimit: 1500}, // burst defaults to the rate; an emulated arm64 kprobe flood offers 2,700/s
 	}
 	type run struct {
-		cg      *testCgroup
-		c       *child
-		s       Settings
-		checks  int
-		stalled time.Duration // beyond what the burst covers
+		cg     *testCgroup
+		c      *child
+		s      Settings
+		checks int
+		model  int // what the limiter passes at the times the flood made its checks
 	}
 	runs := make([]*run, len(limits))
 	for i, s := range limits {
@@ -47,16 +41,9 @@ func TestRateLimit(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, r := range runs {
 		wg.Go(func() {
-			burst := r.s.RateBurst
-			if burst == 0 {
-				burst = r.s.RateLimit
-			}
-			covered := time.Duration(burst) * time.Second / time.Duration(r.s.RateLimit)
-			var stalledUs int64
-			if _, err := fmt.Sscanf(r.c.do(fmt.Sprintf("niceflood %d %d", floodMs, covered.Microseconds())), "%d %d", &r.checks, &stalledUs); err != nil {
+			if _, err := fmt.Sscanf(r.c.do(fmt.Sprintf("niceflood %d %d %d", floodMs, r.s.RateLimit, r.s.RateBurst)), "%d %d", &r.checks, &r.model); err != nil {
 				t.Error(err)
 			}
-			r.stalled = time.Duration(stalledUs) * time.Microsecond
 		})
 	}
 	wg.Wait()
@@ -75,26 +62,22 @@ func TestRateLimit(t *testing.T) {
 		if burst == 0 {
 			burst = r.s.RateLimit
 		}
-		active := time.Duration(floodMs)*time.Millisecond - r.stalled
-		want := float64(r.s.RateLimit)*active.Seconds() + float64(burst)
+		want := float64(r.model)
 		most := float64(r.s.RateLimit)*floodMs/1000 + float64(burst)
-		t.Logf("limit %d/s burst %d: %d checks in %d ms (stalled %v beyond the burst), %d delivered (want %.0f ± 1%%, %.3f), %d rate-limited, %d ring-lost",
-			r.s.RateLimit, burst, r.checks, floodMs, r.stalled, delivered, want, float64(delivered)/want, losses.RateLimited, losses.RingLost)
+		t.Logf("limit %d/s burst %d: %d checks in %d ms, %d delivered (the model of the limiter over the flood's timing passes %d: %.3f), %d rate-limited, %d ring-lost",
+			r.s.RateLimit, burst, r.checks, floodMs, delivered, r.model, float64(delivered)/want, losses.RateLimited, losses.RingLost)
 		// Never more than the limit allows: rate x time + burst (+ 1 %).
 		if float64(delivered) > most*1.01 {
 			t.Errorf("limit %d/s: %d checks delivered, more than rate x time + burst = %.0f", r.s.RateLimit, delivered, most)
 		}
-		// And what it is offered, within 1 % on a quiet machine (measured:
-		// 0.998-1.002). On a loaded one a flood that waits for a CPU offers
-		// less than its stall measure sees (2 cores, three floods and the
-		// other tests of the run): 10 % below is where a broken limiter
-		// starts, not the scheduler.
-		if math.Abs(float64(delivered)-want) > want/100 {
-			if float64(delivered) < want*0.9 {
-				t.Errorf("limit %d/s: %d checks delivered, want %.0f (at least 90 %%, 99 %% on a quiet machine)", r.s.RateLimit, delivered, want)
-			} else {
-				t.Logf("limit %d/s: %.1f %% off rate x time + burst: the machine is loaded", r.s.RateLimit, 100*math.Abs(float64(delivered)-want)/want)
-			}
+		// And what the model passes, within 1 % (measured: 0.999-1.000 on
+		// the host with builds running beside). The model times a check by the clock reading after
+		// it and the kernel passes on its per-tick clock: on a loaded
+		// machine that costs a few percent; 5 % is where a broken limiter starts.
+		if off := math.Abs(float64(delivered)-want) / want; off > 0.05 {
+			t.Errorf("limit %d/s: %d checks delivered, the model passes %.0f (%.1f %% off)", r.s.RateLimit, delivered, want, 100*off)
+		} else if off > 0.01 {
+			t.Logf("limit %d/s: %.1f %% off the model: the machine is loaded", r.s.RateLimit, 100*off)
 		}
 		// Every check the program ran for is delivered or counted; a run the
 		// kernel skipped (another BPF program on the CPU, an interrupted run:
@@ -106,9 +89,9 @@ func TestRateLimit(t *testing.T) {
 		} else if got != uint64(r.checks) {
 			t.Logf("limit %d/s: %d checks the kernel did not run the program for (%d recursion misses in all)", r.s.RateLimit, uint64(r.checks)-got, misses)
 		}
-		// The flood must offer more than the limit passes (an emulated
-		// guest's flood is slower than the host's, but not that slow).
-		if float64(r.checks) < 1.5*want || losses.RateLimited == 0 {
+		// The flood must offer more than the limit passes: the model drops
+		// at least a tenth.
+		if r.checks-r.model < r.checks/10 || losses.RateLimited == 0 {
 			t.Errorf("limit %d/s: the child made only %d checks (%d rate-limited), too few to test the limit", r.s.RateLimit, r.checks, losses.RateLimited)
 		}
 		// The pipeline reads the losses after the barrier, then forgets the cgroup.
@@ -158,4 +141,41 @@ func recursionMisses(t *testing.T, tr *Tracer) uint64 {
 		t.Fatal(err)
 	}
 	return st.ProgramMisses
+}
+
+// limiterModel is the kernel's limiter (over_rate_limit: a generic cell rate
+// algorithm with rateState's terms) run over the times a flooding child made
+// its checks. A limiter cannot pass checks that are not made: while the flood
+// waits for a CPU (three floods and other tests share two CPUs, or one
+// emulated thread), its unused budget piles up only to the burst. Running the
+// model over the flood's own timing makes the test measure the limiter, not
+// the scheduler.
+type limiterModel struct {
+	interval, tolerance int64 // ns
+	tat                 int64 // theoretical arrival time, ns since start
+	start               time.Time
+	passed              int
+}
+
+func newLimiterModel(s Settings) *limiterModel {
+	st := rateState(s)
+	return &limiterModel{interval: int64(st.IntervalNs), tolerance: int64(st.ToleranceNs)}
+}
+
+// check runs one check made at time at.
+func (m *limiterModel) check(at time.Time) {
+	if m.start.IsZero() {
+		m.start = at
+	}
+	if m.interval == 0 {
+		m.passed++
+		return
+	}
+	now := at.Sub(m.start).Nanoseconds()
+	tat := max(m.tat, now)
+	if tat-now > m.tolerance {
+		return
+	}
+	m.tat = tat + m.interval
+	m.passed++
 }

@@ -38,57 +38,84 @@ func TestSetpriorityVerdict(t *testing.T) {
 	traced, untraced := newCgroup(t), newCgroup(t)
 
 	for _, keep := range []bool{false, true} {
-		c := startChild(t, traced)
-		other := startChild(t, untraced)
-		if !keep {
-			if got := c.do("drop"); got != "<nil>" {
-				t.Fatalf("drop CAP_SYS_NICE: %s", got)
+		// The program runs preemptibly (fexit, tp_btf): while the untraced
+		// child is preempted inside it, the kernel skips the traced child's
+		// run on that CPU and counts a recursion miss. Seen in emulated 7.2
+		// guests. A check lost that way is counted, not silent: try again.
+		for attempt := 1; ; attempt++ {
+			missesBefore := recursionMisses(t, tr)
+			if setpriorityVerdictOnce(t, tr, col, traced, untraced, keep) {
+				break
 			}
+			missed := recursionMisses(t, tr) - missesBefore
+			if missed == 0 || attempt == 3 {
+				t.Fatalf("kept=%v: no CAP_SYS_NICE event (attempt %d, %d recursion misses counted)", keep, attempt, missed)
+			}
+			t.Logf("kept=%v: the check was a counted recursion miss (%d in this attempt): again", keep, missed)
 		}
-		other.do("drop")
-		if err := tr.Trace(traced.id, Settings{}); err != nil {
-			t.Fatal(err)
-		}
-		// The untraced cgroup checks at the same time.
-		done := make(chan string)
-		go func() { done <- other.do("nice 1000") }()
-		got := c.do("nice 1")
-		<-done
-		wantErr := map[bool]string{false: "permission denied", true: "<nil>"}[keep]
-		if got != wantErr {
-			t.Fatalf("setpriority(-5) with CAP_SYS_NICE kept=%v: %s", keep, got)
-		}
-		if err := tr.Untrace(traced.id); err != nil {
-			t.Fatal(err)
-		}
-		col.waitFor(traced.id, 1, func(ev Event) bool { return ev.Cap == capSysNice })
+	}
+}
 
-		evs := niceEvents(t, col.of(traced.id))
-		if len(evs) != 1 {
-			t.Fatalf("kept=%v: want exactly one CAP_SYS_NICE event, got %d:%s", keep, len(evs), describe(evs))
-		}
-		ev := evs[0]
-		if ev.Capable != keep || SyscallName(ev.Syscall) != "SYS_SETPRIORITY" || !ev.Audit ||
-			int(ev.Pid) != c.pid || int(ev.Tid) != c.tid || ev.Uid != c.uid || ev.Gid != c.gid ||
-			commString(ev.Comm) != c.comm {
-			t.Errorf("kept=%v: event%s\nwant capable=%v SYS_SETPRIORITY audit=true pid=%d tid=%d uid=%d gid=%d comm=%s",
-				keep, describe(evs), keep, c.pid, c.tid, c.uid, c.gid, c.comm)
-		}
-		if wall := WallTime(ev.KtimeNs); time.Since(wall) > 10*time.Second || time.Since(wall) < 0 {
-			t.Errorf("WallTime(%d) = %v, not within the last seconds", ev.KtimeNs, wall)
-		}
-		if !ev.InSetIDKnown || ev.InSetID {
-			t.Errorf("setpriority: InSetIDKnown=%v InSetID=%v on tier %s, want known and false", ev.InSetIDKnown, ev.InSetID, tr.Tier())
-		}
-		if evs := col.of(untraced.id); len(evs) != 0 {
-			t.Errorf("untraced cgroup produced %d events:%s", len(evs), describe(evs))
-		}
+// setpriorityVerdictOnce makes one traced and many untraced CAP_SYS_NICE
+// checks and asserts the traced one's event; false: no event arrived.
+func setpriorityVerdictOnce(t *testing.T, tr *Tracer, col *collector, traced, untraced *testCgroup, keep bool) bool {
+	t.Helper()
+	c := startChild(t, traced)
+	other := startChild(t, untraced)
+	defer func() {
 		c.stop()
 		other.stop()
 		col.mu.Lock()
 		col.events = nil
 		col.mu.Unlock()
+	}()
+	if !keep {
+		if got := c.do("drop"); got != "<nil>" {
+			t.Fatalf("drop CAP_SYS_NICE: %s", got)
+		}
 	}
+	other.do("drop")
+	if err := tr.Trace(traced.id, Settings{}); err != nil {
+		t.Fatal(err)
+	}
+	// The untraced cgroup checks at the same time.
+	done := make(chan string)
+	go func() { done <- other.do("nice 1000") }()
+	got := c.do("nice 1")
+	<-done
+	wantErr := map[bool]string{false: "permission denied", true: "<nil>"}[keep]
+	if got != wantErr {
+		t.Fatalf("setpriority(-5) with CAP_SYS_NICE kept=%v: %s", keep, got)
+	}
+	if err := tr.Untrace(traced.id); err != nil {
+		t.Fatal(err)
+	}
+	col.waitFor(traced.id, 1, func(ev Event) bool { return ev.Cap == capSysNice })
+
+	evs := niceEvents(t, col.of(traced.id))
+	if len(evs) == 0 {
+		return false
+	}
+	if len(evs) != 1 {
+		t.Fatalf("kept=%v: want exactly one CAP_SYS_NICE event, got %d:%s", keep, len(evs), describe(evs))
+	}
+	ev := evs[0]
+	if ev.Capable != keep || SyscallName(ev.Syscall) != "SYS_SETPRIORITY" || !ev.Audit ||
+		int(ev.Pid) != c.pid || int(ev.Tid) != c.tid || ev.Uid != c.uid || ev.Gid != c.gid ||
+		commString(ev.Comm) != c.comm {
+		t.Errorf("kept=%v: event%s\nwant capable=%v SYS_SETPRIORITY audit=true pid=%d tid=%d uid=%d gid=%d comm=%s",
+			keep, describe(evs), keep, c.pid, c.tid, c.uid, c.gid, c.comm)
+	}
+	if wall := WallTime(ev.KtimeNs); time.Since(wall) > 10*time.Second || time.Since(wall) < 0 {
+		t.Errorf("WallTime(%d) = %v, not within the last seconds", ev.KtimeNs, wall)
+	}
+	if !ev.InSetIDKnown || ev.InSetID {
+		t.Errorf("setpriority: InSetIDKnown=%v InSetID=%v on tier %s, want known and false", ev.InSetIDKnown, ev.InSetID, tr.Tier())
+	}
+	if evs := col.of(untraced.id); len(evs) != 0 {
+		t.Errorf("untraced cgroup produced %d events:%s", len(evs), describe(evs))
+	}
+	return true
 }
 
 func TestUnique(t *testing.T) {
