@@ -29,9 +29,7 @@ func TestRuntimeIsExecNotComm(t *testing.T) {
 	w := startChild(t, traced)
 	// Set-up: exec'd outside, then moved in (cgroup.procs), as runc init is.
 	s := startChild(t, outside)
-	if err := os.WriteFile(filepath.Join(traced.path, "cgroup.procs"), []byte(strconv.Itoa(s.pid)), 0); err != nil {
-		t.Fatalf("moving pid %d into %s: %v", s.pid, traced.path, err)
-	}
+	moveInto(t, traced, s.pid)
 	for _, c := range []*child{w, s} {
 		if got := c.do("drop"); got != "<nil>" {
 			t.Fatalf("drop CAP_SYS_NICE: %s", got)
@@ -141,9 +139,7 @@ func TestRuntimeOfIOUringWorkers(t *testing.T) {
 	}
 	w := startChild(t, traced)
 	s := startChild(t, outside)
-	if err := os.WriteFile(filepath.Join(traced.path, "cgroup.procs"), []byte(strconv.Itoa(s.pid)), 0); err != nil {
-		t.Fatal(err)
-	}
+	moveInto(t, traced, s.pid)
 	for _, c := range []*child{w, s} {
 		got := c.do("uringopen " + locked)
 		if strings.Contains(got, "io_uring_setup") {
@@ -175,5 +171,14 @@ func TestRuntimeOfIOUringWorkers(t *testing.T) {
 	}
 	if seen[w.pid] == 0 || seen[s.pid] == 0 {
 		t.Errorf("CAP_DAC_OVERRIDE from io_uring workers: %d of the workload, %d of the set-up task, want both:%s", seen[w.pid], seen[s.pid], describe(col.of(traced.id)))
+	}
+}
+
+// moveInto moves process pid into cg (cgroup.procs) without an exec there,
+// as runc moves runc init into the container's cgroup.
+func moveInto(t *testing.T, cg *testCgroup, pid int) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(cg.path, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+		t.Fatalf("moving pid %d into %s: %v", pid, cg.path, err)
 	}
 }

@@ -52,21 +52,7 @@ func importPosingImage(t *testing.T, ctx context.Context) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	layer, err := stack.BusyboxLayerWith(map[string][]byte{"posing": b})
-	if err != nil {
-		t.Fatal(err)
-	}
-	archive, err := stack.OCIArchive(posingImage, layer, []string{"/bin/posing"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "posing.tar")
-	if err := os.WriteFile(path, archive, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.Ctr(ctx, "images", "import", "--platform", "linux/amd64", path); err != nil {
-		t.Fatal(st.Fail("import the posing image", err))
-	}
+	importBusyboxImage(t, ctx, posingImage, map[string][]byte{"posing": b}, []string{"/bin/posing"})
 }
 
 // TestRenamedWorkloadIsAdvised: a workload that names itself runc:[2:INIT]
