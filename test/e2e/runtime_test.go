@@ -122,3 +122,69 @@ func TestRenamedWorkloadIsAdvised(t *testing.T) {
 	}
 	t.Logf("advice: add %v, runtime only %v", c.Recommended.Add, c.RuntimeOnly)
 }
+
+// TestRestartNeverHidesTheWorkload: after captrace restarts, a container it
+// finds running (NRI Synchronize) was exec'd before any mark could be set,
+// so it is adopted: every check of it is runtime=0, a crictl exec's included
+// (shown, never hidden). A container started under the new captrace keeps
+// its set-up apart across a containerd restart (the same captrace
+// reconnects, its marks intact): crictl exec's checks stay runtime=1.
+func TestRestartNeverHidesTheWorkload(t *testing.T) {
+	ctx := testCtx(t)
+	importPosingImage(t, ctx)
+	const ns = "adopt"
+	app := stack.Container{Name: "app", Image: posingImage, Command: []string{"/bin/posing"},
+		CapDrop: []string{"ALL"}, CapAdd: []string{"SYS_NICE"}}
+	old := runContainer(t, ctx, runPod(t, ctx, stack.Pod{Name: "running", Namespace: ns, Annotations: stack.Annotated()}), app)
+	waitEvents(t, ctx, 60*time.Second, 1, func(e stack.Event) bool {
+		return stack.OfPod(ns, "running")(e) && e.Cap == "CAP_SYS_NICE"
+	}, "the running container's check")
+
+	restarted := time.Now()
+	if err := st.RestartCaptrace(ctx); err != nil {
+		t.Fatal(st.Fail("restart captrace", err))
+	}
+	// The new captrace never saw the workload's exec: without adoption its
+	// checks would read as runtime set-up and leave the advice.
+	b := waitEvents(t, ctx, 60*time.Second, 2, func(e stack.Event) bool {
+		return stack.OfPod(ns, "running")(e) && e.Cap == "CAP_SYS_NICE" && e.Time.After(restarted)
+	}, "the running container's checks after captrace restarted")
+	for _, e := range append(b.Logfmt, b.Journal...) {
+		if e.Runtime != "0" {
+			t.Errorf("%s: the running workload's check after the restart: runtime %q, want 0: %v", e.Source, e.Runtime, e)
+		}
+	}
+	// execChecks runs crictl exec in container id of pod and returns the
+	// CAP_SETGID checks of its runc init.
+	execChecks := func(pod, id, what string) []stack.Event {
+		t.Helper()
+		since := time.Now()
+		if out, err := st.Crictl(ctx, "exec", id, "/bin/sh", "-c", "true"); err != nil {
+			t.Fatal(st.Fail("crictl exec into "+pod, err), out)
+		}
+		keep := func(e stack.Event) bool {
+			return stack.OfPod(ns, pod)(e) && e.Time.After(since) && e.Cap == "CAP_SETGID"
+		}
+		b := waitEvents(t, ctx, 60*time.Second, 1, keep, what)
+		return append(b.Logfmt, b.Journal...)
+	}
+	for _, e := range execChecks("running", old, "crictl exec's checks in the adopted container") {
+		if e.Runtime != "0" {
+			t.Errorf("%s: adopted container: a check filed as runtime set-up after the restart: %v", e.Source, e)
+		}
+	}
+
+	fresh := runContainer(t, ctx, runPod(t, ctx, stack.Pod{Name: "fresh", Namespace: ns, Annotations: stack.Annotated()}), app)
+	syncs := st.PluginSyncs()
+	if err := st.RestartContainerd(ctx); err != nil {
+		t.Fatal(st.Fail("restart containerd", err))
+	}
+	if err := st.WaitCaptraceResync(syncs, 60*time.Second); err != nil {
+		t.Fatal(st.Fail("captrace reconnects to the restarted containerd", err))
+	}
+	for _, e := range execChecks("fresh", fresh, "crictl exec's checks after containerd restarted") {
+		if e.Runtime != "1" {
+			t.Errorf("%s: a container traced at its start: crictl exec's check not runtime set-up after a reconnection: %v", e.Source, e)
+		}
+	}
+}
