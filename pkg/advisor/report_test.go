@@ -564,3 +564,32 @@ func TestReportRuntimeFromTheRecordNotTheComm(t *testing.T) {
 		t.Errorf("journal entry with RUNTIME=0 and comm runc:[2:INIT]: Runtime = %v, %v; want false", r.Runtime, err)
 	}
 }
+
+// A container captrace adopted (found running after a restart) says so in
+// its summary entry, and the report built from that entry says so too: its
+// runtime set-up was not told apart.
+func TestAdoptedContainerSaysSo(t *testing.T) {
+	tr := NewTracker(Limits{})
+	c := container("set-priority-1")
+	c.ID = "c1"
+	c.Settings.Adopted = true
+	tr.Start(c, t0)
+	s, _ := tr.Finish(c.ID, t0.Add(time.Minute))
+	if !s.Adopted || !strings.Contains(s.Basis(), "traced from after it started") {
+		t.Fatalf("summary of an adopted container: Adopted=%v, basis %q", s.Adopted, s.Basis())
+	}
+	var lf bytes.Buffer
+	log := logrus.New()
+	log.Out = &lf
+	log.Formatter = &logrus.TextFormatter{DisableColors: true, FullTimestamp: true}
+	log.WithFields(s.LogFields()).Info(s.Message())
+	if !strings.Contains(lf.String(), " adopted=true ") {
+		t.Errorf("summary entry without adopted=true: %s", lf.String())
+	}
+	in := logfmtLines(t, setPriority1()) + lf.String()
+	out, errs, code := report(t, in, "--format", "json", "-")
+	cs := decodeJSONReport(t, out)
+	if code != 0 || len(cs) != 1 || !cs[0].Adopted {
+		t.Errorf("report from an adopted container's entries: exit %d, %s %s", code, out, errs)
+	}
+}

@@ -132,6 +132,9 @@ type Summary struct {
 	// dropped probes; with Unique counts are first occurrences, not totals.
 	AuditOnly bool `json:"audit_only"`
 	Unique    bool `json:"unique"`
+	// Adopted: traced only once it was running (captrace restarted), so
+	// its runtime set-up was not told apart from the workload (all shown).
+	Adopted bool `json:"adopted"`
 	// Folded counts events whose syscall detail was dropped because the
 	// tracker's tuple limit was reached; their verdicts are still counted.
 	Folded uint64 `json:"folded_events"`
@@ -401,6 +404,9 @@ func (s Summary) Basis() string {
 	}
 	if s.AuditOnly {
 		b += "; audit-only mode: probes were not recorded"
+	}
+	if s.Adopted {
+		b += "; traced from after it started (captrace restarted): runtime set-up was not told apart, so any exec session's checks count as the workload's"
 	}
 	if s.Folded > 0 {
 		b += fmt.Sprintf("; %d checks lost their syscall detail to the tuple limit", s.Folded)

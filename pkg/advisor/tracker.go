@@ -319,7 +319,7 @@ func (st *containerState) summary(at time.Time, minWindow time.Duration) Summary
 	w := Window{Start: unixTime(st.start), End: end,
 		FirstEvent: unixTime(st.first), LastEvent: unixTime(st.last), Events: st.events}
 	s := Summarize(st.ref, checks, w, minWindow)
-	s.AuditOnly, s.Unique = st.settings.AuditOnly, st.settings.Unique
+	s.AuditOnly, s.Unique, s.Adopted = st.settings.AuditOnly, st.settings.Unique, st.settings.Adopted
 	s.Folded = st.folded
 	return s
 }

@@ -109,6 +109,7 @@ var (
 	FoldedEvents     = Field{"folded_events", "FOLDED_EVENTS", TypeInteger, "checks kept without their syscall (tuple limit)", ""}
 	AuditOnly        = Field{"audit_only", "AUDIT_ONLY", TypeBool, "the container's audit_only setting", ""}
 	Unique           = Field{"unique", "UNIQUE", TypeBool, "the container's unique setting", ""}
+	Adopted          = Field{"adopted", "ADOPTED", TypeBool, "`true`: the container was already running when captrace traced it (captrace restarted): its runtime set-up was not told apart, every check counted as the workload's", ""}
 	SecurityContext  = Field{"security_context", "SECURITY_CONTEXT", TypeYAML, "the ready-to-paste securityContext", ""}
 	WouldBreak       = Field{"would_break", "WOULD_BREAK", TypeString, "the workload's audited checks that `captrace.io/proposed-capabilities` would deny, `; `-separated: `CAP_CHOWN in fchownat, 12×`; empty when none or no proposal", ""}
 	// The container's checks that were not seen, by cause (a throttle entry carries the first two too).
@@ -149,7 +150,7 @@ var SummaryFields = []Field{
 	WorkloadKind, Workload, Image, Node,
 	CapsGranted, CapsDenied, RecommendDrop, RecommendAdd, DeniedOnly, Code, CapsProbed, CapsRuntime,
 	WindowStart, WindowEnd, FirstEvent, LastEvent, ObservedSeconds, Events, Partial, MinWindowSeconds,
-	FoldedEvents, AuditOnly, Unique, SecurityContext, WouldBreak,
+	FoldedEvents, AuditOnly, Unique, Adopted, SecurityContext, WouldBreak,
 	RateLimited, RingLost, SinkDropped, Incomplete,
 }
 
