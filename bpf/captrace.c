@@ -31,7 +31,7 @@ enum setting_flag {
 	SETTING_AUDIT_ONLY = 1U << 0,
 	SETTING_UNIQUE = 1U << 1,
 	// The container was already running when it was traced (NRI
-	// Synchronize: captrace started or reconnected): its tasks were exec'd
+	// Synchronize after captrace (re)started): its tasks were exec'd
 	// before the filter held the cgroup, so no task of it is known to be
 	// the workload. Its checks are never classified as runtime set-up
 	// (fail towards showing, never hiding).
@@ -52,7 +52,7 @@ enum loss_slot {
 	LOSS_RATE = 3,   // over a container's rate limit, dropped before the ring
 	LOSS_KSTACK = 4, // kernel stack asked for, walk failed (event still sent)
 	LOSS_USTACK = 5, // user stack asked for, walk failed (event still sent)
-	LOSS_MARK = 6,   // a task exec'd in (or forked from) the workload could not be marked
+	LOSS_MARK = 6,   // a task exec'd in (or created by) the workload could not be marked
 	LOSS_SLOTS = 8,
 };
 
@@ -125,8 +125,8 @@ struct cap_event {
 	// keyed: this check added its dedup_key to cap_dedup (unique mode), so
 	// user space knows the exact keys to delete when the cgroup goes.
 	__u8 keyed;
-	// runtime: the task was not exec'd inside a traced cgroup, nor forked
-	// from a task that was (task_workload): the container runtime's set-up
+	// runtime: the task was not exec'd inside a traced cgroup, nor created
+	// by a task that was (task_workload): the container runtime's set-up
 	// (runc init before it execs the entrypoint, a runc exec session before
 	// it execs the command). Always 0 in an adopted container.
 	__u8 runtime;
@@ -229,7 +229,8 @@ struct {
 } cap_pending SEC(".maps");
 
 // Per task: set (1) when the task's image was exec'd while it was in a traced
-// cgroup, or when it was forked from such a task (threads included). runc's
+// cgroup, or when it was created by such a task (fork, threads, io_uring
+// workers). runc's
 // set-up processes (runc init, runc:[1:CHILD], runc:[2:INIT]; those of runc
 // exec; crun's) are exec'd outside the container's cgroup and moved into it,
 // so they have no mark until they exec the entrypoint or command: the mark is

@@ -121,6 +121,13 @@ type loadedTier struct {
 	attachFn func() ([]link.Link, error)
 }
 
+// assemble records a tier's loaded objects: its capability programs, the
+// shared maps, the marking programs, and what to close (own first).
+func (l *loadedTier) assemble(shared sharedMaps, marks *markObjects, progs []*ebpf.Program, own ...io.Closer) {
+	l.maps, l.progs, l.marks = shared, progs, []*ebpf.Program{marks.Exec, marks.Fork}
+	l.closers = append(append(own, shared.closers()...), marks.closers()...)
+}
+
 func (l *loadedTier) detach() {
 	for _, lk := range l.links {
 		lk.Close()
@@ -229,10 +236,7 @@ func loadTier(tier Tier, cfg loadConfig) (lt *loadedTier, err error) {
 		if err := spec.LoadAndAssign(&o, opts); err != nil {
 			return nil, explainLoad(tier, err)
 		}
-		lt.maps, lt.progs = o.sharedMaps, []*ebpf.Program{o.Prog}
-		lt.closers = append([]io.Closer{o.Prog}, o.sharedMaps.closers()...)
-		lt.closers = append(lt.closers, o.markObjects.closers()...)
-		lt.marks = []*ebpf.Program{o.Exec, o.Fork}
+		lt.assemble(o.sharedMaps, &o.markObjects, []*ebpf.Program{o.Prog}, o.Prog)
 		lt.attachFn = withMarks(&o.markObjects, func() ([]link.Link, error) {
 			l, err := link.AttachTracing(link.TracingOptions{Program: o.Prog})
 			if err != nil {
@@ -245,10 +249,7 @@ func loadTier(tier Tier, cfg loadConfig) (lt *loadedTier, err error) {
 		if err := spec.LoadAndAssign(&o, opts); err != nil {
 			return nil, explainLoad(tier, err)
 		}
-		lt.maps, lt.progs = o.sharedMaps, []*ebpf.Program{o.Prog}
-		lt.closers = append([]io.Closer{o.Prog}, o.sharedMaps.closers()...)
-		lt.closers = append(lt.closers, o.markObjects.closers()...)
-		lt.marks = []*ebpf.Program{o.Exec, o.Fork}
+		lt.assemble(o.sharedMaps, &o.markObjects, []*ebpf.Program{o.Prog}, o.Prog)
 		lt.attachFn = withMarks(&o.markObjects, func() ([]link.Link, error) {
 			l, err := link.AttachTracing(link.TracingOptions{Program: o.Prog})
 			if err != nil {
@@ -261,10 +262,7 @@ func loadTier(tier Tier, cfg loadConfig) (lt *loadedTier, err error) {
 		if err := spec.LoadAndAssign(&o, opts); err != nil {
 			return nil, explainLoad(tier, err)
 		}
-		lt.maps, lt.progs = o.sharedMaps, []*ebpf.Program{o.Entry, o.Return}
-		lt.closers = append([]io.Closer{o.Entry, o.Return, o.Pending}, o.sharedMaps.closers()...)
-		lt.closers = append(lt.closers, o.markObjects.closers()...)
-		lt.marks = []*ebpf.Program{o.Exec, o.Fork}
+		lt.assemble(o.sharedMaps, &o.markObjects, []*ebpf.Program{o.Entry, o.Return}, o.Entry, o.Return, o.Pending)
 		lt.attachFn = withMarks(&o.markObjects, func() ([]link.Link, error) {
 			// Return probe first: an entry without its return would leave pending state.
 			ret, err := link.Kretprobe("cap_capable", o.Return, nil)
