@@ -60,7 +60,7 @@ var (
 	Capable          = Field{"capable", "CAPABLE", TypeBool, "`true` granted, `false` denied", "CAPABLE"}
 	Audit            = Field{"audit", "AUDIT", TypeDigit, "`1` the kernel audits this check, `0` it does not (a probe, not a need)", "AUDIT"}
 	Insetid          = Field{"insetid", "INSETID", TypeDigit, "where the tier knows it: fexit and kprobe (opts), tp_btf when `/proc/kallsyms` shows addresses", ""}
-	Runtime          = Field{"runtime", "RUNTIME", TypeDigit, "`1` the container runtime setting the container up (runc init before it execs the entrypoint, a `runc exec` session before it execs its command), `0` the workload. A kernel fact (the task was exec'd inside the traced container, or forked from a task that was), not the comm a workload can set; `0` for every check of a container captrace found already running", ""}
+	Runtime          = Field{"runtime", "RUNTIME", TypeDigit, "`1` the container runtime setting the container up (runc init before it execs the entrypoint, a `runc exec` session before it execs its command), `0` the workload. A kernel fact (the task was exec'd inside the traced container, or created by a task that was: fork, threads, io_uring workers), not the comm a workload can set; `0` for every check of a container captrace found already running", ""}
 	Syscall          = Field{"syscall", "SYSCALL", TypeString, "`SYS_SETPRIORITY`; empty outside a system call", "SYSCALL"}
 	CgroupID         = Field{"cgroup_id", "CAPTRACE_CGROUP_ID", TypeInteger, "cgroup v2 ID of the container (inode of its cgroup directory)", ""}
 	SyslogIdentifier = Field{"", "SYSLOG_IDENTIFIER", TypeString, "always `captrace`", ""}
