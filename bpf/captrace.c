@@ -5,7 +5,9 @@
 //   fexit/cap_capable            opts and return value in one program
 //   tp_btf/cap_capable           return value, no opts: audit from the caller's stack
 //   kprobe+kretprobe cap_capable entry saves the arguments, return reports
-// User space loads exactly one of them, each in its own collection.
+// User space loads exactly one of them, each in its own collection, with the
+// two task-marking programs (tp_btf/sched_process_exec, tp_btf/task_newtask)
+// that tell a container's workload from its runtime's set-up (task_workload).
 //
 // Every program starts with the cgroup filter (traced()); a check from a
 // cgroup that is not traced costs that and nothing else.
@@ -28,6 +30,12 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 enum setting_flag {
 	SETTING_AUDIT_ONLY = 1U << 0,
 	SETTING_UNIQUE = 1U << 1,
+	// The container was already running when it was traced (NRI
+	// Synchronize after captrace (re)started): its tasks were exec'd
+	// before the filter held the cgroup, so no task of it is known to be
+	// the workload. Its checks are never classified as runtime set-up
+	// (fail towards showing, never hiding).
+	SETTING_ADOPTED = 1U << 2,
 	SETTING_KSTACK = 1U << 4, // kernel stack in the event (issue 13)
 	SETTING_USTACK = 1U << 5, // user stack in the event (issue 13)
 	// The bits from here up hold the container's index in container_states
@@ -44,6 +52,7 @@ enum loss_slot {
 	LOSS_RATE = 3,   // over a container's rate limit, dropped before the ring
 	LOSS_KSTACK = 4, // kernel stack asked for, walk failed (event still sent)
 	LOSS_USTACK = 5, // user stack asked for, walk failed (event still sent)
+	LOSS_MARK = 6,   // a task exec'd in (or created by) the workload could not be marked
 	LOSS_SLOTS = 8,
 };
 
@@ -74,12 +83,15 @@ struct settings {
 // unique remembers a check per (cgroup, cap, verdict, audit): a non-audited
 // probe (memory accounting, seccomp) must not hide a later audited check of
 // the same cap and verdict (mount, unshare), the one an operator acts on.
+// runtime is in the key so that runc's set-up check never hides the same
+// check made by the workload later.
 struct dedup_key {
 	__u64 cgroup_id;
 	__s32 cap;
 	__u8 capable;
 	__u8 audit;
-	__u16 pad;
+	__u8 runtime;
+	__u8 pad;
 };
 
 struct pending_check {
@@ -113,7 +125,12 @@ struct cap_event {
 	// keyed: this check added its dedup_key to cap_dedup (unique mode), so
 	// user space knows the exact keys to delete when the cgroup goes.
 	__u8 keyed;
-	__u8 pad[3];
+	// runtime: the task was not exec'd inside a traced cgroup, nor created
+	// by a task that was (task_workload): the container runtime's set-up
+	// (runc init before it execs the entrypoint, a runc exec session before
+	// it execs the command). Always 0 in an adopted container.
+	__u8 runtime;
+	__u8 pad[2];
 };
 
 // Stacks (issue 13). A cgroup with stacks on gets a longer record: the event,
@@ -210,6 +227,21 @@ struct {
 	__type(key, __u64);
 	__type(value, struct pending_check);
 } cap_pending SEC(".maps");
+
+// Per task: set (1) when the task's image was exec'd while it was in a traced
+// cgroup, or when it was created by such a task (fork, threads, io_uring
+// workers). runc's
+// set-up processes (runc init, runc:[1:CHILD], runc:[2:INIT]; those of runc
+// exec; crun's) are exec'd outside the container's cgroup and moved into it,
+// so they have no mark until they exec the entrypoint or command: the mark is
+// what the workload cannot forge, unlike its comm (prctl PR_SET_NAME).
+// Storage lives and dies with the task; only tasks of traced containers get it.
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u32);
+} task_workload SEC(".maps");
 
 // Per traced container: its rate limit and the checks it lost, indexed by the
 // upper bits of its settings flags. User space writes the whole value when it
@@ -427,7 +459,7 @@ static __always_inline bool claim_dedup(void *rec, struct cap_event *ev, bool un
 }
 
 static __always_inline void fill_event(struct cap_event *e, __u64 now, __u64 cgroup_id, __s32 cap, bool capable,
-				       bool audit, bool opts_known, __u32 opts, struct task_struct *task)
+				       bool audit, bool runtime, bool opts_known, __u32 opts, struct task_struct *task)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u64 uid_gid = bpf_get_current_uid_gid();
@@ -444,7 +476,8 @@ static __always_inline void fill_event(struct cap_event *e, __u64 now, __u64 cgr
 	e->insetid = !!(opts & CAP_OPT_INSETID);
 	// Without opts, insetid is known when the stack ranges were resolved.
 	e->insetid_known = opts_known || audit_nranges > 0;
-	e->pad[0] = e->pad[1] = e->pad[2] = 0;
+	e->runtime = runtime;
+	e->pad[0] = e->pad[1] = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 }
 
@@ -493,7 +526,7 @@ static __always_inline __s32 walk_kernel_stack(void *ctx, __u64 *frames)
 }
 
 static __always_inline int send_stacked(void *ctx, __u32 stacks, bool unique, struct dedup_key *key,
-					__u64 cgroup_id, __s32 cap, bool capable, bool audit, bool opts_known,
+					__u64 cgroup_id, __s32 cap, bool capable, bool audit, bool runtime, bool opts_known,
 					__u32 opts, struct task_struct *task, __u64 now, struct container_state *cs)
 {
 	if (!(stacks & SETTING_USTACK)) {
@@ -504,7 +537,7 @@ static __always_inline int send_stacked(void *ctx, __u32 stacks, bool unique, st
 		}
 		if (!claim_dedup(k, &k->ev, unique, key))
 			return 0;
-		fill_event(&k->ev, now, cgroup_id, cap, capable, audit, opts_known, opts, task);
+		fill_event(&k->ev, now, cgroup_id, cap, capable, audit, runtime, opts_known, opts, task);
 		k->head.kstack_bytes = walk_kernel_stack(ctx, k->kstack);
 		k->head.ustack_bytes = 0;
 		submit_event(k, sizeof(*k));
@@ -517,7 +550,7 @@ static __always_inline int send_stacked(void *ctx, __u32 stacks, bool unique, st
 	}
 	if (!claim_dedup(s, &s->ev, unique, key))
 		return 0;
-	fill_event(&s->ev, now, cgroup_id, cap, capable, audit, opts_known, opts, task);
+	fill_event(&s->ev, now, cgroup_id, cap, capable, audit, runtime, opts_known, opts, task);
 	s->head.kstack_bytes = 0;
 	if (stacks & SETTING_KSTACK)
 		s->head.kstack_bytes = walk_kernel_stack(ctx, s->kstack);
@@ -571,11 +604,18 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
 		opts = 0;
 	}
 
+	// Runtime set-up: a task without the workload mark, in a container
+	// traced before its entrypoint ran (one task-storage lookup, only for
+	// checks of traced cgroups).
+	struct task_struct *task = bpf_get_current_task_btf();
+	bool runtime = !(flags & SETTING_ADOPTED) && !bpf_task_storage_get(&task_workload, task, 0, 0);
+
 	struct dedup_key key = {};
 	if (unique) {
 		key.cgroup_id = cgroup_id;
 		key.cap = cap;
 		key.capable = capable;
+		key.runtime = runtime;
 		if (!walk) {
 			// audit is known: one lookup of the exact key.
 			if (seen(&key, audit))
@@ -593,7 +633,6 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
 	// Checks made under borrowed credentials (overlayfs copy-up, xattrs
 	// read with the mounter's creds) say nothing about the task's needs.
 	// (After dedup: a hit drops the check either way, and skips this read.)
-	struct task_struct *task = bpf_get_current_task_btf();
 	if (cred != (__u64)task->real_cred)
 		return 0;
 
@@ -621,7 +660,7 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
 
 	__u32 stacks = stacks_enabled ? flags & (SETTING_KSTACK | SETTING_USTACK) : 0;
 	if (stacks)
-		return send_stacked(ctx, stacks, unique, &key, cgroup_id, cap, capable, audit, opts_known, opts, task, now, cs);
+		return send_stacked(ctx, stacks, unique, &key, cgroup_id, cap, capable, audit, runtime, opts_known, opts, task, now, cs);
 
 	struct cap_event *e = bpf_ringbuf_reserve(&cap_events, sizeof(*e), 0);
 	if (!e) {
@@ -631,7 +670,7 @@ static __always_inline int report_check(void *ctx, __u64 cgroup_id, __u32 flags,
 	}
 	if (!claim_dedup(e, e, unique, &key))
 		return 0;
-	fill_event(e, now, cgroup_id, cap, capable, audit, opts_known, opts, task);
+	fill_event(e, now, cgroup_id, cap, capable, audit, runtime, opts_known, opts, task);
 	submit_event(e, sizeof(*e));
 	return 0;
 }
@@ -733,6 +772,51 @@ int captrace_kret(struct pt_regs *ctx)
 	struct pending_check p = *pp;
 	bpf_map_delete_elem(&cap_pending, &id);
 	return report_check(ctx, cgroup_id, flags, p.cred, p.cap, (int)KPROBE_RET(ctx), true, p.opts);
+}
+
+// mark_workload gives task the workload mark; a failure is counted (that
+// task's checks would read as runtime set-up).
+static __always_inline void mark_workload(struct task_struct *task)
+{
+	__u32 *mark = bpf_task_storage_get(&task_workload, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (mark)
+		*mark = 1;
+	else
+		count_loss(LOSS_MARK);
+}
+
+// sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm):
+// the task now runs an image exec'd inside a traced cgroup. It fires after
+// the exec's point of no return, so the checks of execve itself (made by
+// runc:[2:INIT] while it loads the entrypoint) stay the runtime's. An exec
+// elsewhere costs the filter's lookup.
+SEC("tp_btf/sched_process_exec")
+int captrace_exec(__u64 *ctx)
+{
+	__u64 cgroup_id;
+	__u32 flags;
+	if (!traced(&cgroup_id, &flags))
+		return 0;
+	mark_workload(bpf_get_current_task_btf());
+	return 0;
+}
+
+// task_newtask(struct task_struct *task, unsigned long clone_flags), run by
+// the creating task (current) at the end of copy_process, before the new task
+// first runs: it inherits the creator's mark. Unlike sched_process_fork it
+// also fires for the threads the kernel creates on a task's behalf (io_uring
+// workers, vhost workers: create_io_thread, copy_process without
+// kernel_clone), so a workload cannot hand its checks to an unmarked
+// io_uring worker. A task created by an unmarked one costs one lookup (a
+// task without any storage answers from a NULL pointer).
+SEC("tp_btf/task_newtask")
+int captrace_fork(__u64 *ctx)
+{
+	struct task_struct *task = (struct task_struct *)ctx[0];
+	if (!bpf_task_storage_get(&task_workload, bpf_get_current_task_btf(), 0, 0))
+		return 0;
+	mark_workload(task);
+	return 0;
 }
 
 // Keeps the types that only user space names as a whole (the ring record,

@@ -49,7 +49,8 @@ type captraceCapEvent struct {
 	InsetidKnown uint8
 	Comm         [16]int8
 	Keyed        uint8
-	Pad          [3]uint8
+	Runtime      uint8
+	Pad          [2]uint8
 }
 
 type captraceCaptraceBtfAnchor struct {
@@ -70,7 +71,8 @@ type captraceCaptraceBtfAnchor struct {
 		InsetidKnown uint8
 		Comm         [16]int8
 		Keyed        uint8
-		Pad          [3]uint8
+		Runtime      uint8
+		Pad          [2]uint8
 	}
 	StackHead struct {
 		_           structs.HostLayout
@@ -111,7 +113,8 @@ type captraceDedupKey struct {
 	Cap      int32
 	Capable  uint8
 	Audit    uint8
-	Pad      uint16
+	Runtime  uint8
+	Pad      uint8
 }
 
 type captraceExeId struct {
@@ -139,6 +142,7 @@ const (
 	captraceLossSlotLOSS_RATE   captraceLossSlot = 3
 	captraceLossSlotLOSS_KSTACK captraceLossSlot = 4
 	captraceLossSlotLOSS_USTACK captraceLossSlot = 5
+	captraceLossSlotLOSS_MARK   captraceLossSlot = 6
 	captraceLossSlotLOSS_SLOTS  captraceLossSlot = 8
 )
 
@@ -154,6 +158,7 @@ type captraceSettingFlag uint32
 const (
 	captraceSettingFlagSETTING_AUDIT_ONLY  captraceSettingFlag = 1
 	captraceSettingFlagSETTING_UNIQUE      captraceSettingFlag = 2
+	captraceSettingFlagSETTING_ADOPTED     captraceSettingFlag = 4
 	captraceSettingFlagSETTING_KSTACK      captraceSettingFlag = 16
 	captraceSettingFlagSETTING_USTACK      captraceSettingFlag = 32
 	captraceSettingFlagSETTING_STATE_SHIFT captraceSettingFlag = 8
@@ -190,7 +195,10 @@ const (
 	captraceMapCgroupFilter      = "cgroup_filter"
 	captraceMapCgroupFilterSlots = "cgroup_filter_slots"
 	captraceMapContainerStates   = "container_states"
+	captraceMapTaskWorkload      = "task_workload"
+	captraceProgCaptraceExec     = "captrace_exec"
 	captraceProgCaptraceFexit    = "captrace_fexit"
+	captraceProgCaptraceFork     = "captrace_fork"
 	captraceProgCaptraceKprobe   = "captrace_kprobe"
 	captraceProgCaptraceKret     = "captrace_kret"
 	captraceProgCaptraceTpBtf    = "captrace_tp_btf"
@@ -246,7 +254,9 @@ type captraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captraceProgramSpecs struct {
+	CaptraceExec   *ebpf.ProgramSpec `ebpf:"captrace_exec"`
 	CaptraceFexit  *ebpf.ProgramSpec `ebpf:"captrace_fexit"`
+	CaptraceFork   *ebpf.ProgramSpec `ebpf:"captrace_fork"`
 	CaptraceKprobe *ebpf.ProgramSpec `ebpf:"captrace_kprobe"`
 	CaptraceKret   *ebpf.ProgramSpec `ebpf:"captrace_kret"`
 	CaptraceTpBtf  *ebpf.ProgramSpec `ebpf:"captrace_tp_btf"`
@@ -264,6 +274,7 @@ type captraceMapSpecs struct {
 	CgroupFilter      *ebpf.MapSpec `ebpf:"cgroup_filter"`
 	CgroupFilterSlots *ebpf.MapSpec `ebpf:"cgroup_filter_slots"`
 	ContainerStates   *ebpf.MapSpec `ebpf:"container_states"`
+	TaskWorkload      *ebpf.MapSpec `ebpf:"task_workload"`
 }
 
 // captraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -308,6 +319,7 @@ type captraceMaps struct {
 	CgroupFilter      *ebpf.Map `ebpf:"cgroup_filter"`
 	CgroupFilterSlots *ebpf.Map `ebpf:"cgroup_filter_slots"`
 	ContainerStates   *ebpf.Map `ebpf:"container_states"`
+	TaskWorkload      *ebpf.Map `ebpf:"task_workload"`
 }
 
 func (m *captraceMaps) Close() error {
@@ -320,6 +332,7 @@ func (m *captraceMaps) Close() error {
 		m.CgroupFilter,
 		m.CgroupFilterSlots,
 		m.ContainerStates,
+		m.TaskWorkload,
 	)
 }
 
@@ -341,7 +354,9 @@ type captraceVariables struct {
 //
 // It can be passed to loadCaptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captracePrograms struct {
+	CaptraceExec   *ebpf.Program `ebpf:"captrace_exec"`
 	CaptraceFexit  *ebpf.Program `ebpf:"captrace_fexit"`
+	CaptraceFork   *ebpf.Program `ebpf:"captrace_fork"`
 	CaptraceKprobe *ebpf.Program `ebpf:"captrace_kprobe"`
 	CaptraceKret   *ebpf.Program `ebpf:"captrace_kret"`
 	CaptraceTpBtf  *ebpf.Program `ebpf:"captrace_tp_btf"`
@@ -349,7 +364,9 @@ type captracePrograms struct {
 
 func (p *captracePrograms) Close() error {
 	return _CaptraceClose(
+		p.CaptraceExec,
 		p.CaptraceFexit,
+		p.CaptraceFork,
 		p.CaptraceKprobe,
 		p.CaptraceKret,
 		p.CaptraceTpBtf,

@@ -150,6 +150,18 @@ func childMain() int {
 			reply("%v", err)
 		case "chown", "chmod", "chroot", "mount", "unshare", "setns":
 			reply("%v", igGuideStep(f[0], f[1:]))
+		case "rename": // prctl(PR_SET_NAME) of this thread, as a workload posing as runc would
+			reply("%v", unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(unsafe.StringData(f[1]+"\x00"))), 0, 0, 0))
+		case "forknice": // a forked child (no exec) checks CAP_SYS_NICE once and exits; replies its pid
+			pid, err := forkNice()
+			reply("%d %v", pid, err)
+		case "uringopen": // open f[1] through an io_uring worker, without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH
+			setEffective(capDacOverride, false)
+			setEffective(capDacReadSearch, false)
+			res, err := uringOpenAsync(f[1])
+			setEffective(capDacOverride, true)
+			setEffective(capDacReadSearch, true)
+			reply("%d %v", res, err)
 		case "exit":
 			return 0
 		default:
@@ -172,6 +184,42 @@ func niceLoop(n int) error {
 		}
 	}
 	return err
+}
+
+// forkNice forks this thread without exec; the child, still in the parent's
+// credentials (CAP_SYS_NICE as the thread has it), asks for nice -5 once and
+// exits. Only raw system calls run in the child, as in syscall's own fork.
+func forkNice() (int, error) {
+	pid, errno := rawFork(true)
+	if errno != 0 {
+		return 0, errno
+	}
+	var ws unix.WaitStatus
+	if _, err := unix.Wait4(int(pid), &ws, 0, nil); err != nil {
+		return int(pid), err
+	}
+	if !ws.Exited() || ws.ExitStatus() != 0 {
+		return int(pid), fmt.Errorf("forked child: %v", ws)
+	}
+	return int(pid), nil
+}
+
+// rawFork forks without exec; the child asks for nice -5 if nice is set,
+// then exits 0.
+//
+//go:nosplit
+func rawFork(nice bool) (uintptr, syscall.Errno) {
+	pid, _, errno := syscall.RawSyscall6(syscall.SYS_CLONE, uintptr(syscall.SIGCHLD), 0, 0, 0, 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	if pid == 0 {
+		if nice {
+			syscall.RawSyscall(syscall.SYS_SETPRIORITY, unix.PRIO_PROCESS, 0, ^uintptr(4)) // -5
+		}
+		syscall.RawSyscall(syscall.SYS_EXIT_GROUP, 0, 0, 0)
+	}
+	return pid, 0
 }
 
 // setEffective adds or removes cap from this thread's effective set,

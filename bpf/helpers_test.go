@@ -275,6 +275,9 @@ func describe(evs []Event) string {
 	var b strings.Builder
 	for _, ev := range evs {
 		fmt.Fprintf(&b, "\n  %s capable=%v audit=%v syscall=%s pid=%d tid=%d comm=%s", ev.Cap, ev.Capable, ev.Audit, SyscallName(ev.Syscall), ev.Pid, ev.Tid, commString(ev.Comm))
+		if ev.Runtime {
+			b.WriteString(" runtime")
+		}
 	}
 	return b.String()
 }

@@ -36,6 +36,10 @@ var helperSince = map[asm.BuiltinFunc]string{
 	asm.FnRingbufQuery:       "5.8",
 	asm.FnGetCurrentTaskBtf:  "5.11",
 	asm.FnTaskPtRegs:         "5.15",
+	// Task storage came in 5.11 for BPF LSM programs only (in the LSM's
+	// security blob); tracing programs (tp_btf, fexit, kprobe) may use it,
+	// without CONFIG_BPF_LSM, since 5.13.
+	asm.FnTaskStorageGet: "5.13",
 }
 
 // mapTypeSince: every map type the object declares.
@@ -45,6 +49,7 @@ var mapTypeSince = map[ebpf.MapType]string{
 	ebpf.PerCPUArray: "4.6",
 	ebpf.LRUHash:     "4.10",
 	ebpf.RingBuf:     "5.8",
+	ebpf.TaskStorage: "5.13", // outside BPF LSM: see FnTaskStorageGet
 }
 
 // TracepointSince is the release with the capability:cap_capable tracepoint
@@ -69,11 +74,18 @@ func attachSince(tier Tier) (what, since string) {
 	}
 }
 
+// markPrograms mark the workload's tasks (markObjects); every tier loads them.
+var markPrograms = []string{"captrace_exec", "captrace_fork"}
+
+// marksAttach is how markPrograms attach, on every tier and architecture:
+// BTF-enabled raw tracepoints (no trampoline).
+var marksAttach = KernelNeed{What: "tp_btf/sched_process_exec and task_newtask (BTF raw tracepoints)", Since: "5.5"}
+
 // tierPrograms are the programs of captrace.c each tier loads.
 var tierPrograms = map[Tier][]string{
-	TierFexit:  {"captrace_fexit"},
-	TierTpBTF:  {"captrace_tp_btf"},
-	TierKprobe: {"captrace_kprobe", "captrace_kret"},
+	TierFexit:  append([]string{"captrace_fexit"}, markPrograms...),
+	TierTpBTF:  append([]string{"captrace_tp_btf"}, markPrograms...),
+	TierKprobe: append([]string{"captrace_kprobe", "captrace_kret"}, markPrograms...),
 }
 
 // KernelNeed is one kernel feature a tier uses and the Linux release that
@@ -121,7 +133,7 @@ func Requirements() ([]TierRequirement, error) {
 	for _, tier := range tierOrder {
 		req := TierRequirement{Tier: tier}
 		what, since := attachSince(tier)
-		req.Needs = append(req.Needs, KernelNeed{What: what, Since: since})
+		req.Needs = append(req.Needs, KernelNeed{What: what, Since: since}, marksAttach)
 		helpers := map[asm.BuiltinFunc]bool{}
 		maps := map[string]bool{}
 		for _, name := range tierPrograms[tier] {

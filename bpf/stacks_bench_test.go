@@ -285,7 +285,7 @@ func BenchmarkStackCapture(b *testing.B) {
 			chunk := max(b.N/benchRounds, 1)
 			var runs []float64
 			for r := 0; r < benchRounds; r++ {
-				if ns, ok := progsRunNs([]*ebpf.Program{p}, func() { capCheckLoop(chunk) }); ok {
+				if ns, ok := programsRunNs([]*ebpf.Program{p}, func() { capCheckLoop(chunk) }); ok {
 					runs = append(runs, ns)
 				}
 			}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -28,18 +29,70 @@ type sharedMaps struct {
 	States *ebpf.Map `ebpf:"container_states"`
 }
 
+// markObjects tell a container's workload from its runtime's set-up: every
+// tier loads and attaches them with its capability program (task_workload in
+// captrace.c says why).
+type markObjects struct {
+	Workload *ebpf.Map     `ebpf:"task_workload"`
+	Exec     *ebpf.Program `ebpf:"captrace_exec"`
+	Fork     *ebpf.Program `ebpf:"captrace_fork"`
+}
+
+func (m *markObjects) closers() []io.Closer { return []io.Closer{m.Exec, m.Fork, m.Workload} }
+
+// attach attaches both marking programs (tp_btf: no trampoline, so they
+// work where fexit is refused); it closes what it attached on failure.
+func (m *markObjects) attach() ([]link.Link, error) {
+	exec, err := link.AttachTracing(link.TracingOptions{Program: m.Exec})
+	if err != nil {
+		return nil, fmt.Errorf("tp_btf/sched_process_exec (marks the workload's tasks): %w", err)
+	}
+	fork, err := link.AttachTracing(link.TracingOptions{Program: m.Fork})
+	if err != nil {
+		exec.Close()
+		return nil, fmt.Errorf("tp_btf/task_newtask (marks the workload's tasks): %w", err)
+	}
+	return []link.Link{exec, fork}, nil
+}
+
+// withMarks attaches the marking programs, then the tier's own: a check is
+// never reported before forks and execs are followed.
+func withMarks(m *markObjects, tier func() ([]link.Link, error)) func() ([]link.Link, error) {
+	return func() ([]link.Link, error) {
+		marks, err := m.attach()
+		if err != nil {
+			return nil, err
+		}
+		lks, err := tier()
+		if err != nil {
+			for _, l := range marks {
+				l.Close()
+			}
+			return nil, err
+		}
+		return append(marks, lks...), nil
+	}
+}
+
+func (m *sharedMaps) closers() []io.Closer {
+	return []io.Closer{m.Filter, m.Slots, m.Dedup, m.Events, m.Losses, m.Clock, m.States}
+}
+
 type fexitObjects struct {
 	sharedMaps
+	markObjects
 	Prog *ebpf.Program `ebpf:"captrace_fexit"`
 }
 
 type tpBTFObjects struct {
 	sharedMaps
+	markObjects
 	Prog *ebpf.Program `ebpf:"captrace_tp_btf"`
 }
 
 type kprobeObjects struct {
 	sharedMaps
+	markObjects
 	Pending *ebpf.Map     `ebpf:"cap_pending"`
 	Entry   *ebpf.Program `ebpf:"captrace_kprobe"`
 	Return  *ebpf.Program `ebpf:"captrace_kret"`
@@ -62,10 +115,18 @@ type loadConfig struct {
 type loadedTier struct {
 	tier     Tier
 	maps     sharedMaps
-	progs    []*ebpf.Program
-	closers  []io.Closer // maps and programs, closed after the links
+	progs    []*ebpf.Program // the capability program(s)
+	marks    []*ebpf.Program // the marking programs (markObjects)
+	closers  []io.Closer     // maps and programs, closed after the links
 	links    []link.Link
 	attachFn func() ([]link.Link, error)
+}
+
+// assemble records a tier's loaded objects: its capability programs, the
+// shared maps, the marking programs, and what to close (own first).
+func (l *loadedTier) assemble(shared sharedMaps, marks *markObjects, progs []*ebpf.Program, own ...io.Closer) {
+	l.maps, l.progs, l.marks = shared, progs, []*ebpf.Program{marks.Exec, marks.Fork}
+	l.closers = append(append(own, shared.closers()...), marks.closers()...)
 }
 
 func (l *loadedTier) detach() {
@@ -97,7 +158,7 @@ func (l *loadedTier) Close() error {
 
 func (l *loadedTier) programIDs() []ebpf.ProgramID {
 	var ids []ebpf.ProgramID
-	for _, p := range l.progs {
+	for _, p := range append(slices.Clone(l.progs), l.marks...) {
 		if info, err := p.Info(); err == nil {
 			if id, ok := info.ID(); ok {
 				ids = append(ids, id)
@@ -177,31 +238,34 @@ func loadTier(tier Tier, cfg loadConfig) (lt *loadedTier, err error) {
 		if err := spec.LoadAndAssign(&o, opts); err != nil {
 			return nil, explainLoad(tier, err)
 		}
-		lt.maps, lt.progs = o.sharedMaps, []*ebpf.Program{o.Prog}
-		lt.closers = []io.Closer{o.Prog, o.Filter, o.Slots, o.Dedup, o.Events, o.Losses, o.Clock}
-		lt.attachFn = func() ([]link.Link, error) {
+		lt.assemble(o.sharedMaps, &o.markObjects, []*ebpf.Program{o.Prog}, o.Prog)
+		lt.attachFn = withMarks(&o.markObjects, func() ([]link.Link, error) {
 			l, err := link.AttachTracing(link.TracingOptions{Program: o.Prog})
-			return []link.Link{l}, err
-		}
+			if err != nil {
+				return nil, err
+			}
+			return []link.Link{l}, nil
+		})
 	case TierTpBTF:
 		var o tpBTFObjects
 		if err := spec.LoadAndAssign(&o, opts); err != nil {
 			return nil, explainLoad(tier, err)
 		}
-		lt.maps, lt.progs = o.sharedMaps, []*ebpf.Program{o.Prog}
-		lt.closers = []io.Closer{o.Prog, o.Filter, o.Slots, o.Dedup, o.Events, o.Losses, o.Clock}
-		lt.attachFn = func() ([]link.Link, error) {
+		lt.assemble(o.sharedMaps, &o.markObjects, []*ebpf.Program{o.Prog}, o.Prog)
+		lt.attachFn = withMarks(&o.markObjects, func() ([]link.Link, error) {
 			l, err := link.AttachTracing(link.TracingOptions{Program: o.Prog})
-			return []link.Link{l}, err
-		}
+			if err != nil {
+				return nil, err
+			}
+			return []link.Link{l}, nil
+		})
 	case TierKprobe:
 		var o kprobeObjects
 		if err := spec.LoadAndAssign(&o, opts); err != nil {
 			return nil, explainLoad(tier, err)
 		}
-		lt.maps, lt.progs = o.sharedMaps, []*ebpf.Program{o.Entry, o.Return}
-		lt.closers = []io.Closer{o.Entry, o.Return, o.Pending, o.Filter, o.Slots, o.Dedup, o.Events, o.Losses, o.Clock}
-		lt.attachFn = func() ([]link.Link, error) {
+		lt.assemble(o.sharedMaps, &o.markObjects, []*ebpf.Program{o.Entry, o.Return}, o.Entry, o.Return, o.Pending)
+		lt.attachFn = withMarks(&o.markObjects, func() ([]link.Link, error) {
 			// Return probe first: an entry without its return would leave pending state.
 			ret, err := link.Kretprobe("cap_capable", o.Return, nil)
 			if err != nil {
@@ -213,7 +277,7 @@ func loadTier(tier Tier, cfg loadConfig) (lt *loadedTier, err error) {
 				return nil, err
 			}
 			return []link.Link{ret, ent}, nil
-		}
+		})
 	default:
 		return nil, fmt.Errorf("unknown tier %q (want fexit, tp_btf or kprobe)", tier)
 	}

@@ -29,6 +29,12 @@ type Settings struct {
 	// ring and counts them per container (ContainerLosses).
 	RateLimit uint32
 	RateBurst uint32
+	// Adopted says the container was already running when it was traced
+	// (found at NRI Synchronize, after a restart or reconnection of
+	// captrace): its tasks were exec'd before the kernel watched the
+	// cgroup, so none can be told from the runtime's set-up, and none of
+	// its checks is reported as Event.Runtime (shown, never hidden).
+	Adopted bool
 	// Stacks says which call stacks each reported check carries (issue 13).
 	// StacksNone leaves the event exactly as without the feature.
 	Stacks Stacks
@@ -195,7 +201,15 @@ type Event struct {
 	// (opts), on tp_btf when /proc/kallsyms gave the stack ranges.
 	InSetID      bool
 	InSetIDKnown bool
-	Comm         [16]byte
+	// Runtime says the check was made by the container runtime setting the
+	// container up, not by the workload: the task was neither exec'd inside
+	// a traced cgroup nor forked from a task that was (runc init and its
+	// children before they exec the entrypoint, or a runc exec session's
+	// command). A kernel fact: a workload that renames itself (prctl
+	// PR_SET_NAME "runc:[2:INIT]") stays the workload. Never set in an
+	// adopted container (Settings.Adopted).
+	Runtime bool
+	Comm    [16]byte
 	// Stacks are the raw call stacks when the cgroup's Settings asked for
 	// them, else nil (the plain event allocates nothing).
 	Stacks *RawStacks
@@ -231,6 +245,11 @@ type Stats struct {
 	// stack); the event is still sent, with the stack marked as failed.
 	KernelStackFailed uint64
 	UserStackFailed   uint64
+	// MarkFailed counts tasks of traced containers whose workload mark the
+	// kernel could not set or copy at exec or fork (task storage could not
+	// be allocated, or the kernel skipped the marking program): their
+	// checks read as Event.Runtime. Expected 0.
+	MarkFailed uint64
 	// StacksUnavailable, when not nil, says why this kernel gives no stacks:
 	// events flow without them.
 	StacksUnavailable error

@@ -58,9 +58,11 @@ const (
 	lossKernelStack = captraceLossSlotLOSS_KSTACK
 	lossUserStack   = captraceLossSlotLOSS_USTACK
 	lossRate        = captraceLossSlotLOSS_RATE
+	lossMark        = captraceLossSlotLOSS_MARK
 
 	settingAuditOnly   = uint32(captraceSettingFlagSETTING_AUDIT_ONLY)
 	settingUnique      = uint32(captraceSettingFlagSETTING_UNIQUE)
+	settingAdopted     = uint32(captraceSettingFlagSETTING_ADOPTED)
 	settingKernelStack = uint32(captraceSettingFlagSETTING_KSTACK)
 	settingUserStack   = uint32(captraceSettingFlagSETTING_USTACK)
 	// settingStateShift: the settings flags' upper bits hold the container's index in container_states.
@@ -247,6 +249,9 @@ func settingsValue(s Settings, stateIndex uint32) uint32 {
 	if s.Unique {
 		v |= settingUnique
 	}
+	if s.Adopted {
+		v |= settingAdopted
+	}
 	return v | stackFlags(s.Stacks)
 }
 
@@ -425,9 +430,10 @@ func (t *Tracer) ForgetUnique(cgroupIDs ...uint64) (int, error) {
 	t.keysMu.Lock()
 	for _, id := range cgroupIDs {
 		if set := t.keys[id]; set != nil {
-			for bit := uint(0); bit < 256; bit++ {
+			for bit := uint(0); bit < uint(keySetBits); bit++ {
 				if set[bit/64]&(1<<(bit%64)) != 0 {
-					keys = append(keys, dedupKey{CgroupId: id, Cap: int32(bit / 4), Capable: uint8(bit / 2 % 2), Audit: uint8(bit % 2)})
+					keys = append(keys, dedupKey{CgroupId: id, Cap: int32(bit / 8), Runtime: uint8(bit / 4 % 2),
+						Capable: uint8(bit / 2 % 2), Audit: uint8(bit % 2)})
 				}
 			}
 			delete(t.keys, id)
@@ -494,11 +500,16 @@ func (t *Tracer) Read(ev *Event) error {
 	}
 }
 
-// keySet is a set of (cap, verdict, audit) of one cgroup: bit cap*4 +
-// capable*2 + audit.
-type keySet [4]uint64
+// keySet is a set of (cap, runtime, verdict, audit) of one cgroup: bit
+// cap*8 + runtime*4 + capable*2 + audit.
+type keySet [8]uint64
 
-func keyBit(cap int32, capable, audit uint8) uint { return uint(cap)*4 + uint(capable)*2 + uint(audit) }
+// keySetBits is the number of keys a keySet holds.
+const keySetBits = len(keySet{}) * 64
+
+func keyBit(cap int32, runtime, capable, audit uint8) uint {
+	return uint(cap)*8 + uint(runtime)*4 + uint(capable)*2 + uint(audit)
+}
 
 // noteKey remembers the unique key a keyed event added, for ForgetUnique.
 // Caps above 63 (none today) are left to the LRU.
@@ -506,7 +517,7 @@ func (t *Tracer) noteKey(ev *Event) {
 	if ev.Cap < 0 || ev.Cap > 63 {
 		return
 	}
-	bit := keyBit(int32(ev.Cap), boolByte(ev.Capable), boolByte(ev.Audit))
+	bit := keyBit(int32(ev.Cap), boolByte(ev.Runtime), boolByte(ev.Capable), boolByte(ev.Audit))
 	t.keysMu.Lock()
 	set := t.keys[ev.CgroupID]
 	if set == nil {
@@ -542,6 +553,7 @@ func decodeEvent(b []byte, ev *Event) (keyed bool) {
 	ev.Audit = k.Audit != 0
 	ev.InSetID = k.Insetid != 0
 	ev.InSetIDKnown = k.InsetidKnown != 0
+	ev.Runtime = k.Runtime != 0
 	for i, c := range k.Comm {
 		ev.Comm[i] = byte(c)
 	}
@@ -583,12 +595,20 @@ func (t *Tracer) Stats() (Stats, error) {
 	if st.UserStackFailed, err = sum(lossUserStack); err != nil {
 		return st, err
 	}
+	if st.MarkFailed, err = sum(lossMark); err != nil {
+		return st, err
+	}
 	st.StacksUnavailable = t.stacksErr
 	// Program stats need Linux >= 5.12 (and BPF stats are always counted
 	// for misses); where the kernel has none, the count stays 0.
 	for _, p := range t.lt.progs {
 		if ps, err := p.Stats(); err == nil {
 			st.ProgramMisses += ps.RecursionMisses
+		}
+	}
+	for _, p := range t.lt.marks {
+		if ps, err := p.Stats(); err == nil {
+			st.MarkFailed += ps.RecursionMisses
 		}
 	}
 	return st, nil

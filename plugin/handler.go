@@ -45,6 +45,11 @@ func (h *handler) Synchronize(_ context.Context, pods []*api.PodSandbox, ctrs []
 			continue
 		}
 		if c, ok := p.admit(pod, ctr, false); ok {
+			// Running before captrace traced it: the kernel cannot tell its
+			// runtime set-up from its workload (bpf.Settings.Adopted). The
+			// registry keeps a container this process traced at its
+			// StartContainer as it was.
+			c.Settings.Adopted = true
 			traced = append(traced, c)
 		}
 	}

@@ -473,3 +473,36 @@ func TestHandlerCountsFailuresOncePerContainer(t *testing.T) {
 		t.Fatalf("trace_failed %d after a new refused container, want 2", s.TraceFailed)
 	}
 }
+
+// A container found running at Synchronize is adopted (the kernel never saw
+// its entrypoint's exec, so none of its checks may be filed as runtime
+// set-up); one this process traced at StartContainer stays unadopted when a
+// reconnection's Synchronize lists it again.
+func TestSynchronizeAdopts(t *testing.T) {
+	log, _ := test.NewNullLogger()
+	reg := cgmap.NewRegistry(nopFilter{}, log)
+	p, err := New(reg, Options{Log: log, Resolver: fakeResolver{pids: map[uint32]uint64{7: 70}, paths: map[string]uint64{"/a": 70, "/b": 71}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pd := pod("ns", map[string]string{AnnotationEnabled: "true"})
+	started, running := ctr("started"), ctr("running")
+	started.Pid = 7
+	for _, c := range []*api.Container{started, running} {
+		c.PodSandboxId = pd.Id
+	}
+	started.Linux = &api.LinuxContainer{CgroupsPath: "/a"}
+	running.Linux = &api.LinuxContainer{CgroupsPath: "/b"}
+	if err := p.handler.StartContainer(context.Background(), pd, started); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.handler.Synchronize(context.Background(), []*api.PodSandbox{pd}, []*api.Container{started, running}); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]bool{started.Id: false, running.Id: true} {
+		c, ok := reg.Get(id)
+		if !ok || c.Settings.Adopted != want {
+			t.Errorf("%s: traced=%v Adopted=%v, want Adopted=%v", id, ok, c.Settings.Adopted, want)
+		}
+	}
+}

@@ -54,6 +54,7 @@ func (s Summary) pairs() [][3]string {
 		{schema.FoldedEvents.Key, schema.FoldedEvents.Journal, strconv.FormatUint(s.Folded, 10)},
 		{schema.AuditOnly.Key, schema.AuditOnly.Journal, strconv.FormatBool(s.AuditOnly)},
 		{schema.Unique.Key, schema.Unique.Journal, strconv.FormatBool(s.Unique)},
+		{schema.Adopted.Key, schema.Adopted.Journal, strconv.FormatBool(s.Adopted)},
 		{schema.SecurityContext.Key, schema.SecurityContext.Journal, s.SecurityContext(0)},
 		{schema.WouldBreak.Key, schema.WouldBreak.Journal, strings.Join(s.WouldBreak, "; ")},
 		{schema.RateLimited.Key, schema.RateLimited.Journal, strconv.FormatUint(s.Lost.RateLimited, 10)},

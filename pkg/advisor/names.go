@@ -29,28 +29,13 @@ func KubeCapName(name string) (kube string, ok bool) {
 // Runtime comms: runc names its setup processes "runc:[0:PARENT]",
 // "runc:[1:CHILD]" and "runc:[2:INIT]" (nsexec's prctl(PR_SET_NAME)) until the
 // init process execs the container's entrypoint or the exec'd command; newer
-// runc versions keep "runc". Checks made under these names set up the
-// container (devices, uid/gid switch, signals), they are not the workload.
+// runc versions keep "runc".
 const runcCommPrefix = "runc:["
 
-// isRuntimeComm reports whether comm is one of runc's setup processes.
+// isRuntimeComm reports whether comm is one of runc's setup processes. It
+// classifies only records written before captrace recorded the kernel's
+// answer (schema.Runtime): a workload can take any of these names with
+// prctl(PR_SET_NAME), so it is never used for what the tracer reports.
 func isRuntimeComm(comm string) bool {
 	return comm == "runc" || comm == "runc init" || strings.HasPrefix(comm, runcCommPrefix)
-}
-
-// isRuntimeCommBytes is isRuntimeComm on the kernel's NUL-padded comm, without
-// allocating (it runs for every event).
-func isRuntimeCommBytes(comm *[16]byte) bool {
-	n := 0
-	for n < len(comm) && comm[n] != 0 {
-		n++
-	}
-	c := comm[:n]
-	switch {
-	case string(c) == "runc", string(c) == "runc init":
-		return true
-	case len(c) >= len(runcCommPrefix) && string(c[:len(runcCommPrefix)]) == runcCommPrefix:
-		return true
-	}
-	return false
 }

@@ -51,6 +51,12 @@ type ParsedLine struct {
 	Syscall   string
 	Capable   bool
 	Audit     bool
+	// Runtime: the check was the container runtime's set-up (schema.Runtime),
+	// not the workload's. Records of captrace versions before the field
+	// existed fall back to the comm rule (isRuntimeComm), which a workload
+	// could forge by renaming itself; every record written since carries
+	// the kernel's answer.
+	Runtime bool
 	// UserStack is an event's ustack (schema.UserStack), "" when absent.
 	UserStack string
 	// WindowStart, WindowEnd and Events are set on summaries: the window the
@@ -58,16 +64,17 @@ type ParsedLine struct {
 	WindowStart time.Time
 	WindowEnd   time.Time
 	Events      uint64
-	// Unique and AuditOnly are a summary's tracing settings.
+	// Unique, AuditOnly and Adopted are a summary's tracing settings.
 	Unique    bool
 	AuditOnly bool
+	Adopted   bool
 }
 
 // names maps record fields to one naming: logfmt keys or journald fields.
 type names struct {
 	time, namespace, pod, podUID, container, containerID, comm            string
 	cap, capable, audit, syscall, summary, windowStart, windowEnd, events string
-	unique, auditOnly                                                     string
+	unique, auditOnly, runtime, adopted                                   string
 	workloadKind, workload, image, node, uid, wouldDeny, userStack        string
 }
 
@@ -77,7 +84,7 @@ var logfmtNames = names{
 	containerID: schema.ContainerID.Key, comm: schema.Comm.Key, cap: schema.Cap.Key,
 	capable: schema.Capable.Key, audit: schema.Audit.Key, syscall: schema.Syscall.Key,
 	summary: schema.Summary.Key, windowStart: schema.WindowStart.Key, windowEnd: schema.WindowEnd.Key, events: schema.Events.Key,
-	unique: schema.Unique.Key, auditOnly: schema.AuditOnly.Key, userStack: schema.UserStack.Key,
+	unique: schema.Unique.Key, auditOnly: schema.AuditOnly.Key, userStack: schema.UserStack.Key, runtime: schema.Runtime.Key, adopted: schema.Adopted.Key,
 	workloadKind: schema.WorkloadKind.Key, workload: schema.Workload.Key, image: schema.Image.Key,
 	node: schema.Node.Key, uid: schema.Uid.Key, wouldDeny: schema.WouldDeny.Key,
 }
@@ -88,7 +95,7 @@ var journalNames = names{
 	containerID: schema.ContainerID.Journal, comm: schema.Comm.Journal, cap: schema.Cap.Journal,
 	capable: schema.Capable.Journal, audit: schema.Audit.Journal, syscall: schema.Syscall.Journal,
 	summary: schema.Summary.Journal, windowStart: schema.WindowStart.Journal, windowEnd: schema.WindowEnd.Journal, events: schema.Events.Journal,
-	unique: schema.Unique.Journal, auditOnly: schema.AuditOnly.Journal, userStack: schema.UserStack.Journal,
+	unique: schema.Unique.Journal, auditOnly: schema.AuditOnly.Journal, userStack: schema.UserStack.Journal, runtime: schema.Runtime.Journal, adopted: schema.Adopted.Journal,
 	workloadKind: schema.WorkloadKind.Journal, workload: schema.Workload.Journal, image: schema.Image.Journal,
 	node: schema.Node.Journal, uid: schema.Uid.Journal, wouldDeny: schema.WouldDeny.Journal,
 }
@@ -237,7 +244,7 @@ func buildRecord(get func(string) (string, bool, error), n names) (ParsedLine, e
 		for _, b := range []struct {
 			key string
 			dst *bool
-		}{{n.unique, &r.Unique}, {n.auditOnly, &r.AuditOnly}} {
+		}{{n.unique, &r.Unique}, {n.auditOnly, &r.AuditOnly}, {n.adopted, &r.Adopted}} {
 			if v := str(b.key); v != "" {
 				if *b.dst, err = strconv.ParseBool(v); err != nil {
 					return ParsedLine{}, fmt.Errorf("field %s: want true or false, got %q", b.key, v)
@@ -263,6 +270,18 @@ func buildRecord(get func(string) (string, bool, error), n names) (ParsedLine, e
 			if *b.dst, err = strconv.ParseBool(v); err != nil {
 				return ParsedLine{}, fmt.Errorf("field %s: want true or false, got %q", b.key, v)
 			}
+		}
+		switch v, ok, err := get(n.runtime); {
+		case err != nil:
+			return ParsedLine{}, err
+		case !ok:
+			// Written before captrace recorded the kernel's answer: the
+			// comm is all there is (a renamed workload fools it).
+			r.Runtime = isRuntimeComm(r.Comm)
+		case v == "1":
+			r.Runtime = true
+		case v != "0":
+			return ParsedLine{}, fmt.Errorf("field %s: want 1 or 0, got %q", n.runtime, v)
 		}
 	default:
 		r.Kind = KindOther
@@ -305,7 +324,7 @@ func init() {
 	for _, n := range []names{journalNames, logfmtNames} {
 		for _, name := range []string{n.time, n.namespace, n.pod, n.podUID, n.container, n.containerID,
 			n.comm, n.cap, n.capable, n.audit, n.syscall, n.summary, n.windowStart, n.windowEnd, n.events,
-			n.unique, n.auditOnly, n.workloadKind, n.workload, n.image, n.node, n.uid, n.wouldDeny, n.userStack} {
+			n.unique, n.auditOnly, n.workloadKind, n.workload, n.image, n.node, n.uid, n.wouldDeny, n.userStack, n.runtime, n.adopted} {
 			add(name)
 		}
 	}

@@ -349,9 +349,9 @@ type instance struct {
 	first, last time.Time
 	start, end  time.Time // from summary entries
 	summed      uint64    // checks its summary entries counted
-	// Tracing settings stated by summary entries: any unique, all audit-only.
-	unique, auditOnly bool
-	settingsSeen      bool
+	// Tracing settings stated by summary entries: any unique, all audit-only, any adopted.
+	unique, auditOnly, adopted bool
+	settingsSeen               bool
 }
 
 // skipNote is one unreadable line, shown on stderr.
@@ -520,6 +520,7 @@ func (a *aggregate) add(line []byte) {
 		a.nSummaries++
 		in.summed += rec.Events
 		in.unique = in.unique || rec.Unique
+		in.adopted = in.adopted || rec.Adopted
 		in.auditOnly = rec.AuditOnly && (in.auditOnly || !in.settingsSeen)
 		in.settingsSeen = true
 		if !rec.WindowStart.IsZero() && (in.start.IsZero() || rec.WindowStart.Before(in.start)) {
@@ -532,7 +533,7 @@ func (a *aggregate) add(line []byte) {
 	}
 	a.events++
 	in.events++
-	ck := checkKey{rec.Cap, rec.Syscall, rec.Capable, rec.Audit, isRuntimeComm(rec.Comm), rec.NonRoot, rec.WouldDeny}
+	ck := checkKey{rec.Cap, rec.Syscall, rec.Capable, rec.Audit, rec.Runtime, rec.NonRoot, rec.WouldDeny}
 	c := in.checks[ck]
 	if c == nil {
 		c = &Check{Cap: rec.Cap, Syscall: rec.Syscall, Capable: rec.Capable, Audit: rec.Audit,
@@ -630,6 +631,7 @@ func (a *aggregate) summaries(minWindow time.Duration) (out []Summary, notes []s
 		start, end        time.Time
 		first, last       time.Time
 		unique, auditOnly bool
+		adopted           bool
 		settingsSeen      bool
 	}
 	groups := map[groupKey]*group{}
@@ -658,6 +660,7 @@ func (a *aggregate) summaries(minWindow time.Duration) (out []Summary, notes []s
 		}
 		if in.settingsSeen {
 			g.unique = g.unique || in.unique
+			g.adopted = g.adopted || in.adopted
 			g.auditOnly = in.auditOnly && (g.auditOnly || !g.settingsSeen)
 			g.settingsSeen = true
 		}
@@ -711,7 +714,7 @@ func (a *aggregate) summaries(minWindow time.Duration) (out []Summary, notes []s
 		sort.Strings(g.ids)
 		ref.ID = strings.Join(g.ids, ",")
 		s := Summarize(ref, g.checks, w, minWindow)
-		s.Unique, s.AuditOnly = g.unique, g.auditOnly
+		s.Unique, s.AuditOnly, s.Adopted = g.unique, g.auditOnly, g.adopted
 		s.Pods, s.PodsRead, s.Nodes = len(g.pods), len(g.pods)-len(g.podsIncomplete), len(g.nodes)
 		if s.PodsRead < s.Pods {
 			s.Partial = true

@@ -520,3 +520,76 @@ func TestReportEscapesNames(t *testing.T) {
 		}
 	}
 }
+
+// The report classifies a check as runtime set-up by its runtime field, the
+// kernel's answer: a workload that named itself runc:[2:INIT] (runtime=0) is
+// advised on, a set-up process under another name (runtime=1) is not. Only
+// records without the field (older captrace) fall back to the comm.
+func TestReportRuntimeFromTheRecordNotTheComm(t *testing.T) {
+	line := func(comm, cap string, runtime string) string {
+		l := strings.TrimSuffix(logfmtLines(t, []rec{{"default", "posing", "posing", "c9", comm, cap, "SYS_SETUID", true, true, t0}}), "\n")
+		if runtime != "" {
+			l += " " + schema.Runtime.Key + "=" + runtime
+		}
+		return l + "\n"
+	}
+	in := line("runc:[2:INIT]", "CAP_SETUID", "0") + // the workload, renamed
+		line("app", "CAP_KILL", "1") + // runc init under another name
+		line("runc:[2:INIT]", "CAP_SETGID", "") // an older record: the comm decides
+	out, errs, code := report(t, in, "--format", "json", "-")
+	if code != 0 {
+		t.Fatalf("exit %d, stderr:\n%s", code, errs)
+	}
+	cs := decodeJSONReport(t, out)
+	if len(cs) != 1 {
+		t.Fatalf("%d containers, want 1:\n%s", len(cs), out)
+	}
+	if got := fmt.Sprint(cs[0].Recommended.Add); got != "[SETUID]" {
+		t.Errorf("recommended add = %s, want [SETUID]: the renamed workload's check is hidden", got)
+	}
+	if got := fmt.Sprint(cs[0].RuntimeOnly); got != "[KILL SETGID]" {
+		t.Errorf("runtime only = %s, want [KILL SETGID]", got)
+	}
+
+	for _, tc := range []struct{ field, comm string }{{"runtime=2", "app"}, {`runtime=""`, "app"}} {
+		l := strings.TrimSuffix(line(tc.comm, "CAP_KILL", ""), "\n") + " " + tc.field
+		if _, err := ParseLine([]byte(l)); err == nil || !strings.Contains(err.Error(), "field runtime: want 1 or 0") {
+			t.Errorf("ParseLine(%s) = %v, want an error naming the field", tc.field, err)
+		}
+	}
+	// journald's RUNTIME the same way.
+	j := strings.TrimSuffix(journalJSON(t, []rec{{"default", "posing", "posing", "c9", "runc:[2:INIT]", "CAP_SETUID", "SYS_SETUID", true, true, t0}},
+		func(b bool) string { return fmt.Sprint(b) }), "}\n") + `,"` + schema.Runtime.Journal + `":"0"}`
+	if r, err := ParseLine([]byte(j)); err != nil || r.Runtime {
+		t.Errorf("journal entry with RUNTIME=0 and comm runc:[2:INIT]: Runtime = %v, %v; want false", r.Runtime, err)
+	}
+}
+
+// A container captrace adopted (found running after a restart) says so in
+// its summary entry, and the report built from that entry says so too: its
+// runtime set-up was not told apart.
+func TestAdoptedContainerSaysSo(t *testing.T) {
+	tr := NewTracker(Limits{})
+	c := container("set-priority-1")
+	c.ID = "c1"
+	c.Settings.Adopted = true
+	tr.Start(c, t0)
+	s, _ := tr.Finish(c.ID, t0.Add(time.Minute))
+	if !s.Adopted || !strings.Contains(s.Basis(), "traced from after it started") {
+		t.Fatalf("summary of an adopted container: Adopted=%v, basis %q", s.Adopted, s.Basis())
+	}
+	var lf bytes.Buffer
+	log := logrus.New()
+	log.Out = &lf
+	log.Formatter = &logrus.TextFormatter{DisableColors: true, FullTimestamp: true}
+	log.WithFields(s.LogFields()).Info(s.Message())
+	if !strings.Contains(lf.String(), " adopted=true ") {
+		t.Errorf("summary entry without adopted=true: %s", lf.String())
+	}
+	in := logfmtLines(t, setPriority1()) + lf.String()
+	out, errs, code := report(t, in, "--format", "json", "-")
+	cs := decodeJSONReport(t, out)
+	if code != 0 || len(cs) != 1 || !cs[0].Adopted {
+		t.Errorf("report from an adopted container's entries: exit %d, %s %s", code, out, errs)
+	}
+}

@@ -132,6 +132,9 @@ type Summary struct {
 	// dropped probes; with Unique counts are first occurrences, not totals.
 	AuditOnly bool `json:"audit_only"`
 	Unique    bool `json:"unique"`
+	// Adopted: traced only once it was running (captrace restarted), so
+	// its runtime set-up was not told apart from the workload (all shown).
+	Adopted bool `json:"adopted"`
 	// Folded counts events whose syscall detail was dropped because the
 	// tracker's tuple limit was reached; their verdicts are still counted.
 	Folded uint64 `json:"folded_events"`
@@ -395,14 +398,15 @@ func (s Summary) Basis() string {
 		b += fmt.Sprintf(" (observed for at least %s; paths the workload did not take are still not covered)", s.MinWindow)
 	}
 	if s.Unique {
-		// The kernel dedups on (cap, verdict, audit): a probe no longer hides
-		// a need, but runc's checks during an exec share the container's
-		// cgroup and can still come first.
-		b += "; unique mode: counts are first occurrences, and a capability first checked by runc's setup (crictl/kubectl exec)" +
-			" hides the workload's later checks with the same verdict and audit flag, so needs may be missing: trace without unique for advice"
+		// The kernel dedups on (cap, verdict, audit, runtime): neither a
+		// probe nor runc's set-up (crictl/kubectl exec) hides a need.
+		b += "; unique mode: counts are first occurrences"
 	}
 	if s.AuditOnly {
 		b += "; audit-only mode: probes were not recorded"
+	}
+	if s.Adopted {
+		b += "; traced from after it started (captrace restarted): runtime set-up was not told apart, so any exec session's checks count as the workload's"
 	}
 	if s.Folded > 0 {
 		b += fmt.Sprintf("; %d checks lost their syscall detail to the tuple limit", s.Folded)

@@ -197,7 +197,7 @@ func (t *Tracker) Observe(c cgmap.Container, ev *bpf.Event, at time.Time) {
 // stacks of each tuple name its code in the summary.
 func (t *Tracker) ObserveWithStacks(c cgmap.Container, ev *bpf.Event, at time.Time, stacks StackText) {
 	ns := at.UnixNano()
-	k := makeKey(ev.Cap, ev.Syscall, ev.Capable, ev.Audit, isRuntimeCommBytes(&ev.Comm), ev.Uid != 0)
+	k := makeKey(ev.Cap, ev.Syscall, ev.Capable, ev.Audit, ev.Runtime, ev.Uid != 0)
 
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -319,7 +319,7 @@ func (st *containerState) summary(at time.Time, minWindow time.Duration) Summary
 	w := Window{Start: unixTime(st.start), End: end,
 		FirstEvent: unixTime(st.first), LastEvent: unixTime(st.last), Events: st.events}
 	s := Summarize(st.ref, checks, w, minWindow)
-	s.AuditOnly, s.Unique = st.settings.AuditOnly, st.settings.Unique
+	s.AuditOnly, s.Unique, s.Adopted = st.settings.AuditOnly, st.settings.Unique, st.settings.Adopted
 	s.Folded = st.folded
 	return s
 }

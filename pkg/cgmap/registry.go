@@ -134,6 +134,12 @@ func (r *Registry) Add(c Container) error {
 
 func (r *Registry) addLocked(c Container) error {
 	old, had := r.byID[c.ID]
+	if had && old.CgroupID == c.CgroupID && !old.Settings.Adopted {
+		// Traced since before its entrypoint ran (StartContainer): the
+		// kernel knows its workload's tasks, and a later Synchronize
+		// (a reconnection) does not make it adopted.
+		c.Settings.Adopted = false
+	}
 	if had && old == c {
 		return nil
 	}

@@ -103,6 +103,7 @@ var (
 	forgetFailedDesc  = desc("captrace_unique_forget_failed_total", "Batches of unique-mode keys that could not be deleted (the LRU map ages them out).")
 	rateLimitedDesc   = desc("captrace_rate_limited_total", "Checks the kernel dropped because their container was over its rate limit (trace.rate_limit).")
 	programMissesDesc = desc("captrace_program_misses_total", "Runs of the capability program the kernel skipped (recursion protection): checks of any cgroup captrace never saw.")
+	markFailedDesc    = desc("captrace_mark_failed_total", "Tasks of traced containers whose workload mark the kernel could not set at exec or copy at fork: their checks read as runtime set-up.")
 	throttleDesc      = desc("captrace_throttle_entries_total", "Throttle entries written for containers over their rate limit.")
 	kstackFailedDesc  = desc("captrace_kernel_stack_failed_total", "Kernel stack walks the kernel refused (the check was sent without that stack).")
 	ustackFailedDesc  = desc("captrace_user_stack_failed_total", "User stack walks the kernel refused (the check was sent without that stack).")
@@ -115,7 +116,7 @@ func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 		filterFailDesc, sinkWrittenDesc, sinkDroppedDesc, sinkFailedDesc, sinkQueuedDesc, tracedDesc, nriConnectedDesc,
 		nriConnectsDesc, nriAbandonedDesc, cgroupMissesDesc, traceFailedDesc, policyWarnDesc, untraceFailedDesc, advContainersDesc,
 		advUntrackedCDesc, advUntrackedEDesc, advFoldedDesc, barriersDesc, barrierFailedDesc, wakeFailedDesc,
-		finishedDesc, keysForgotDesc, forgetFailedDesc, staleFilterDesc, rateLimitedDesc, programMissesDesc, throttleDesc, kstackFailedDesc,
+		finishedDesc, keysForgotDesc, forgetFailedDesc, staleFilterDesc, rateLimitedDesc, programMissesDesc, markFailedDesc, throttleDesc, kstackFailedDesc,
 		ustackFailedDesc, ufUnresolvedDesc} {
 		ch <- d
 	}
@@ -142,6 +143,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(staleFilterDesc, float64(s.Tracer.StaleFilterEntries))
 		counter(rateLimitedDesc, s.Tracer.RateLimited)
 		counter(programMissesDesc, s.Tracer.ProgramMisses)
+		counter(markFailedDesc, s.Tracer.MarkFailed)
 		counter(kstackFailedDesc, s.Tracer.KernelStackFailed)
 		counter(ustackFailedDesc, s.Tracer.UserStackFailed)
 	}

@@ -97,6 +97,7 @@ func (r *EnrichedEvent) AppendLogfmt(b []byte) []byte {
 	if ev.InSetIDKnown {
 		b = appendLogfmtString(b, schema.Insetid.Key, boolDigit(ev.InSetID))
 	}
+	b = appendLogfmtString(b, schema.Runtime.Key, boolDigit(ev.Runtime))
 	if c.HasProposal {
 		b = appendLogfmtString(b, schema.WouldDeny.Key, boolDigit(r.WouldDeny()))
 	}

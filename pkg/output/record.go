@@ -98,6 +98,7 @@ func (r *EnrichedEvent) LogFields() logrus.Fields {
 		schema.Cap.Key:          ev.Cap.String(),
 		schema.Capable.Key:      strconv.FormatBool(ev.Capable),
 		schema.Audit.Key:        boolDigit(ev.Audit),
+		schema.Runtime.Key:      boolDigit(ev.Runtime),
 		schema.Syscall.Key:      r.Syscall(),
 		schema.CgroupID.Key:     ev.CgroupID,
 	}
@@ -129,6 +130,7 @@ func (r *EnrichedEvent) JournalFields() map[string]string {
 		schema.Cap.Journal:              ev.Cap.String(),
 		schema.Capable.Journal:          strconv.FormatBool(ev.Capable),
 		schema.Audit.Journal:            boolDigit(ev.Audit),
+		schema.Runtime.Journal:          boolDigit(ev.Runtime),
 		schema.Syscall.Journal:          r.Syscall(),
 		schema.Comm.Journal:             r.Comm(),
 		schema.Pid.Journal:              strconv.FormatUint(uint64(ev.Pid), 10),

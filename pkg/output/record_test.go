@@ -62,7 +62,7 @@ func TestLogfmtLineOfTheSeedEvent(t *testing.T) {
 	want := fmt.Sprintf("time=%q level=info msg=cap_check namespace=default pod=set-priority container=set-priority"+
 		" container_id=0123456789abcdef pod_uid=6f1c7d7e-6a8b-4bb8-9d0e-2f4e6c1a9b10"+
 		" workload_kind=Pod workload=set-priority image=\"captrace.test/busybox:1.35\" node=node-a comm=nice pid=169528 tid=169528"+
-		" uid=0 gid=0 cap=%s capable=false audit=1 syscall=%s cgroup_id=4242\n",
+		" uid=0 gid=0 cap=%s capable=false audit=1 runtime=0 syscall=%s cgroup_id=4242\n",
 		seedTimeRFC3339, capSysNice, bpf.SyscallName(sysSetpriority))
 	if got := formatLine(t, &r); got != want {
 		t.Errorf("logfmt line\n got %q\nwant %q", got, want)
@@ -73,7 +73,7 @@ func TestLogfmtLineOfTheSeedEvent(t *testing.T) {
 	r.Event.InSetIDKnown, r.Event.InSetID = true, true
 	r.Time = r.Time.In(time.FixedZone("CEST", 2*3600))
 	got := formatLine(t, &r)
-	if !strings.Contains(got, " audit=1 insetid=1 syscall=") || !strings.HasPrefix(got, `time="`+seedTimeRFC3339+`" `) {
+	if !strings.Contains(got, " audit=1 insetid=1 runtime=0 syscall=") || !strings.HasPrefix(got, `time="`+seedTimeRFC3339+`" `) {
 		t.Errorf("with insetid: %q", got)
 	}
 }
@@ -147,7 +147,7 @@ func TestLogfmtEscapesInjection(t *testing.T) {
 	line := formatLine(t, &r)
 	keys, values := parseLogfmt(t, line)
 	wantKeys := []string{"time", "level", "msg", "namespace", "pod", "container", "container_id", "pod_uid",
-		"workload_kind", "workload", "image", "node", "comm", "pid", "tid", "uid", "gid", "cap", "capable", "audit", "syscall", "cgroup_id"}
+		"workload_kind", "workload", "image", "node", "comm", "pid", "tid", "uid", "gid", "cap", "capable", "audit", "runtime", "syscall", "cgroup_id"}
 	if !reflect.DeepEqual(keys, wantKeys) {
 		t.Errorf("keys %v\nwant %v\nline %q", keys, wantKeys, line)
 	}
@@ -193,6 +193,7 @@ func TestJournalFieldsOfTheSeedEvent(t *testing.T) {
 		"CAP":                capSysNice.String(),
 		"CAPABLE":            "false",
 		"AUDIT":              "1",
+		"RUNTIME":            "0",
 		"SYSCALL":            bpf.SyscallName(sysSetpriority),
 		"PROC_COMM":          "nice",
 		"PROC_PID":           "169528",

@@ -118,6 +118,7 @@ func (s Stats) losses() []struct {
 		{"ring_lost", s.Tracer.RingLost},
 		{"rate_limited", s.Tracer.RateLimited},
 		{"program_misses", s.Tracer.ProgramMisses},
+		{"mark_failed", s.Tracer.MarkFailed},
 		{"dedup_update_failed", s.Tracer.DedupUpdateFailed},
 		{"filter_update_failed", s.Tracer.FilterUpdateFailed},
 		{"sink_dropped", s.SinkDropped()},

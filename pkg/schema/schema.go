@@ -60,6 +60,7 @@ var (
 	Capable          = Field{"capable", "CAPABLE", TypeBool, "`true` granted, `false` denied", "CAPABLE"}
 	Audit            = Field{"audit", "AUDIT", TypeDigit, "`1` the kernel audits this check, `0` it does not (a probe, not a need)", "AUDIT"}
 	Insetid          = Field{"insetid", "INSETID", TypeDigit, "where the tier knows it: fexit and kprobe (opts), tp_btf when `/proc/kallsyms` shows addresses", ""}
+	Runtime          = Field{"runtime", "RUNTIME", TypeDigit, "`1` the container runtime setting the container up (runc init before it execs the entrypoint, a `runc exec` session before it execs its command), `0` the workload. A kernel fact (the task was exec'd inside the traced container, or created by a task that was: fork, threads, io_uring workers), not the comm a workload can set; `0` for every check of a container captrace found already running", ""}
 	Syscall          = Field{"syscall", "SYSCALL", TypeString, "`SYS_SETPRIORITY`; empty outside a system call", "SYSCALL"}
 	CgroupID         = Field{"cgroup_id", "CAPTRACE_CGROUP_ID", TypeInteger, "cgroup v2 ID of the container (inode of its cgroup directory)", ""}
 	SyslogIdentifier = Field{"", "SYSLOG_IDENTIFIER", TypeString, "always `captrace`", ""}
@@ -96,7 +97,7 @@ var (
 	DeniedOnly       = Field{"denied_only", "CAPS_DENIED_ONLY", TypeCapList, "audited, never granted: add only if the workload failed without it", ""}
 	Code             = Field{"code", "CAPTRACE_CODE", TypeString, "the code behind each recommended or denied capability, `; `-separated: `SYS_NICE ← setpriority ← main (nice)`; `unnamed code (module+0xoff)` for a stripped binary; only with user stacks", ""}
 	CapsProbed       = Field{"caps_probed", "CAPS_PROBED", TypeCapList, "seen only in non-audited checks: probes, not needs", ""}
-	CapsRuntime      = Field{"caps_runtime", "CAPS_RUNTIME", TypeCapList, "checked only by runc init", ""}
+	CapsRuntime      = Field{"caps_runtime", "CAPS_RUNTIME", TypeCapList, "checked only by the container runtime's set-up (events with `runtime=1`)", ""}
 	WindowStart      = Field{"window_start", "WINDOW_START", TypeTime, "start of the observation window", ""}
 	WindowEnd        = Field{"window_end", "WINDOW_END", TypeTime, "end of the observation window", ""}
 	FirstEvent       = Field{"first_event", "FIRST_EVENT", TypeTime, "first check seen; empty when none", ""}
@@ -108,6 +109,7 @@ var (
 	FoldedEvents     = Field{"folded_events", "FOLDED_EVENTS", TypeInteger, "checks kept without their syscall (tuple limit)", ""}
 	AuditOnly        = Field{"audit_only", "AUDIT_ONLY", TypeBool, "the container's audit_only setting", ""}
 	Unique           = Field{"unique", "UNIQUE", TypeBool, "the container's unique setting", ""}
+	Adopted          = Field{"adopted", "ADOPTED", TypeBool, "`true`: the container was already running when captrace traced it (captrace restarted): its runtime set-up was not told apart, every check counted as the workload's", ""}
 	SecurityContext  = Field{"security_context", "SECURITY_CONTEXT", TypeYAML, "the ready-to-paste securityContext", ""}
 	WouldBreak       = Field{"would_break", "WOULD_BREAK", TypeString, "the workload's audited checks that `captrace.io/proposed-capabilities` would deny, `; `-separated: `CAP_CHOWN in fchownat, 12×`; empty when none or no proposal", ""}
 	// The container's checks that were not seen, by cause (a throttle entry carries the first two too).
@@ -136,7 +138,7 @@ var EventFields = []Field{
 	Namespace, Pod, Container, ContainerID, PodUID,
 	WorkloadKind, Workload, Image, Node,
 	Comm, Pid, Tid, Uid, Gid,
-	Cap, Capable, Audit, Insetid, WouldDeny, Syscall, CgroupID,
+	Cap, Capable, Audit, Insetid, Runtime, WouldDeny, Syscall, CgroupID,
 	KernelStack, UserStack,
 	SyslogIdentifier,
 }
@@ -148,7 +150,7 @@ var SummaryFields = []Field{
 	WorkloadKind, Workload, Image, Node,
 	CapsGranted, CapsDenied, RecommendDrop, RecommendAdd, DeniedOnly, Code, CapsProbed, CapsRuntime,
 	WindowStart, WindowEnd, FirstEvent, LastEvent, ObservedSeconds, Events, Partial, MinWindowSeconds,
-	FoldedEvents, AuditOnly, Unique, SecurityContext, WouldBreak,
+	FoldedEvents, AuditOnly, Unique, Adopted, SecurityContext, WouldBreak,
 	RateLimited, RingLost, SinkDropped, Incomplete,
 }
 

@@ -79,20 +79,27 @@ func importStacksImage(t *testing.T, ctx context.Context) {
 		}
 		extra[name] = b
 	}
+	importBusyboxImage(t, ctx, stacksImage, extra, []string{"/bin/sh"})
+}
+
+// importBusyboxImage imports ref into the stack: busybox plus the extra
+// executables in /bin (name → content), running entrypoint.
+func importBusyboxImage(t *testing.T, ctx context.Context, ref string, extra map[string][]byte, entrypoint []string) {
+	t.Helper()
 	layer, err := stack.BusyboxLayerWith(extra)
 	if err != nil {
 		t.Fatal(err)
 	}
-	archive, err := stack.OCIArchive(stacksImage, layer, []string{"/bin/sh"})
+	archive, err := stack.OCIArchive(ref, layer, entrypoint)
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, "stacks.tar")
+	path := filepath.Join(t.TempDir(), "image.tar")
 	if err := os.WriteFile(path, archive, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := st.Ctr(ctx, "images", "import", "--platform", "linux/amd64", path); err != nil {
-		t.Fatal(st.Fail("import the stacks image", err))
+		t.Fatal(st.Fail("import the image "+ref, err))
 	}
 }
 

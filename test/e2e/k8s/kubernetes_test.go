@@ -256,4 +256,3 @@ func deniedNamespace(ctx context.Context) (string, error) {
 	}
 	return "", fmt.Errorf("no config in deploy/kubernetes' ConfigMaps has a trace.deny_namespaces: %v", seen)
 }
-

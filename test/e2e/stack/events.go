@@ -34,6 +34,7 @@ type Event struct {
 	// The workload fields; WouldDeny is "" when the pod proposes no capabilities.
 	WorkloadKind, Workload, Image, Node string
 	WouldDeny                           string
+	Runtime                             string // runtime / RUNTIME: "1" the runtime's set-up, "0" the workload
 	KStack                              string // kstack / KERNEL_STACK, when the pod asked for stacks
 	UStack                              string // ustack / USER_STACK
 	Raw                                 string // the line or the JSON entry, for failure messages
@@ -41,7 +42,7 @@ type Event struct {
 
 // String is a compact form for test failure messages.
 func (e Event) String() string {
-	return fmt.Sprintf("%s/%s/%s comm=%s pid=%d cap=%s syscall=%s capable=%t audit=%t", e.Namespace, e.Pod, e.Container, e.Comm, e.Pid, e.Cap, e.Syscall, e.Capable, e.Audit)
+	return fmt.Sprintf("%s/%s/%s comm=%s pid=%d cap=%s syscall=%s capable=%t audit=%t runtime=%s", e.Namespace, e.Pod, e.Container, e.Comm, e.Pid, e.Cap, e.Syscall, e.Capable, e.Audit, e.Runtime)
 }
 
 // ParseLogfmt splits one logfmt line into its keys and values. Values may be
@@ -132,6 +133,7 @@ func eventFromFields(f map[string]string, logfmt bool, raw string) (Event, error
 		Image:        key(schema.Image.Key, schema.Image.Journal),
 		Node:         key(schema.Node.Key, schema.Node.Journal),
 		WouldDeny:    key(schema.WouldDeny.Key, schema.WouldDeny.Journal),
+		Runtime:      key(schema.Runtime.Key, schema.Runtime.Journal),
 		KStack:       key(schema.KernelStack.Key, schema.KernelStack.Journal),
 		UStack:       key(schema.UserStack.Key, schema.UserStack.Journal),
 	}
