@@ -75,7 +75,9 @@ func compareStacks(b *testing.B, baseTr, stateTr *Tracer, base, state, off func(
 func BenchmarkStacks(b *testing.B) {
 	// A ring that holds a whole chunk of stacked records (1,384 bytes
 	// each): a check that finds the ring full is not walked, so a reader
-	// falling behind (a loaded machine) would make stacks look cheap.
+	// falling behind (a loaded machine) would make stacks look cheap. With
+	// 64 MiB the reader fell half a ring behind in a kernel-stack flood
+	// here (lost 24-138 k, every record then forcing a wakeup).
 	const ring = 256 << 20
 	env := setupBenchWith(b, Options{RingBufferBytes: ring})
 	tr, cg := env.tr, env.cg
