@@ -90,8 +90,22 @@ func BenchmarkStacks(b *testing.B) {
 		}
 	}()
 	tr.lt.detach()
+	// drain waits until tr's reader has caught up (it read nothing for two
+	// poll periods), so a chunk never starts with another chunk's backlog:
+	// from 64 KiB queued, a plain event forces a wakeup, which would charge
+	// a stackless chunk for the stacked one before it.
+	drain := func() {
+		for {
+			n := env.delivered.Load()
+			time.Sleep(2 * readerPoll)
+			if env.delivered.Load() == n {
+				return
+			}
+		}
+	}
 	trace := func(t *Tracer, s *Settings) func() {
 		return func() {
+			drain()
 			for _, other := range []*Tracer{tr, plain} {
 				if other != t {
 					other.lt.detach()

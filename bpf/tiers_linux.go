@@ -104,7 +104,7 @@ type loadConfig struct {
 	dedup        uint32
 	ringBytes    uint32
 	wakeupBytes  uint64
-	backlogBytes uint64 // backlog_bytes: from this much queued, wake the reader on every record
+	backlogBytes uint64 // backlog_bytes: from this much queued, wake the reader on every stacked record
 	walkCaps     uint64
 	ranges       []auditRange
 	stacks       bool   // stacks_enabled: load the stack capture

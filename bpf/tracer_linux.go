@@ -19,9 +19,10 @@ import (
 )
 
 const (
-	// wakeupBytes: from this much queued the kernel wakes the reader once
-	// per this much produced (and on every record from half the ring
-	// queued); below it the reader finds events on its poll deadline.
+	// wakeupBytes: the kernel wakes the reader from this much queued
+	// (stacked records: once per this much produced, and on every one from
+	// half the ring queued); below it the reader finds events on its poll
+	// deadline.
 	wakeupBytes = 64 << 10
 	// readerPoll bounds how long an event can wait in the ring when fewer
 	// than wakeupBytes are queued.
