@@ -64,9 +64,13 @@ type benchEnv struct {
 // setupBench opens a tracer with a reader that counts events (as the daemon
 // reads all the time), and moves this process into a fresh cgroup.
 func setupBench(b *testing.B) *benchEnv {
+	return setupBenchWith(b, Options{})
+}
+
+func setupBenchWith(b *testing.B, opts Options) *benchEnv {
 	b.Helper()
 	privtest.Root(b)
-	env := &benchEnv{tr: openTracer(b, Options{}), cg: newCgroup(b)}
+	env := &benchEnv{tr: openTracer(b, opts), cg: newCgroup(b)}
 	go func() {
 		var ev Event
 		for env.tr.Read(&ev) == nil {

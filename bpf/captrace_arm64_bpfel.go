@@ -205,6 +205,7 @@ const (
 	captraceVarAuditNranges      = "audit_nranges"
 	captraceVarAuditRanges       = "audit_ranges"
 	captraceVarAuditWalkCaps     = "audit_walk_caps"
+	captraceVarBacklogBytes      = "backlog_bytes"
 	captraceVarBtfAnchor         = "btf_anchor"
 	captraceVarStackDepth        = "stack_depth"
 	captraceVarStacksEnabled     = "stacks_enabled"
@@ -283,6 +284,7 @@ type captraceVariableSpecs struct {
 	AuditNranges  *ebpf.VariableSpec `ebpf:"audit_nranges"`
 	AuditRanges   *ebpf.VariableSpec `ebpf:"audit_ranges"`
 	AuditWalkCaps *ebpf.VariableSpec `ebpf:"audit_walk_caps"`
+	BacklogBytes  *ebpf.VariableSpec `ebpf:"backlog_bytes"`
 	BtfAnchor     *ebpf.VariableSpec `ebpf:"btf_anchor"`
 	StackDepth    *ebpf.VariableSpec `ebpf:"stack_depth"`
 	StacksEnabled *ebpf.VariableSpec `ebpf:"stacks_enabled"`
@@ -341,6 +343,7 @@ type captraceVariables struct {
 	AuditNranges  *ebpf.Variable `ebpf:"audit_nranges"`
 	AuditRanges   *ebpf.Variable `ebpf:"audit_ranges"`
 	AuditWalkCaps *ebpf.Variable `ebpf:"audit_walk_caps"`
+	BacklogBytes  *ebpf.Variable `ebpf:"backlog_bytes"`
 	BtfAnchor     *ebpf.Variable `ebpf:"btf_anchor"`
 	StackDepth    *ebpf.Variable `ebpf:"stack_depth"`
 	StacksEnabled *ebpf.Variable `ebpf:"stacks_enabled"`

@@ -100,14 +100,15 @@ type kprobeObjects struct {
 
 // loadConfig is what a tier's load needs from Options.
 type loadConfig struct {
-	maxTraced   uint32
-	dedup       uint32
-	ringBytes   uint32
-	wakeupBytes uint64
-	walkCaps    uint64
-	ranges      []auditRange
-	stacks      bool   // stacks_enabled: load the stack capture
-	stackDepth  uint32 // stack_depth
+	maxTraced    uint32
+	dedup        uint32
+	ringBytes    uint32
+	wakeupBytes  uint64
+	backlogBytes uint64 // backlog_bytes: from this much queued, wake the reader on every stacked record
+	walkCaps     uint64
+	ranges       []auditRange
+	stacks       bool   // stacks_enabled: load the stack capture
+	stackDepth   uint32 // stack_depth
 }
 
 // loadedTier is one tier's kernel objects, attached.
@@ -219,6 +220,7 @@ func loadTier(tier Tier, cfg loadConfig) (lt *loadedTier, err error) {
 	ranges := make([]auditRange, auditRangeSlots)
 	copy(ranges, cfg.ranges)
 	set("wakeup_bytes", cfg.wakeupBytes)
+	set("backlog_bytes", cfg.backlogBytes)
 	set("audit_walk_caps", cfg.walkCaps)
 	set("audit_nranges", uint32(min(len(cfg.ranges), auditRangeSlots)))
 	set("audit_ranges", ranges)
@@ -345,5 +347,5 @@ func Probe() []TierProbe {
 }
 
 func probeConfig() loadConfig {
-	return loadConfig{maxTraced: 1, dedup: 1, ringBytes: uint32(os.Getpagesize()), wakeupBytes: 1}
+	return loadConfig{maxTraced: 1, dedup: 1, ringBytes: uint32(os.Getpagesize()), wakeupBytes: 1, backlogBytes: 1}
 }

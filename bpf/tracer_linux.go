@@ -19,8 +19,10 @@ import (
 )
 
 const (
-	// wakeupBytes: the kernel wakes the reader once this much is queued;
-	// below it the reader finds events on its poll deadline.
+	// wakeupBytes: the kernel wakes the reader from this much queued
+	// (stacked records: once per this much produced, and on every one from
+	// half the ring queued); below it the reader finds events on its poll
+	// deadline.
 	wakeupBytes = 64 << 10
 	// readerPoll bounds how long an event can wait in the ring when fewer
 	// than wakeupBytes are queued.
@@ -134,6 +136,7 @@ func Open(opts Options) (*Tracer, error) {
 	}
 	// A small ring must still wake the reader before it fills.
 	cfg.wakeupBytes = min(cfg.wakeupBytes, uint64(cfg.ringBytes/4))
+	cfg.backlogBytes = uint64(cfg.ringBytes / 2)
 
 	tiers := tierOrder
 	if opts.ForceTier != "" {

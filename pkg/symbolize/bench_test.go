@@ -50,16 +50,32 @@ func BenchmarkSymbolizeWarm(b *testing.B) {
 	if bin == nil || len(bin.loads) == 0 {
 		b.Fatal("test binary not learned")
 	}
-	// Offsets spread over the text (go test binaries keep only the pclntab:
-	// debug/gosym names them).
-	var frames []UserFrame
-	text := bin.loads[0]
-	for i := uint64(0); i < 9; i++ {
-		off := text.off + 0x1000 + i*(text.filesz/10)
-		if name, _, ok := bin.name(text.vaddr + off - text.off); !ok || name == "" {
-			b.Fatalf("offset 0x%x does not resolve", off)
+	// Nine functions spread over the text, each named as the symbolizer
+	// would name it (by the symbol table, or by debug/gosym when the test
+	// binary has none: `go test` links without it, `go test -c` with it).
+	type fn struct{ addr, size uint64 }
+	var fns []fn
+	for _, s := range bin.syms {
+		fns = append(fns, fn{s.addr, s.size})
+	}
+	if len(fns) == 0 && bin.gotab != nil {
+		for _, f := range bin.gotab.Funcs {
+			fns = append(fns, fn{f.Entry, f.End - f.Entry})
 		}
-		frames = append(frames, UserFrame{HasBuildID: true, BuildID: id, Offset: off})
+	}
+	var frames []UserFrame
+	for i := 0; len(frames) < 9 && i < len(fns); i += max(len(fns)/10, 1) {
+		va := fns[i].addr + min(fns[i].size/2, 0x10)
+		for _, seg := range bin.loads {
+			if seg.exec && va >= seg.vaddr && va < seg.vaddr+seg.filesz {
+				if name, _, ok := bin.name(va); ok && name != "" {
+					frames = append(frames, UserFrame{HasBuildID: true, BuildID: id, Offset: seg.off + va - seg.vaddr})
+				}
+			}
+		}
+	}
+	if len(frames) < 9 {
+		b.Fatalf("found %d named functions in the test binary's text, want 9", len(frames))
 	}
 	b.ReportAllocs()
 	// CPU time of this thread, not wall time: the rate one core sustains
