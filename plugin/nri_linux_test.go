@@ -317,6 +317,26 @@ func (rp *runningPlugin) observed() (int, map[string]int) {
 	return rp.synced, maps.Clone(rp.requests)
 }
 
+// nriTestbed is a plugin connected to a fake runtime on its own socket, with
+// a registry over a fake filter and a private cgroup tree.
+type nriTestbed struct {
+	cg     *cgroupTree
+	socket string
+	rt     *fakeRuntime
+	filter *fakeFilter
+	reg    *cgmap.Registry
+	pl     *runningPlugin
+}
+
+func newNRITestbed(t testing.TB, policy Policy) *nriTestbed {
+	tb := &nriTestbed{cg: newCgroupTree(t), socket: filepath.Join(t.TempDir(), "nri.sock"), filter: newFakeFilter()}
+	tb.rt = newFakeRuntime(t, tb.socket)
+	tb.reg = cgmap.NewRegistry(tb.filter, logrus.New())
+	tb.pl = startPlugin(t, tb.socket, tb.reg, policy)
+	tb.pl.waitConnects(t, 1)
+	return tb
+}
+
 func startPlugin(t testing.TB, socket string, reg *cgmap.Registry, policy Policy) *runningPlugin {
 	t.Helper()
 	log := logrus.New()
@@ -444,13 +464,8 @@ func enabled(extra ...string) map[string]string {
 }
 
 func TestNRILifecycle(t *testing.T) {
-	cg := newCgroupTree(t)
-	socket := filepath.Join(t.TempDir(), "nri.sock")
-	rt := newFakeRuntime(t, socket)
-	filter := newFakeFilter()
-	reg := cgmap.NewRegistry(filter, logrus.New())
-	pl := startPlugin(t, socket, reg, Policy{Defaults: bpf.Settings{AuditOnly: true}})
-	pl.waitConnects(t, 1)
+	tb := newNRITestbed(t, Policy{Defaults: bpf.Settings{AuditOnly: true}})
+	cg, rt, filter, reg, pl := tb.cg, tb.rt, tb.filter, tb.reg, tb.pl
 
 	traced := testPod("traced", "team-a", enabled(AnnotationUnique, "TRUE", AnnotationContainers, "app,sidecar",
 		AnnotationWorkload, "deployment/web"))
@@ -541,13 +556,8 @@ func sortedIDs(ids ...uint64) []uint64 {
 // restores exactly the running set of opted-in containers, resolved from
 // their cgroups paths alone (no PID), in both forms.
 func TestNRISynchronizeAfterRestarts(t *testing.T) {
-	cg := newCgroupTree(t)
-	socket := filepath.Join(t.TempDir(), "nri.sock")
-	rt := newFakeRuntime(t, socket)
-	filter := newFakeFilter()
-	reg := cgmap.NewRegistry(filter, logrus.New())
-	pl := startPlugin(t, socket, reg, Policy{})
-	pl.waitConnects(t, 1)
+	tb := newNRITestbed(t, Policy{})
+	cg, socket, rt, filter, reg, pl := tb.cg, tb.socket, tb.rt, tb.filter, tb.reg, tb.pl
 
 	pod := testPod("web", "team-a", enabled())
 	rt.runPod(pod)
@@ -609,13 +619,8 @@ func TestNRISynchronizeAfterRestarts(t *testing.T) {
 // 1,000 create/start/stop/remove cycles leave nothing behind: the filter is
 // empty and no goroutine leaked.
 func TestNRIThousandCycles(t *testing.T) {
-	cg := newCgroupTree(t)
-	socket := filepath.Join(t.TempDir(), "nri.sock")
-	rt := newFakeRuntime(t, socket)
-	filter := newFakeFilter()
-	reg := cgmap.NewRegistry(filter, logrus.New())
-	pl := startPlugin(t, socket, reg, Policy{})
-	pl.waitConnects(t, 1)
+	tb := newNRITestbed(t, Policy{})
+	cg, rt, filter, reg, pl := tb.cg, tb.rt, tb.filter, tb.reg, tb.pl
 	var removed atomic.Int64
 	go func() {
 		for range pl.removed {
@@ -745,13 +750,8 @@ func pluginGoroutines() string {
 // over; the previous owner's tracing ends with it: OnRemove is called for it
 // now, so its summary is written, not kept until shutdown (issue 11, defect 3).
 func TestNRICgroupTakeoverRemovesPreviousOwner(t *testing.T) {
-	cg := newCgroupTree(t)
-	socket := filepath.Join(t.TempDir(), "nri.sock")
-	rt := newFakeRuntime(t, socket)
-	filter := newFakeFilter()
-	reg := cgmap.NewRegistry(filter, logrus.New())
-	pl := startPlugin(t, socket, reg, Policy{})
-	pl.waitConnects(t, 1)
+	tb := newNRITestbed(t, Policy{})
+	cg, rt, filter, pl := tb.cg, tb.rt, tb.filter, tb.pl
 
 	pod := testPod("web", "team-a", enabled())
 	rt.runPod(pod)
