@@ -5,6 +5,7 @@
 package privtest
 
 import (
+	"fmt"
 	"os"
 	"testing"
 )
@@ -29,4 +30,20 @@ func Lacks(t testing.TB, what string) {
 		t.Fatalf("host lacks %s, and CAPTRACE_REQUIRE_PRIVILEGED=1", what)
 	}
 	t.Skipf("host lacks %s", what)
+}
+
+// RootForMain is Root for a package's TestMain, whose tests all share one
+// privileged set-up: without root it exits the test binary, failing where
+// privileged tests are required and skipping elsewhere. suite names the
+// tests and makeTarget the command that runs them as root.
+func RootForMain(suite, makeTarget string) {
+	if os.Geteuid() == 0 {
+		return
+	}
+	if Required() {
+		fmt.Fprintf(os.Stderr, "FAIL: %s need root, and CAPTRACE_REQUIRE_PRIVILEGED=1\n", suite)
+		os.Exit(1)
+	}
+	fmt.Fprintf(os.Stderr, "SKIP: %s need root (%s)\n", suite, makeTarget)
+	os.Exit(0)
 }

@@ -29,14 +29,7 @@ import (
 var st *stack.Stack
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 {
-		if privtest.Required() {
-			fmt.Fprintln(os.Stderr, "FAIL: the e2e tests need root, and CAPTRACE_REQUIRE_PRIVILEGED=1")
-			os.Exit(1)
-		}
-		fmt.Fprintln(os.Stderr, "SKIP: the e2e tests need root (make e2e)")
-		os.Exit(0)
-	}
+	privtest.RootForMain("the e2e tests", "make e2e")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	t0 := time.Now()
 	// CAPTRACE_E2E_BIN runs a prebuilt daemon instead of building ./cmd/captrace.

@@ -28,14 +28,7 @@ var node *k8s.Node
 const captraceImageTar = "dist/captrace-image.tar"
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 {
-		if privtest.Required() {
-			fmt.Fprintln(os.Stderr, "FAIL: the Kubernetes e2e needs root, and CAPTRACE_REQUIRE_PRIVILEGED=1")
-			os.Exit(1)
-		}
-		fmt.Fprintln(os.Stderr, "SKIP: the Kubernetes e2e needs root (make e2e-k8s)")
-		os.Exit(0)
-	}
+	privtest.RootForMain("the Kubernetes e2e tests", "make e2e-k8s")
 	root, err := stack.ProjectRoot()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "FAIL: %v\n", err)
