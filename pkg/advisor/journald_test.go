@@ -27,6 +27,9 @@ import (
 const journalWriterEnv = "CAPTRACE_ADVISOR_JOURNAL_WRITER"
 
 func TestMain(m *testing.M) {
+	if os.Getenv(reportChildEnv) != "" {
+		os.Exit(runReportChild())
+	}
 	if path := os.Getenv(journalWriterEnv); path != "" {
 		if err := writeJournal(path); err != nil {
 			fmt.Fprintln(os.Stderr, "journal writer:", err)

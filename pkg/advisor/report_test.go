@@ -64,11 +64,10 @@ func logfmtLines(t testing.TB, rs []rec) string {
 	for i, r := range rs {
 		ws[i].rec = r
 	}
-	return wlogfmtLines(t, ws)
+	return wlogfmtLines(ws)
 }
 
-func wlogfmtLines(t testing.TB, rs []wrec) string {
-	t.Helper()
+func wlogfmtLines(rs []wrec) string {
 	var buf bytes.Buffer
 	log := logrus.New()
 	log.Out = &buf

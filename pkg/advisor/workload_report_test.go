@@ -62,10 +62,10 @@ func writeTemp(t *testing.T, name, content string) string {
 
 func TestReportMergesReplicasAndNodes(t *testing.T) {
 	nodeA, nodeB := replicas()
-	a := writeTemp(t, "node-a.log", wlogfmtLines(t, nodeA))
-	b := writeTemp(t, "node-b.log", wlogfmtLines(t, nodeB))
+	a := writeTemp(t, "node-a.log", wlogfmtLines(nodeA))
+	b := writeTemp(t, "node-b.log", wlogfmtLines(nodeB))
 	// Node a's records come twice (its file and stdin): they count once.
-	out, errs, code := report(t, wlogfmtLines(t, nodeA), "--format", "json", a, b, "-")
+	out, errs, code := report(t, wlogfmtLines(nodeA), "--format", "json", a, b, "-")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
@@ -120,7 +120,7 @@ func TestReportPartialAndImages(t *testing.T) {
 		WorkloadKind: "Deployment", Workload: "web", Image: "registry.test/web:1.2", Node: "node-b"},
 		Window: Window{Start: t0, End: t0.Add(time.Hour), Events: 4}}
 	sumLine := logfmtSummary(t, summary)
-	out, errs, code := report(t, wlogfmtLines(t, append(nodeA, nodeB...))+sumLine, "--format", "json", "-")
+	out, errs, code := report(t, wlogfmtLines(append(nodeA, nodeB...))+sumLine, "--format", "json", "-")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
@@ -136,7 +136,7 @@ func TestReportPartialAndImages(t *testing.T) {
 	}
 	idle := summary
 	idle.Container.ID, idle.Window.Events = "ide", 0
-	out, errs, code = report(t, wlogfmtLines(t, nodeA)+logfmtSummary(t, idle), "--format", "json", "--min-window", "1s", "-")
+	out, errs, code = report(t, wlogfmtLines(nodeA)+logfmtSummary(t, idle), "--format", "json", "--min-window", "1s", "-")
 	if cs := decodeJSONReport(t, out); code != 0 || len(cs) != 1 || cs[0].Partial || cs[0].Pods != 3 || cs[0].PodsRead != 3 {
 		t.Errorf("a pod that checked nothing: exit %d %s %s", code, out, errs)
 	}
@@ -186,7 +186,7 @@ spec:
 
 func TestPatchAppliesExactlyTheAdvice(t *testing.T) {
 	nodeA, nodeB := replicas()
-	out, errs, code := report(t, wlogfmtLines(t, append(nodeA, nodeB...)), "--format", "patch", "-")
+	out, errs, code := report(t, wlogfmtLines(append(nodeA, nodeB...)), "--format", "patch", "-")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
@@ -248,7 +248,7 @@ func TestReportYAMLPerWorkloadKind(t *testing.T) {
 		rs = append(rs, wrec{rec: rec{"ns", fmt.Sprintf("p%d", i), "c", fmt.Sprintf("id%d", i), "x", "CAP_CHOWN", "SYS_CHOWN",
 			true, true, t0}, kind: k, workload: strings.ToLower(k), image: "img:1"})
 	}
-	out, errs, code := report(t, wlogfmtLines(t, rs), "--format", "yaml", "-")
+	out, errs, code := report(t, wlogfmtLines(rs), "--format", "yaml", "-")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
@@ -265,7 +265,7 @@ func TestReportYAMLPerWorkloadKind(t *testing.T) {
 
 func TestReportCheck(t *testing.T) {
 	nodeA, nodeB := replicas()
-	in := writeTemp(t, "in.log", wlogfmtLines(t, append(nodeA, nodeB...)))
+	in := writeTemp(t, "in.log", wlogfmtLines(append(nodeA, nodeB...)))
 	missing := writeTemp(t, "deploy.yaml", `# the service
 apiVersion: v1
 kind: Service
@@ -336,7 +336,7 @@ func TestReportNonRoot(t *testing.T) {
 		{rec: rec{"ns", "app-0", "app", "id", "app", "CAP_SYS_NICE", "SYS_SETPRIORITY", false, true, t0},
 			kind: "Pod", workload: "app-0", uid: 0},
 	}
-	out, errs, code := report(t, wlogfmtLines(t, rs), "--format", "json", "-")
+	out, errs, code := report(t, wlogfmtLines(rs), "--format", "json", "-")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
@@ -354,7 +354,7 @@ func TestReportForgedWorkload(t *testing.T) {
 	nodeA, _ := replicas()
 	nodeA[0].kind = "Deployment\nkind: Secret"
 	nodeA[1].workload = "Web"
-	out, errs, code := report(t, wlogfmtLines(t, nodeA), "--format", "yaml", "-")
+	out, errs, code := report(t, wlogfmtLines(nodeA), "--format", "yaml", "-")
 	if code != 0 || !strings.Contains(errs, "SKIPPED 2 unreadable lines") || strings.Contains(out, "Secret") {
 		t.Errorf("exit %d\n%s\n%s", code, out, errs)
 	}
